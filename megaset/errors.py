@@ -1,0 +1,58 @@
+"""Exceptions of megaset.
+
+Each one also subclasses the built-in exception a caller would catch without knowing megaset
+(as zarr's ``ArrayNotFoundError`` subclasses ``FileNotFoundError``). Messages name the file,
+branch, config key or store path at fault and say what would fix it.
+"""
+
+from __future__ import annotations
+
+
+class MegasetError(Exception):
+    """Base class of every error raised on purpose by megaset."""
+
+
+class ConfigError(MegasetError, ValueError):
+    """The configuration file (or a value in it) is invalid."""
+
+
+class InputFileError(MegasetError, OSError):
+    """An input ntuple cannot be opened or read.
+
+    ``filename`` names the file and ``reason`` says what failed, so that a run with
+    ``on_bad_file: skip`` can list the file and the reason in the store metadata.
+    """
+
+    def __init__(self, filename: str, reason: str):
+        self.filename = filename
+        self.reason = reason
+        super().__init__(f"{filename}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.filename, self.reason))
+
+
+class BranchError(InputFileError, KeyError):
+    """A branch named by the schema is missing from a file or has the wrong type."""
+
+    def __init__(self, filename: str, reason: str, branch: str):
+        self.branch = branch
+        super().__init__(filename, reason)
+
+    def __reduce__(self):
+        return (type(self), (self.filename, self.reason, self.branch))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.reason}"
+
+
+class NonFiniteInputError(InputFileError, ValueError):
+    """NaN or inf values in an input branch while ``selection.on_nonfinite`` is ``fail``."""
+
+
+class StoreError(MegasetError, OSError):
+    """A store is missing, incomplete, or violates one of its invariants."""
+
+
+class IncompleteStoreError(StoreError):
+    """The store exists but was not finished; the message says which command finishes it."""
