@@ -31,6 +31,10 @@ class InputFileError(MegasetError, OSError):
     def __reduce__(self):
         return (type(self), (self.filename, self.reason))
 
+    def __str__(self) -> str:
+        # OSError would print "[Errno None] None: 'file'" and hide the reason.
+        return f"{self.filename}: {self.reason}"
+
 
 class BranchError(InputFileError, KeyError):
     """A branch named by the schema is missing from a file or has the wrong type."""
@@ -41,9 +45,6 @@ class BranchError(InputFileError, KeyError):
 
     def __reduce__(self):
         return (type(self), (self.filename, self.reason, self.branch))
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.reason}"
 
 
 class NonFiniteInputError(InputFileError, ValueError):
@@ -56,3 +57,19 @@ class StoreError(MegasetError, OSError):
 
 class IncompleteStoreError(StoreError):
     """The store exists but was not finished; the message says which command finishes it."""
+
+
+class TrainingError(MegasetError, RuntimeError):
+    """A training rank failed or died; the message names the rank, its worker and the cause."""
+
+
+class CheckpointError(MegasetError, ValueError):
+    """A checkpoint or loader state does not fit the run that loads it ("found X instead of Y")."""
+
+
+class StoreKeyError(StoreError, KeyError):
+    """A group or column that the store does not have; the message lists the ones it has."""
+
+    def __str__(self) -> str:
+        # KeyError would print the message in quotes.
+        return str(self.args[0]) if self.args else ""

@@ -82,6 +82,9 @@ class EventArrays:
     ``collections`` maps a schema collection name (``jet``, ``lepton``, ...) to its objects;
     ``met_et`` / ``met_phi`` in GeV / rad; ``weight`` per event (float64); ``run`` and
     ``event`` numbers (int64); ``entry`` is the entry number of each event in its file.
+    ``branches`` names where each float column came from, for messages: column key
+    (``"jet.pt"``, ``"met_et"``, ``"weight"``) -> branch name, or a description such as
+    ``"jet.pt from jetPx, jetPy"`` for a column computed from several branches.
     """
 
     collections: Mapping[str, Jagged]
@@ -91,6 +94,7 @@ class EventArrays:
     run: np.ndarray
     event: np.ndarray
     entry: np.ndarray
+    branches: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def n_events(self) -> int:
