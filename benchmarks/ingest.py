@@ -1,0 +1,120 @@
+"""Ingest throughput, side by side in one run on the same simulated files.
+
+(a) uproot reading the branches the schema needs, nothing else;
+(b) the RMM kernel alone, on the selected events of the same files, already in memory;
+(c) the whole ingest (coffea processor on a Dask LocalCluster: read, select, RMM, staging write);
+(d) the staging write alone, for each candidate codec, on the same RMM rows.
+(a) and (c) use the same number of worker processes, so their ratio is like for like.
+
+    python benchmarks/ingest.py --events 2000000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _read_file(path: str, tree: str, branches: list[str]) -> int:
+    import uproot
+
+    with uproot.open(path) as f:
+        arrays = f[tree].arrays(branches, how=dict)
+    return len(next(iter(arrays.values())))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="background events to simulate")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunksize", type=int, default=200_000)
+    parser.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
+    args = parser.parse_args()
+
+    from distributed import Client, LocalCluster
+
+    from megaset.config import CompressorConfig, Config
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.rmm import build_rmm
+    from megaset.pipeline.schema import read_events
+    from megaset.pipeline.selection import select
+    from megaset.pipeline.simulate import simulate
+    from megaset.storage.staging import write_piece
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="megaset-bench-"))
+    cfg = Config.model_validate({
+        "simulate": {"output": str(work / "ntuples"), "events": args.events, "signal_events": 0,
+                     "events_per_file": 250_000},
+        "inputs": {"chunksize": args.chunksize},
+        "store": {"url": str(work / "store.zarr")},
+        "cluster": {"workers": args.workers},
+    })
+    t0 = time.perf_counter()
+    written = simulate(cfg.simulate, tree=cfg.inputs.tree)
+    files = [f for fs in written.values() for f in fs]
+    print(f"simulated {args.events:,} events in {len(files)} files: {time.perf_counter() - t0:.1f} s")
+    branches = cfg.schema.branches()
+
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.gather(client.map(_read_file, files[:2], tree="mini", branches=branches, pure=False))  # warm
+        t0 = time.perf_counter()
+        n_read = sum(client.gather(client.map(_read_file, files, tree="mini", branches=branches, pure=False)))
+        t_read = time.perf_counter() - t0
+
+        shutil.rmtree(cfg.store.staging, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = ingest(cfg, client)
+        t_ingest = time.perf_counter() - t0
+
+    # (b) and (d): one file's selected events, in this process, one core.
+    import uproot
+
+    sample = files[0]
+    with uproot.open(sample) as f:
+        arrays = f["mini"].arrays(branches, how=dict)
+    ev = read_events(arrays, cfg.schema, sample)
+    sel = select(ev, cfg.selection, sample)
+    objects = [sel.objects[o.source] for o in cfg.rmm.objects]
+    build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm)  # compile
+    reps = 5
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm)
+    t_kernel = (time.perf_counter() - t0) / reps
+    n_sel = len(rmm)
+
+    print()
+    print(f"{'measurement':<46}{'events/s':>14}{'ratio':>10}")
+    read_rate = n_read / t_read
+    ingest_rate = summary.n_read / t_ingest
+    print(f"{'(a) uproot read, ' + str(args.workers) + ' workers':<46}{read_rate:>14,.0f}{1.0:>10.2f}")
+    print(f"{'(c) whole ingest, ' + str(args.workers) + ' workers (input events)':<46}{ingest_rate:>14,.0f}"
+          f"{ingest_rate / read_rate:>10.2f}")
+    print(f"{'(b) RMM kernel alone, 1 core (selected events)':<46}{n_sel / t_kernel:>14,.0f}")
+    print(f"selected fraction: {summary.n_selected / summary.n_read:.3f}; "
+          f"per-worker ingest: {ingest_rate / args.workers:,.0f} input events/s")
+
+    print("\n(d) staging write of the same RMM rows + aux, 1 core:")
+    print(f"{'codec':<16}{'MB/s (raw)':>12}{'ratio':>8}{'events/s':>12}")
+    columns = {"rmm": rmm, "weight": sel.weight.astype(np.float32)}
+    raw = sum(v.nbytes for v in columns.values())
+    for codec, level in (("none", 0), ("blosc-lz4", 5), ("zstd", 1), ("blosc-zstd", 1)):
+        target = work / f"codec-{codec}.zarr"
+        shutil.rmtree(target, ignore_errors=True)
+        t0 = time.perf_counter()
+        write_piece(str(target), "c", "p", columns, {}, CompressorConfig(codec=codec, level=level))
+        dt = time.perf_counter() - t0
+        stored = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        print(f"{codec:<16}{raw / dt / 1e6:>12,.0f}{raw / stored:>8.2f}{n_sel / dt:>12,.0f}")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

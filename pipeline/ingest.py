@@ -1,0 +1,212 @@
+"""Streaming ingest: input files -> coffea processor per chunk on Dask -> staging pieces.
+
+Resumable by construction: finished pieces are kept and their chunks are not read again, a
+failed chunk is retried by the executor, and the staging area is marked complete only after
+every chunk has a piece and the summary is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from megaset import __version__
+from megaset.config import Config
+from megaset.errors import InputFileError
+from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["ingest", "IngestSummary", "SCHEMA_VERSION"]
+
+#: Version of the staging / store layout written by this code.
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class IngestSummary:
+    """Events read and selected per channel, cut flows, skipped files and timing."""
+
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    files: int = 0
+    seconds: float = 0.0
+
+    @property
+    def n_read(self) -> int:
+        return sum(c["n_read"] for c in self.channels.values())
+
+    @property
+    def n_selected(self) -> int:
+        return sum(c["n_selected"] for c in self.channels.values())
+
+    @property
+    def rate(self) -> float:
+        """Input events per second of wall time."""
+        return self.n_read / self.seconds if self.seconds else 0.0
+
+
+def _channel_table(channels) -> list[dict[str, Any]]:
+    return [
+        {"id": i, "name": name, "signal": ch.signal, "data": ch.data}
+        for i, (name, ch) in enumerate(channels.items())
+    ]
+
+
+def _weight_scales(cfg: Config, channels, infos: list[FileInfo]) -> dict[str, float]:
+    """Per-file weight factor: xsec * lumi / (sum of weights of the channel), or 1."""
+    scales = {}
+    for name, ch in channels.items():
+        mine = [i for i in infos if i.channel == name]
+        factor = 1.0
+        if ch.xsec_pb is not None:
+            total = sum(i.sum_weights for i in mine) if cfg.schema.weight else sum(i.entries for i in mine)
+            factor = ch.xsec_pb * 1000.0 * cfg.inputs.lumi_ifb / total if total else 0.0
+        scales.update({i.path: factor for i in mine})
+    return scales
+
+
+def _fingerprint(cfg: Config, table: list[dict[str, Any]], files: list[FileInfo]) -> str:
+    """Hash of everything that decides the content and the keys of the staging pieces."""
+    relevant = {
+        "channels": table,
+        "files": [(f.path, f.index, f.checksum) for f in files],
+        "chunksize": cfg.inputs.chunksize,
+        "lumi_ifb": cfg.inputs.lumi_ifb,
+        "xsec": {name: ch.xsec_pb for name, ch in cfg.inputs.channels.items()},
+        "schema": cfg.schema.model_dump(mode="json"),
+        "selection": cfg.selection.model_dump(mode="json"),
+        "rmm": cfg.rmm.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _check_resumable(staging: str, fingerprint: str) -> None:
+    """Refuse to add pieces to a staging area written from other inputs or settings."""
+    from megaset.errors import StoreError
+    from megaset.storage.staging import staging_attrs
+
+    try:
+        previous = staging_attrs(staging, require_complete=False).get("fingerprint")
+    except StoreError:
+        return  # nothing there yet
+    if previous is not None and previous != fingerprint:
+        msg = (
+            f"staging area {staging!r} was written from other inputs or settings (channels, files, "
+            "chunksize, schema, selection or rmm differ), so its pieces cannot be reused; delete it "
+            "or set store.staging_url to a new location"
+        )
+        raise StoreError(msg)
+
+
+def _runner(client: Client | None, cfg: Config, status: bool):
+    from coffea import processor
+    from coffea.nanoevents import BaseSchema
+
+    if client is None:
+        executor = processor.IterativeExecutor(status=status)
+    else:
+        executor = processor.DaskExecutor(client=client, status=status, retries=3)
+    return processor.Runner(executor=executor, schema=BaseSchema, chunksize=cfg.inputs.chunksize)
+
+
+def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
+           log: Callable[[str], None] | None = None) -> IngestSummary:
+    """Run the ingest of ``cfg`` and return its summary.
+
+    Parameters
+    ----------
+    cfg
+        The configuration; ``cfg.store.staging`` receives the pieces.
+    client
+        A Dask client (``megaset.deploy.cluster.open_client``); ``None`` runs in this process.
+    status
+        Show coffea's progress bar.
+    log
+        Called with one-line messages (bad files skipped, chunks resumed).
+
+    Raises
+    ------
+    InputFileError
+        For a bad input file when ``inputs.on_bad_file`` is ``fail`` (names file and reason).
+    """
+    from megaset.pipeline.processor import RMMProcessor
+    from megaset.pipeline.rmm import feature_names
+    from megaset.storage.staging import finish_staging, init_staging
+
+    log = log or (lambda message: None)
+    t0 = time.perf_counter()
+    channels = resolve_channels(cfg)
+    infos = inspect_files(cfg, channels, client)
+    bad = [i for i in infos if i.error]
+    if bad and cfg.inputs.on_bad_file == "fail":
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        msg = f"{first.error}{more}; set inputs.on_bad_file: skip to continue without such files"
+        raise InputFileError(first.path, msg)
+    skipped = [{"file": i.path, "reason": i.error} for i in bad]
+    for entry in skipped:
+        log(f"skipping {entry['file']}: {entry['reason']}")
+    good = [i for i in infos if not i.error]
+
+    staging = cfg.store.staging
+    table = _channel_table(channels)
+    fingerprint = _fingerprint(cfg, table, good)
+    _check_resumable(staging, fingerprint)
+    init_staging(staging, list(channels), {
+        "fingerprint": fingerprint,
+        "schema_version": SCHEMA_VERSION,
+        "feature_names": feature_names(cfg.rmm),
+        "rmm": cfg.rmm.model_dump(mode="json"),
+        "channels": table,
+        "config": cfg.resolved(),
+        "code_version": __version__,
+    })
+
+    fileset = {
+        name: {
+            "files": {i.path: i.tree for i in good if i.channel == name},
+            "preload": cfg.schema.branches(),
+        }
+        for name in channels
+    }
+    fileset = {name: spec for name, spec in fileset.items() if spec["files"]}
+    proc = RMMProcessor(
+        cfg,
+        channel_ids={c["name"]: c["id"] for c in table},
+        file_index={i.path: i.index for i in infos},
+        weight_scale=_weight_scales(cfg, channels, good),
+        skip_bad=cfg.inputs.on_bad_file == "skip",
+    )
+    out = _runner(client, cfg, status)(fileset, proc, treename=cfg.inputs.tree) if fileset else {}
+
+    errors = out.pop("errors", {})
+    if errors:
+        raise errors[min(errors)]
+    for filename, reason in sorted(out.pop("skipped", {}).items()):
+        log(f"skipping {filename}: {reason}")
+        skipped.append({"file": filename, "reason": reason})
+    summary = IngestSummary(skipped=skipped, files=len(good))
+    for name in channels:
+        acc = out.get(name, {"n_read": 0, "n_selected": 0, "chunks": 0, "resumed": 0, "cutflow": {}, "nonfinite": {}})
+        summary.channels[name] = {
+            "n_read": int(acc["n_read"]),
+            "n_selected": int(acc["n_selected"]),
+            "chunks": int(acc["chunks"]),
+            "resumed": int(acc["resumed"]),
+            "cutflow": [[step, int(v[0]), float(v[1])] for step, v in acc["cutflow"].items()],
+            "nonfinite": {k: int(v) for k, v in acc["nonfinite"].items()},
+        }
+    summary.seconds = time.perf_counter() - t0
+    finish_staging(staging, {
+        "files": [i.to_dict() for i in infos if not i.error],
+        "skipped": skipped,
+        "cutflow": {name: c["cutflow"] for name, c in summary.channels.items()},
+        "summary": {name: {k: c[k] for k in ("n_read", "n_selected", "nonfinite")} for name, c in summary.channels.items()},
+    })
+    return summary

@@ -1,0 +1,138 @@
+"""The coffea processor: one input chunk in, one staging piece out.
+
+Stateless apart from its configuration (coffea: "a bundle of methods"): ``process`` maps the
+chunk's branches onto physics objects, selects events, builds the RMM and the aux columns,
+writes them as the chunk's staging piece, and returns the chunk's counts and cut flow. The
+piece is keyed by (fileuuid, entrystart, entrystop), so a retried chunk overwrites itself and
+a rerun returns the recorded counts of a finished piece without reading it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from coffea import processor
+
+from megaset.config import Config
+from megaset.errors import MegasetError
+from megaset.pipeline.rmm import build_rmm
+from megaset.pipeline.schema import read_events
+from megaset.pipeline.selection import Selection, select
+from megaset.storage.staging import piece_attrs, piece_key, write_piece
+
+__all__ = ["RMMProcessor", "piece_columns"]
+
+_AUX_FLOAT = ("met", "met_phi", "m_ll", "m_lll", "ht")
+
+
+def piece_columns(sel: Selection, rmm: np.ndarray, channel_id: int, file_index: int, scale: float) -> dict[str, np.ndarray]:
+    """The staging columns of one chunk's selected events."""
+    n = len(sel.weight)
+    event_id = np.empty((n, 4), dtype=np.int64)
+    event_id[:, 0] = sel.run
+    event_id[:, 1] = sel.event
+    event_id[:, 2] = file_index
+    event_id[:, 3] = sel.entry
+    columns = {
+        "rmm": rmm,
+        "weight": (sel.weight * scale).astype(np.float32),
+        "channel": np.full(n, channel_id, dtype=np.int16),
+        "event_id": event_id,
+    }
+    for name, values in sel.aux.items():
+        dtype = np.float32 if name in _AUX_FLOAT else np.int16
+        columns[name] = values.astype(dtype, copy=False)
+    return columns
+
+
+def _output(channel: str, attrs: Mapping[str, Any], resumed: bool) -> dict[str, Any]:
+    """The chunk's contribution to the ingest summary (a coffea accumulator: dicts add up)."""
+    return {
+        channel: {
+            "n_read": int(attrs["n_read"]),
+            "n_selected": int(attrs["n_rows"]),
+            "chunks": 1,
+            "resumed": int(resumed),
+            "cutflow": {step: np.array([raw, weighted]) for step, raw, weighted in attrs["cutflow"]},
+            "nonfinite": dict(attrs.get("nonfinite", {})),
+        }
+    }
+
+
+class RMMProcessor(processor.ProcessorABC):
+    """Turns chunks of ntuples into staging pieces of RMMs and aux columns.
+
+    Parameters
+    ----------
+    cfg
+        The resolved configuration (schema, selection, rmm and staging settings are used).
+    channel_ids
+        Channel name -> integer id stored in the ``channel`` column.
+    file_index
+        Input path -> index stored in ``event_id`` (unique over the whole ingest).
+    weight_scale
+        Input path -> factor applied to the weight branch (cross-section normalisation).
+    skip_bad
+        With ``on_bad_file: skip``: a chunk whose branches cannot be read is reported in the
+        output under ``"skipped"`` instead of failing the run.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        channel_ids: Mapping[str, int],
+        file_index: Mapping[str, int],
+        weight_scale: Mapping[str, float],
+        skip_bad: bool = False,
+    ):
+        self.cfg = cfg
+        self.channel_ids = dict(channel_ids)
+        self.file_index = dict(file_index)
+        self.weight_scale = dict(weight_scale)
+        self.skip_bad = skip_bad
+
+    def process(self, events) -> dict[str, Any]:
+        meta = events.metadata
+        channel, filename = meta["dataset"], meta["filename"]
+        start, stop = int(meta["entrystart"]), int(meta["entrystop"])
+        staging = self.cfg.store.staging
+        key = piece_key(meta["fileuuid"], start, stop)
+        done = piece_attrs(staging, channel, key)
+        if done is not None:
+            return _output(channel, done, resumed=True)
+
+        try:
+            ev = read_events(events, self.cfg.schema, filename, entry_start=start)
+            sel = select(ev, self.cfg.selection, filename)
+        except MegasetError as err:
+            # Returned, not raised: the executor would wrap it in a bare Exception and the
+            # driver would lose its type and message. Ingest raises it after the run.
+            return {"errors": {key: err}}
+        except Exception as err:
+            if not self.skip_bad:
+                raise
+            reason = f"entries {start}-{stop}: {type(err).__name__}: {err}"
+            return {"skipped": {filename: reason}}
+
+        objects = [sel.objects[o.source] for o in self.cfg.rmm.objects]
+        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm)
+        columns = piece_columns(
+            sel, rmm, self.channel_ids[channel], self.file_index[filename], self.weight_scale[filename]
+        )
+        attrs = {
+            "filename": filename,
+            "file_index": self.file_index[filename],
+            "fileuuid": meta["fileuuid"],
+            "entrystart": start,
+            "entrystop": stop,
+            "n_read": stop - start,
+            "cutflow": [[step, int(raw), float(w) * self.weight_scale[filename]] for step, raw, w in sel.cutflow],
+            "nonfinite": sel.nonfinite,
+        }
+        write_piece(staging, channel, key, columns, attrs, self.cfg.store.staging_compressor)
+        return _output(channel, {**attrs, "n_rows": len(rmm)}, resumed=False)
+
+    def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
+        return accumulator

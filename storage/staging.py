@@ -1,0 +1,163 @@
+"""Staging area written by ingest and read by the mix pass.
+
+Layout (Zarr v3, any fsspec URL)::
+
+    <staging>/zarr.json                 attrs: {"complete": bool, "ingest": {...}}
+    <staging>/<channel>/zarr.json
+    <staging>/<channel>/<piece>/zarr.json   attrs: {"complete": true, "filename", "entrystart", ...}
+    <staging>/<channel>/<piece>/<column>    one array per column, rows = selected events
+
+A *piece* holds the selected events of one input chunk, keyed by
+``(fileuuid, entrystart, entrystop)``: a retried or re-run chunk overwrites its own piece
+instead of adding a second copy. The piece's ``complete`` attribute is written last, so a
+piece whose writer died part-way is visibly unfinished and is redone by the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from megaset.config import CompressorConfig
+from megaset.errors import IncompleteStoreError, StoreError
+from megaset.storage.codecs import compressors
+
+__all__ = [
+    "ROWS_PER_CHUNK",
+    "piece_key",
+    "init_staging",
+    "write_piece",
+    "piece_attrs",
+    "list_pieces",
+    "read_piece",
+    "open_piece",
+    "finish_staging",
+    "staging_attrs",
+]
+
+#: Rows per Zarr chunk of a staging array: about 2 MB of float32 RMM rows, so that the mix
+#: pass, which takes short contiguous slices of each channel, reads little beyond them.
+ROWS_PER_CHUNK = 1024
+
+
+def piece_key(fileuuid: str, entrystart: int, entrystop: int) -> str:
+    """The name of the piece holding one input chunk.
+
+    >>> piece_key("0f3c", 0, 1000)
+    '0f3c-0000000000-0000001000'
+    """
+    # Zero-padded so that lexical order is file order, then entry order.
+    return f"{fileuuid}-{entrystart:010d}-{entrystop:010d}"
+
+
+def _open(url: str, mode: str):
+    import zarr
+
+    try:
+        return zarr.open_group(store=url, mode=mode, zarr_format=3)
+    except (FileNotFoundError, KeyError) as err:
+        msg = f"no staging area at {url!r}: run `megaset ingest` first"
+        raise StoreError(msg) from err
+
+
+def init_staging(url: str, channels: Iterable[str], attrs: Mapping[str, Any]) -> None:
+    """Create (or reopen for resuming) the staging root and one group per channel.
+
+    The root is marked incomplete until :func:`finish_staging`; existing complete pieces
+    are kept, so a rerun skips them.
+    """
+    import zarr
+
+    root = zarr.open_group(store=url, mode="a", zarr_format=3)
+    root.attrs.update({"complete": False, **attrs})
+    for channel in channels:
+        root.require_group(channel)
+
+
+def write_piece(
+    url: str,
+    channel: str,
+    key: str,
+    columns: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+    compressor: CompressorConfig,
+) -> None:
+    """Write one piece (every column, then the ``complete`` marker), replacing any old copy."""
+    import zarr
+
+    group = zarr.open_group(store=f"{url.rstrip('/')}/{channel}/{key}", mode="w", zarr_format=3)
+    codecs = compressors(compressor)
+    for name, values in columns.items():
+        values = np.ascontiguousarray(values)
+        chunks = (ROWS_PER_CHUNK, *values.shape[1:])
+        array = group.create_array(
+            name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=codecs
+        )
+        if len(values):
+            array[...] = values
+    n_rows = int(len(next(iter(columns.values()))))
+    group.attrs.update({**attrs, "n_rows": n_rows, "rows_per_chunk": ROWS_PER_CHUNK, "complete": True})
+
+
+def piece_attrs(url: str, channel: str, key: str) -> dict[str, Any] | None:
+    """The attributes of a finished piece, or ``None`` if it is absent or unfinished."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store=f"{url.rstrip('/')}/{channel}/{key}", mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError):
+        return None
+    attrs = dict(group.attrs)
+    return attrs if attrs.get("complete") else None
+
+
+def list_pieces(url: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Every finished piece, by channel, sorted by key; unfinished pieces are left out."""
+    root = _open(url, "r")
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for channel, group in sorted(root.groups()):
+        pieces = []
+        for key, piece in sorted(group.groups()):
+            attrs = dict(piece.attrs)
+            if attrs.get("complete"):
+                pieces.append((key, attrs))
+        out[channel] = pieces
+    return out
+
+
+def open_piece(url: str, channel: str, key: str):
+    """The Zarr group of one piece, for readers that take several slices of it."""
+    return _open(f"{url.rstrip('/')}/{channel}/{key}", "r")
+
+
+def read_piece(
+    url: str,
+    channel: str,
+    key: str,
+    columns: Iterable[str] | None = None,
+    rows: slice = slice(None),
+) -> dict[str, np.ndarray]:
+    """Read ``rows`` of the given columns (all columns when ``None``) of one piece."""
+    group = open_piece(url, channel, key)
+    names = list(columns) if columns is not None else sorted(group.array_keys())
+    return {name: group[name][rows] for name in names}
+
+
+def finish_staging(url: str, attrs: Mapping[str, Any]) -> None:
+    """Record the ingest summary and mark the staging area complete (the last write)."""
+    root = _open(url, "r+")
+    root.attrs.update({**attrs, "complete": True})
+
+
+def staging_attrs(url: str, *, require_complete: bool = True) -> dict[str, Any]:
+    """The staging root attributes; refuses an unfinished ingest unless asked not to."""
+    attrs = dict(_open(url, "r").attrs)
+    if require_complete and not attrs.get("complete"):
+        msg = (
+            f"staging area {url!r} is incomplete: an ingest was interrupted. "
+            "Run `megaset ingest` again with the same config to finish it (finished chunks are skipped)."
+        )
+        raise IncompleteStoreError(msg)
+    return attrs

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def megaset(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from megaset.pipeline.cli import main; main()", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys; from typer.testing import CliRunner; from megaset.pipeline.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "print(sorted(m for m in ('torch', 'coffea', 'zarr', 'numba', 'distributed') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_bad_config_is_one_clear_message(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("store: {chunk_lenn: 3}\n")
+    result = megaset("ingest", "--config", str(path))
+    assert result.returncode == 1
+    assert "store.chunk_lenn: unknown key; did you mean 'chunk_len'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_simulate_then_ingest(tmp_path):
+    cfg = {
+        "simulate": {"output": str(tmp_path / "ntuples"), "events": 4000, "signal_events": 300,
+                     "events_per_file": 2000, "channels": ["zeejets", "ttbar", "c1n2_wz_450_300"]},
+        "store": {"url": str(tmp_path / "store.zarr")},
+        "cluster": {"workers": 1},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = megaset("simulate", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr and "events/s" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "ntuples").iterdir()) == ["c1n2_wz_450_300", "ttbar", "zeejets"]
+
+    result = megaset("ingest", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    for channel in ("zeejets", "ttbar", "c1n2_wz_450_300"):
+        assert channel in result.stderr
+    assert "events read from" in result.stderr and "selected" in result.stderr
+    assert (tmp_path / "store.staging.zarr" / "zarr.json").exists()

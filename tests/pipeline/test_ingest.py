@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import uproot
+import yaml
+
+from megaset.config import Config
+from megaset.errors import InputFileError, NonFiniteInputError, StoreError
+from megaset.pipeline.ingest import ingest
+from megaset.pipeline.rmm import feature_names
+from megaset.pipeline.simulate import generate, write_ntuple
+from megaset.storage.staging import list_pieces, read_piece, staging_attrs
+
+CHANNELS = ("zmmjets", "ttbar", "c1n2_wz_800_50")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """Two files per channel, written from the simulator's generator."""
+    root = tmp_path_factory.mktemp("ntuples")
+    for c, channel in enumerate(CHANNELS):
+        (root / channel).mkdir()
+        for i in range(2):
+            branches = generate(channel, 1500, seed=100 * c + i, first_event=1500 * i)
+            write_ntuple(root / channel / f"{channel}_{i}.root", branches, "mini")
+    return root
+
+
+def make_config(sample, store, **inputs) -> Config:
+    channels = {
+        ch: {"files": [str(sample / ch / "*.root")], "signal": ch.startswith("c1n2")} for ch in CHANNELS
+    }
+    return Config.model_validate({
+        "inputs": {"chunksize": 1000, "channels": channels, **inputs},
+        "store": {"url": str(store / "store.zarr")},
+    })
+
+
+def staged(url: str) -> dict[str, dict[str, np.ndarray]]:
+    """Every staged column per channel, rows ordered by event id."""
+    out = {}
+    for channel, pieces in list_pieces(url).items():
+        parts = [read_piece(url, channel, key) for key, _ in pieces]
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        if cols:
+            order = np.lexsort(cols["event_id"].T[::-1])
+            cols = {k: v[order] for k, v in cols.items()}
+        out[channel] = cols
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(sample, tmp_path_factory):
+    cfg = make_config(sample, tmp_path_factory.mktemp("ref"))
+    summary = ingest(cfg)
+    return cfg, summary, staged(cfg.store.staging)
+
+
+def test_single_process_ingest_records_everything(reference):
+    cfg, summary, data = reference
+    attrs = staging_attrs(cfg.store.staging)
+    assert attrs["feature_names"] == feature_names(cfg.rmm)
+    assert [c["name"] for c in attrs["channels"]] == list(CHANNELS)
+    assert len(attrs["files"]) == 6 and all(f["checksum"].startswith("blake2b:") for f in attrs["files"])
+    for channel in CHANNELS:
+        s = summary.channels[channel]
+        assert s["n_read"] == 3000
+        assert s["chunks"] == 4  # 1500 entries per file in chunks of at most 1000
+        assert s["cutflow"][0][:2] == ["all", 3000]
+        assert s["cutflow"][-1][1] == s["n_selected"] == len(data[channel]["weight"])
+        ids = data[channel]["event_id"]
+        assert len(np.unique(ids, axis=0)) == len(ids)
+        assert data[channel]["rmm"].shape == (len(ids), 529)
+        assert np.isfinite(data[channel]["rmm"]).all()
+    assert summary.channels["zmmjets"]["n_selected"] > 0.3 * 3000
+
+
+def test_staged_rows_match_a_direct_recomputation(reference, sample):
+    """Event ids point back to the input entries: recompute one event's MET and m_ll by hand."""
+    cfg, _, data = reference
+    zmm = data["zmmjets"]
+    file_index, entry = zmm["event_id"][0, 2], zmm["event_id"][0, 3]
+    attrs = staging_attrs(cfg.store.staging)
+    path = next(f["path"] for f in attrs["files"] if f["index"] == file_index)
+    arrays = uproot.open(path)["mini"].arrays(["met_Et", "wgt", "eventNumber"], entry_start=entry, entry_stop=entry + 1)
+    assert zmm["met"][0] == pytest.approx(float(arrays["met_Et"][0]))
+    assert zmm["weight"][0] == pytest.approx(float(arrays["wgt"][0]))
+    assert zmm["event_id"][0, 1] == int(arrays["eventNumber"][0])
+    assert zmm["rmm"][0, 0] == pytest.approx(float(arrays["met_Et"][0]))
+
+
+@pytest.mark.slow
+def test_two_worker_processes_equal_single_process(reference, sample, tmp_path, cluster_client):
+    _, _, expected = reference
+    cfg = make_config(sample, tmp_path)
+    ingest(cfg, cluster_client)
+    got = staged(cfg.store.staging)
+    assert got.keys() == expected.keys()
+    for channel in expected:
+        for column, values in expected[channel].items():
+            np.testing.assert_array_equal(got[channel][column], values, err_msg=f"{channel}/{column}")
+
+
+@pytest.mark.slow
+def test_interrupted_ingest_rerun_holds_every_event_once(reference, sample, tmp_path):
+    _, _, expected = reference
+    cfg = make_config(sample, tmp_path)
+    cfg = cfg.replace(inputs={"chunksize": 300}, cluster={"workers": 1})
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from megaset.pipeline.cli import main; main()", "ingest", "-c", str(config_file)],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            try:
+                done = sum(len(p) for p in list_pieces(cfg.store.staging).values())
+            except Exception:
+                done = 0
+            if done >= 3:
+                break
+            assert proc.poll() is None, "ingest finished before it could be interrupted"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(Exception, match="incomplete: an ingest was interrupted"):
+        staging_attrs(cfg.store.staging)
+
+    summary = ingest(cfg)
+    assert sum(c["resumed"] for c in summary.channels.values()) >= 3
+    got = staged(cfg.store.staging)
+    for channel in expected:
+        np.testing.assert_array_equal(got[channel]["event_id"], expected[channel]["event_id"])
+        np.testing.assert_array_equal(got[channel]["rmm"], expected[channel]["rmm"])
+
+
+def test_rerun_with_other_settings_refuses_to_reuse_staging(reference):
+    cfg, _, _ = reference
+    with pytest.raises(StoreError, match=r"was written from other inputs or settings.*delete it"):
+        ingest(cfg.replace(selection={"mll_min": 80.0}))
+
+
+def test_corrupt_file_fails_or_is_skipped(sample, tmp_path):
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    corrupt = bad_dir / "corrupt.root"
+    corrupt.write_bytes(b"root" + os.urandom(2000))
+    channels = {"zmmjets": {"files": [str(sample / "zmmjets" / "*.root"), str(corrupt)]}}
+    cfg = Config.model_validate({"inputs": {"channels": channels}, "store": {"url": str(tmp_path / "s.zarr")}})
+    with pytest.raises(InputFileError, match=r"corrupt\.root: cannot be read as a ROOT file.*on_bad_file: skip"):
+        ingest(cfg)
+
+    cfg = cfg.replace(inputs={"on_bad_file": "skip"})
+    summary = ingest(cfg)
+    assert [s["file"] for s in summary.skipped] == [str(corrupt)]
+    assert summary.channels["zmmjets"]["n_read"] == 3000
+    assert staging_attrs(cfg.store.staging)["skipped"][0]["file"] == str(corrupt)
+
+
+def test_missing_branch_names_branch_and_file(tmp_path):
+    branches = generate("zmmjets", 200, seed=3)
+    del branches["lepD0Sig"]
+    path = tmp_path / "nod0.root"
+    write_ntuple(path, branches, "mini")
+    cfg = Config.model_validate({
+        "inputs": {"channels": {"zmmjets": {"files": [str(path)]}}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    with pytest.raises(InputFileError, match=r"nod0\.root.*lepD0Sig"):
+        ingest(cfg)
+
+
+def test_nan_values_are_counted_and_dropped_or_fatal(tmp_path):
+    branches = generate("zmmjets", 400, seed=4)
+    met = np.asarray(branches["met_Et"], dtype=np.float32).copy()
+    met[[5, 17, 230]] = np.nan
+    branches["met_Et"] = met
+    path = tmp_path / "nan.root"
+    write_ntuple(path, branches, "mini")
+    cfg = Config.model_validate({
+        "inputs": {"channels": {"zmmjets": {"files": [str(path)]}}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    summary = ingest(cfg)
+    cutflow = dict((step, raw) for step, raw, _ in summary.channels["zmmjets"]["cutflow"])
+    assert cutflow["all"] - cutflow["finite"] == 3
+    entries = staged(cfg.store.staging)["zmmjets"]["event_id"][:, 3]
+    assert not set(entries) & {5, 17, 230}
+
+    with pytest.raises(NonFiniteInputError, match=r"nan\.root.*met_Et"):
+        ingest(cfg.replace(selection={"on_nonfinite": "fail"}, store={"url": str(tmp_path / "fail.zarr")}))
+
+
+def test_cross_section_normalises_weights(sample, tmp_path):
+    channels = {"ttbar": {"files": [str(sample / "ttbar" / "*.root")], "xsec_pb": 2.0}}
+    cfg = Config.model_validate({
+        "inputs": {"channels": channels, "lumi_ifb": 10.0},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    ingest(cfg)
+    files = sorted((sample / "ttbar").glob("*.root"))
+    wgt = np.concatenate([uproot.open(f)["mini"]["wgt"].array(library="np") for f in files]).astype("f8")
+    scale = 2.0 * 1000.0 * 10.0 / wgt.sum()
+    data = staged(cfg.store.staging)["ttbar"]
+    index = {str(f): i for i, f in enumerate(files)}
+    attrs = staging_attrs(cfg.store.staging)
+    offsets = {f["index"]: 1500 * index[f["path"]] for f in attrs["files"]}
+    rows = np.array([offsets[i] + e for i, e in data["event_id"][:, 2:]])
+    np.testing.assert_allclose(data["weight"], (wgt[rows] * scale).astype(np.float32), rtol=1e-6)
