@@ -34,7 +34,12 @@ __all__ = [
     "RMMObject",
     "StoreConfig",
     "ClusterConfig",
+    "KubernetesConfig",
+    "HTCondorConfig",
     "SimulateConfig",
+    "TrainingConfig",
+    "ScoringConfig",
+    "ReportConfig",
 ]
 
 
@@ -294,7 +299,9 @@ class SplitsConfig(_Section):
 
 class ContaminationConfig(_Section):
     signal: str
-    fraction: float = Field(gt=0, le=1, description="Injected signal events / train events.")
+    fraction: float = Field(
+        gt=0, le=1, description="Injected signal events / background train events (see docs/store.md)."
+    )
 
 
 class StoreConfig(_Section):
@@ -302,7 +309,9 @@ class StoreConfig(_Section):
     staging_url: str | None = Field(
         None, description="Where ingest writes per-channel staging arrays; default <url>.staging"
     )
-    chunk_len: int = Field(8192, gt=0, description="Events per chunk in every group.")
+    chunk_len: int = Field(
+        16384, gt=0, description="Events per chunk in every group (docs/store.md says why 16384)."
+    )
     compressor: CompressorConfig = CompressorConfig()
     staging_compressor: CompressorConfig = CompressorConfig(codec="blosc-lz4", level=5)
     splits: SplitsConfig = SplitsConfig()
@@ -331,7 +340,94 @@ class AdaptConfig(_Section):
         return self
 
 
+def _size(value: str | None) -> str | None:
+    """Check that a human size such as '4 GiB' parses; keep the text as written."""
+    from dask.utils import parse_bytes
+
+    if value is None:
+        return value
+    try:
+        parse_bytes(value)
+    except ValueError as err:
+        raise ValueError(f"cannot read {value!r} as a size (e.g. '4 GiB')") from err
+    return value
+
+
+class KubernetesConfig(_Section):
+    """Pods of ``kind: kubernetes``: the ``DaskCluster`` resource the driver creates."""
+
+    name: str = Field(
+        "megaset",
+        pattern=r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$",
+        description="DaskCluster name; the scheduler service is <name>-scheduler.",
+    )
+    namespace: str | None = Field(None, description="Namespace; null: the current one.")
+    image: str = "ghcr.io/megaset/megaset:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of scheduler and workers.")
+    secret: str | None = Field(
+        None,
+        description="Secret whose keys become environment variables of the workers "
+        "(object-store credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).",
+    )
+    service_account: str | None = Field(None, description="ServiceAccount of scheduler and workers.")
+    run_as_user: int = Field(1000, ge=1, description="Non-root uid (and gid) of the containers.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Worker node labels.")
+    tolerations: list[dict[str, str | int]] = Field(
+        default_factory=list, description="Worker tolerations, e.g. of GPU node taints."
+    )
+    scheduler_cores: float = Field(1.0, gt=0)
+    scheduler_memory: str = "2 GiB"
+    startup_timeout: int = Field(
+        300, gt=0, description="Seconds to wait for the scheduler pod before giving up."
+    )
+
+    @field_validator("scheduler_memory")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        return _size(value)
+
+
+class HTCondorConfig(_Section):
+    """Worker jobs of ``kind: htcondor``; keys left null fall back to dask's jobqueue.yaml."""
+
+    disk: str | None = Field(None, description="Scratch disk per worker job, e.g. '10 GiB'.")
+    python: str | None = Field(
+        None,
+        description="Python on the execute nodes; null: jobqueue.yaml's, else the driver's "
+        "own interpreter (right when it lives on a shared filesystem).",
+    )
+    job_script_prologue: list[str] | None = Field(
+        None, description="Shell lines run before the worker starts (environment setup)."
+    )
+    job_extra_directives: dict[str, str | int | float] = Field(
+        default_factory=dict, description="Extra submit-file lines, merged over jobqueue.yaml's."
+    )
+    log_directory: str | None = None
+    local_directory: str | None = Field(None, description="Worker spill directory on the node.")
+    interface: str | None = Field(None, description="Network interface, e.g. eth0 or ib0.")
+
+    @field_validator("disk")
+    @classmethod
+    def _bytes(cls, value: str | None) -> str | None:
+        return _size(value)
+
+    @field_validator("job_extra_directives", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, value: Any) -> Any:
+        # YAML reads YES / NO / true as booleans, which HTCondor would not understand back.
+        items = value.items() if isinstance(value, dict) else ()
+        flags = [str(key) for key, v in items if isinstance(v, bool)]
+        if flags:
+            raise ValueError(
+                f"{', '.join(flags)}: write HTCondor values as quoted strings, e.g. 'YES' or 'True'"
+            )
+        return value
+
+
 class ClusterConfig(_Section):
+    """Where the Dask workers run and how many; see docs/deploy.md."""
+
     kind: Literal["local", "kubernetes", "htcondor", "address"] = "local"
     workers: int | None = Field(2, ge=1)
     adapt: AdaptConfig | None = None
@@ -340,22 +436,23 @@ class ClusterConfig(_Section):
     gpus_per_worker: int = Field(0, ge=0)
     address: str | None = None
     dashboard: bool = False
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to reach an existing scheduler (kind: address)."
+    )
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    htcondor: HTCondorConfig = HTCondorConfig()
 
     @field_validator("memory_per_worker")
     @classmethod
     def _bytes(cls, value: str) -> str:
-        from dask.utils import parse_bytes
-
-        try:
-            parse_bytes(value)
-        except ValueError as err:
-            raise ValueError(f"cannot read {value!r} as a size (e.g. '4 GiB')") from err
-        return value
+        return _size(value)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ClusterConfig:
         if self.kind == "address" and not self.address:
             raise ValueError("kind: address needs address: tcp://host:port")
+        if self.kind != "address" and self.workers is None and self.adapt is None:
+            raise ValueError(f"kind: {self.kind} needs workers: N or adapt: {{minimum, maximum}}")
         return self
 
 
@@ -371,6 +468,110 @@ class SimulateConfig(_Section):
     channels: list[str] | None = Field(None, description="Subset of channels; null: all.")
 
 
+# ---------------------------------------------------------------------------- training
+
+class ArchitectureConfig(_Section):
+    """Shape of the model; null keys take the thesis' (sec. 3.6) or Farina et al.'s choice."""
+
+    latent: int | None = Field(
+        None, gt=0, description="Latent size; null: 150 (thesis) for the networks, the "
+        "scree-plot suggestion (pca_variance) for pca.",
+    )
+    hidden: list[int] | None = Field(
+        None, description="Encoder hidden widths, input side first; the decoder mirrors them."
+    )
+    activations: list[Literal["tanh", "relu", "leaky_relu", "sigmoid", "linear"]] | None = Field(
+        None, description="One per dense layer from the first encoder layer to the output.",
+    )
+    leaky_slope: float = Field(0.3, ge=0, description="Negative slope of leaky_relu (thesis: 0.3).")
+    kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term per feature.")
+    cnn_channels: list[int] = Field(
+        default_factory=lambda: [32, 32, 32], min_length=1,
+        description="CNN: channels of each conv layer, a 2x2 max-pool between two.",
+    )
+    cnn_dense: int = Field(256, gt=0, description="CNN: dense layer between convolutions and latent.")
+    pca_variance: float = Field(
+        0.99, gt=0, le=1, description="pca: fraction of variance the suggested latent size explains."
+    )
+    pca_max_events: int = Field(
+        1_000_000, gt=0, description="pca: fit on the first train chunks up to this many events "
+        "(every chunk is a faithful sample); they are held in cluster memory during the fit.",
+    )
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int = Field(5, ge=1, description="Epochs without improvement of the val loss.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest decrease that counts as improvement.")
+
+
+class LoaderConfig(_Section):
+    read_ahead: int = Field(2, ge=1, description="Chunks read ahead of the one in use.")
+    threads: int = Field(2, ge=1, description="Reader threads (threads, never fork: zarr's async I/O).")
+    shuffle_chunks: int = Field(4, ge=1, description="Chunks shuffled together in one buffer.")
+
+
+class DDPConfig(_Section):
+    world_size: int | None = Field(
+        None, ge=1, description="Ranks; null: one per worker (per GPU worker) with a cluster, "
+        "else 1 (or torchrun's WORLD_SIZE).",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on GPU, else gloo.")
+    timeout_s: float = Field(
+        300.0, gt=0, description="Process-group timeout: a rank waiting longer on a dead peer fails."
+    )
+
+
+class TrainingConfig(_Section):
+    model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca"] = "ae-shallow"
+    output: str = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8192, gt=0, description="Events per step and rank (thesis: 8192).")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    seed: int = 0
+    scaling: Literal["minmax", "standard"] = "minmax"
+    weighted: bool = Field(True, description="Weight each event's loss by its event weight.")
+    negative_weights: Literal["keep", "abs", "zero"] = "keep"
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    loader: LoaderConfig = LoaderConfig()
+    ddp: DDPConfig = DDPConfig()
+
+
+# ---------------------------------------------------------------------------- scoring and report
+
+
+class ScoringConfig(_Section):
+    """``megaset score``: per-event reconstruction errors written next to the features."""
+
+    blocks: bool = Field(
+        True, description="Also write the error of each RMM block (met, mass, rapidity, energy) "
+        "as score/<model>.<block>; needs a square number of features.",
+    )
+    batch_size: int = Field(65_536, gt=0, description="Events per forward pass inside a chunk.")
+    retries: int = Field(3, ge=0, description="Dask retries of a chunk whose worker died.")
+
+
+class ReportConfig(_Section):
+    """``megaset report``: plots, tables and significances from the scored store."""
+
+    output: str = Field("megaset-demo/report", description="Folder of the PNGs, report.md and report.json.")
+    models: list[str] | None = Field(None, description="Scored models to report; null: every one scored.")
+    bins: int = Field(50, ge=5, description="Bins of the error, MET and mass histograms.")
+    axis: Literal["log10", "linear"] = Field(
+        "log10", description="Axis of the error plots and of the signal-region cuts m + i |m| step.",
+    )
+    regions: int = Field(3, ge=1, description="Signal regions i = 1 .. regions.")
+    region_step: float = Field(0.2, gt=0, description="Cut i sits at m + i * region_step * |m| (thesis: 1/5).")
+    met_max: float = Field(1000.0, gt=0, description="Upper edge (GeV) of the MET plots and threshold scan.")
+    mass_max: float = Field(1000.0, gt=0, description="Upper edge (GeV) of the m_ll / m_lll plots.")
+    pt_factors: list[float] = Field(
+        default_factory=lambda: [1.5, 3.0, 5.0, 7.0, 10.0], min_length=1,
+        description="pT-altering test: factors of the leading electron and muon pT.",
+    )
+    pt_group: Literal["val", "test"] = Field("val", description="pT-altering test: the events altered.")
+    pt_events: int = Field(100_000, gt=0, description="pT-altering test: at most this many events.")
+
+
 # ---------------------------------------------------------------------------- root
 
 
@@ -382,6 +583,9 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
     simulate: SimulateConfig = SimulateConfig()
+    training: TrainingConfig = TrainingConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    report: ReportConfig = ReportConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -1,0 +1,298 @@
+"""The mix pass: staging area -> channel-mixed store, one Dask task per output chunk.
+
+The driver makes the plan (:mod:`megaset.storage.plan`), creates every group and array of the
+store with its final shape, then submits one task per chunk that is not finished yet. A task
+gathers exactly its rows from the staging blocks, shuffles them, writes exactly one chunk of
+every array of its group (chunk-aligned writes: no locks, no partial chunks), records the
+chunk's weight sums and scaler partials, and marks the chunk done, last. Once every chunk is
+done, the driver folds the partials, writes the metadata and marks the store complete.
+
+Resumable: rerunning on an interrupted mix redoes only the chunks without a done mark; the
+plan is deterministic, so a redone or retried chunk is rewritten with the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from megaset import __version__
+from megaset.config import Config, CompressorConfig
+from megaset.errors import StoreError
+from megaset.storage import stats
+from megaset.storage._mix_chunk import build_chunk
+from megaset.storage._zarr import open_group, stored_bytes
+from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, make_plan
+from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["mix"]
+
+_REQUIRED = ("rmm", "weight", "channel", "event_id")
+_DIMENSIONS = {"rmm": ("event", "feature"), "event_id": ("event", "id_field")}
+#: Train chunks whose scaler partials are read back at once when folding them.
+_FOLD_BATCH = 64
+
+ColumnSpecs = dict[str, tuple[str, tuple[int, ...]]]
+
+
+def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Mix the staging area ``cfg.store.staging`` into the store ``cfg.store.url``.
+
+    Parameters
+    ----------
+    cfg
+        The configuration; its ``store`` section sets chunk length, codec, splits, seed and
+        contamination.
+    client
+        A Dask client; ``None`` builds the chunks one after the other in this process.
+    progress
+        Called as ``progress(done, total)`` in chunks, resumed chunks included.
+
+    Returns
+    -------
+    dict
+        ``groups`` (per group: ``n_events``, ``n_chunks``, events per channel name),
+        ``chunks``, ``resumed`` (chunks already done), ``mb_written`` (uncompressed column
+        data written by this run), ``mb_stored`` (size of the store), ``seconds``.
+
+    Raises
+    ------
+    IncompleteStoreError
+        If the ingest that wrote the staging area did not finish.
+    StoreError
+        If the store exists but was mixed from other staging data or other store settings.
+    ConfigError
+        For a contamination that names no signal channel or needs more signal than staged.
+    """
+    from megaset.storage.staging import list_pieces, staging_attrs
+
+    t0 = time.perf_counter()
+    url, staging = cfg.store.url, cfg.store.staging
+    sattrs = staging_attrs(staging)
+    pieces = list_pieces(staging)
+    plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
+    columns, layout = _column_specs(staging, pieces)
+    _check_features(sattrs, columns)
+    done = _prepare(url, plan, columns, cfg.store.compressor)
+    todo = [task for g in plan.groups for task in plan.tasks(g.name, np.flatnonzero(~done[g.name]))]
+    total = sum(g.n_chunks for g in plan.groups)
+    resumed = total - len(todo)
+    advance = (lambda n: progress(resumed + n, total)) if progress else (lambda n: None)
+    advance(0)
+    nbytes = _run(client, todo, {"staging": staging, "url": url, "columns": list(columns), "layout": layout}, advance)
+    if todo or not _complete(url):
+        _finish(url, cfg, plan, sattrs)
+    return {
+        "url": url,
+        "groups": {
+            g.name: {
+                "n_events": g.n_events,
+                "n_chunks": g.n_chunks,
+                "channels": {plan.sequences[c].name: n for c, n in zip(g.channel_ids, g.counts, strict=True)},
+            }
+            for g in plan.groups
+        },
+        "chunks": total,
+        "resumed": resumed,
+        "mb_written": nbytes / 1e6,
+        "mb_stored": stored_bytes(url) / 1e6,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _check_features(sattrs: Mapping[str, Any], columns: ColumnSpecs) -> None:
+    names, width = sattrs["feature_names"], columns["rmm"][1][0]
+    if len(names) != width:
+        msg = f"staging area lists {len(names)} feature names but its rmm rows have {width} cells; rerun `megaset ingest`"
+        raise StoreError(msg)
+
+
+def _column_specs(staging: str, pieces: Mapping[str, list]) -> tuple[ColumnSpecs, dict[str, list]]:
+    """Name -> (dtype, shape after the event axis) of every staged column, and the storage
+    layout of the pieces, from their attributes; every piece must agree."""
+    from megaset.storage.staging import piece_schema
+
+    found = [(f"{channel}/{key}", attrs) for channel, entries in pieces.items() for key, attrs in entries
+             if int(attrs["n_rows"])]
+    if not found:
+        msg = f"staging area {staging!r} holds no selected events: nothing to mix (check the selection and inputs)"
+        raise StoreError(msg)
+    first, attrs = found[0]
+    if "layout" not in attrs:
+        msg = f"staging piece {staging}/{first} was written by an older megaset; rerun `megaset ingest`"
+        raise StoreError(msg)
+    for where, other in found[1:]:
+        if other.get("schema") != attrs["schema"] or other.get("layout") != attrs["layout"]:
+            msg = (
+                f"staging pieces {staging}/{first} and {staging}/{where} hold different columns; "
+                "the staging area mixes two ingests: delete it and rerun `megaset ingest`"
+            )
+            raise StoreError(msg)
+    specs = piece_schema(attrs)
+    missing = [c for c in _REQUIRED if c not in specs]
+    if missing:
+        msg = f"staging piece {staging}/{first} lacks columns {missing}; rerun `megaset ingest`"
+        raise StoreError(msg)
+    return dict(sorted(specs.items())), attrs["layout"]
+
+
+def _complete(url: str) -> bool:
+    return bool(open_group(url).attrs.get("complete"))
+
+
+def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig) -> dict[str, np.ndarray]:
+    """Create the store layout, or reopen an interrupted one; the done mask of every group."""
+    import zarr
+
+    try:
+        root = open_group(url, mode="r+")
+    except StoreError:
+        root = None
+    if root is not None:
+        mix_attrs = root.attrs.get("mix", {})
+        if mix_attrs.get("fingerprint") != plan.fingerprint:
+            msg = (
+                f"store {url!r} was mixed from another staging area or with other store settings "
+                "(chunk_len, compressor, splits, seed, contamination); delete it or set store.url to a new location"
+                if "schema_version" in root.attrs
+                else f"{url!r} already holds a Zarr group that is not a megaset store; set store.url to a new location"
+            )
+            raise StoreError(msg)
+        if mix_attrs.get("layout"):
+            return {g.name: root[f"{MIX_PREFIX}/{g.name}/done"][:] for g in plan.groups}
+    # A fresh store, or our own whose layout creation was cut short (no chunk written yet):
+    # start from an empty root.
+    mix_attrs = {"fingerprint": plan.fingerprint, "layout": False}
+    root = zarr.create_group(store=url, overwrite=root is not None, zarr_format=3,
+                             attributes={"schema_version": SCHEMA_VERSION, "complete": False, "mix": mix_attrs})
+    _create_layout(root, plan, columns, codec)
+    root.attrs["mix"] = {**mix_attrs, "layout": True}
+    return {g.name: np.zeros(g.n_chunks, dtype=bool) for g in plan.groups}
+
+
+def _array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, codecs: list, fill: Any,
+                    dimensions: tuple[str, ...] | None = None):
+    """Zarr v3 metadata of an array, without touching the store."""
+    import zarr
+
+    template = zarr.create_array(store={}, shape=shape, chunks=chunks, dtype=dtype, compressors=codecs,
+                                 fill_value=fill, dimension_names=dimensions)
+    return template.metadata
+
+
+def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig) -> None:
+    """Every group and array with its final shape, plus the bookkeeping arrays (one chunk per
+    output chunk), created concurrently: on an object store that is one round of requests."""
+    from zarr.core.group import GroupMetadata
+
+    from megaset.storage.codecs import compressors
+
+    codecs = compressors(codec)
+    width = columns["rmm"][1][0]
+    nodes: dict[str, Any] = {}
+    for g in plan.groups:
+        nodes[g.name] = GroupMetadata(zarr_format=3, attributes={
+            "kind": g.kind, "n_events": g.n_events, "chunk_len": g.chunk_len,
+            "channel_ids": g.channel_ids, "counts": g.counts,
+            "base_columns": list(columns), "compressor": codec.model_dump(mode="json"),
+        })
+        for name, (dtype, tail) in columns.items():
+            nodes[f"{g.name}/{name}"] = _array_metadata(
+                (g.n_events, *tail), (g.chunk_len, *tail), dtype, codecs, 0, _DIMENSIONS.get(name, ("event",)))
+        book = f"{MIX_PREFIX}/{g.name}"
+        nodes[f"{book}/done"] = _array_metadata((g.n_chunks,), (1,), "bool", [], False)
+        k = len(g.channel_ids)
+        nodes[f"{book}/weights"] = _array_metadata((g.n_chunks, k), (1, max(k, 1)), "f8", [], 0.0)
+        if g.name == "train":
+            nodes[f"{book}/stats"] = _array_metadata(
+                (g.n_chunks, stats.N_ROWS, width), (1, stats.N_ROWS, width), "f8", [], 0.0)
+    for _ in root.create_hierarchy(nodes):
+        pass
+    root.attrs["groups"] = [g.name for g in plan.groups]
+
+
+def _run(client: Client | None, tasks: list[ChunkTask], kwargs: Mapping[str, Any],
+         advance: Callable[[int], None]) -> int:
+    """Build every chunk of ``tasks`` (``kwargs`` go to :func:`build_chunk`); the bytes written."""
+    if client is None:
+        written = 0
+        for n, task in enumerate(tasks, 1):
+            written += build_chunk(task, **kwargs)
+            advance(n)
+        return written
+    from distributed import as_completed
+
+    # A fresh token per run: a rerun must not pick up results the scheduler still holds.
+    token = uuid.uuid4().hex[:12]
+    keys = [f"mix-{t.group.replace('/', ':')}-{t.index}-{token}" for t in tasks]
+    futures = client.map(build_chunk, tasks, key=keys, retries=2, pure=False, **kwargs)
+    written = 0
+    try:
+        for n, future in enumerate(as_completed(futures), 1):
+            written += future.result()
+            future.release()
+            advance(n)
+    finally:
+        client.cancel(futures)
+    return written
+
+
+def _fold_scaler(book, n_chunks: int) -> dict[str, Any] | None:
+    """The train scaler from the per-chunk partials, folded in chunk order."""
+    summary = None
+    for first in range(0, n_chunks, _FOLD_BATCH):
+        for part in book["stats"][first:first + _FOLD_BATCH]:
+            summary = stats.combine(summary, part)
+    if summary is None:
+        return None
+    return {"n": int(summary[0][0]), **{k: v.tolist() for k, v in stats.finalize(summary).items()}}
+
+
+def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> None:
+    """Fold the per-chunk partials, write the metadata, and mark the store complete (last)."""
+    root = open_group(url, mode="r+")
+    weights: dict[str, np.ndarray] = {}
+    for g in plan.groups:
+        weights[g.name] = root[f"{MIX_PREFIX}/{g.name}/weights"][:].sum(axis=0) if g.n_chunks else np.zeros(len(g.channel_ids))
+        root[g.name].attrs["sum_weights"] = weights[g.name].tolist()
+    scaler = _fold_scaler(root[f"{MIX_PREFIX}/train"], plan.group("train").n_chunks)
+    root.attrs.update({
+        "feature_names": list(sattrs["feature_names"]),
+        "rmm": sattrs.get("rmm"),
+        "channels": _channel_table(sattrs["channels"], plan.groups, weights),
+        "cutflow": sattrs.get("cutflow", {}),
+        "scaler": scaler,
+        "inputs": sattrs.get("files", []),
+        "skipped": sattrs.get("skipped", []),
+        "contamination": plan.contamination,
+        "ingest": {k: sattrs.get(k) for k in ("config", "code_version", "summary")},
+        "config": cfg.resolved(),
+        "code_version": __version__,
+        "mix": {
+            "fingerprint": plan.fingerprint, "layout": True, "seed": cfg.store.seed,
+            "chunk_len": cfg.store.chunk_len, "compressor": cfg.store.compressor.model_dump(mode="json"),
+            "quota_rule": "megaset.storage.quotas.chunk_quotas",
+        },
+        "complete": True,
+    })
+
+
+def _channel_table(channels: list[dict], groups: list[GroupPlan], weights: Mapping[str, np.ndarray]) -> list[dict]:
+    out = []
+    for c in channels:
+        events, sums = {}, {}
+        for g in groups:
+            if c["id"] in g.channel_ids:
+                j = g.channel_ids.index(c["id"])
+                events[g.name] = g.counts[j]
+                sums[g.name] = float(weights[g.name][j])
+        out.append({"id": c["id"], "name": c["name"], "is_signal": bool(c.get("signal")),
+                    "is_data": bool(c.get("data")), "events": events, "sum_weights": sums})
+    return out

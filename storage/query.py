@@ -1,0 +1,312 @@
+"""SQL over the columns of one store group, streamed chunk by chunk (polars SQL).
+
+Every group of a store is a table, named by the group (``train``, ``val``, ``test``, ``data``,
+``signal_<name>`` or quoted ``"signal/<name>"``), whose columns are
+
+* the aux columns as stored (``met``, ``m_ll``, ``m_lll``, ``ht``, ``n_jets``, ...), ``weight``;
+* ``channel`` (the integer id) and ``channel_name`` (its name, an enum);
+* the parts of the event id: ``run``, ``event``, ``file_index``, ``entry``;
+* every RMM cell by its feature name (``e_T_miss``, ``m_ele_0_muo_0``, ``h_L_ljet_0``, ...);
+* the scores, ``score/<model>`` as ``score_<model>`` and ``score/<model>.<block>`` as
+  ``score_<model>_<block>`` (every character that cannot be in an SQL identifier becomes ``_``).
+
+The table is a polars ``LazyFrame`` over an IO source that yields one DataFrame per store chunk
+and reads only the arrays behind the columns the query uses (projection pushdown); filters are
+applied to each chunk as it is read (predicate pushdown), and the query runs on polars'
+streaming engine, so memory holds a few chunks whatever the size of the group. The SQL is
+parsed by polars: nothing in it is evaluated as Python, and table functions that would read
+other files (``read_csv``, ``read_parquet``, ...) are refused.
+
+>>> query("megaset-demo/store.zarr",
+...       "SELECT channel_name, count(*) AS n, avg(met) FROM test GROUP BY channel_name")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from megaset.errors import ConfigError, StoreError, StoreKeyError
+from megaset.storage.store import Store, StoreGroup, open_store
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["query", "query_lazy", "scan", "export", "sql_name", "EVENT_ID_FIELDS"]
+
+#: The parts of the ``event_id`` column, in order.
+EVENT_ID_FIELDS = ("run", "event", "file_index", "entry")
+_TABLE_FUNCTION = re.compile(r"\bread_\w+", re.IGNORECASE)
+_FIRST_WORD = re.compile(r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(\w+)", re.DOTALL)
+_QUOTED = re.compile(r'"([^"]+)"')
+_SHOWN = 12  # how many columns an error message lists before "..."
+
+
+def sql_name(column: str) -> str:
+    """The SQL name of a store column: every character that is not a letter, digit or ``_`` -> ``_``.
+
+    >>> sql_name("score/ae-deep"), sql_name("score/ae-deep.met"), sql_name("signal/c1n2_wz_800_50")
+    ('score_ae_deep', 'score_ae_deep_met', 'signal_c1n2_wz_800_50')
+    """
+    return re.sub(r"\W", "_", column)
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One SQL column: the store array it comes from and, for a 2-D array, the index in it."""
+
+    array: str
+    index: int | None
+    dtype: Any
+
+
+def _polars_dtype(dtype: np.dtype) -> Any:
+    import polars as pl
+
+    return pl.Series(np.empty(0, dtype=dtype)).dtype
+
+
+def _table_columns(store: Store, group: StoreGroup) -> dict[str, _Column]:
+    """SQL column name -> where its values come from, for one group.
+
+    Raises
+    ------
+    StoreError
+        When two store columns would get the same SQL name.
+    """
+    import polars as pl
+
+    out: dict[str, _Column] = {}
+
+    def add(name: str, column: _Column, source: str) -> None:
+        if name in out:
+            msg = (
+                f"group {group.name!r} of {store.url!r}: columns {out[name].array!r} and {source!r} "
+                f"both map to the SQL name {name!r}; rename one of them"
+            )
+            raise StoreError(msg)
+        out[name] = column
+
+    for array in group.columns():
+        info = group.column_info(array)
+        dtype = _polars_dtype(info["dtype"])
+        if array == "rmm":
+            for k, feature in enumerate(store.feature_names):
+                add(feature, _Column("rmm", k, dtype), f"rmm cell {feature}")
+        elif array == "event_id":
+            for k, part in enumerate(EVENT_ID_FIELDS):
+                add(part, _Column("event_id", k, dtype), f"event_id[{k}]")
+        elif len(info["shape"]) == 2:
+            for k in range(info["shape"][1]):
+                add(f"{sql_name(array)}_{k}", _Column(array, k, dtype), f"{array}[{k}]")
+        else:
+            add(sql_name(array), _Column(array, None, dtype), array)
+        if array == "channel":
+            names = [c["name"] for c in sorted(store.channels, key=lambda c: c["id"])]
+            add("channel_name", _Column("channel", None, pl.Enum(names)), "channel names")
+    return out
+
+
+def _frame(values: Mapping[str, np.ndarray], columns: Mapping[str, _Column], names: list[str],
+           channels: Mapping[int, str]) -> pl.DataFrame:
+    import polars as pl
+
+    series = []
+    for name in names:
+        col = columns[name]
+        data = values[col.array] if col.index is None else values[col.array][:, col.index]
+        if name == "channel_name":
+            ids = pl.Series(name, data)
+            series.append(ids.replace_strict(list(channels), list(channels.values()), return_dtype=col.dtype))
+        else:
+            series.append(pl.Series(name, data, dtype=col.dtype))
+    return pl.DataFrame(series)
+
+
+def scan(url: str | Store, group: str) -> pl.LazyFrame:
+    """A lazy table over one group, read chunk by chunk (the table of :func:`query`).
+
+    >>> scan("megaset-demo/store.zarr", "test").filter(pl.col("met") > 200).collect()  # doctest: +SKIP
+
+    Raises
+    ------
+    StoreKeyError
+        For a group the store does not have (the message lists its groups).
+    """
+    return _scan(url if isinstance(url, Store) else open_store(url), group)
+
+
+def _scan(store: Store, group: str, seen: list[str] | None = None) -> pl.LazyFrame:
+    """:func:`scan`; ``seen`` collects the groups whose columns a query resolved (for errors)."""
+    import polars as pl
+    from polars.io.plugins import register_io_source
+
+    g = store.group(group)
+    state: dict[str, Any] = {}
+
+    def columns() -> dict[str, _Column]:
+        # Resolved on first use: registering every group of a store costs nothing.
+        if "columns" not in state:
+            state["columns"] = _table_columns(store, g)
+            if seen is not None:
+                seen.append(group)
+        return state["columns"]
+
+    def schema() -> pl.Schema:
+        return pl.Schema({name: col.dtype for name, col in columns().items()})
+
+    def chunks(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        cols = columns()
+        wanted = list(cols) if with_columns is None else list(with_columns)
+        needed = set(wanted)
+        if predicate is not None:
+            needed |= set(predicate.meta.root_names())
+        if not needed:
+            # A bare count(*): the height of the smallest column will do.
+            needed = {"channel" if "channel" in cols else next(iter(cols))}
+        names = [name for name in cols if name in needed]
+        arrays = sorted({cols[name].array for name in names})
+        channels = {int(c["id"]): c["name"] for c in store.channels}
+        left = n_rows
+        for i in range(g.n_chunks):
+            if left is not None and left <= 0:
+                return
+            frame = _frame(g.read_chunk(i, arrays), cols, names, channels)
+            if predicate is not None:
+                frame = frame.filter(predicate)
+            frame = frame.select(wanted) if wanted else frame
+            if left is not None:
+                frame = frame.head(left)
+                left -= frame.height
+            yield frame
+
+    return register_io_source(chunks, schema=schema, explain_name="megaset",
+                              explain_detail=f"{store.url} group {group}")
+
+
+def _check_sql(sql: str) -> None:
+    found = _TABLE_FUNCTION.search(sql)
+    if found:
+        msg = (
+            f"table functions such as {found.group(0)!r} are not available in queries: "
+            "select FROM a group of the store (train, val, test, data, signal_<name>)"
+        )
+        raise ConfigError(msg)
+    first = _FIRST_WORD.match(sql)
+    if not first or first.group(1).upper() not in ("SELECT", "WITH"):
+        word = first.group(1) if first else sql.strip()[:20]
+        msg = f"only SELECT queries run on a store, got {word!r}"
+        raise ConfigError(msg)
+
+
+def _tables(store: Store, seen: list[str]) -> dict[str, pl.LazyFrame]:
+    tables = {}
+    for name in store.group_names():
+        frame = _scan(store, name, seen)
+        tables[name] = frame
+        tables.setdefault(sql_name(name), frame)
+    return tables
+
+
+def _unknown_column(err: Exception, store: Store, seen: list[str]) -> StoreKeyError:
+    found = _QUOTED.search(str(err))
+    column = found.group(1) if found else "?"
+    groups = list(dict.fromkeys(seen)) or store.group_names()[:1]
+    known = list(_table_columns(store, store.group(groups[0])))
+    close = difflib.get_close_matches(column, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    feats = set(store.feature_names)
+    plain = [c for c in known if c not in feats]
+    listed = ", ".join(plain) + (
+        f", and the {len(feats)} RMM cells by feature name ({', '.join(store.feature_names[:3])}, ...)"
+        if feats else "")
+    msg = f"group {groups[0]!r} of {store.url!r} has no column {column!r}{hint}; its columns are: {listed}"
+    return StoreKeyError(msg)
+
+
+def _unknown_group(err: Exception, store: Store) -> StoreKeyError:
+    found = re.search(r"relation '([^']+)'", str(err))
+    table = found.group(1) if found else str(err)
+    names = [f"{sql_name(n)} (or \"{n}\")" if "/" in n else n for n in store.group_names()]
+    msg = f"store {store.url!r} has no group {table!r}; its groups are: {', '.join(names)}"
+    return StoreKeyError(msg)
+
+
+def query_lazy(url: str | Store, sql: str) -> pl.LazyFrame:
+    """The lazy result of ``sql`` over the store at ``url`` (see :func:`query`)."""
+    return _run(url, sql, lambda lazy: lazy)
+
+
+def _run(url: str | Store, sql: str, action: Callable[[pl.LazyFrame], Any]) -> Any:
+    """Plan ``sql`` over the store's groups and apply ``action`` to the plan, with clear errors.
+
+    polars reports an unknown table or column either when planning or when collecting.
+    """
+    import polars as pl
+
+    _check_sql(sql)
+    store = url if isinstance(url, Store) else open_store(url)
+    seen: list[str] = []
+    context = pl.SQLContext(frames=_tables(store, seen))
+    try:
+        return action(context.execute(sql, eager=False))
+    except pl.exceptions.ColumnNotFoundError as err:
+        raise _unknown_column(err, store, seen) from None
+    except pl.exceptions.SQLInterfaceError as err:
+        if "relation" in str(err):
+            raise _unknown_group(err, store) from None
+        msg = f"cannot run the query on {store.url!r}: {err}"
+        raise ConfigError(msg) from None
+
+
+def query(url: str | Store, sql: str) -> pl.DataFrame:
+    """Run one SQL ``SELECT`` over a group of the store at ``url``; the result as a DataFrame.
+
+    Parameters
+    ----------
+    url
+        The store (any fsspec URL) or an opened :class:`~megaset.storage.store.Store`.
+    sql
+        One ``SELECT`` (or ``WITH ... SELECT``) statement whose ``FROM`` names a group; see the
+        module documentation for the columns.
+
+    Returns
+    -------
+    polars.DataFrame
+
+    Raises
+    ------
+    StoreKeyError
+        For an unknown group (the groups are listed) or column (the columns are listed).
+    ConfigError
+        For a statement other than a query, a table function, or SQL polars cannot run.
+
+    Examples
+    --------
+    >>> query(url, "SELECT met, score_ae_shallow FROM test WHERE score_ae_shallow > 0.02")  # doctest: +SKIP
+    """
+    return _run(url, sql, lambda lazy: lazy.collect(engine="streaming"))
+
+
+def export(url: str | Store, sql: str, path: str | Path) -> Path:
+    """Stream the result of ``sql`` into a Parquet (``.parquet``) or CSV (``.csv``) file.
+
+    Raises
+    ------
+    ConfigError
+        For another file suffix.
+    """
+    path = Path(path)
+    sinks = {".parquet": "sink_parquet", ".csv": "sink_csv"}
+    if path.suffix not in sinks:
+        msg = f"cannot write {str(path)!r}: give a file ending in .parquet or .csv"
+        raise ConfigError(msg)
+    _run(url, sql, lambda lazy: getattr(lazy, sinks[path.suffix])(path))
+    return path

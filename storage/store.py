@@ -1,0 +1,257 @@
+"""The reader API of the RMM store: the only code that knows its layout.
+
+Layout (Zarr v3, any fsspec URL)::
+
+    <store>/zarr.json                 root attrs: provenance, channels, scaler, "complete"
+    <store>/train | val | test | data | signal/<name>/
+        zarr.json                     group attrs: kind, n_events, chunk_len, channel counts
+        rmm [N, F] float32, weight [N] float32, channel [N] int16, event_id [N, 4] int64,
+        aux columns [N] (met, m_ll, n_jets, ...), later score/<model> [N, ...]
+    <store>/_mix/<group>/{done, weights, stats}   per-chunk bookkeeping of the mix pass
+
+Every array of a group is chunked along events with the group's ``chunk_len``; chunk ``i``
+holds events ``i * chunk_len`` up to the next chunk (the last one may be short).
+
+>>> store = open_store("megaset-demo/store.zarr")            # doctest: +SKIP
+>>> train = store.group("train")                              # doctest: +SKIP
+>>> for i, cols in train.iter_chunks(("rmm", "weight")): ...  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
+from megaset.storage._zarr import chunk_exists, float_fill, open_group
+
+__all__ = ["open_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION"]
+
+#: Version of the store layout written by :mod:`megaset.storage.mix`.
+SCHEMA_VERSION = 1
+
+#: Where the mix pass keeps its per-chunk bookkeeping; not a data group.
+MIX_PREFIX = "_mix"
+
+
+def open_store(url: str, *, require_complete: bool = True) -> Store:
+    """Open the store at ``url`` (any fsspec URL).
+
+    Raises
+    ------
+    StoreError
+        When there is no megaset store at ``url``.
+    IncompleteStoreError
+        When the store was not finished (``require_complete=True``).
+    """
+    root = open_group(url, what="megaset store", hint="run `megaset mix` to build it, or check store.url")
+    attrs = dict(root.attrs)
+    if "schema_version" not in attrs:
+        msg = f"{url!r} is a Zarr group but not a megaset store (no schema_version attribute)"
+        raise StoreError(msg)
+    if require_complete and not attrs.get("complete"):
+        msg = (
+            f"store {url!r} is incomplete: its mix was interrupted or is still running; "
+            "run `megaset mix` to finish it (finished chunks are kept)"
+        )
+        raise IncompleteStoreError(msg)
+    return Store(url, attrs)
+
+
+class Store:
+    """An opened store: metadata and access to its groups."""
+
+    def __init__(self, url: str, attrs: dict[str, Any]):
+        self.url = url
+        self.attrs = attrs
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r}, groups={self.group_names()})"
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.attrs["feature_names"])
+
+    @property
+    def channels(self) -> list[dict[str, Any]]:
+        """Per channel: id, name, is_signal, is_data, events and sum of weights per group."""
+        return [dict(c) for c in self.attrs["channels"]]
+
+    @property
+    def scaler(self) -> dict[str, np.ndarray]:
+        """Per-feature ``min, max, mean, std`` of the train group (float64 arrays)."""
+        stats = self.attrs.get("scaler")
+        if not stats:
+            msg = f"store {self.url!r} has no scaler statistics: its train group is empty"
+            raise StoreError(msg)
+        return {k: np.asarray(stats[k], dtype=np.float64) for k in ("min", "max", "mean", "std")}
+
+    def group_names(self) -> list[str]:
+        """``train``, ``val``, ``test``, ``signal/<name>`` ..., ``data`` (those present)."""
+        return list(self.attrs["groups"])
+
+    def group(self, name: str) -> StoreGroup:
+        """The group ``name``.
+
+        Raises
+        ------
+        StoreKeyError
+            For a name the store does not have (the message lists the groups).
+        """
+        if name not in self.group_names():
+            msg = f"store {self.url!r} has no group {name!r}; its groups are: {', '.join(self.group_names())}"
+            raise StoreKeyError(msg)
+        return StoreGroup(self.url, name, dict(open_group(self.url, name, what="store group").attrs))
+
+
+class StoreGroup:
+    """One group of a store, read and written chunk by chunk.
+
+    Picklable: Dask tasks receive it and open the arrays on their worker.
+    """
+
+    def __init__(self, url: str, name: str, attrs: dict[str, Any]):
+        self.url = url
+        self.name = name
+        self.attrs = attrs
+        self._handles: dict[tuple[str, bool], Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "name": self.name, "attrs": self.attrs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["name"], state["attrs"])
+
+    def __repr__(self) -> str:
+        return f"StoreGroup({self.url!r}, {self.name!r}, n_events={self.n_events}, n_chunks={self.n_chunks})"
+
+    @property
+    def n_events(self) -> int:
+        return int(self.attrs["n_events"])
+
+    @property
+    def chunk_len(self) -> int:
+        return int(self.attrs["chunk_len"])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_events // self.chunk_len)
+
+    @property
+    def channel_counts(self) -> dict[int, int]:
+        """Events per channel id in this group."""
+        return {int(c): int(n) for c, n in zip(self.attrs["channel_ids"], self.attrs["counts"], strict=True)}
+
+    def columns(self) -> list[str]:
+        """Every array of the group, ``score/<model>`` columns included, sorted."""
+        group = self._group(write=False)
+        out = [name for name, _ in group.arrays()]
+        for sub, members in group.groups():
+            out += [f"{sub}/{name}" for name, _ in members.arrays()]
+        return sorted(out)
+
+    def column_info(self, name: str) -> dict[str, Any]:
+        """``shape``, ``chunks`` and ``dtype`` of one column."""
+        array = self._array(name)
+        return {"shape": tuple(array.shape), "chunks": tuple(array.chunks), "dtype": np.dtype(array.dtype)}
+
+    def chunk_slice(self, i: int) -> slice:
+        """The events of chunk ``i``."""
+        if not 0 <= i < self.n_chunks:
+            msg = f"chunk {i} is out of range for group {self.name!r} of {self.url!r} ({self.n_chunks} chunks)"
+            raise IndexError(msg)
+        return slice(i * self.chunk_len, min((i + 1) * self.chunk_len, self.n_events))
+
+    def read_chunk(self, i: int, columns: Sequence[str] = ("rmm", "weight")) -> dict[str, np.ndarray]:
+        """The values of ``columns`` in chunk ``i``."""
+        from zarr.core.sync import sync
+
+        rows = self.chunk_slice(i)
+        arrays = [self._array(name) for name in columns]
+        # All columns at once: on an object store the requests overlap.
+        values = sync(_read_all(arrays, rows))
+        return dict(zip(columns, values, strict=True))
+
+    def iter_chunks(self, columns: Sequence[str] = ("rmm", "weight"),
+                    indices: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(i, values)`` for the chunks ``indices`` (all, in order, by default)."""
+        for i in range(self.n_chunks) if indices is None else indices:
+            yield i, self.read_chunk(i, columns)
+
+    def create_column(self, name: str, dtype: Any, shape_tail: tuple[int, ...] = (), overwrite: bool = False) -> None:
+        """Add a column chunked like the group, e.g. ``score/ae-deep``.
+
+        Float columns are filled with NaN until written, so an unwritten chunk reads as
+        missing (and ``megaset verify`` reports it). Creating an existing column with the
+        same dtype and shape keeps it and its written chunks (resumable scoring); with
+        ``overwrite=True`` it starts empty.
+        """
+        from megaset.config import CompressorConfig
+        from megaset.storage.codecs import compressors
+
+        if name in self.attrs["base_columns"]:
+            msg = f"column {name!r} of group {self.name!r} in {self.url!r} is written by `megaset mix`; pick another name, e.g. 'score/{name}'"
+            raise StoreError(msg)
+        dtype = np.dtype(dtype)
+        shape = (self.n_events, *shape_tail)
+        group = self._group(write=True)
+        if not overwrite and name in self.columns():
+            existing = group[name]
+            if existing.dtype == dtype and tuple(existing.shape) == shape:
+                return
+            msg = (
+                f"column {name!r} of group {self.name!r} in {self.url!r} exists as {existing.dtype} "
+                f"{tuple(existing.shape)}, not {dtype} {shape}; pass overwrite=True to replace it"
+            )
+            raise StoreError(msg)
+        codec = CompressorConfig(**self.attrs["compressor"])
+        group.create_array(
+            name, shape=shape, dtype=dtype, chunks=(self.chunk_len, *shape_tail),
+            compressors=compressors(codec), fill_value=float_fill(dtype), overwrite=True,
+        )
+        self._handles.clear()
+
+    def write_chunk(self, name: str, i: int, values: np.ndarray) -> None:
+        """Write the whole chunk ``i`` of column ``name`` (one writer per chunk, no locks)."""
+        rows = self.chunk_slice(i)
+        array = self._array(name, write=True)
+        expected = (rows.stop - rows.start, *array.shape[1:])
+        values = np.asarray(values)
+        if values.shape != expected:
+            msg = f"chunk {i} of {self.name}/{name} in {self.url!r} needs shape {expected}, got {values.shape}"
+            raise ValueError(msg)
+        array[rows] = values.astype(array.dtype, copy=False)
+
+    def chunk_written(self, name: str, i: int) -> bool:
+        """Whether chunk ``i`` of column ``name`` has been written (for resumable scoring)."""
+        self.chunk_slice(i)
+        return chunk_exists(self._array(name), i)
+
+    def _group(self, write: bool):
+        key = ("", write)
+        if key not in self._handles:
+            self._handles[key] = open_group(self.url, self.name, mode="r+" if write else "r", what="store group")
+        return self._handles[key]
+
+    def _array(self, name: str, write: bool = False):
+        key = (name, write)
+        if key not in self._handles:
+            group = self._group(write)
+            try:
+                array = group[name]
+            except KeyError:
+                msg = (
+                    f"group {self.name!r} of {self.url!r} has no column {name!r}; "
+                    f"its columns are: {', '.join(self.columns())}"
+                )
+                raise StoreKeyError(msg) from None
+            # Every chunk written is stored, even all zeros, so chunk_written sees it.
+            self._handles[key] = array.with_config({"write_empty_chunks": True}) if write else array
+        return self._handles[key]
+
+
+async def _read_all(arrays: Sequence[Any], rows: slice) -> list[np.ndarray]:
+    return await asyncio.gather(*(array.async_array.getitem(rows) for array in arrays))

@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from store_factory import AUX_FLOAT, AUX_INT, CHANNELS, N_FEATURES, event_keys, make_config, make_staging
+
+from megaset.errors import ConfigError, IncompleteStoreError, StoreError
+from megaset.storage.mix import mix
+from megaset.storage.plan import split_counts
+from megaset.storage.quotas import chunk_quotas
+from megaset.storage.store import open_store
+from megaset.storage.verify import verify
+
+COLUMNS = ("rmm", "weight", "channel", "event_id", *AUX_FLOAT, *AUX_INT)
+NAMES = {c["id"]: c["name"] for c in CHANNELS}
+
+
+def read_group(url: str, name: str) -> dict[str, np.ndarray]:
+    group = open_store(url).group(name)
+    return {c: zarr.open_array(f"{url}/{name}/{c}", mode="r")[:] for c in group.columns()}
+
+
+def read_all(url: str) -> dict[str, dict[str, np.ndarray]]:
+    return {name: read_group(url, name) for name in open_store(url).group_names()}
+
+
+def assert_same_store(a: str, b: str) -> None:
+    left, right = read_all(a), read_all(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        assert left[name].keys() == right[name].keys()
+        for column in left[name]:
+            np.testing.assert_array_equal(left[name][column], right[name][column], err_msg=f"{name}/{column}")
+    attrs_a, attrs_b = open_store(a).attrs, open_store(b).attrs
+    for key in ("scaler", "channels", "cutflow", "inputs", "contamination"):
+        assert attrs_a[key] == attrs_b[key], key
+
+
+def test_every_staged_event_lands_exactly_once_with_its_row(mixed_store):
+    cfg, staged, _ = mixed_store
+    groups = read_all(cfg.store.url)
+    stored = {k: np.concatenate([g[k] for g in groups.values()]) for k in COLUMNS}
+    truth = {k: np.concatenate([staged[c][k] for c in staged]) for k in COLUMNS}
+    keys, truth_keys = event_keys(stored["event_id"]), event_keys(truth["event_id"])
+    assert len(np.unique(keys)) == len(keys) == len(truth_keys)
+    assert set(keys.tolist()) == set(truth_keys.tolist())
+    # Whole rows travel together: every column of a stored row is the staged row with its id.
+    order, truth_order = np.argsort(keys), np.argsort(truth_keys)
+    for name in COLUMNS:
+        np.testing.assert_array_equal(stored[name][order], truth[name][truth_order], err_msg=name)
+
+
+def test_chunks_hold_the_group_mixture(mixed_store):
+    cfg, staged, _ = mixed_store
+    store = open_store(cfg.store.url)
+    for name in ("train", "val", "test"):
+        group = store.group(name)
+        counts = [split_counts(len(staged[c]["weight"]), (0.6, 0.2, 0.2))[("train", "val", "test").index(name)]
+                  for c in ("zjets", "ttbar", "diboson")]
+        assert group.attrs["channel_ids"] == [0, 1, 2] and group.attrs["counts"] == counts
+        quotas = chunk_quotas(counts, 256)
+        assert group.n_chunks == len(quotas) > 1
+        for i, values in group.iter_chunks(("channel",)):
+            found = [int((values["channel"] == c).sum()) for c in (0, 1, 2)]
+            assert found == quotas[i].tolist()
+            # By hand for the full chunks: each channel within one event of its share.
+            if i < group.n_chunks - 1:
+                share = 256 * np.array(counts) / sum(counts)
+                assert (np.abs(np.array(found) - share) < 1).all()
+
+
+def test_rows_are_shuffled_inside_chunks(mixed_store):
+    cfg, staged, _ = mixed_store
+    channel = open_store(cfg.store.url).group("train").read_chunk(0, ("channel",))["channel"]
+    # Channels interleave (not sorted in blocks) ...
+    assert (np.diff(channel) != 0).sum() > 20
+    # ... and a channel's events are not in staging order.
+    ids = open_store(cfg.store.url).group("train").read_chunk(0, ("event_id",))["event_id"]
+    entries = ids[channel == 0, 3]
+    assert not (np.diff(entries) > 0).all()
+
+
+def test_scaler_is_the_train_statistics(mixed_store):
+    cfg, _, _ = mixed_store
+    store = open_store(cfg.store.url)
+    rmm = read_group(cfg.store.url, "train")["rmm"].astype(np.float64)
+    scaler = store.scaler
+    assert scaler["min"].tolist() == rmm.min(axis=0).tolist()
+    assert scaler["max"].tolist() == rmm.max(axis=0).tolist()
+    np.testing.assert_allclose(scaler["mean"], rmm.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(scaler["std"], rmm.std(axis=0), rtol=1e-10)
+    assert store.attrs["scaler"]["n"] == len(rmm)
+
+
+def test_metadata(mixed_store):
+    cfg, staged, summary = mixed_store
+    store = open_store(cfg.store.url)
+    attrs = store.attrs
+    assert attrs["complete"] is True and attrs["schema_version"] == 1
+    assert store.feature_names == [f"f{i}" for i in range(N_FEATURES)]
+    assert attrs["config"]["store"]["chunk_len"] == 256 and attrs["code_version"]
+    assert [f["path"] for f in attrs["inputs"]][:2] == ["/data/zjets_0.root", "/data/zjets_1.root"]
+    assert attrs["cutflow"]["ttbar"] == [["all", 1, 1.0]]
+    assert store.group_names() == ["train", "val", "test", "signal/susy", "data"]
+    table = {c["name"]: c for c in store.channels}
+    assert table["susy"]["is_signal"] and not table["susy"]["is_data"] and table["data15"]["is_data"]
+    assert table["susy"]["events"] == {"signal/susy": 740}
+    assert table["data15"]["events"] == {"data": 333}
+    groups = read_all(cfg.store.url)
+    for c in store.channels:
+        for group, n in c["events"].items():
+            mask = groups[group]["channel"] == c["id"]
+            assert n == mask.sum()
+            expected = groups[group]["weight"][mask].astype(np.float64).sum()
+            assert c["sum_weights"][group] == pytest.approx(expected, rel=1e-12)
+        assert sum(c["events"].values()) == len(staged[c["name"]]["weight"])
+    assert summary["groups"]["train"]["channels"]["diboson"] == split_counts(90, (0.6, 0.2, 0.2))[0]
+    assert summary["resumed"] == 0 and summary["chunks"] == sum(g["n_chunks"] for g in summary["groups"].values())
+    assert summary["mb_written"] > 0 and 0 < summary["mb_stored"] < summary["mb_written"]
+    assert verify(cfg.store.url) == []
+
+
+@pytest.mark.slow
+def test_dask_cluster_mix_is_identical_to_in_process(cluster_client, mixed_store, tmp_path):
+    cfg, _, _ = mixed_store
+    on_cluster = cfg.replace(store={"url": str(tmp_path / "cluster.zarr")})
+    seen = []
+    summary = mix(on_cluster, cluster_client, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (summary["chunks"], summary["chunks"]) and len(seen) == summary["chunks"] + 1
+    assert_same_store(on_cluster.store.url, cfg.store.url)
+
+
+@pytest.mark.slow
+def test_worker_killed_during_mix_is_retried_to_the_same_store(mixed_store, tmp_path):
+    import os
+
+    from distributed import Client, LocalCluster, WorkerPlugin
+
+    class KillOnce(WorkerPlugin):
+        """The first worker to start building train chunk 3 dies on the spot (os._exit)."""
+
+        def __init__(self, marker: str):
+            self.marker = marker
+
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "executing" and str(key).startswith("mix-train-3-") and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)
+
+    cfg, _, _ = mixed_store
+    retried = cfg.replace(store={"url": str(tmp_path / "retried.zarr")})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(KillOnce(str(tmp_path / "killed")))
+        mix(retried, client)
+    assert (tmp_path / "killed").exists()
+    assert_same_store(retried.store.url, cfg.store.url)
+    assert verify(retried.store.url) == []
+
+
+def test_resume_after_interruption_matches_uninterrupted(mixed_store, tmp_path):
+    cfg, _, _ = mixed_store
+    resumed = cfg.replace(store={"url": str(tmp_path / "resumed.zarr")})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_five(done: int, total: int) -> None:
+        if done == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        mix(resumed, None, progress=stop_after_five)
+    with pytest.raises(IncompleteStoreError, match="run `megaset mix` to finish it"):
+        open_store(resumed.store.url)
+    # A chunk whose writer died between its data and its done mark: garbage, no mark.
+    zarr.open_array(f"{resumed.store.url}/_mix/train/done", mode="r+")[4] = False
+    zarr.open_array(f"{resumed.store.url}/train/rmm", mode="r+")[4 * 256:5 * 256] = np.nan
+    summary = mix(resumed, None)
+    assert summary["resumed"] == 4
+    assert_same_store(resumed.store.url, cfg.store.url)
+    # A rerun on a complete store has nothing to do.
+    assert mix(resumed, None)["resumed"] == summary["chunks"]
+
+
+def test_contamination_moves_signal_into_train(tmp_path):
+    cfg = make_config(tmp_path, contamination={"signal": "susy", "fraction": 0.05})
+    staged = make_staging(cfg.store.staging)
+    mix(cfg, None)
+    store = open_store(cfg.store.url)
+    train = store.group("train")
+    n_background = sum(split_counts(len(staged[c]["weight"]), (0.6, 0.2, 0.2))[0] for c in ("zjets", "ttbar", "diboson"))
+    injected = round(0.05 * n_background)
+    assert train.channel_counts[3] == injected
+    assert train.n_events == n_background + injected
+    assert store.group("signal/susy").n_events == 740 - injected
+    assert store.attrs["contamination"]["n_events"] == injected
+    # Every chunk carries the signal in its share; ids stay unique over all groups.
+    quotas = chunk_quotas(train.attrs["counts"], 256)
+    for i, values in train.iter_chunks(("channel",)):
+        assert int((values["channel"] == 3).sum()) == quotas[i][-1]
+    susy = np.concatenate([read_group(cfg.store.url, "train")["event_id"][read_group(cfg.store.url, "train")["channel"] == 3],
+                           read_group(cfg.store.url, "signal/susy")["event_id"]])
+    assert sorted(event_keys(susy).tolist()) == sorted(event_keys(staged["susy"]["event_id"]).tolist())
+    assert verify(cfg.store.url) == []
+
+
+def test_pieces_of_skipped_files_are_left_out(tmp_path):
+    cfg = make_config(tmp_path)
+    staged = make_staging(cfg.store.staging, {"zjets": [300, 200], "ttbar": [100]}, skipped=("/data/zjets_1.root",))
+    summary = mix(cfg, None)
+    zjets = sum(g["channels"].get("zjets", 0) for g in summary["groups"].values())
+    assert zjets == 300
+    ids = np.concatenate([g["event_id"] for g in read_all(cfg.store.url).values()])
+    assert not np.isin(event_keys(ids), event_keys(staged["zjets"]["event_id"][300:])).any()
+    assert open_store(cfg.store.url).attrs["skipped"] == [{"file": "/data/zjets_1.root", "reason": "unreadable basket"}]
+
+
+def test_unfinished_staging_is_refused(tmp_path):
+    cfg = make_config(tmp_path)
+    make_staging(cfg.store.staging, {"zjets": [30]}, finish=False)
+    with pytest.raises(IncompleteStoreError, match="ingest was interrupted. Run `megaset ingest` again"):
+        mix(cfg, None)
+
+
+def test_empty_staging_is_refused(tmp_path):
+    cfg = make_config(tmp_path)
+    make_staging(cfg.store.staging, {"zjets": [0]})
+    with pytest.raises(StoreError, match="holds no selected events: nothing to mix"):
+        mix(cfg, None)
+
+
+def test_store_of_other_settings_is_not_overwritten(mixed_store, tmp_path):
+    cfg, _, _ = mixed_store
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cfg.store.url, copy)
+    other = cfg.replace(store={"url": str(copy), "seed": 7})
+    with pytest.raises(StoreError, match="with other store settings.*delete it or set store.url"):
+        mix(other, None)
+    foreign = tmp_path / "foreign.zarr"
+    zarr.create_group(store=str(foreign))
+    with pytest.raises(StoreError, match="not a megaset store"):
+        mix(cfg.replace(store={"url": str(foreign)}), None)
+
+
+def test_contamination_larger_than_the_signal_is_refused(tmp_path):
+    cfg = make_config(tmp_path, contamination={"signal": "susy", "fraction": 1.0})
+    make_staging(cfg.store.staging)
+    with pytest.raises(ConfigError, match=r"asks for 1,860 susy events in train \(1,860 background events\), but only 740 are staged"):
+        mix(cfg, None)
+
+
+def test_signal_only_staging_gives_empty_background_groups(tmp_path):
+    cfg = make_config(tmp_path)
+    make_staging(cfg.store.staging, {"susy": [300]}, channels=[c for c in CHANNELS if c["signal"]])
+    summary = mix(cfg, None)
+    assert {name: g["n_events"] for name, g in summary["groups"].items()} == {
+        "train": 0, "val": 0, "test": 0, "signal/susy": 300}
+    store = open_store(cfg.store.url)
+    assert store.group("train").n_chunks == 0
+    with pytest.raises(StoreError, match="has no scaler statistics: its train group is empty"):
+        store.scaler
+    assert verify(cfg.store.url) == []

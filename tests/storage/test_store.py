@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
+from megaset.storage.store import open_store
+
+
+@pytest.fixture
+def store_copy(mixed_store, tmp_path):
+    """A private copy of the mixed store, for tests that write to it."""
+    cfg, _, _ = mixed_store
+    url = str(tmp_path / "store.zarr")
+    shutil.copytree(cfg.store.url, url)
+    return url
+
+
+def test_missing_store_names_the_url(tmp_path):
+    url = str(tmp_path / "nowhere.zarr")
+    with pytest.raises(StoreError, match=f"no megaset store at '{url}'"):
+        open_store(url)
+
+
+def test_foreign_zarr_group_is_refused(tmp_path):
+    zarr.create_group(store=str(tmp_path / "other.zarr"))
+    with pytest.raises(StoreError, match="is a Zarr group but not a megaset store"):
+        open_store(str(tmp_path / "other.zarr"))
+
+
+def test_incomplete_store_is_refused(store_copy):
+    root = zarr.open_group(store_copy, mode="r+")
+    root.attrs["complete"] = False
+    with pytest.raises(IncompleteStoreError, match=r"is incomplete.*run `megaset mix` to finish it"):
+        open_store(store_copy)
+    assert open_store(store_copy, require_complete=False).group_names()[0] == "train"
+
+
+def test_unknown_group_lists_the_groups(mixed_store):
+    store = open_store(mixed_store[0].store.url)
+    with pytest.raises(StoreKeyError, match="has no group 'signal/nope'; its groups are: train, val, test, signal/susy, data"):
+        store.group("signal/nope")
+    with pytest.raises(KeyError):
+        store.group("training")
+
+
+def test_store_metadata_accessors(mixed_store):
+    cfg, _, _ = mixed_store
+    store = open_store(cfg.store.url)
+    assert len(store.feature_names) == 9
+    assert set(store.scaler) == {"min", "max", "mean", "std"}
+    assert store.scaler["mean"].shape == (9,) and store.scaler["mean"].dtype == np.float64
+    assert [c["name"] for c in store.channels] == ["zjets", "ttbar", "diboson", "susy", "data15"]
+
+
+def test_chunks_and_slices(mixed_store):
+    cfg, staged, _ = mixed_store
+    train = open_store(cfg.store.url).group("train")
+    assert train.n_events == 1860 and train.chunk_len == 256 and train.n_chunks == 8
+    assert train.chunk_slice(0) == slice(0, 256)
+    assert train.chunk_slice(7) == slice(1792, 1860)
+    with pytest.raises(IndexError, match="chunk 8 is out of range for group 'train'.*8 chunks"):
+        train.chunk_slice(8)
+    last = train.read_chunk(7, ("rmm", "weight", "event_id"))
+    assert last["rmm"].shape == (68, 9) and last["rmm"].dtype == np.float32
+    assert last["event_id"].shape == (68, 4) and last["weight"].shape == (68,)
+    assert set(train.columns()) >= {"rmm", "weight", "channel", "event_id", "met", "n_b_jets"}
+    picked = list(train.iter_chunks(("channel",), indices=[5, 2]))
+    assert [i for i, _ in picked] == [5, 2]
+    whole = np.concatenate([v["channel"] for _, v in train.iter_chunks(("channel",))])
+    assert len(whole) == 1860
+    np.testing.assert_array_equal(picked[1][1]["channel"], whole[512:768])
+
+
+def test_unknown_column_lists_the_columns(mixed_store):
+    train = open_store(mixed_store[0].store.url).group("train")
+    with pytest.raises(StoreKeyError, match=r"group 'train' of .* has no column 'rmmm'; its columns are: channel, event_id"):
+        train.read_chunk(0, ("rmmm",))
+
+
+def test_score_column_round_trip(store_copy):
+    test = open_store(store_copy).group("test")
+    test.create_column("score/ae-deep", "f4")
+    test.create_column("score/blocks", "f4", shape_tail=(3,))
+    assert "score/ae-deep" in test.columns() and "score/blocks" in test.columns()
+    assert not test.chunk_written("score/ae-deep", 0)
+    values = np.linspace(0, 1, 256, dtype=np.float32)
+    test.write_chunk("score/ae-deep", 0, values)
+    test.write_chunk("score/blocks", 2, np.ones((108, 3)))
+    assert test.chunk_written("score/ae-deep", 0) and not test.chunk_written("score/ae-deep", 1)
+    reread = open_store(store_copy).group("test")
+    np.testing.assert_array_equal(reread.read_chunk(0, ("score/ae-deep",))["score/ae-deep"], values)
+    # Unwritten chunks read as NaN, not as a plausible score of zero.
+    assert np.isnan(reread.read_chunk(1, ("score/ae-deep",))["score/ae-deep"]).all()
+    assert reread.read_chunk(2, ("score/blocks",))["score/blocks"].shape == (108, 3)
+    # Creating it again keeps the written chunks (resumable scoring); overwrite starts over.
+    reread.create_column("score/ae-deep", "f4")
+    assert reread.chunk_written("score/ae-deep", 0)
+    reread.create_column("score/ae-deep", "f4", overwrite=True)
+    assert not reread.chunk_written("score/ae-deep", 0)
+
+
+def test_all_zero_integer_chunk_counts_as_written(store_copy):
+    test = open_store(store_copy).group("test")
+    test.create_column("score/flag", "i1")
+    test.write_chunk("score/flag", 1, np.zeros(256, dtype=np.int8))
+    assert test.chunk_written("score/flag", 1)
+
+
+def test_column_errors(store_copy):
+    test = open_store(store_copy).group("test")
+    with pytest.raises(StoreError, match="column 'rmm' of group 'test'.*is written by `megaset mix`"):
+        test.create_column("rmm", "f4")
+    test.create_column("score/x", "f4")
+    with pytest.raises(StoreError, match=r"exists as float32 \(620,\), not float64 \(620,\); pass overwrite=True"):
+        test.create_column("score/x", "f8")
+    with pytest.raises(ValueError, match=r"chunk 2 of test/score/x .* needs shape \(108,\), got \(256,\)"):
+        test.write_chunk("score/x", 2, np.zeros(256))
+
+
+def test_group_pickles_for_dask_tasks(store_copy):
+    test = open_store(store_copy).group("test")
+    test.read_chunk(0, ("weight",))
+    clone = pickle.loads(pickle.dumps(test))
+    np.testing.assert_array_equal(clone.read_chunk(1, ("weight",))["weight"], test.read_chunk(1, ("weight",))["weight"])
