@@ -1,0 +1,351 @@
+"""Training throughput and memory, side by side in one run on the same store.
+
+(a) the trainer streaming chunks from the store vs the same loop on in-memory tensors
+    (samples/s of the training steps; target: streaming >= 0.95 x in-memory);
+(b) the loader alone ("fast consumer", no model step) with 1 and 2 reader threads, and the
+    bytes read per event against the uncompressed size;
+(c) the thesis' megaset loop (10 megasets as .npy, each loaded whole, fitted with validation
+    every epoch as Keras' fit did, weights saved and reloaded into a new model) vs the streaming
+    trainer at equal samples seen: wall time, peak RSS, final val loss; and the megasets'
+    fast-consumer delivery rate;
+(d) 1 DDP rank vs 2 DDP ranks on a Dask LocalCluster (gloo).
+Every measurement runs in a fresh process, so that its peak RSS is its own.
+
+    python benchmarks/training.py                 # 6M simulated events, thesis batch size 8192
+    python benchmarks/training.py --small         # a small store, for a quick check
+    python benchmarks/training.py --store URL     # an existing store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_MEGASETS = 10
+
+
+def _isolated(fn, *args) -> tuple[Any, float]:
+    """``fn(*args)`` in a fresh (spawned) process: its result and peak RSS in MiB."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_measured, fn, *args).result()
+
+
+def _measured(fn, *args) -> tuple[Any, float]:
+    result = fn(*args)
+    return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _build_store(work: Path, events: int, workers: int, chunk_len: int) -> str:
+    from distributed import Client, LocalCluster
+
+    from megaset.config import Config
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.simulate import simulate
+    from megaset.storage.mix import mix
+
+    cfg = Config.model_validate({
+        "simulate": {"output": str(work / "ntuples"), "events": events, "signal_events": 0,
+                     "events_per_file": 250_000},
+        "store": {"url": str(work / "store.zarr"), "chunk_len": chunk_len},
+        "cluster": {"workers": workers},
+    })
+    simulate(cfg.simulate, tree=cfg.inputs.tree)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        ingest(cfg, client)
+        mix(cfg, client)
+    return cfg.store.url
+
+
+def _config(url: str, out: Path, args: argparse.Namespace, **training: Any):
+    from megaset.config import Config
+
+    return Config.model_validate({"store": {"url": url}, "training": {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+        "output": str(out), "early_stopping": {"patience": 1000}, **training}})
+
+
+def _stream(cfg, torch_threads: int) -> dict[str, Any]:
+    import torch
+
+    from megaset.training.trainer import train
+
+    torch.set_num_threads(torch_threads)
+    start = time.perf_counter()
+    summary = train(cfg)
+    return {"wall_s": time.perf_counter() - start, "history": summary["history"]}
+
+
+def _train_tensors(cfg, x, w, val, model=None):
+    """The trainer's step on tensors held in memory: same model, init, optimizer and loss.
+
+    ``val`` (batches of validation tensors) is evaluated after every epoch, as the trainer does.
+    """
+    import torch
+
+    from megaset.training.loop import evaluate
+    from megaset.training.models import build_model, per_event_loss
+
+    tc = cfg.training
+    if model is None:
+        torch.manual_seed(tc.seed)
+        model = build_model(tc.model, x.shape[1], tc.architecture)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    rates, val_loss = [], None
+    for _ in range(tc.epochs):
+        model.train()
+        start = time.perf_counter()
+        for idx in torch.randperm(len(x)).split(tc.batch_size):
+            xb, wb = x[idx], w[idx]
+            loss = torch.mean(wb * per_event_loss(model(xb), xb))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        rates.append(len(x) / (time.perf_counter() - start))
+        val_loss = evaluate(model, val, tc, torch.device("cpu"))[0]
+    return model, rates, val_loss
+
+
+def _group_arrays(cfg, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole store group in memory: scaled features and raw weights."""
+    from megaset.storage.store import open_store
+    from megaset.training.scaling import Scaling
+
+    store = open_store(cfg.store.url)
+    scaling = Scaling.from_scaler(store.scaler, cfg.training.scaling)
+    chunks = [c for _, c in store.group(name).iter_chunks()]
+    return np.concatenate([scaling(c["rmm"]) for c in chunks]), np.concatenate([c["weight"] for c in chunks])
+
+
+def _batches(x: np.ndarray, w: np.ndarray, size: int) -> list:
+    import torch
+
+    return [(torch.from_numpy(x[i : i + size]), torch.from_numpy(w[i : i + size])) for i in range(0, len(w), size)]
+
+
+def _train_weights(cfg, w: np.ndarray):
+    import torch
+
+    from megaset.storage.store import open_store
+    from megaset.training.loop import event_weights, weight_norm
+
+    norm = weight_norm(open_store(cfg.store.url).group("train"), cfg.training)
+    return event_weights(torch.from_numpy(w), cfg.training) * norm
+
+
+def _in_memory(cfg, torch_threads: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    start = time.perf_counter()
+    x, w = _group_arrays(cfg, "train")
+    val = _batches(*_group_arrays(cfg, "val"), cfg.training.batch_size)
+    _, rates, val_loss = _train_tensors(cfg, torch.from_numpy(x), _train_weights(cfg, w), val)
+    return {"wall_s": time.perf_counter() - start, "rates": rates, "val_loss": val_loss}
+
+
+def _loader_alone(cfg, threads: int) -> float:
+    from megaset.storage.store import open_store
+    from megaset.training.loader import ChunkDataset
+    from megaset.training.scaling import Scaling
+
+    store = open_store(cfg.store.url)
+    tl = cfg.training.loader
+    ds = ChunkDataset(store.group("train"), batch_size=cfg.training.batch_size, threads=threads,
+                      read_ahead=max(tl.read_ahead, threads), shuffle_chunks=tl.shuffle_chunks,
+                      scaling=Scaling.from_scaler(store.scaler, cfg.training.scaling))
+    start = time.perf_counter()
+    n = sum(len(w) for _, w in ds)
+    return n / (time.perf_counter() - start)
+
+
+def _export_megasets(cfg, folder: Path) -> None:
+    """The thesis' preparation: train split in 10 megasets and val, saved as scaled .npy arrays."""
+    from megaset.storage.store import open_store
+    from megaset.training.scaling import Scaling
+
+    store = open_store(cfg.store.url)
+    scaling = Scaling.from_scaler(store.scaler, cfg.training.scaling)
+    group = store.group("train")
+    for m, indices in enumerate(np.array_split(np.arange(group.n_chunks), N_MEGASETS)):
+        chunks = [c for _, c in group.iter_chunks(indices=indices)]
+        np.save(folder / f"megaset_{m}_x.npy", np.concatenate([scaling(c["rmm"]) for c in chunks]))
+        np.save(folder / f"megaset_{m}_w.npy", np.concatenate([c["weight"] for c in chunks]))
+    x, w = _group_arrays(cfg, "val")
+    np.save(folder / "val_x.npy", x)
+    np.save(folder / "val_w.npy", w)
+
+
+def _megaset_loop(cfg, folder: Path) -> dict[str, Any]:
+    """The thesis loop (its fig. 3.17): per megaset a new model, the previous weights reloaded,
+    ``fit`` with validation data every epoch, the weights saved."""
+    import torch
+
+    from megaset.training.models import build_model
+
+    start = time.perf_counter()
+    val = _batches(np.load(folder / "val_x.npy"), np.load(folder / "val_w.npy"), cfg.training.batch_size)
+    rates, model, val_loss = [], None, None
+    for m in range(N_MEGASETS):
+        x = torch.from_numpy(np.load(folder / f"megaset_{m}_x.npy"))
+        w = _train_weights(cfg, np.load(folder / f"megaset_{m}_w.npy"))
+        model = build_model(cfg.training.model, x.shape[1], cfg.training.architecture)
+        if m:
+            model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        model, r, val_loss = _train_tensors(cfg, x, w, val, model)
+        rates += r
+        torch.save(model.state_dict(), folder / "weights.pt")
+        del x, w
+    return {"wall_s": time.perf_counter() - start, "rates": rates, "val_loss": val_loss}
+
+
+def _megaset_delivery(folder: Path, batch_size: int) -> float:
+    """Fast consumer of the megasets: load each whole, cut it into shuffled batches."""
+    n, start = 0, time.perf_counter()
+    for m in range(N_MEGASETS):
+        x = np.load(folder / f"megaset_{m}_x.npy")
+        w = np.load(folder / f"megaset_{m}_w.npy")
+        perm = np.random.default_rng(m).permutation(len(w))
+        for i in range(0, len(w), batch_size):
+            idx = perm[i : i + batch_size]
+            batch = (x[idx], w[idx])  # the copy a training step would get
+            n += len(batch[1])
+    return n / (time.perf_counter() - start)
+
+
+def _ddp(cfg, world_size: int) -> dict[str, Any]:
+    from distributed import Client, LocalCluster
+
+    from megaset.training.trainer import train
+
+    cfg = cfg.replace(training={"ddp": {"world_size": world_size}})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        start = time.perf_counter()
+        summary = train(cfg, client)
+        return {"wall_s": time.perf_counter() - start, "history": summary["history"]}
+
+
+def _stored_bytes(url: str, arrays: list[str]) -> int:
+    return sum(p.stat().st_size for a in arrays for p in Path(url, "train", a).rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="a small store and batch size, for a quick check")
+    parser.add_argument("--events", type=int, default=None, help="background events to simulate")
+    parser.add_argument("--store", default=None, help="use this store instead of simulating one")
+    parser.add_argument("--model", default="ae-shallow")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--chunk-len", type=int, default=None, help="events per store chunk")
+    parser.add_argument("--workers", type=int, default=2, help="Dask workers for ingest and DDP")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b); the best is kept")
+    parser.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    # About 2 % of the simulated events pass the 2-lepton selection into the train group.
+    args.events = args.events or (600_000 if args.small else 6_000_000)
+    args.epochs = max(args.epochs or 3, 2)
+    args.batch_size = args.batch_size or (1024 if args.small else 8192)
+    args.chunk_len = args.chunk_len or (1024 if args.small else 8192)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="megaset-bench-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    url = args.store or _build_store(work, args.events, args.workers, args.chunk_len)
+    if not args.store:
+        print(f"built the store from {args.events:,} simulated events in {time.perf_counter() - t0:.0f} s")
+
+    from megaset.storage.store import open_store
+
+    store = open_store(url)
+    train_group = store.group("train")
+    n, f = train_group.n_events, len(store.feature_names)
+    if train_group.n_chunks < N_MEGASETS:
+        raise SystemExit(f"the train group has {train_group.n_chunks} chunks, fewer than {N_MEGASETS} "
+                         "megasets: simulate more events or lower --chunk-len")
+    print(f"store {url}: train {n:,} events x {f} features in {train_group.n_chunks} chunks; "
+          f"model {args.model}, batch {args.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores\n")
+    cfg = _config(url, work / "models", args)
+    out: dict[str, Any] = {"events_train": n, "features": f, "batch_size": args.batch_size, "epochs": args.epochs}
+
+    # torch on every core, then on all but one (left to the reader thread). Alternated and
+    # repeated, the best epoch kept (as timeit does): other load on the machine only ever slows
+    # a run down. The first epoch warms caches and allocators on both sides and is left out.
+    cores = os.cpu_count() or 1
+    rates: dict[tuple[str, int], float] = {}
+    for _ in range(args.repeat):
+        for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
+            stream, rss = _isolated(_stream, cfg, threads)
+            memory, rss_m = _isolated(_in_memory, cfg, threads)
+            if threads == cores:  # (c) compares runs with torch on every core
+                whole = {"stream": (stream, rss), "memory": (memory, rss_m)}
+            best = (max(h["samples_per_s"] for h in stream["history"][1:]), max(memory["rates"][1:]))
+            for kind, rate in zip(("stream", "memory"), best, strict=True):
+                rates[kind, threads] = max(rates.get((kind, threads), 0.0), rate)
+    out["a"] = {f"torch_threads_{t}": {"stream_samples_per_s": rates["stream", t],
+                                        "memory_samples_per_s": rates["memory", t],
+                                        "ratio": rates["stream", t] / rates["memory", t]}
+                for t in sorted({t for _, t in rates}, reverse=True)}
+
+    loader = {t: max(_isolated(_loader_alone, cfg, t)[0] for _ in range(args.repeat)) for t in (1, 2)}
+    stored = _stored_bytes(url, ["rmm", "weight"]) / n if not url.startswith(("s3:", "gs:")) else float("nan")
+    out["b"] = {"loader_samples_per_s": loader, "bytes_per_event_read": stored, "bytes_per_event_raw": 4 * (f + 1)}
+
+    megasets = work / "megasets"
+    megasets.mkdir(exist_ok=True)
+    _isolated(_export_megasets, cfg, megasets)
+    loop, rss_loop = _isolated(_megaset_loop, cfg, megasets)
+    delivery = _isolated(_megaset_delivery, megasets, args.batch_size)[0]
+    out["c"] = {
+        "megaset_loop": {"wall_s": loop["wall_s"], "peak_rss_mib": rss_loop, "val_loss": loop["val_loss"],
+                         "samples_seen": n * args.epochs, "delivery_samples_per_s": delivery},
+        "streaming": {"wall_s": whole["stream"][0]["wall_s"], "peak_rss_mib": whole["stream"][1],
+                      "val_loss": whole["stream"][0]["history"][-1]["val_loss"], "samples_seen": n * args.epochs},
+        "in_memory": {"wall_s": whole["memory"][0]["wall_s"], "peak_rss_mib": whole["memory"][1],
+                      "val_loss": whole["memory"][0]["val_loss"]},
+    }
+
+    ddp = {w: _isolated(_ddp, cfg, w)[0] for w in (1, 2)}
+    ddp_rate = {w: statistics.median(h["samples_per_s"] for h in r["history"][1:]) for w, r in ddp.items()}
+    out["d"] = {"samples_per_s": ddp_rate, "speedup": ddp_rate[2] / ddp_rate[1],
+                "wall_s": {w: r["wall_s"] for w, r in ddp.items()}}
+
+    for key, r in out["a"].items():
+        print(f"(a) training steps, samples/s, {key.replace('_', ' ')}: streaming "
+              f"{r['stream_samples_per_s']:>10,.0f}   in memory {r['memory_samples_per_s']:>10,.0f}"
+              f"   ratio {r['ratio']:.3f} (target >= 0.95)")
+    print(f"(b) loader alone, samples/s        1 thread  {loader[1]:>12,.0f}   2 threads {loader[2]:>12,.0f}")
+    print(f"    bytes per event read           {stored:>10,.1f}   uncompressed {4 * (f + 1):,}   "
+          f"ratio {4 * (f + 1) / stored:.1f}x")
+    print(f"(c) {'':<29}{'wall s':>10}{'peak RSS MiB':>14}{'val loss':>12}{'val passes':>12}{'delivery/s':>14}")
+    for name, r, passes, d in (
+        ("megaset loop (10 x .npy)", out["c"]["megaset_loop"], N_MEGASETS * args.epochs, delivery),
+        ("streaming trainer", out["c"]["streaming"], args.epochs, loader[2]),
+        ("in-memory tensors", out["c"]["in_memory"], args.epochs, None),
+    ):
+        shown = f"{d:>14,.0f}" if d else f"{'':>14}"
+        print(f"    {name:<29}{r['wall_s']:>10.1f}{r['peak_rss_mib']:>14,.0f}{r['val_loss']:>12.3e}{passes:>12}{shown}")
+    print(f"(d) DDP on a LocalCluster, samples/s  1 rank {ddp_rate[1]:>12,.0f}   2 ranks {ddp_rate[2]:>12,.0f}"
+          f"   speed-up {out['d']['speedup']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from megaset.errors import CheckpointError, ConfigError
+from megaset.storage.store import open_store
+from megaset.training.loader import ChunkDataset
+from megaset.training.scaling import Scaling
+
+
+class Recording:
+    """A store group that records which chunks are read, and by which thread."""
+
+    def __init__(self, group):
+        self._group = group
+        self.reads: list[int] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._group, name)
+
+    def read_chunk(self, i, columns=("rmm", "weight")):
+        with self._lock:
+            self.reads.append(int(i))
+            self.threads.add(threading.current_thread().name)
+        return self._group.read_chunk(i, columns)
+
+
+@pytest.fixture(scope="module")
+def train(tiny_store):
+    store = open_store(tiny_store.store.url)
+    group = store.group("train")
+    scaling = Scaling.from_scaler(store.scaler)
+    chunks = [group.read_chunk(i) for i in range(group.n_chunks)]
+    rows = {scaling(c["rmm"])[j].tobytes(): i for i, c in enumerate(chunks) for j in range(len(c["weight"]))}
+    return group, scaling, chunks, rows
+
+
+def _rows(batches) -> np.ndarray:
+    return torch.cat([x for x, _ in batches]).numpy()
+
+
+def _sorted(a: np.ndarray) -> np.ndarray:
+    return a[np.lexsort(a.T[::-1])]
+
+
+def test_one_shard_yields_every_scaled_event_once(train):
+    group, scaling, chunks, _ = train
+    ds = ChunkDataset(group, batch_size=50, scaling=scaling, seed=3, shuffle_chunks=3)
+    batches = list(ds)
+    assert [len(w) for _, w in batches] == [50] * 15 + [18]  # 768 events
+    expected = np.concatenate([scaling(c["rmm"]) for c in chunks])
+    np.testing.assert_array_equal(_sorted(_rows(batches)), _sorted(expected))
+    weights = torch.cat([w for _, w in batches]).numpy()
+    np.testing.assert_array_equal(np.sort(weights), np.sort(np.concatenate([c["weight"] for c in chunks])))
+
+
+@pytest.mark.parametrize("n_shards", [2, 3, 5])
+def test_shards_read_disjoint_chunks_and_yield_equal_batch_counts(train, n_shards):
+    group, scaling, chunks, rows = train
+    ds = ChunkDataset(group, batch_size=40, scaling=scaling, seed=1, shuffle_chunks=2)
+    sizes = [len(c["weight"]) for c in chunks]
+    seen, counts, reads = [], [], []
+    for shard in range(n_shards):
+        ds.set_epoch(4)
+        rec = Recording(group)
+        ds.group = rec
+        batches = list(ds.iter_shard(shard, n_shards))
+        counts.append(len(batches))
+        reads.append(sorted(rec.reads))
+        seen.append(_rows(batches))
+    flat = sorted(c for r in reads for c in r)
+    assert flat == list(range(len(chunks)))  # disjoint, and together every chunk once
+    rows_per_shard = [sum(sizes[c] for c in r) for r in reads]
+    assert counts == [min(-(-n // 40) for n in rows_per_shard)] * n_shards
+    every = np.concatenate(seen)
+    assert len({r.tobytes() for r in every}) == len(every)  # no event twice
+    for shard, r in enumerate(reads):  # each shard's events come from its own chunks
+        assert {rows[x.tobytes()] for x in seen[shard]} <= set(r)
+
+
+def test_permutation_is_seeded_by_seed_and_epoch(train):
+    group, scaling, _, _ = train
+
+    def first_epoch_rows(seed, epoch):
+        ds = ChunkDataset(group, batch_size=64, scaling=scaling, seed=seed)
+        ds.set_epoch(epoch)
+        return _rows(ds)
+
+    a = first_epoch_rows(7, 2)
+    np.testing.assert_array_equal(a, first_epoch_rows(7, 2))
+    assert not np.array_equal(a, first_epoch_rows(7, 3))
+    assert not np.array_equal(a, first_epoch_rows(8, 2))
+
+
+def test_a_full_pass_advances_the_epoch(train):
+    group, scaling, _, _ = train
+    ds = ChunkDataset(group, batch_size=64, scaling=scaling, seed=7)
+    first = _rows(ds)
+    assert ds.epoch == 1
+    second = _rows(ds)
+    ds.set_epoch(1)
+    np.testing.assert_array_equal(second, _rows(ds))
+    assert not np.array_equal(first, second)
+
+
+def test_rows_of_a_window_are_shuffled_across_its_chunks(train):
+    group, scaling, _, rows = train
+    ds = ChunkDataset(group, batch_size=64, scaling=scaling, seed=0, shuffle_chunks=3)
+    x, _ = next(iter(ds))
+    assert len({rows[r.tobytes()] for r in x.numpy()}) == 3
+    unshuffled = ChunkDataset(group, batch_size=64, scaling=scaling, shuffle=False)
+    x, _ = next(iter(unshuffled))
+    np.testing.assert_array_equal(x.numpy(), scaling(group.read_chunk(0)["rmm"]))
+
+
+def test_read_ahead_is_bounded_and_runs_in_reader_threads(train):
+    group, scaling, _, _ = train
+    rec = Recording(group)
+    ds = ChunkDataset(rec, batch_size=16, scaling=scaling, read_ahead=2, shuffle_chunks=2, threads=2)
+    it = iter(ds)
+    next(it)
+    # The first window (2 chunks) and 2 chunks ahead, not the 12 chunks of the group.
+    assert len(rec.reads) <= 4
+    list(it)
+    assert sorted(rec.reads) == list(range(12))
+    assert rec.threads and all(t.startswith("megaset-read") for t in rec.threads)
+
+
+def test_resume_mid_epoch_continues_exactly_without_rereading(train):
+    group, scaling, _, _ = train
+    options = {"batch_size": 48, "scaling": scaling, "seed": 5, "shuffle_chunks": 2}
+    ds = ChunkDataset(group, **options)
+    ds.set_epoch(2)
+    full = list(ds.iter_shard(0, 1))
+    ds.set_epoch(2)
+    it = ds.iter_shard(0, 1)
+    head = [next(it) for _ in range(7)]  # 336 events: windows of 128 events, 2 fully consumed
+    state = ds.state_dict()
+    assert (state["epoch"], state["position"]) == (2, 7)
+    rec = Recording(group)
+    resumed = ChunkDataset(rec, **options)
+    resumed.load_state_dict(state)
+    tail = list(resumed.iter_shard(0, 1))
+    assert len(head) + len(tail) == len(full) == 16
+    for (x, w), (x2, w2) in zip(full, head + tail, strict=True):
+        assert torch.equal(x, x2) and torch.equal(w, w2)
+    order = ds.assignment(1)[0]
+    assert sorted(rec.reads) == sorted(order[4:].tolist())  # the first two windows are skipped
+    assert resumed.epoch == 3
+
+
+def test_load_state_dict_says_what_it_found(train):
+    group, scaling, _, _ = train
+    state = ChunkDataset(group, batch_size=32, seed=1).state_dict()
+    with pytest.raises(CheckpointError, match=r"batch_size is 32 in the saved state, found 64 instead"):
+        ChunkDataset(group, batch_size=64, seed=1).load_state_dict(state)
+    other = {**state, "chunk_sizes": state["chunk_sizes"][:-1]}
+    with pytest.raises(CheckpointError, match=r"chunk_sizes is 11 chunks, 704 events .* found 12 chunks, 768 events"):
+        ChunkDataset(group, batch_size=32, seed=1).load_state_dict(other)
+
+
+def test_resuming_mid_epoch_with_another_world_size_is_refused(train):
+    group, scaling, _, _ = train
+    ds = ChunkDataset(group, batch_size=32, seed=1)
+    it = ds.iter_shard(0, 2)
+    next(it)
+    resumed = ChunkDataset(group, batch_size=32, seed=1)
+    resumed.load_state_dict(ds.state_dict())
+    with pytest.raises(CheckpointError, match=r"read by 2 shards .*found 3 instead"):
+        next(resumed.iter_shard(0, 3))
+
+
+def test_more_shards_than_chunks_is_a_config_error(train):
+    group, _, _, _ = train
+    ds = ChunkDataset(group, batch_size=32)
+    with pytest.raises(ConfigError, match=r"'train' has 12 chunks with events, fewer than the 13 ranks"):
+        next(ds.iter_shard(0, 13))

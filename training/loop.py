@@ -1,0 +1,300 @@
+"""The training loop that every rank runs, alone or under ``torch.distributed``.
+
+The rank and world size come from ``torch.distributed`` (initialised by the launcher in
+:mod:`megaset.training.ddp`, or not at all for a single process). Each rank streams its own
+chunks of the train group; DDP averages the gradients. The model is initialised with
+``torch.manual_seed(training.seed)`` and the torch generator is reseeded from
+``(seed, epoch, rank)`` at the start of every epoch, so that a run resumed from the checkpoint of
+epoch e draws the same random numbers (VAE sampling) as an uninterrupted one.
+
+Loss per batch: ``mean(w_i * l_i)`` with ``l_i`` the per-event objective (mean squared error
+over features, plus the KL term of a VAE) and ``w_i`` the event weight after the
+``negative_weights`` policy, normalised so that the train group's mean weight is 1 (the step
+size does not depend on the cross-section units). Validation: the weighted mean
+``sum(w_i l_i) / sum(w_i)`` over the whole val group, summed over ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from megaset.config import Config, TrainingConfig
+from megaset.errors import CheckpointError, ConfigError
+from megaset.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from megaset.training.loader import ChunkDataset
+from megaset.training.models import Autoencoder, build_model, per_event_loss, resolve_architecture
+from megaset.training.scaling import Scaling
+
+if TYPE_CHECKING:
+    from megaset.storage.store import StoreGroup
+
+__all__ = [
+    "fit", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
+    "checkpoint_payload", "summary", "RESUME_KEYS",
+]
+
+#: Settings a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("model", "seed", "batch_size", "learning_rate", "scaling", "weighted", "negative_weights")
+
+
+def output_paths(cfg: TrainingConfig) -> dict[str, Path]:
+    """Where the checkpoints and plots of the configured model go: ``<output>/<model>/``."""
+    base = Path(cfg.output) / cfg.model
+    return {"best": base / "best.pt", "last": base / "last.pt", "loss_curve": base / "loss.png",
+            "scree": base / "scree.png"}
+
+
+def event_weights(weight: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
+    """Event weights as the loss uses them, before normalisation."""
+    if not cfg.weighted:
+        return torch.ones_like(weight)
+    if cfg.negative_weights == "abs":
+        return weight.abs()
+    if cfg.negative_weights == "zero":
+        return weight.clamp(min=0)
+    return weight
+
+
+def weight_norm(group: StoreGroup, cfg: TrainingConfig) -> float:
+    """``n_events / sum of weights`` of the train group: makes the mean loss weight 1."""
+    total, n = 0.0, 0
+    for _, chunk in group.iter_chunks(columns=("weight",)):
+        w = event_weights(torch.from_numpy(np.asarray(chunk["weight"], dtype=np.float64)), cfg)
+        total += float(w.sum())
+        n += len(w)
+    if not total > 0:
+        msg = (
+            f"the event weights of group {group.name!r} sum to {total:g} with "
+            f"training.negative_weights={cfg.negative_weights!r}; use 'abs' or 'zero', or "
+            "training.weighted: false"
+        )
+        raise ConfigError(msg)
+    return n / total
+
+
+def _rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device() -> torch.device:
+    dist = torch.distributed
+    on_gpu = torch.cuda.is_available() and (
+        not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "nccl"
+    )
+    if not on_gpu:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if _rank_world()[1] > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(
+    model: Autoencoder, dataset: ChunkDataset, cfg: TrainingConfig, device: torch.device
+) -> tuple[float, float]:
+    """Weighted mean objective and weighted mean reconstruction error over a whole group.
+
+    Every rank reads its shard; the sums are added over ranks, so all ranks get the same values.
+    """
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for x, weight in dataset:
+            x = x.to(device, non_blocking=True)
+            w = event_weights(weight.to(device), cfg).double()
+            reconstruction, penalty = model(x)
+            error = torch.mean((reconstruction - x) ** 2, dim=1).double()
+            sums += torch.stack([(w * (error + penalty)).sum(), (w * error).sum(), w.sum()])
+    loss_sum, error_sum, w_sum = _all_sum(sums.tolist(), device)
+    return loss_sum / w_sum, error_sum / w_sum
+
+
+def check_resumable(
+    ckpt: dict[str, Any], cfg: Config, arch: dict[str, Any], features: list[str], path: Path
+) -> None:
+    """Refuse to continue a checkpoint under settings that would change its result."""
+    saved = ckpt["config"]["training"]
+    wanted = cfg.training.model_dump(mode="json")
+    found = [(k, saved[k], wanted[k]) for k in RESUME_KEYS if saved[k] != wanted[k]]
+    if ckpt["architecture"] != arch:
+        found.append(("architecture", ckpt["architecture"], arch))
+    if ckpt["feature_names"] != features:
+        found.append(("feature names", f"{len(ckpt['feature_names'])} features",
+                      f"{len(features)} features"))
+    if found:
+        key, old, new = found[0]
+        msg = (
+            f"cannot resume from {str(path)!r}: training.{key} is {old!r} there, found {new!r} "
+            "instead in this configuration; restore the setting, or train afresh without resume "
+            "(or with another training.output)"
+        )
+        raise CheckpointError(msg)
+
+
+def _train_epoch(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ChunkDataset, cfg: TrainingConfig,
+    norm: float, device: torch.device,
+) -> tuple[float, int]:
+    """One pass over this rank's batches: (sum of batch loss x batch size, events seen)."""
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_seen = 0
+    for x, weight in data:
+        x = x.to(device, non_blocking=True)
+        w = event_weights(weight.to(device, non_blocking=True), cfg) * norm
+        loss = torch.mean(w * per_event_loss(net(x), x))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulated on the device: a .item() per step would synchronise a GPU every batch.
+        loss_sum += loss.detach() * len(w)
+        n_seen += len(w)
+    return float(loss_sum), n_seen
+
+
+def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]], None] | None = None) -> dict:
+    """Train ``cfg.training.model`` on this rank's share of the store; return a summary.
+
+    Parameters
+    ----------
+    cfg
+        The whole configuration (store URL, training settings; saved in the checkpoints).
+    resume
+        Continue from ``<output>/<model>/last.pt`` when it exists, exactly where it stopped.
+    report
+        Called on rank 0 after every epoch with ``epoch, loss, val_loss, val_error,
+        samples_per_s, seconds, improved``.
+
+    Returns
+    -------
+    dict
+        ``model, epochs, best_epoch, best_val_loss, samples_per_s, stopped_early, world_size,
+        checkpoints, history`` (rank 0 writes the checkpoints).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from megaset.storage.store import open_store
+
+    tc = cfg.training
+    if tc.model == "pca":
+        msg = "training.model 'pca' is fitted, not trained by gradient steps: call megaset.training.trainer.train"
+        raise ConfigError(msg)
+    rank, world = _rank_world()
+    device = _device()
+    store = open_store(cfg.store.url)
+    features = list(store.feature_names)
+    scaling = Scaling.from_scaler(store.scaler, tc.scaling)
+    train_group, val_group = store.group("train"), store.group("val")
+    arch = resolve_architecture(tc.model, len(features), tc.architecture)
+    paths = output_paths(tc)
+
+    torch.manual_seed(tc.seed)
+    model = build_model(tc.model, len(features), arch).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    loader = {"read_ahead": tc.loader.read_ahead, "threads": tc.loader.threads,
+              "shuffle_chunks": tc.loader.shuffle_chunks}
+    train_data = ChunkDataset(train_group, batch_size=tc.batch_size, scaling=scaling, seed=tc.seed, **loader)
+    val_data = ChunkDataset(val_group, batch_size=tc.batch_size, scaling=scaling, shuffle=False,
+                            equal_batches=False, **loader)
+
+    progress = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
+    history: list[dict[str, Any]] = []
+    if resume and paths["last"].is_file():
+        ckpt = load_checkpoint(paths["last"])  # on the CPU: RNG states must stay there
+        check_resumable(ckpt, cfg, arch, features, paths["last"])
+        model.load_state_dict(ckpt["state"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        train_data.load_state_dict(ckpt["loader"])
+        set_rng_state(ckpt["rng"])
+        progress, history, norm = ckpt["progress"], ckpt["history"], ckpt["weight_norm"]
+    else:
+        norm = weight_norm(train_group, tc)
+
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    rates = []
+    while progress["epoch"] < tc.epochs and progress["bad_epochs"] < tc.early_stopping.patience:
+        epoch = progress["epoch"]
+        torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch, rank]).generate_state(1)[0]))
+        start = time.perf_counter()
+        loss_sum, n_seen = _train_epoch(net, optimizer, train_data, tc, norm, device)
+        seconds = time.perf_counter() - start
+        loss_total, n_total = _all_sum([loss_sum, n_seen], device)
+        val_loss, val_error = evaluate(model, val_data, tc, device)
+        improved = val_loss < progress["best_val_loss"] - tc.early_stopping.min_delta
+        progress = {
+            "epoch": epoch + 1,
+            "best_val_loss": val_loss if improved else progress["best_val_loss"],
+            "best_epoch": epoch + 1 if improved else progress["best_epoch"],
+            "bad_epochs": 0 if improved else progress["bad_epochs"] + 1,
+        }
+        entry = {"epoch": epoch + 1, "loss": loss_total / n_total, "val_loss": val_loss,
+                 "val_error": val_error, "samples_per_s": n_total / seconds, "seconds": seconds,
+                 "improved": bool(improved)}
+        history.append(entry)
+        rates.append(entry["samples_per_s"])
+        if rank == 0:
+            payload = checkpoint_payload(
+                cfg, arch, features, model, scaling, progress, history, world_size=world,
+                optimizer=optimizer.state_dict(), weight_norm=norm, loader=train_data.state_dict(),
+            )
+            if improved:
+                save_checkpoint(paths["best"], payload)
+            save_checkpoint(paths["last"], payload)
+            if report is not None:
+                report(entry)
+        if world > 1:
+            torch.distributed.barrier()
+
+    if rank == 0 and history:
+        from megaset.training.plots import loss_curve
+
+        loss_curve(history, paths["loss_curve"], title=f"{tc.model} on {cfg.store.url}")
+    return summary(cfg, progress, history, rates, world)
+
+
+def checkpoint_payload(
+    cfg: Config, arch: dict[str, Any], features: list[str], model: Autoencoder, scaling: Scaling,
+    progress: dict[str, Any], history: list[dict[str, Any]], **extra: Any,
+) -> dict[str, Any]:
+    """What every checkpoint holds; ``extra`` adds optimizer, loader and weight state."""
+    return {
+        "model": cfg.training.model, "architecture": arch, "feature_names": features,
+        "state": model.state_dict(), "rng": rng_state(), "scaling": scaling.state_dict(),
+        "progress": progress, "history": history, "config": cfg.resolved(), **extra,
+    }
+
+
+def summary(
+    cfg: Config, progress: dict[str, Any], history: list[dict[str, Any]], rates: list[float], world: int
+) -> dict[str, Any]:
+    """The dict ``train`` returns: epochs, best val loss, samples/s, checkpoint paths, history."""
+    paths = output_paths(cfg.training)
+    return {
+        "model": cfg.training.model,
+        "epochs": progress["epoch"],
+        "best_epoch": progress["best_epoch"],
+        "best_val_loss": progress["best_val_loss"],
+        "samples_per_s": float(np.mean(rates)) if rates else None,
+        "stopped_early": progress["epoch"] < cfg.training.epochs,
+        "world_size": world,
+        "checkpoints": {"best": str(paths["best"]), "last": str(paths["last"])},
+        "loss_curve": str(paths["loss_curve"]),
+        "history": history,
+    }

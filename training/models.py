@@ -1,0 +1,260 @@
+"""The model zoo: dense and variational autoencoders of the thesis, a Farina-style CNN, and PCA.
+
+Every model maps a batch ``x [N, F]`` of scaled RMM rows to ``(reconstruction, penalty)``, where
+``penalty [N]`` is the per-event term added to the reconstruction error in training (the KL
+divergence of a VAE, zero otherwise), and exposes ``reconstruction_error(x) -> [N]``, the mean
+squared error over features that scoring uses.
+
+Thesis architectures (sec. 3.6), with the 529-node input and output layers of its figures read as
+the first encoder layer's and the last decoder layer's activations:
+
+==============  ============================================================================
+ae-shallow      529 -tanh-> 150 -leaky-> 529
+ae-deep         529 -tanh-> 450 -leaky-> 300 -relu-> 200 -leaky-> 150 -relu-> 200 -leaky-> 300
+                -tanh-> 450 -leaky-> 529
+vae-shallow     529 -> (mean, log-variance) 150 -> z -leaky-> 529
+vae-deep        529 -tanh-> 400 -relu-> 300 -leaky-> 200 -> (mean, log-variance) 150 -> z
+                -leaky-> 200 -relu-> 300 -tanh-> 400 -sigmoid-> 529
+==============  ============================================================================
+
+"leaky" is LeakyReLU with slope 0.3. The mean and log-variance heads of a VAE are linear, as in
+every VAE; the thesis' Tanh "input" activation of the shallow VAE therefore has no layer of its
+own, and the ReLU input activation of the deep VAE is the identity on min-max-scaled
+(non-negative) inputs and is left out.
+
+>>> from megaset.config import ArchitectureConfig
+>>> model = build_model("ae-deep", 529, ArchitectureConfig())
+>>> [layer.out_features for layer in model.layers if hasattr(layer, "out_features")]
+[450, 300, 200, 150, 200, 300, 450, 529]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from megaset.config import ArchitectureConfig
+from megaset.errors import ConfigError
+
+__all__ = ["MODELS", "Autoencoder", "build_model", "resolve_architecture", "per_event_loss"]
+
+#: Thesis defaults per dense model: encoder widths and one activation per dense layer.
+_DENSE = {
+    "ae-shallow": ([], ["tanh", "leaky_relu"]),
+    "ae-deep": (
+        [450, 300, 200],
+        ["tanh", "leaky_relu", "relu", "leaky_relu", "relu", "leaky_relu", "tanh", "leaky_relu"],
+    ),
+    "vae-shallow": ([], ["leaky_relu"]),
+    "vae-deep": ([400, 300, 200], ["tanh", "relu", "leaky_relu", "leaky_relu", "relu", "tanh", "sigmoid"]),
+}
+_THESIS_LATENT = 150
+
+MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca")
+
+
+class Autoencoder(nn.Module):
+    """Base class: ``forward(x) -> (reconstruction, penalty)``, deterministic ``reconstruct``."""
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The deterministic reconstruction used for scoring (a VAE decodes its mean)."""
+        return self(x)[0]
+
+    def reconstruction_error(self, x: Tensor) -> Tensor:
+        """Per-event mean squared error over features, shape ``[N]``."""
+        return torch.mean((self.reconstruct(x) - x) ** 2, dim=1)
+
+
+def per_event_loss(output: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
+    """The per-event training objective from a model's output: MSE over features + penalty.
+
+    Called on the output of ``model(x)`` rather than inside the model, so that a
+    ``DistributedDataParallel`` wrapper sees the forward pass.
+    """
+    reconstruction, penalty = output
+    return torch.mean((reconstruction - x) ** 2, dim=1) + penalty
+
+
+def _activation(name: str, slope: float) -> nn.Module:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(slope)
+    return {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}[name]()
+
+
+def _stack(widths: list[int], activations: list[str], slope: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out, act in zip(widths[:-1], widths[1:], activations, strict=True):
+        layers += [nn.Linear(n_in, n_out), _activation(act, slope)]
+    return nn.Sequential(*layers)
+
+
+class DenseAE(Autoencoder):
+    """Fully connected autoencoder: ``F -> *hidden -> latent -> *reversed(hidden) -> F``."""
+
+    def __init__(self, n_features: int, latent: int, hidden: list[int], activations: list[str], slope: float):
+        super().__init__()
+        widths = [n_features, *hidden, latent, *reversed(hidden), n_features]
+        self.layers = _stack(widths, activations, slope)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.layers(x), x.new_zeros(x.shape[0])
+
+
+class DenseVAE(Autoencoder):
+    """Variational autoencoder with the reparametrisation trick.
+
+    The penalty is ``kl_weight`` times the KL divergence to N(0, 1) divided by the number of
+    features, the scale of the per-feature mean squared error it is added to (so
+    ``kl_weight=1`` keeps the ELBO's balance of a unit-variance Gaussian likelihood).
+    """
+
+    def __init__(
+        self, n_features: int, latent: int, hidden: list[int], activations: list[str], slope: float,
+        kl_weight: float,
+    ):
+        super().__init__()
+        n_enc = len(hidden)
+        self.encoder = _stack([n_features, *hidden], activations[:n_enc], slope)
+        width = hidden[-1] if hidden else n_features
+        self.mean = nn.Linear(width, latent)
+        self.log_var = nn.Linear(width, latent)
+        self.decoder = _stack([latent, *reversed(hidden), n_features], activations[n_enc:], slope)
+        self.kl_weight = kl_weight
+        self.n_features = n_features
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        mean, log_var = self.mean(h), self.log_var(h)
+        # Sampling only in training mode: evaluation and scoring decode the mean.
+        z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if self.training else mean
+        kl = -0.5 * torch.sum(1 + log_var - mean**2 - torch.exp(log_var), dim=1)
+        return self.decoder(z), self.kl_weight * kl / self.n_features
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decoder(self.mean(self.encoder(x)))
+
+
+class ConvAE(Autoencoder):
+    """Farina et al.'s CNN autoencoder on the RMM as a one-channel n x n image.
+
+    Convolutions (3x3, ReLU, same padding) with 2x2 max-pooling between them, a dense layer and
+    a linear latent layer; the decoder mirrors it with upsampling. The image is zero-padded to a
+    multiple of the pooling factor (23 -> 24 for two poolings) and cropped back at the end. The
+    output is linear: Farina's softmax normalises jet images to unit sum, which RMMs are not.
+    """
+
+    def __init__(self, n_features: int, latent: int, channels: list[int], dense: int):
+        super().__init__()
+        side = math.isqrt(n_features)
+        if side * side != n_features:
+            msg = (
+                f"model 'cnn' reads the RMM as a square image, but the store has {n_features} "
+                "features, not a square number; use a dense model (training.model)"
+            )
+            raise ConfigError(msg)
+        factor = 2 ** (len(channels) - 1)
+        self.side, self.padded = side, -(-side // factor) * factor
+        inner = self.padded // factor
+        enc: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip([1, *channels[:-1]], channels, strict=True)):
+            if i:
+                enc.append(nn.MaxPool2d(2))
+            enc += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+        flat = channels[-1] * inner * inner
+        self.encoder = nn.Sequential(
+            *enc, nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(), nn.Linear(dense, latent)
+        )
+        dec: list[nn.Module] = [
+            nn.Linear(latent, dense), nn.ReLU(), nn.Linear(dense, flat), nn.ReLU(),
+            nn.Unflatten(1, (channels[-1], inner, inner)),
+        ]
+        rev = list(reversed(channels))
+        for c_in, c_out in zip(rev[:-1], rev[1:], strict=True):
+            dec += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2)]
+        dec.append(nn.Conv2d(rev[-1], 1, 3, padding=1))
+        self.decoder = nn.Sequential(*dec)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        n, pad = x.shape[0], self.padded - self.side
+        image = nn.functional.pad(x.view(n, 1, self.side, self.side), (0, pad, 0, pad))
+        out = self.decoder(self.encoder(image))[:, 0, : self.side, : self.side]
+        return out.reshape(n, -1), x.new_zeros(n)
+
+
+def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig) -> dict[str, Any]:
+    """The complete architecture of model ``name``: config values, thesis defaults for the rest.
+
+    The result is plain data; it is stored in checkpoints so that a model can be rebuilt
+    without the configuration that trained it.
+
+    >>> resolve_architecture("ae-shallow", 529, ArchitectureConfig())["activations"]
+    ['tanh', 'leaky_relu']
+    """
+    if name not in MODELS:
+        msg = f"unknown model {name!r} (training.model); choose one of {', '.join(MODELS)}"
+        raise ConfigError(msg)
+    arch: dict[str, Any] = {"latent": cfg.latent}
+    if name in _DENSE:
+        hidden, activations = _DENSE[name]
+        hidden = list(cfg.hidden) if cfg.hidden is not None else hidden
+        if cfg.activations is not None:
+            activations = list(cfg.activations)
+        elif cfg.hidden is not None:
+            msg = (
+                "training.architecture.hidden is set but activations is not; give one activation "
+                f"per dense layer of {name!r}"
+            )
+            raise ConfigError(msg)
+        n_layers = 2 * len(hidden) + (1 if name.startswith("vae") else 2)
+        if len(activations) != n_layers:
+            msg = (
+                f"training.architecture.activations has {len(activations)} entries, but {name!r} "
+                f"with hidden={hidden} has {n_layers} dense layers with an activation"
+                + (" (the mean and log-variance heads are linear)" if name.startswith("vae") else "")
+            )
+            raise ConfigError(msg)
+        arch.update(hidden=hidden, activations=activations, leaky_slope=cfg.leaky_slope)
+        arch["latent"] = cfg.latent or _THESIS_LATENT
+        if name.startswith("vae"):
+            arch["kl_weight"] = cfg.kl_weight
+    elif name == "cnn":
+        arch.update(latent=cfg.latent or _THESIS_LATENT, channels=list(cfg.cnn_channels), dense=cfg.cnn_dense)
+    else:
+        arch.update(latent=cfg.latent or n_features, variance=cfg.pca_variance)
+    return arch
+
+
+def build_model(name: str, n_features: int, cfg: ArchitectureConfig | dict[str, Any]) -> Autoencoder:
+    """A freshly initialised model of the registry.
+
+    Parameters
+    ----------
+    name
+        One of :data:`MODELS`.
+    n_features
+        Input size: the number of features of the store (529 for the default 23 x 23 RMM).
+    cfg
+        ``training.architecture`` of the config, or an architecture already resolved by
+        :func:`resolve_architecture` (as stored in a checkpoint).
+
+    Returns
+    -------
+    Autoencoder
+        ``pca`` comes unfitted: :func:`megaset.training.pca.fit_pca` fills it.
+    """
+    arch = resolve_architecture(name, n_features, cfg) if isinstance(cfg, ArchitectureConfig) else cfg
+    if name.startswith("ae"):
+        return DenseAE(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"])
+    if name.startswith("vae"):
+        return DenseVAE(
+            n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"],
+            arch["kl_weight"],
+        )
+    if name == "cnn":
+        return ConvAE(n_features, arch["latent"], arch["channels"], arch["dense"])
+    from megaset.training.pca import PCAModel
+
+    return PCAModel(n_features, arch["latent"])
