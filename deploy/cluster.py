@@ -141,7 +141,7 @@ def _connect(cfg: ClusterConfig, timeout: float) -> Client:
 
     try:
         return Client(cfg.address, timeout=timeout)
-    except (OSError, TimeoutError) as err:
+    except OSError as err:  # TimeoutError included
         msg = (
             f"cannot reach the Dask scheduler at cluster.address={cfg.address!r} within "
             f"{timeout:g} s ({err}); check the address and that the scheduler is running"

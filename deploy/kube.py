@@ -1,0 +1,188 @@
+"""``kind: kubernetes``: the ``DaskCluster`` resource built from the config, and its start.
+
+The dask-kubernetes operator turns a ``DaskCluster`` resource into a scheduler pod, a
+scheduler service ``<name>-scheduler`` and a group of worker pods. :func:`kube_cluster_spec`
+renders that resource from the ``cluster`` section alone (no API call), so it can be checked
+offline and written out as a manifest; :func:`start_kube_cluster` hands it to ``KubeCluster``.
+
+>>> from megaset.config import ClusterConfig
+>>> spec = kube_cluster_spec(ClusterConfig(kind="kubernetes", workers=3, memory_per_worker="8 GiB"))
+>>> spec["spec"]["worker"]["replicas"], spec["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]
+(3, {'cpu': 1, 'memory': '8Gi'})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megaset.config import ClusterConfig
+from megaset.errors import ConfigError
+
+__all__ = ["kube_cluster_spec", "start_kube_cluster", "quantity"]
+
+_UNITS = (
+    ("Ti", 2**40), ("T", 10**12), ("Gi", 2**30), ("G", 10**9),
+    ("Mi", 2**20), ("M", 10**6), ("Ki", 2**10), ("k", 10**3),
+)
+
+
+def quantity(size: str) -> str:
+    """A human size ('4 GiB', '1.5 GB') as the exact Kubernetes quantity with the largest unit.
+
+    Dask reads the result back to the same number of bytes, so worker memory limits and
+    container limits agree to the byte.
+
+    >>> quantity("4 GiB"), quantity("1.5 GiB"), quantity("2 GB"), quantity("1000 B")
+    ('4Gi', '1536Mi', '2G', '1k')
+    """
+    from dask.utils import parse_bytes
+
+    nbytes = parse_bytes(size)
+    for unit, factor in _UNITS:
+        if nbytes % factor == 0:
+            return f"{nbytes // factor}{unit}"
+    return str(nbytes)
+
+
+def _cpu(cores: float) -> int | str:
+    return int(cores) if float(cores).is_integer() else f"{round(cores * 1000)}m"
+
+
+def _worker_command(cfg: ClusterConfig) -> list[str]:
+    command = [
+        "dask", "worker",
+        "--nthreads", str(cfg.threads_per_worker),
+        "--memory-limit", quantity(cfg.memory_per_worker),
+    ]
+    if cfg.gpus_per_worker:
+        command += ["--resources", f"GPU={cfg.gpus_per_worker}"]
+    return command
+
+
+def _worker_resources(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
+    cpu, memory = _cpu(cfg.threads_per_worker), quantity(cfg.memory_per_worker)
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if cfg.gpus_per_worker:
+        # Extended resources are given as limits only; Kubernetes sets the request equal.
+        limits["nvidia.com/gpu"] = cfg.gpus_per_worker
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
+
+
+def _harden(pod: dict[str, Any], cfg: ClusterConfig) -> None:
+    """Non-root, no privilege escalation, no capabilities; image pull policy and account."""
+    kube = cfg.kubernetes
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": kube.run_as_user,
+        "runAsGroup": kube.run_as_user,
+        "fsGroup": kube.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if kube.service_account:
+        pod["serviceAccountName"] = kube.service_account
+    for container in pod["containers"]:
+        container["imagePullPolicy"] = kube.image_pull_policy
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
+
+
+def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    """The ``DaskCluster`` resource (a plain dict) that ``kind: kubernetes`` creates.
+
+    Built with dask-kubernetes' ``make_cluster_spec``, then: workers sized by
+    ``threads_per_worker`` / ``memory_per_worker`` / ``gpus_per_worker`` (requests and limits,
+    ``nvidia.com/gpu``, the Dask resource ``GPU``), a small scheduler without GPUs or
+    credentials, the object-store secret as environment of the workers, node selector and
+    tolerations for the workers, a non-root security context everywhere.
+    """
+    from dask_kubernetes.operator import make_cluster_spec
+
+    kube = cfg.kubernetes
+    spec = make_cluster_spec(
+        name=kube.name,
+        image=kube.image,
+        n_workers=cfg.adapt.minimum if cfg.adapt else cfg.workers,
+        resources=_worker_resources(cfg),
+        env=dict(kube.env),
+        worker_command=_worker_command(cfg),
+    )
+    if kube.namespace:
+        spec["metadata"]["namespace"] = kube.namespace
+    spec["metadata"]["labels"] = {"app.kubernetes.io/name": "megaset"}
+
+    scheduler = spec["spec"]["scheduler"]["spec"]
+    memory = quantity(kube.scheduler_memory)
+    cpu = _cpu(kube.scheduler_cores)
+    # make_cluster_spec starts the scheduler with the `dask-scheduler` script, which
+    # distributed no longer installs.
+    scheduler["containers"][0]["args"] = ["dask", "scheduler", "--host", "0.0.0.0"]
+    # It also gives the scheduler the workers' resources; it needs neither their size nor
+    # their GPUs.
+    scheduler["containers"][0]["resources"] = {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    _harden(scheduler, cfg)
+
+    worker = spec["spec"]["worker"]["spec"]
+    if kube.secret:
+        worker["containers"][0]["envFrom"] = [{"secretRef": {"name": kube.secret}}]
+    if kube.node_selector:
+        worker["nodeSelector"] = dict(kube.node_selector)
+    if kube.tolerations:
+        worker["tolerations"] = [dict(t) for t in kube.tolerations]
+    _harden(worker, cfg)
+    return spec
+
+
+def _discard_failed(name: str) -> None:
+    """Close what a failed ``KubeCluster`` start left behind, deleting its DaskCluster if the
+    start got that far; otherwise its event loop is left running until exit."""
+    from dask_kubernetes.operator import KubeCluster
+    from distributed.core import Status
+
+    # KubeCluster keeps every instance, half-started ones included, for its own atexit reaper.
+    for cluster in [c for c in KubeCluster._instances if c.name == name]:
+        if cluster.status in (Status.running, Status.closed):
+            continue
+        try:
+            cluster.close(timeout=30)
+        except Exception:  # noqa: BLE001 - the API that failed the start fails the deletion too
+            cluster.shutdown_on_close = False
+            cluster.close(timeout=30)
+
+
+def start_kube_cluster(cfg: ClusterConfig) -> Any:
+    """Create (or connect to, if one of that name exists) the ``DaskCluster`` of ``cfg``.
+
+    A cluster created here is deleted when closed; an existing one is left running.
+
+    Raises
+    ------
+    ConfigError
+        If the Kubernetes API cannot be reached or refuses, or the scheduler does not start
+        within ``cluster.kubernetes.startup_timeout``.
+    """
+    from dask_kubernetes.operator import KubeCluster
+
+    kube = cfg.kubernetes
+    try:
+        return KubeCluster(
+            custom_cluster_spec=kube_cluster_spec(cfg),
+            namespace=kube.namespace,
+            resource_timeout=kube.startup_timeout,
+            quiet=True,
+        )
+    except Exception as err:
+        # kr8s, httpx and the operator raise many unrelated types; all mean the same here.
+        _discard_failed(kube.name)
+        msg = (
+            f"cannot start the Kubernetes Dask cluster {kube.name!r} "
+            f"(namespace {kube.namespace or 'current'}): {type(err).__name__}: {err}; check that "
+            "the Kubernetes API is reachable (KUBECONFIG, or a pod whose ServiceAccount may create "
+            "daskclusters: deploy/kubernetes/rbac.yaml) and that the dask-kubernetes operator is "
+            "installed (docs/deploy.md)"
+        )
+        raise ConfigError(msg) from err

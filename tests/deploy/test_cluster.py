@@ -1,0 +1,405 @@
+"""Clusters from configuration: specs and job scripts rendered offline, real local and address
+clusters (a `dask scheduler` and `dask worker` processes on loopback), and fast, clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dask.utils import parse_bytes
+
+from megaset.config import ClusterConfig, Config, load_config
+from megaset.deploy.cluster import ClusterSize, cluster_size, describe, open_client
+from megaset.deploy.condor import SCHEDULER_PLACEHOLDER, htcondor_job_script, start_htcondor_cluster
+from megaset.deploy.kube import kube_cluster_spec, quantity
+from megaset.errors import ConfigError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def containers(spec: dict) -> tuple[dict, dict]:
+    (scheduler,) = spec["spec"]["scheduler"]["spec"]["containers"]
+    (worker,) = spec["spec"]["worker"]["spec"]["containers"]
+    return scheduler, worker
+
+
+def option(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+# ------------------------------------------------------------------ describe and sizes
+
+
+def test_describe_every_kind():
+    assert describe(ClusterConfig()) == "local cluster, 2 workers x 1 thread, 4 GiB each"
+    assert describe(ClusterConfig(kind="htcondor", adapt={"minimum": 2, "maximum": 50},
+                                  threads_per_worker=2, memory_per_worker="8 GiB", gpus_per_worker=1)) == (
+        "htcondor cluster, adaptive 2-50 workers x 2 threads, 8 GiB each, 1 GPU")
+    assert describe(load_config(DEPLOY / "kubernetes" / "config.yaml").cluster) == (
+        "kubernetes cluster 'megaset' (namespace megaset, image ghcr.io/megaset/megaset:0.1.0), "
+        "8 workers x 2 threads, 8 GiB each")
+    assert describe(ClusterConfig(kind="address", address="tcp://10.0.0.1:8786", gpus_per_worker=1)) == (
+        "existing scheduler at tcp://10.0.0.1:8786, 1 GPU per worker required")
+
+
+@pytest.mark.parametrize(("size", "expected"), [("4 GiB", "4Gi"), ("1.5 GiB", "1536Mi"), ("2 GB", "2G"),
+                                                ("3 TiB", "3Ti"), ("1000 B", "1k"), ("1001 B", "1001")])
+def test_quantity_is_exact(size, expected):
+    assert quantity(size) == expected
+    assert parse_bytes(quantity(size)) == parse_bytes(size)
+
+
+# ------------------------------------------------------------------ Kubernetes spec, offline
+
+
+def test_kube_spec_from_the_example_config():
+    cfg = load_config(DEPLOY / "kubernetes" / "config.yaml").cluster
+    spec = kube_cluster_spec(cfg)
+    scheduler, worker = containers(spec)
+    assert spec["apiVersion"] == "kubernetes.dask.org/v1" and spec["kind"] == "DaskCluster"
+    assert spec["metadata"]["name"] == "megaset" and spec["metadata"]["namespace"] == "megaset"
+    assert spec["spec"]["worker"]["replicas"] == 8
+    assert scheduler["image"] == worker["image"] == "ghcr.io/megaset/megaset:0.1.0"
+    assert scheduler["imagePullPolicy"] == worker["imagePullPolicy"] == "IfNotPresent"
+    # The worker command: 2 threads, the container's memory as Dask's limit, no GPU resource.
+    args = worker["args"]
+    assert args[:2] == ["dask", "worker"]
+    assert option(args, "--nthreads") == "2" and option(args, "--memory-limit") == "8Gi"
+    assert "--resources" not in args
+    assert worker["resources"] == {"requests": {"cpu": 2, "memory": "8Gi"}, "limits": {"cpu": 2, "memory": "8Gi"}}
+    # The scheduler: its own small size, the command distributed still installs.
+    assert scheduler["args"] == ["dask", "scheduler", "--host", "0.0.0.0"]
+    assert scheduler["resources"] == {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"cpu": 1, "memory": "2Gi"}}
+    # Environment on both; object-store credentials only where tasks read and write.
+    env = [{"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
+    assert scheduler["env"] == worker["env"] == env
+    assert worker["envFrom"] == [{"secretRef": {"name": "megaset-object-store"}}]
+    assert "envFrom" not in scheduler
+    for part in ("scheduler", "worker"):
+        pod = spec["spec"][part]["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                                          "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                           "capabilities": {"drop": ["ALL"]}}
+        assert "nodeSelector" not in pod and "tolerations" not in pod and "serviceAccountName" not in pod
+
+
+def test_kube_spec_gpu_variant():
+    cfg = load_config(DEPLOY / "kubernetes" / "config-gpu.yaml").cluster
+    spec = kube_cluster_spec(cfg)
+    scheduler, worker = containers(spec)
+    assert spec["metadata"]["name"] == "megaset-gpu"
+    assert spec["spec"]["worker"]["replicas"] == 1  # adapt.minimum; the autoscaler does the rest
+    assert worker["image"] == "ghcr.io/megaset/megaset:0.1.0-cuda"
+    assert option(worker["args"], "--resources") == "GPU=1"
+    assert option(worker["args"], "--nthreads") == "4" and option(worker["args"], "--memory-limit") == "32Gi"
+    assert worker["resources"]["limits"] == {"cpu": 4, "memory": "32Gi", "nvidia.com/gpu": 1}
+    assert "nvidia.com/gpu" not in worker["resources"]["requests"]
+    assert "nvidia.com/gpu" not in scheduler["resources"]["limits"]
+    pod = spec["spec"]["worker"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "nodeSelector" not in spec["spec"]["scheduler"]["spec"]
+
+
+def test_kube_spec_options():
+    cfg = ClusterConfig(kind="kubernetes", threads_per_worker=1, memory_per_worker="1.5 GiB",
+                        kubernetes={"service_account": "megaset-worker", "run_as_user": 4242,
+                                    "scheduler_cores": 0.5, "image_pull_policy": "Always"})
+    spec = kube_cluster_spec(cfg)
+    scheduler, worker = containers(spec)
+    assert "namespace" not in spec["metadata"]  # the current namespace
+    assert scheduler["resources"]["requests"]["cpu"] == "500m"
+    assert worker["resources"]["limits"]["memory"] == "1536Mi"
+    assert "envFrom" not in worker and worker["env"] == []
+    for part in ("scheduler", "worker"):
+        pod = spec["spec"][part]["spec"]
+        assert pod["serviceAccountName"] == "megaset-worker"
+        assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == 4242
+        assert pod["containers"][0]["imagePullPolicy"] == "Always"
+
+
+def test_kubernetes_without_credentials_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = ClusterConfig(kind="kubernetes", kubernetes={"name": "nowhere", "namespace": "megaset"})
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"cannot start the Kubernetes Dask cluster 'nowhere' \(namespace "
+                                          r"megaset\).*credentials.*KUBECONFIG"):
+        with open_client(cfg):
+            pass
+    assert time.perf_counter() - t0 < 10
+
+
+# ------------------------------------------------------------------ HTCondor job script, offline
+
+
+def test_htcondor_job_script_shared_filesystem():
+    script = htcondor_job_script(load_config(DEPLOY / "htcondor" / "config-shared-fs.yaml").cluster)
+    lines = script.splitlines()
+    assert lines[0] == "#!/usr/bin/env condor_submit"
+    assert "RequestCpus = MY.DaskWorkerCores" in lines and "MY.DaskWorkerCores = 1" in lines
+    assert f"MY.DaskWorkerMemory = {4 * 2**30}" in lines
+    assert f"MY.DaskWorkerDisk = {10 * 2**30}" in lines
+    assert 'requirements = OpSysAndVer == "AlmaLinux9"' in lines
+    assert "LogDirectory = /shared/megaset/logs" in lines
+    assert "Executable = /bin/sh" in lines and not any(line.startswith("request_GPUs") for line in lines)
+    (arguments,) = [line for line in lines if line.startswith("Arguments = ")]
+    # The prologue first, then the worker with the environment's own interpreter.
+    assert arguments.startswith(
+        "Arguments = \"-c 'source /shared/megaset/venv/bin/activate; export OMP_NUM_THREADS=1; "
+        f"/shared/megaset/venv/bin/python -m distributed.cli.dask_worker {SCHEDULER_PLACEHOLDER} ")
+    assert "--nthreads 1 --memory-limit 4.00GiB" in arguments
+    assert "--local-directory $_CONDOR_SCRATCH_DIR" in arguments
+    assert "--resources" not in arguments
+
+
+def test_htcondor_job_script_object_store_runs_in_the_image():
+    script = htcondor_job_script(load_config(DEPLOY / "htcondor" / "config-object-store.yaml").cluster)
+    lines = script.splitlines()
+    assert "MY.DaskWorkerCores = 2" in lines and f"MY.DaskWorkerMemory = {8 * 2**30}" in lines
+    assert f"MY.DaskWorkerDisk = {20 * 2**30}" in lines
+    assert "universe = container" in lines
+    assert "container_image = docker://ghcr.io/megaset/megaset:0.1.0" in lines
+    assert "transfer_executable = False" in lines and "should_transfer_files = YES" in lines
+    assert "transfer_input_files = $ENV(HOME)/.aws/credentials" in lines
+    assert "export AWS_SHARED_CREDENTIALS_FILE=$_CONDOR_SCRATCH_DIR/credentials;" in script
+    assert "/usr/local/bin/python -m distributed.cli.dask_worker" in script
+    assert "AWS_SECRET_ACCESS_KEY" not in script
+
+
+def test_htcondor_gpus_request_and_declare():
+    script = htcondor_job_script(ClusterConfig(kind="htcondor", gpus_per_worker=2, htcondor={"disk": "1 GiB"}))
+    assert "request_GPUs = 2" in script.splitlines()
+    assert "--resources GPU=2" in script
+
+
+def test_htcondor_without_disk_names_the_key():
+    import dask
+
+    with dask.config.set({"jobqueue.htcondor.disk": None}), pytest.raises(
+            ConfigError, match=r"disk.*cluster\.htcondor.*jobqueue\.yaml"):
+        htcondor_job_script(ClusterConfig(kind="htcondor"))
+
+
+def test_htcondor_without_condor_submit_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    cfg = ClusterConfig(kind="htcondor", htcondor={"disk": "1 GiB"})
+    with pytest.raises(ConfigError, match="condor_submit is not on PATH.*submit node"):
+        with open_client(cfg):
+            pass
+
+
+def test_htcondor_cluster_submits_the_rendered_script(tmp_path, monkeypatch):
+    """The started HTCondorCluster's own job script is the rendered one, with its address."""
+    # Only found on PATH, never run: no job is submitted before the cluster is scaled.
+    stub = tmp_path / "condor_submit"
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    cfg = load_config(DEPLOY / "htcondor" / "config-shared-fs.yaml").cluster
+    cfg = cfg.model_copy(update={"dashboard": False})
+    with start_htcondor_cluster(cfg) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        assert cluster.job_script() == htcondor_job_script(cfg).replace(
+            SCHEDULER_PLACEHOLDER, cluster.scheduler_address)
+
+
+# ------------------------------------------------------------------ local clusters
+
+
+def test_local_cluster_size(tmp_path):
+    cfg = ClusterConfig(workers=2, threads_per_worker=1, memory_per_worker="1 GiB")
+    with open_client(cfg) as client:
+        size = cluster_size(client)
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+    assert size == ClusterSize(workers=2, threads=2, memory=2 * 2**30, gpus=0)
+
+
+def test_local_gpus_without_devices_fail_fast():
+    cfg = ClusterConfig(workers=2, gpus_per_worker=64)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"gpus_per_worker=64 with up to 2 local workers needs 128 CUDA "
+                                          r"devices, but \d+ are visible.*gpus_per_worker: 0"):
+        with open_client(cfg):
+            pass
+    assert time.perf_counter() - t0 < 15
+
+
+@pytest.mark.gpu
+def test_local_gpu_workers_declare_the_resource():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.device_count() < 1:
+        pytest.skip("needs a CUDA device")
+    with open_client(ClusterConfig(workers=1, gpus_per_worker=1, memory_per_worker="2 GiB")) as client:
+        assert cluster_size(client).gpus == 1
+        assert client.submit(lambda: 1, resources={"GPU": 1}).result(timeout=60) == 1
+
+
+# ------------------------------------------------------------------ an existing scheduler
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Scheduler:
+    """A `dask scheduler` and `dask worker` processes on loopback, stopped on exit."""
+
+    def __init__(self, tmp_path: Path, workers: list[list[str]]):
+        self.tmp_path = tmp_path
+        self.worker_args = workers
+        self.procs: list[tuple[subprocess.Popen, Any]] = []
+
+    def _spawn(self, args: list[str], name: str) -> None:
+        log = (self.tmp_path / f"{name}.log").open("wb")
+        self.procs.append((subprocess.Popen([DASK, *args], stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.tmp_path), log))
+
+    def __enter__(self) -> str:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _start(self) -> str:
+        from distributed import Client
+
+        info = self.tmp_path / "scheduler.json"
+        self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                     "--scheduler-file", str(info)], "scheduler")
+        deadline = time.monotonic() + 60
+        while not info.exists() or not info.read_text().strip():
+            assert time.monotonic() < deadline, (self.tmp_path / "scheduler.log").read_text()
+            time.sleep(0.1)
+        address = json.loads(info.read_text())["address"]
+        for i, extra in enumerate(self.worker_args):
+            self._spawn(["worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
+                         "--memory-limit", "1GiB", "--no-dashboard", "--no-nanny", *extra], f"worker-{i}")
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(len(self.worker_args), timeout=90)
+        return address
+
+    def __exit__(self, *exc: object) -> None:
+        # Workers first: a worker whose scheduler is already gone waits for it before exiting.
+        for proc, log in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory):
+    with Scheduler(tmp_path_factory.mktemp("dask"), [[], []]) as addr:
+        yield addr
+
+
+@pytest.mark.slow
+def test_address_cluster_size_and_real_work(address):
+    import dask.array as da
+
+    cfg = ClusterConfig(kind="address", address=address)
+    with open_client(cfg) as client:
+        assert cluster_size(client) == ClusterSize(workers=2, threads=2, memory=2 * 2**30, gpus=0)
+        x = da.arange(1_000_000, chunks=100_000, dtype="int64")
+        assert (x * x).sum().compute() == sum(i * i for i in range(1_000_000))
+        workers = sorted(client.scheduler_info()["workers"])
+        pids = {w: client.submit(os.getpid, workers=[w], pure=False).result() for w in workers}
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    # The scheduler outlives the client: kind address leaves it running.
+    with open_client(cfg) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+
+
+@pytest.mark.slow
+def test_address_gpus_requested_without_gpu_workers(address):
+    cfg = ClusterConfig(kind="address", address=address, gpus_per_worker=1)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"gpus_per_worker=1, but no worker of the scheduler at "
+                                          rf"{address} declares that many GPUs \(.*GPU=0.*--resources GPU=1"):
+        with open_client(cfg):
+            pass
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.slow
+def test_address_gpu_workers(tmp_path):
+    with Scheduler(tmp_path, [["--resources", "GPU=2"]]) as addr:
+        with open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=2)) as client:
+            assert cluster_size(client) == ClusterSize(workers=1, threads=1, memory=2**30, gpus=2)
+            assert client.submit(lambda: "placed", resources={"GPU": 2}).result(timeout=30) == "placed"
+        with pytest.raises(ConfigError, match="gpus_per_worker=3, but no worker.*GPU=2"):
+            with open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=3)):
+                pass
+
+
+@pytest.mark.slow
+def test_ingest_and_mix_on_an_existing_scheduler(address, tmp_path):
+    """Ingest and mix, end to end, with every task on the workers of the existing scheduler."""
+    import uproot
+    from distributed import get_task_stream
+
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.simulate import generate
+    from megaset.storage.mix import mix
+    from megaset.storage.verify import verify
+
+    signal = {"zmmjets": False, "ttbar": False, "c1n2_wz_800_50": True}
+    for c, channel in enumerate(signal):
+        with uproot.recreate(tmp_path / f"{channel}.root") as f:
+            f["mini"] = generate(channel, 2000, seed=7 + c)
+    cfg = Config.model_validate({
+        "inputs": {"chunksize": 1000, "channels": {
+            ch: {"files": [str(tmp_path / f"{ch}.root")], "signal": sig} for ch, sig in signal.items()}},
+        "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
+        "cluster": {"kind": "address", "address": address},
+    })
+    with open_client(cfg.cluster) as client, get_task_stream(client) as stream:
+        ingested = ingest(cfg, client)
+        mixed = mix(cfg, client)
+    assert len({task["worker"] for task in stream.data}) == 2
+    assert verify(cfg.store.url) == []
+    for channel in signal:
+        assert ingested.channels[channel]["n_read"] == 2000
+        stored = sum(g["channels"].get(channel, 0) for g in mixed["groups"].values())
+        assert stored == ingested.channels[channel]["n_selected"] > 0
+    assert set(mixed["groups"]) == {"train", "val", "test", "signal/c1n2_wz_800_50"}
+
+
+def test_unreachable_address_fails_within_seconds():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    cfg = ClusterConfig(kind="address", address=address, connect_timeout=2)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"cannot reach the Dask scheduler at cluster.address='{address}' "
+                                          r"within 2 s.*scheduler is running"):
+        with open_client(cfg):
+            pass
+    assert time.perf_counter() - t0 < 6
+
+
+def test_address_from_yaml_needs_an_address(tmp_path):
+    path = tmp_path / "megaset.yaml"
+    path.write_text("cluster:\n  kind: address\n")
+    with pytest.raises(ConfigError, match=r"cluster: .*kind: address needs address"):
+        load_config(path)
+    path.write_text("cluster:\n  kind: slurm\n")
+    with pytest.raises(ConfigError, match=r"cluster\.kind: Input should be 'local', 'kubernetes', 'htcondor' "
+                                          r"or 'address' \(got 'slurm'\)"):
+        load_config(path)
+    assert isinstance(Config().cluster, ClusterConfig)
