@@ -6,6 +6,7 @@ Heavy libraries are imported inside the commands, so ``megaset --help`` stays fa
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +28,17 @@ ConfigOption = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="YAML configuration; the built-in demo config when omitted."),
 ]
+
+
+@contextmanager
+def _connect(cfg):
+    """The configured cluster's client, after saying what it is connected to."""
+    from megaset.deploy.cluster import cluster_size, describe, open_client
+
+    console.print(f"cluster: {describe(cfg.cluster)}")
+    with open_client(cfg.cluster) as client:
+        console.print(f"connected to {client.scheduler.address}: {cluster_size(client)}")
+        yield client
 
 
 def _config(path: Path | None):
@@ -78,12 +90,10 @@ def simulate(config: ConfigOption = None) -> None:
 @app.command()
 def ingest(config: ConfigOption = None) -> None:
     """Select events, build RMMs and write per-channel staging arrays, chunk by chunk on Dask."""
-    from megaset.deploy.cluster import describe, open_client
     from megaset.pipeline.ingest import ingest as run_ingest
 
     cfg = _config(config)
-    console.print(f"cluster: {describe(cfg.cluster)}")
-    with open_client(cfg.cluster) as client:
+    with _connect(cfg) as client:
         summary = run_ingest(cfg, client, status=True, log=console.print)
     console.print(_cutflow_table(summary.channels))
     resumed = sum(c["resumed"] for c in summary.channels.values())
@@ -101,12 +111,10 @@ def mix(config: ConfigOption = None) -> None:
     """Mix the staging arrays into the store: train / val / test / signal / data groups."""
     from rich.progress import Progress
 
-    from megaset.deploy.cluster import describe, open_client
     from megaset.storage.mix import mix as run_mix
 
     cfg = _config(config)
-    console.print(f"cluster: {describe(cfg.cluster)}")
-    with open_client(cfg.cluster) as client, Progress(console=console, transient=True) as bar:
+    with _connect(cfg) as client, Progress(console=console, transient=True) as bar:
         task = bar.add_task("mixing chunks", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -144,6 +152,23 @@ def verify(
     console.print(f"[green]OK[/green] {url}: every invariant holds")
 
 
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
+    report), resuming where an earlier run stopped."""
+    from megaset.pipeline.run import run as run_all
+
+    cfg = _config(config)
+    with _connect(cfg) as client:
+        out = run_all(cfg, client, log=lambda line: console.print(line, highlight=False), status=True)
+    total = sum(out["seconds"].values())
+    report_dir = cfg.report.output
+    console.print(
+        f"finished in {total:.1f} s. store: {cfg.store.url}; report: {report_dir}/report.md "
+        f"(plots: {report_dir}/*.png)"
+    )
+
+
 def main() -> None:
     """Console entry point: megaset errors print as one clear message and exit 1."""
     try:
@@ -151,3 +176,82 @@ def main() -> None:
     except MegasetError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- score, query, report
+
+
+@app.command()
+def score(
+    config: ConfigOption = None,
+    model: Annotated[Optional[str], typer.Option(help="Name of the score columns; default training.model.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint; default <training.output>/<model>/best.pt.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Score every chunk again.")] = False,
+) -> None:
+    """Write the reconstruction error of every event of the store, one Dask task per chunk."""
+    from rich.progress import Progress
+
+    from megaset.training.score import score as run_score
+
+    cfg = _config(config)
+    with _connect(cfg) as client, Progress(console=console, transient=True) as bar:
+        task = bar.add_task("scoring chunks", total=None)
+        summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table = Table(title=f"{summary['column']} in {cfg.store.url}")
+    table.add_column("group")
+    table.add_column("events", justify="right")
+    table.add_column("chunks", justify="right")
+    for name, group in summary["groups"].items():
+        table.add_row(name, f"{group['events']:,}", f"{group['chunks']:,}")
+    console.print(table)
+    rate = f" ({summary['events_per_s']:,.0f} events/s)" if summary["events_scored"] else ""
+    console.print(
+        f"{summary['events_scored']:,} events scored with {summary['checkpoint']} in {summary['seconds']:.1f} s{rate}"
+        + (f"; {summary['resumed']} chunks were already scored" if summary["resumed"] else "")
+        + (f"; per-block errors: {', '.join(summary['blocks'])}" if summary["blocks"] else "")
+    )
+
+
+@app.command()
+def query(
+    store: Annotated[str, typer.Argument(help="Store URL.")],
+    sql: Annotated[str, typer.Argument(help='One SELECT over a group, e.g. "SELECT met FROM test WHERE met > 200".')],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result to a .parquet or .csv file.")] = None,
+    rows: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 20,
+) -> None:
+    """SQL over one group of a store (columns: aux, weight, channel, event id, RMM cells, scores)."""
+    from megaset.storage.query import export, query as run_query
+
+    if output is not None:
+        path = export(store, sql, output)
+        console.print(f"wrote {path}")
+        return
+    frame = run_query(store, sql)
+    table = Table()
+    for name in frame.columns:
+        table.add_column(name, justify="right")
+    for row in frame.head(rows).iter_rows():
+        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)
+    console.print(f"{frame.height:,} rows" + (f", {rows} shown" if frame.height > rows else ""))
+
+
+@app.command()
+def report(
+    config: ConfigOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder; default report.output.")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(help="A scored model to report (repeatable); default all.")] = None,
+) -> None:
+    """Plots, tables and significances of the scored store: report.md, report.json and PNGs."""
+    from megaset.report.report import report as run_report
+
+    cfg = _config(config)
+    summary = run_report(cfg, out_dir=output, models=model or None)
+    table = Table(title="anomaly detection (Farina et al. Table I)")
+    for name in ("signal", "model", "AUC", "E10", "E100"):
+        table.add_column(name, justify="left" if name in ("signal", "model") else "right")
+    for row in summary["auc_table"]:
+        table.add_row(row["signal"], row["model"], f"{row['auc']:.3f}", f"{row['e10']:.3f}", f"{row['e100']:.3f}")
+    console.print(table)
+    console.print(f"report: {summary['markdown']} and {summary['json']}")

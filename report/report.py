@@ -1,0 +1,269 @@
+"""``report``: plots, tables and significances of every scored model of a store.
+
+For each model, on the axis ``report.axis`` (log10 of the error by default, as the thesis
+plots it):
+
+* the error distributions of the test group stacked by channel (expected yields), each
+  signal overlaid, data as points, every model side by side (``errors.png``);
+* signal regions (thesis sec. 3.7): from the weighted median m of the *background* error on
+  that axis, region i keeps the events with axis value >= m + i * step * |m|, i = 1 .. 3
+  (step 1/5); MET and the mass variable (m_ll, or m_lll for a 3-lepton store) in each region
+  (``regions_<model>.png``); in each region the significance of every signal against a
+  threshold on MET, Z = s / sqrt(b) and the Asimov Z (``significance_<model>.png``);
+* ROC curves, AUC, E10 and E100 (signal efficiency at 10 % and 1 % background efficiency) per
+  signal and model, Farina et al.'s Table I (``roc.png``);
+* the mean mass variable in bins of the error (decorrelation check, Farina et al. fig. 10,
+  ``decorrelation_<model>.png``);
+* the pairwise separation matrix, the AUC of every sample as the anomaly against every other as
+  the background (``separation_<model>.png``).
+
+``report.json`` holds every number, ``report.md`` the tables and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megaset.config import Config, ReportConfig
+from megaset.errors import StoreError, StoreKeyError
+from megaset.report import metrics, plots
+from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable, scored_models
+
+__all__ = ["report", "error_axis", "axis_label", "anomaly_table"]
+
+_TINY = 1e-12  # errors are clipped here before the logarithm (a perfect reconstruction is 0)
+
+
+def error_axis(errors: np.ndarray, axis: str) -> np.ndarray:
+    """The reconstruction error on the report's axis: ``log10`` (clipped at 1e-12) or ``linear``."""
+    errors = np.asarray(errors, dtype=np.float64)
+    return np.log10(np.maximum(errors, _TINY)) if axis == "log10" else errors
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None``: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def axis_label(model: str, axis: str) -> str:
+    """The label of the error axis of ``model``."""
+    return f"log10 reconstruction error ({model})" if axis == "log10" else f"reconstruction error ({model})"
+
+
+def _edges(values: Sequence[np.ndarray], bins: int) -> np.ndarray:
+    x = np.concatenate([v for v in values if len(v)])
+    lo, hi = np.quantile(x, [0.001, 0.999])
+    pad = 0.05 * (hi - lo) if hi > lo else 0.5
+    return np.linspace(lo - pad, hi + pad, bins + 1)
+
+
+def _components(samples: Sequence[Sample], values: dict[str, np.ndarray], mask: dict[str, np.ndarray] | None = None):
+    out = []
+    for s in samples:
+        keep = mask[s.name] if mask is not None else slice(None)
+        out.append(plots.Component(s.name, values[s.name][keep], s.weight[keep]))
+    return out
+
+
+def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sample]) -> tuple[list[dict], dict]:
+    """AUC, E10, E100 of every signal against the whole background (Farina et al. Table I).
+
+    Returns the table rows (``signal, model, auc, e10, e100``) and, per signal, the ROC curve
+    ``(fpr, tpr, auc)``.
+    """
+    b = np.concatenate([s.scores[model] for s in background])
+    wb = np.concatenate([s.weight for s in background])
+    rows, rocs = [], {}
+    for sig in signals:
+        fpr, tpr, _ = metrics.roc_curve(b, sig.scores[model], wb, sig.weight)
+        area = float(np.trapezoid(tpr, fpr))
+        rows.append({"signal": sig.name, "model": model, "auc": area,
+                     "e10": metrics.signal_efficiency(fpr, tpr, 0.1),
+                     "e100": metrics.signal_efficiency(fpr, tpr, 0.01)})
+        rocs[sig.name] = (fpr, tpr, area)
+    return rows, rocs
+
+
+def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background: Sequence[Sample],
+             signals: Sequence[Sample], thresholds: np.ndarray) -> tuple[dict, list]:
+    """Signal-region cuts, yields, significances and the MET scan in each region."""
+    xb = np.concatenate([x[s.name] for s in background])
+    wb = np.concatenate([s.weight for s in background])
+    median = metrics.weighted_median(xb, wb)
+    cuts = metrics.region_cuts(median, rc.regions, rc.region_step)
+    regions, scans = [], []
+    for i, cut in enumerate(cuts, 1):
+        inside = {s.name: x[s.name] >= cut for s in (*background, *signals)}
+        met_b = np.concatenate([s.met[inside[s.name]] for s in background])
+        w_b = np.concatenate([s.weight[inside[s.name]] for s in background])
+        b = float(w_b.sum())
+        b_scan = metrics.threshold_scan(met_b, w_b, thresholds)
+        entry: dict[str, Any] = {"region": i, "cut": cut, "background": b, "signals": {}}
+        curves = {}
+        for sig in signals:
+            keep = inside[sig.name]
+            s = float(sig.weight[keep].sum())
+            s_scan = metrics.threshold_scan(sig.met[keep], sig.weight[keep], thresholds)
+            z, za = metrics.significance(s_scan, b_scan), metrics.asimov_significance(s_scan, b_scan)
+            best = int(np.nanargmax(za)) if np.isfinite(za).any() else None
+            entry["signals"][sig.name] = {
+                "yield": s, "z": float(metrics.significance(s, b)),
+                "z_asimov": float(metrics.asimov_significance(s, b)),
+                "best_met_cut": None if best is None else {
+                    "met_min": float(thresholds[best]), "signal": float(s_scan[best]),
+                    "background": float(b_scan[best]), "z": float(z[best]), "z_asimov": float(za[best])},
+            }
+            curves[sig.name] = (z, za)
+        regions.append(entry)
+        scans.append((f"SR{i}: {model} error >= {cut:.3g}", curves))
+    return {"median": median, "cuts": cuts, "regions": regions}, scans
+
+
+def _region_panels(model: str, rc: ReportConfig, x: dict[str, np.ndarray], regions: Sequence[dict], mass: str,
+                   background: Sequence[Sample], signals: Sequence[Sample]) -> list[plots.Panel]:
+    """MET (first row) and the mass variable (second row) inside each signal region."""
+    panels = []
+    for variable, top, xlabel in (("met", rc.met_max, "MET [GeV]"), ("mass", rc.mass_max, f"{mass} [GeV]")):
+        edges = np.linspace(0.0, top, rc.bins + 1)
+        values = {s.name: getattr(s, variable) for s in (*background, *signals)}
+        for entry in regions:
+            inside = {name: x[name] >= entry["cut"] for name in values}
+            panels.append(plots.Panel(f"SR{entry['region']} ({model} error >= {entry['cut']:.3g})", xlabel, edges,
+                                      _components(background, values, inside), _components(signals, values, inside)))
+    return panels
+
+
+def _decorrelation(x: dict[str, np.ndarray], edges: np.ndarray, background: Sequence[Sample],
+                   signals: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """Mean of the mass variable in bins of the error: the whole background, then each signal."""
+    profiles = {"background": metrics.binned_mean(
+        np.concatenate([x[s.name] for s in background]), np.concatenate([s.mass for s in background]),
+        np.concatenate([s.weight for s in background]), edges)}
+    return profiles | {s.name: metrics.binned_mean(x[s.name], s.mass, s.weight, edges) for s in signals}
+
+
+def _model_section(model: str, rc: ReportConfig, samples: list[Sample], mass: str,
+                   out: Path) -> tuple[dict, plots.Panel]:
+    """Regions, significances, decorrelation and separation of one model, with their figures;
+    and the model's panel of the error distributions."""
+    # Smallest yield at the bottom of the stacks, in every panel (colours follow the order).
+    background = sorted((s for s in samples if s.kind == "background"), key=lambda s: float(s.weight.sum()))
+    signals = [s for s in samples if s.kind == "signal"]
+    data = next((s for s in samples if s.kind == "data"), None)
+    x = {s.name: error_axis(s.scores[model], rc.axis) for s in samples}
+    label = axis_label(model, rc.axis)
+    edges = _edges(list(x.values()), rc.bins)
+    thresholds = np.linspace(0.0, rc.met_max, rc.bins + 1)
+    regions, scans = _regions(model, rc, x, background, signals, thresholds)
+    error_panel = plots.Panel(
+        model, label, edges, _components(background, x), _components(signals, x),
+        _components([data], x)[0] if data is not None else None,
+        [(c, f"SR{i}") for i, c in enumerate(regions["cuts"], 1)])
+
+    region_panels = _region_panels(model, rc, x, regions["regions"], mass, background, signals)
+    files = {"regions": plots.stacked_panels(out / f"regions_{model}.png", region_panels,
+                                             ncols=len(regions["regions"]))}
+    if signals:
+        files["significance"] = plots.significance_curves(out / f"significance_{model}.png", thresholds, scans,
+                                                          xlabel="MET threshold [GeV]")
+    profiles = _decorrelation(x, edges, background, signals)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    files["decorrelation"] = plots.curves(out / f"decorrelation_{model}.png", centres, profiles, xlabel=label,
+                                          ylabel=f"mean {mass} [GeV]", title=f"{mass} against the error ({model})")
+    names = [s.name for s in samples]
+    matrix = metrics.separation_matrix([s.scores[model] for s in samples], [s.weight for s in samples])
+    files["separation"] = plots.heatmap(out / f"separation_{model}.png", names, matrix,
+                                        title=f"pairwise separation ({model})")
+    section = {
+        "model": model, **regions,
+        "decorrelation": {"centres": centres.tolist(), "mean": {k: v.tolist() for k, v in profiles.items()}},
+        "separation": {"samples": names, "auc": matrix.tolist()},
+        "plots": {k: str(v) for k, v in files.items()},
+    }
+    return section, error_panel
+
+
+def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write the report of the scored store ``cfg.store.url`` into ``out_dir``.
+
+    Parameters
+    ----------
+    cfg
+        The configuration; ``report`` sets binning, axis, regions and ranges.
+    out_dir
+        Folder of the PNGs, ``report.md`` and ``report.json``; default ``report.output``.
+    models
+        Scored models to report; default ``report.models``, else every model scored in ``test``.
+
+    Returns
+    -------
+    dict
+        What ``report.json`` holds: ``store, models, axis, mass_variable, yields``, ``auc_table``
+        (rows of signal, model, auc, e10, e100), ``models`` sections (median, cuts, regions with
+        yields and significances, decorrelation profiles, separation matrix, plot paths),
+        ``plots`` and the paths of ``markdown`` and ``json``.
+
+    Raises
+    ------
+    StoreKeyError
+        A requested model is not scored (the scored ones are listed).
+    StoreError
+        No model is scored, or a scoring was interrupted.
+    """
+    from megaset.report.markdown import write_markdown
+    from megaset.storage.store import open_store
+
+    rc = cfg.report
+    store = open_store(cfg.store.url)
+    available = scored_models(store.group(BACKGROUND_GROUP))
+    wanted = list(models or rc.models or available)
+    if not wanted:
+        msg = f"store {store.url!r} has no scores to report: run `megaset score` first"
+        raise StoreError(msg)
+    unknown = [m for m in wanted if m not in available]
+    if unknown:
+        msg = (
+            f"model(s) {', '.join(unknown)} are not scored in {store.url!r}; scored: "
+            f"{', '.join(available) or 'none'} (run `megaset score` for the others, or set report.models)"
+        )
+        raise StoreKeyError(msg)
+    mass = mass_variable(store)
+    samples = load_samples(store, wanted, mass)
+    out = Path(out_dir if out_dir is not None else rc.output)
+    out.mkdir(parents=True, exist_ok=True)
+    background = [s for s in samples if s.kind == "background"]
+    signals = [s for s in samples if s.kind == "signal"]
+
+    result: dict[str, Any] = {
+        "store": store.url, "models": wanted, "axis": rc.axis, "mass_variable": mass,
+        "yields": [{"sample": s.name, "kind": s.kind, "events": len(s.weight), "yield": float(s.weight.sum())}
+                   for s in samples],
+        "auc_table": [], "sections": {}, "plots": {},
+    }
+    error_panels, rocs = [], {}
+    for model in wanted:
+        section, panel = _model_section(model, rc, samples, mass, out)
+        rows, model_rocs = anomaly_table(model, background, signals) if signals else ([], {})
+        result["auc_table"] += rows
+        for name, curve in model_rocs.items():
+            rocs.setdefault(name, {})[model] = curve
+        result["sections"][model] = section
+        error_panels.append(panel)
+    result["plots"]["errors"] = str(plots.stacked_panels(out / "errors.png", error_panels))
+    if rocs:
+        result["plots"]["roc"] = str(plots.roc_curves(out / "roc.png", rocs))
+    result["json"] = str(out / "report.json")
+    result["markdown"] = str(write_markdown(out / "report.md", result))
+    Path(result["json"]).write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+    return result

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megaset.config import Config
+from megaset.errors import CheckpointError, ConfigError
+from megaset.pipeline.ingest import ingest
+from megaset.pipeline.simulate import simulate
+from megaset.storage.mix import mix
+from megaset.storage.store import open_store
+from megaset.storage.verify import verify
+from megaset.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from megaset.training.score import BLOCKS, block_masks, score, score_column
+from megaset.training.trainer import train
+
+CHANNELS = ["zeejets", "zmmjets", "ttbar", "c1n2_wz_800_50"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Config:
+    """Simulated ntuples, ingested and mixed into a store of 128-event chunks; a tiny model."""
+    root = tmp_path_factory.mktemp("score")
+    cfg = Config.model_validate({
+        "simulate": {"output": str(root / "ntuples"), "events": 3000, "signal_events": 300, "channels": CHANNELS},
+        "store": {"url": str(root / "store.zarr"), "chunk_len": 128},
+        "training": {"output": str(root / "models"), "epochs": 1, "batch_size": 256, "architecture": {"latent": 8}},
+    })
+    simulate(cfg.simulate)
+    ingest(cfg, None)
+    mix(cfg, None)
+    train(cfg, None)
+    return cfg
+
+
+def _direct(cfg: Config, group: str, checkpoint=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RMM rows, scaled inputs' squared errors and per-event errors of one group, in this process."""
+    model, scaling, _ = load_model(checkpoint or f"{cfg.training.output}/ae-shallow/best.pt")
+    g = open_store(cfg.store.url).group(group)
+    rmm = np.concatenate([v["rmm"] for _, v in g.iter_chunks(("rmm",))])
+    x = torch.from_numpy(scaling(rmm))
+    with torch.no_grad():
+        squared = ((model.reconstruct(x) - x) ** 2).numpy()
+        error = model.reconstruction_error(x).numpy()
+    return rmm, squared, error
+
+
+def _column(cfg: Config, group: str, name: str) -> np.ndarray:
+    g = open_store(cfg.store.url).group(group)
+    return np.concatenate([v[name] for _, v in g.iter_chunks((name,))])
+
+
+@pytest.mark.slow
+def test_scores_equal_a_direct_forward_pass_on_every_group(trained, cluster_client):
+    summary = score(trained, cluster_client)
+    store = open_store(trained.store.url)
+    n_chunks = sum(store.group(g).n_chunks for g in store.group_names())
+    assert summary["chunks"] == n_chunks and summary["resumed"] == 0 and summary["rescored"] == []
+    assert summary["events_scored"] == sum(store.group(g).n_events for g in store.group_names())
+    assert summary["blocks"] == list(BLOCKS)
+    assert store.group_names() == ["train", "val", "test", "signal/c1n2_wz_800_50"]
+    for group in store.group_names():
+        _, squared, error = _direct(trained, group)
+        stored = _column(trained, group, "score/ae-shallow")
+        assert stored.dtype == np.float32
+        np.testing.assert_allclose(stored, error, rtol=2e-6, atol=1e-9)
+    # The per-block errors against cell indices taken from (row, column) of the 23 x 23 matrix.
+    _, squared, error = _direct(trained, "test")
+    row, col = np.divmod(np.arange(529), 23)
+    cells = {"met": (row == 0) | (col == 0), "mass": (row >= 1) & (col > row),
+             "rapidity": (col >= 1) & (row > col), "energy": (row >= 1) & (row == col)}
+    for block, mask in cells.items():
+        np.testing.assert_allclose(_column(trained, "test", f"score/ae-shallow.{block}"),
+                                   squared[:, mask].mean(axis=1), rtol=2e-6, atol=1e-9)
+    # The blocks partition the matrix: their cell-weighted mean is the total error.
+    blocks = sum(mask.sum() * _column(trained, "test", f"score/ae-shallow.{b}").astype(np.float64)
+                 for b, mask in cells.items())
+    np.testing.assert_allclose(blocks / 529, error, rtol=1e-5)
+    # Each worker process that scored loaded the checkpoint exactly once.
+    loads = cluster_client.run(
+        lambda: __import__("megaset.training.score", fromlist=["_"])._cached_model.cache_info().misses)
+    assert set(loads.values()) <= {0, 1} and sum(loads.values()) >= 1
+    assert verify(trained.store.url) == []
+
+
+def test_rerun_after_a_partial_scoring_skips_finished_chunks(trained):
+    first = score(trained, None, model="ae-rerun", checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
+    assert first["resumed"] == 0
+    before = {g: _column(trained, g, "score/ae-rerun") for g in ("test", "train", "signal/c1n2_wz_800_50")}
+    store = open_store(trained.store.url)
+    test, train, signal = (store.group(g) for g in ("test", "train", "signal/c1n2_wz_800_50"))
+    # Remove the stored chunks (the "done" markers) of one chunk of test, train and the signal.
+    for group, index in ((test, 1), (train, 2), (signal, 0)):
+        Path(f"{trained.store.url}/{group.name}/score/ae-rerun/c/{index}").unlink()
+        assert not group.chunk_written("score/ae-rerun", index)
+    seen = []
+    again = score(trained, None, model="ae-rerun", checkpoint=f"{trained.training.output}/ae-shallow/best.pt",
+                  progress=lambda done, total: seen.append((done, total)))
+    assert again["resumed"] == first["chunks"] - 3 and again["rescored"] == []
+    redone = sum(g.chunk_slice(i).stop - g.chunk_slice(i).start for g, i in ((test, 1), (train, 2), (signal, 0)))
+    assert again["events_scored"] == redone
+    assert seen[0] == (0, first["chunks"]) and seen[-1] == (first["chunks"], first["chunks"])
+    for g, values in before.items():
+        np.testing.assert_array_equal(_column(trained, g, "score/ae-rerun"), values)
+
+
+def test_a_new_checkpoint_rescores_every_chunk(trained, tmp_path):
+    best = f"{trained.training.output}/ae-shallow/best.pt"
+    score(trained, None, model="ae-swap", checkpoint=best)
+    ckpt = load_checkpoint(best)
+    ckpt["state"] = {k: v * 0.5 for k, v in ckpt["state"].items()}
+    other = save_checkpoint(tmp_path / "other.pt", ckpt)
+    summary = score(trained, None, model="ae-swap", checkpoint=other)
+    assert summary["resumed"] == 0 and sorted(summary["rescored"]) == sorted(summary["groups"])
+    np.testing.assert_allclose(_column(trained, "val", "score/ae-swap"), _direct(trained, "val", other)[2], rtol=2e-6)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_chunk_is_redone_and_written_once(trained, tmp_path):
+    from distributed import Client, LocalCluster
+
+    marker = tmp_path / "died"
+
+    def install(path: str) -> None:
+        import os
+
+        import megaset.training.score as scoring
+
+        original = scoring._score_chunk
+
+        def dying(group, index, **kwargs):
+            if group.name == "test" and index == 1 and not os.path.exists(path):
+                open(path, "w").close()
+                os._exit(1)
+            return original(group, index, **kwargs)
+
+        scoring._score_chunk = dying
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.run(install, str(marker))
+        summary = score(trained, client, model="ae-killed",
+                        checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
+    assert marker.exists()
+    # A result lost with its worker is recomputed and finds its chunk written: counted as resumed.
+    assert summary["chunks"] == sum(g["chunks"] for g in summary["groups"].values())
+    for group in summary["groups"]:
+        np.testing.assert_allclose(_column(trained, group, "score/ae-killed"), _direct(trained, group)[2], rtol=2e-6)
+    assert verify(trained.store.url) == []
+
+
+def test_a_checkpoint_of_other_features_is_refused(trained, tmp_path):
+    ckpt = load_checkpoint(f"{trained.training.output}/ae-shallow/best.pt")
+    ckpt["feature_names"] = ckpt["feature_names"][:-1] + ["something_else"]
+    path = save_checkpoint(tmp_path / "foreign.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"foreign.pt' was not trained on the features of store .*: found "
+                                              r"feature 528 is 'something_else' there, 'delta_e_T_muo_4' in the store"):
+        score(trained, None, model="foreign", checkpoint=path)
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*missing.pt"):
+        score(trained, None, model="missing", checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match=r"model name 'ae/deep' cannot name a score column"):
+        score(trained, None, model="ae/deep")
+
+
+def test_block_masks_partition_the_matrix():
+    masks = block_masks(529)
+    assert {k: len(v) for k, v in masks.items()} == {"met": 45, "mass": 231, "rapidity": 231, "energy": 22}
+    np.testing.assert_array_equal(np.sort(np.concatenate(list(masks.values()))), np.arange(529))
+    side = math.isqrt(529)
+    assert masks["mass"][0] == side + 2 and masks["rapidity"][0] == 2 * side + 1
+    assert score_column("ae-deep", "mass") == "score/ae-deep.mass"
+    with pytest.raises(ConfigError, match=r"n x n RMM, but the store has 10 features; set scoring.blocks: false"):
+        block_masks(10)
+
+
+@pytest.mark.slow
+def test_cli_score_summarises_the_run(trained, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from megaset.pipeline.cli import app
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**trained.resolved(), "cluster": {"workers": 1}}, sort_keys=False))
+    args = ["score", "-c", str(path), "--model", "ae-cli", "--checkpoint", f"{trained.training.output}/ae-shallow/best.pt"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "score/ae-cli" in output and "events scored with" in output
+    assert "per-block errors: met, mass, rapidity, energy" in output
+    again = CliRunner().invoke(app, args)
+    n_chunks = sum(open_store(trained.store.url).group(g).n_chunks for g in open_store(trained.store.url).group_names())
+    assert again.exit_code == 0 and f"{n_chunks} chunks were already scored" in " ".join(again.output.split())
+    np.testing.assert_allclose(_column(trained, "val", "score/ae-cli"), _direct(trained, "val")[2], rtol=2e-6)

@@ -1,0 +1,330 @@
+"""``score``: the reconstruction error of a trained model for every event of a store.
+
+One Dask task per chunk of every group (``train``, ``val``, ``test``, ``signal/<name>``,
+``data``). A worker process loads the checkpoint once (``torch.load(weights_only=True)``, no
+code) and keeps it for every chunk it scores; the task scales the chunk's RMM rows with the
+scaling saved in the checkpoint (built by the trainer from the store's train statistics, so
+events are scaled exactly as in training), runs the model and writes, chunk-aligned:
+
+``score/<model>`` [N] float32
+    per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
+``score/<model>.<block>`` [N] float32, with ``scoring.blocks``
+    the mean squared error over one block of the n x n matrix (:func:`block_masks`).
+
+Exactly once: chunk ``i`` of every column is written by the task of chunk ``i`` only, whole,
+with the same bytes on every attempt, so a task retried after its worker died rewrites its own
+chunk. The total column is written last: a chunk whose total is stored is finished, and a
+rerun skips it (resumable scoring). The checkpoint's digest is recorded with the columns; a
+rerun with another checkpoint (a retrained model) starts the columns afresh.
+
+>>> summary = score(cfg, client)                 # doctest: +SKIP
+>>> summary["column"], summary["resumed"]        # doctest: +SKIP
+('score/ae-shallow', 0)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from megaset.config import Config
+from megaset.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from distributed import Client
+
+    from megaset.storage.store import Store, StoreGroup
+    from megaset.training.models import Autoencoder
+    from megaset.training.scaling import Scaling
+
+__all__ = ["BLOCKS", "score", "block_masks", "reconstruction_errors", "score_column", "checkpoint_path"]
+
+#: The blocks of an RMM with per-block errors, in the order their columns are written.
+BLOCKS = ("met", "mass", "rapidity", "energy")
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+#: Where the digest of the checkpoint behind each score column is kept (attrs of ``score/``).
+_PROVENANCE = "score"
+
+
+def score_column(model: str, block: str | None = None) -> str:
+    """The store column of a model's error, or of one block of it.
+
+    >>> score_column("ae-deep"), score_column("ae-deep", "met")
+    ('score/ae-deep', 'score/ae-deep.met')
+    """
+    return f"score/{model}" if block is None else f"score/{model}.{block}"
+
+
+def checkpoint_path(cfg: Config, model: str) -> Path:
+    """The best checkpoint the trainer writes for ``model``: ``<training.output>/<model>/best.pt``."""
+    from megaset.training.loop import output_paths
+
+    # output_paths only reads `output` and `model`; a label such as "ae-no-ttbar" is a folder too.
+    return output_paths(cfg.training.model_copy(update={"model": model}))["best"]
+
+
+def block_masks(n_features: int) -> dict[str, np.ndarray]:
+    """Feature indices of each block of the flattened n x n RMM (row-major).
+
+    The blocks partition the matrix: ``met`` is row and column 0 (E_T^miss, the m_T and h_L
+    cells), ``mass`` the upper triangle of the objects (invariant masses, i < j), ``rapidity``
+    the lower triangle (h cells, i > j) and ``energy`` the diagonal of the objects (E_T and
+    delta E_T).
+
+    >>> {name: idx.tolist() for name, idx in block_masks(9).items()}
+    {'met': [0, 1, 2, 3, 6], 'mass': [5], 'rapidity': [7], 'energy': [4, 8]}
+
+    Raises
+    ------
+    ConfigError
+        When ``n_features`` is not a square number (not an RMM): set ``scoring.blocks: false``.
+    """
+    side = math.isqrt(n_features)
+    if side * side != n_features:
+        msg = (
+            f"per-block errors need the features of an n x n RMM, but the store has {n_features} "
+            "features; set scoring.blocks: false"
+        )
+        raise ConfigError(msg)
+    row, col = np.divmod(np.arange(n_features), side)
+    kinds = {
+        "met": (row == 0) | (col == 0),
+        "mass": (row > 0) & (row < col),
+        "rapidity": (col > 0) & (row > col),
+        "energy": (row > 0) & (row == col),
+    }
+    return {name: np.flatnonzero(kinds[name]) for name in BLOCKS}
+
+
+def reconstruction_errors(
+    model: Autoencoder, x: np.ndarray, *, blocks: bool = False, batch_size: int = 65_536,
+    device: str | torch.device = "cpu",
+) -> dict[str, np.ndarray]:
+    """Per-event errors of scaled inputs ``x [N, F]``: ``total`` and, with ``blocks``, each block.
+
+    ``total`` is the model's ``reconstruction_error`` (mean squared error over features of
+    the deterministic reconstruction); a block's error is the mean over its cells.
+    """
+    import torch
+
+    masks = {}
+    if blocks:
+        masks = {name: torch.from_numpy(idx).to(device) for name, idx in block_masks(x.shape[1]).items()}
+    out = {name: np.empty(len(x), dtype=np.float32) for name in ("total", *masks)}
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+            squared = (model.reconstruct(batch) - batch) ** 2
+            stop = start + len(batch)
+            out["total"][start:stop] = torch.mean(squared, dim=1).cpu().numpy()
+            for name, idx in masks.items():
+                out[name][start:stop] = torch.mean(squared[:, idx], dim=1).cpu().numpy()
+    return out
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(checkpoint: str, digest: str) -> tuple[Autoencoder, Scaling, torch.device]:
+    """The model of a checkpoint, loaded once per worker process (keyed by its digest)."""
+    import torch
+
+    from megaset.training.checkpoint import load_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, scaling, _ = load_model(checkpoint, map_location=device)
+    return model, scaling, device
+
+
+def _model(checkpoint: str, digest: str) -> tuple[Autoencoder, Scaling, torch.device]:
+    # Threads of one worker share the cache; the lock keeps two of them from loading it twice.
+    with _LOCK:
+        return _cached_model(checkpoint, digest)
+
+
+def _score_chunk(group: StoreGroup, index: int, *, model: str, checkpoint: str, digest: str,
+                 blocks: bool, events_per_pass: int) -> tuple[int, bool]:
+    """Score chunk ``index`` of ``group``; ``(events, already done)``."""
+    total = score_column(model)
+    if group.chunk_written(total, index):
+        return 0, True
+    net, scaling, device = _model(checkpoint, digest)
+    rmm = group.read_chunk(index, ("rmm",))["rmm"]
+    errors = reconstruction_errors(net, scaling(rmm), blocks=blocks, batch_size=events_per_pass, device=device)
+    for name in BLOCKS if blocks else ():
+        group.write_chunk(score_column(model, name), index, errors[name])
+    # Last: a stored total marks the chunk finished.
+    group.write_chunk(total, index, errors["total"])
+    return len(rmm), False
+
+
+def _check_checkpoint(path: Path, store: Store) -> None:
+    from megaset.training.checkpoint import load_checkpoint
+
+    saved, features = list(load_checkpoint(path)["feature_names"]), store.feature_names
+    if saved == features:
+        return
+    if len(saved) != len(features):
+        found = f"{len(saved)} features there, {len(features)} in the store"
+    else:
+        k = next(i for i, (a, b) in enumerate(zip(saved, features, strict=True)) if a != b)
+        found = f"feature {k} is {saved[k]!r} there, {features[k]!r} in the store"
+    msg = (
+        f"checkpoint {str(path)!r} was not trained on the features of store {store.url!r}: found {found}; "
+        "score a store built with the same rmm settings, or train on this one"
+    )
+    raise CheckpointError(msg)
+
+
+def _provenance(group: StoreGroup, model: str) -> dict[str, Any] | None:
+    from megaset.errors import StoreError
+    from megaset.storage._zarr import open_group
+
+    try:
+        return dict(open_group(group.url, f"{group.name}/{_PROVENANCE}", what="score group").attrs).get(model)
+    except StoreError:
+        return None
+
+
+def _record(group: StoreGroup, model: str, entry: Mapping[str, Any]) -> None:
+    # StoreGroup has no column attributes: the `score` subgroup (made by create_column) keeps them.
+    from megaset.storage._zarr import open_group
+
+    open_group(group.url, f"{group.name}/{_PROVENANCE}", mode="r+", what="score group").attrs[model] = dict(entry)
+
+
+def _prepare(group: StoreGroup, model: str, entry: Mapping[str, Any], overwrite: bool) -> bool:
+    """Create the score columns of ``group``; whether they start empty (new checkpoint)."""
+    old = _provenance(group, model)
+    # The same file under another path is the same model: compare content and layout only.
+    fresh = overwrite or old is None or any(old.get(k) != entry[k] for k in ("digest", "blocks"))
+    names = [score_column(model, b) for b in BLOCKS] if entry["blocks"] else []
+    for name in [*names, score_column(model)]:
+        group.create_column(name, np.float32, overwrite=fresh)
+    _record(group, model, entry)
+    return fresh and old is not None
+
+
+def _run(client: Client | None, tasks: Sequence[tuple[StoreGroup, int]], kwargs: Mapping[str, Any],
+         retries: int, advance: Callable[[int], None]) -> list[tuple[int, bool]]:
+    if client is None:
+        results = []
+        for n, (group, index) in enumerate(tasks, 1):
+            results.append(_score_chunk(group, index, **kwargs))
+            advance(n)
+        return results
+    from distributed import as_completed
+
+    # A fresh token per run: a rerun must not pick up results the scheduler still holds.
+    token = uuid.uuid4().hex[:12]
+    keys = [f"score-{kwargs['model']}-{g.name.replace('/', ':')}-{i}-{token}" for g, i in tasks]
+    futures = client.map(_score_chunk, [g for g, _ in tasks], [i for _, i in tasks], key=keys,
+                         retries=retries, pure=False, **kwargs)
+    results = []
+    try:
+        for n, future in enumerate(as_completed(futures), 1):
+            results.append(future.result())
+            future.release()
+            advance(n)
+    finally:
+        client.cancel(futures)
+    return results
+
+
+def score(
+    cfg: Config, client: Client | None = None, *, model: str | None = None, checkpoint: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the reconstruction error of a trained model for every event of ``cfg.store.url``.
+
+    Parameters
+    ----------
+    cfg
+        The configuration: store URL, ``training.output`` (where the checkpoint is found),
+        ``scoring`` (per-block errors, batch size, retries).
+    client
+        A Dask client: one task per chunk. ``None``: the chunks one after the other here.
+    model
+        The name of the score columns, ``score/<model>``; default ``training.model``. Letters,
+        digits, ``-`` and ``_``.
+    checkpoint
+        The checkpoint to score with; default ``<training.output>/<model>/best.pt``. It must be
+        readable at the same path on every worker (a shared filesystem on a cluster).
+    progress
+        Called as ``progress(done, total)`` in chunks, finished chunks included.
+    overwrite
+        Score every chunk again even if the columns hold scores of the same checkpoint.
+
+    Returns
+    -------
+    dict
+        ``model, column, checkpoint, blocks`` (block names or ``[]``), ``groups`` (per group:
+        ``events``, ``chunks``), ``chunks``, ``resumed`` (chunks already scored),
+        ``rescored`` (columns emptied because the checkpoint changed), ``events_scored``,
+        ``seconds``, ``events_per_s``.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is missing, holds more than data, or was trained on other features.
+    StoreError
+        The store is missing or incomplete.
+    """
+    from megaset.storage.store import open_store
+
+    label = model or cfg.training.model
+    if not _LABEL.match(label):
+        msg = f"model name {label!r} cannot name a score column: use letters, digits, '-' and '_'"
+        raise ConfigError(msg)
+    path = Path(checkpoint) if checkpoint is not None else checkpoint_path(cfg, label)
+    t0 = time.perf_counter()
+    store = open_store(cfg.store.url)
+    _check_checkpoint(path, store)
+    n_features = len(store.feature_names)
+    blocks = cfg.scoring.blocks and math.isqrt(n_features) ** 2 == n_features
+    entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks}
+    groups = [store.group(name) for name in store.group_names()]
+    rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
+    tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
+    advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
+    advance(0)
+    kwargs = {"model": label, "checkpoint": str(path), "digest": entry["digest"], "blocks": blocks,
+              # Not "batch_size": client.map has a keyword of that name.
+              "events_per_pass": cfg.scoring.batch_size}
+    results = _run(client, tasks, kwargs, cfg.scoring.retries, advance)
+    seconds = time.perf_counter() - t0
+    scored = sum(n for n, _ in results)
+    return {
+        "model": label,
+        "column": score_column(label),
+        "checkpoint": str(path),
+        "blocks": list(BLOCKS) if blocks else [],
+        "groups": {g.name: {"events": g.n_events, "chunks": g.n_chunks} for g in groups},
+        "chunks": len(tasks),
+        "resumed": sum(done for _, done in results),
+        "rescored": rescored,
+        "events_scored": scored,
+        "seconds": seconds,
+        "events_per_s": scored / seconds if seconds > 0 else None,
+    }
