@@ -18,9 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(VENV)/bin/megaset simulate
-	$(VENV)/bin/megaset ingest
-	$(VENV)/bin/megaset mix
+	$(VENV)/bin/megaset run
 
 test: venv
 	$(PY) -m pytest

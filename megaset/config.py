@@ -461,7 +461,7 @@ class ClusterConfig(_Section):
 
 class SimulateConfig(_Section):
     output: str = "megaset-demo/ntuples"
-    events: int = Field(200_000, gt=0, description="Background events in all, split by cross-section.")
+    events: int = Field(1_000_000, gt=0, description="Background events in all, split by cross-section.")
     signal_events: int = Field(20_000, ge=0, description="Events per signal sample.")
     events_per_file: int = Field(100_000, gt=0)
     seed: int = 1

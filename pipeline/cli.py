@@ -153,6 +153,34 @@ def verify(
 
 
 @app.command()
+def train(
+    config: ConfigOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+) -> None:
+    """Train training.model on the store's train group (DDP ranks on the Dask workers)."""
+    from megaset.training.trainer import train as run_train
+
+    cfg = _config(config)
+
+    def progress(entry: dict) -> None:
+        mark = " *" if entry["improved"] else ""
+        console.print(
+            f"epoch {entry['epoch']:>3}  loss {entry['loss']:.5g}  val {entry['val_loss']:.5g}  "
+            f"{entry['samples_per_s']:,.0f} samples/s{mark}", highlight=False,
+        )
+
+    with _connect(cfg) as client:
+        summary = run_train(cfg, client, resume=resume, progress=progress)
+    stopped = " (early stopping)" if summary.get("stopped_early") else ""
+    rate = summary.get("samples_per_s")
+    rate_text = f", {rate:,.0f} samples/s on {summary.get('world_size', 1)} rank(s)" if rate else ""
+    console.print(f"{summary['model']}: {summary['epochs']} epochs{stopped}{rate_text}")
+    for key in ("best_val_loss", "latent", "checkpoints", "loss_curve", "scree_plot"):
+        if summary.get(key) is not None:
+            console.print(f"  {key.replace('_', ' ')}: {summary[key]}", highlight=False)
+
+
+@app.command()
 def run(config: ConfigOption = None) -> None:
     """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
     report), resuming where an earlier run stopped."""

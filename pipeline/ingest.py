@@ -36,6 +36,7 @@ class IngestSummary:
     skipped: list[dict[str, str]] = field(default_factory=list)
     files: int = 0
     seconds: float = 0.0
+    seconds_inspect: float = 0.0
 
     @property
     def n_read(self) -> int:
@@ -143,6 +144,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     t0 = time.perf_counter()
     channels = resolve_channels(cfg)
     infos = inspect_files(cfg, channels, client)
+    t_inspect = time.perf_counter() - t0
     bad = [i for i in infos if i.error]
     if bad and cfg.inputs.on_bad_file == "fail":
         first = bad[0]
@@ -191,7 +193,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     for filename, reason in sorted(out.pop("skipped", {}).items()):
         log(f"skipping {filename}: {reason}")
         skipped.append({"file": filename, "reason": reason})
-    summary = IngestSummary(skipped=skipped, files=len(good))
+    summary = IngestSummary(skipped=skipped, files=len(good), seconds_inspect=t_inspect)
     for name in channels:
         acc = out.get(name, {"n_read": 0, "n_selected": 0, "chunks": 0, "resumed": 0, "cutflow": {}, "nonfinite": {}})
         summary.channels[name] = {

@@ -20,6 +20,7 @@ keyed by (seed, channel, file index), so files can be made independently and in 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zlib
@@ -39,7 +40,7 @@ from megaset.pipeline import _processes as truth
 if TYPE_CHECKING:
     import awkward as ak
 
-__all__ = ["CHANNELS", "ChannelSpec", "simulate", "demo_inputs", "generate", "write_ntuple"]
+__all__ = ["CHANNELS", "ChannelSpec", "simulate", "is_simulated", "demo_inputs", "generate", "write_ntuple"]
 
 # ---------------------------------------------------------------------------- detector constants
 _M_ELECTRON, _M_MUON = 0.000511, 0.10566
@@ -55,6 +56,7 @@ _BTAG_ETA = 2.5  # tracker acceptance: jets beyond cannot be tagged
 # MC campaigns standing in for the 2015-16, 2017 and 2018 run periods, by luminosity share.
 _RUNS, _RUN_LUMI = np.array([284500, 300000, 310000], np.int32), np.array([36.2, 44.3, 58.5])
 _BACKGROUND_FLOOR = 0.03  # smallest share of the background events a channel gets
+_MANIFEST = "simulate.json"
 
 
 @dataclass(frozen=True)
@@ -347,6 +349,7 @@ def simulate(
         msg = f"simulate.output: {cfg.output!r} is not a local folder; simulate locally and copy the files"
         raise ConfigError(msg)
     root = Path(cfg.output.removeprefix("file://"))
+    (root / _MANIFEST).unlink(missing_ok=True)
     written: dict[str, list[str]] = {}
     for channel, total in counts.items():
         folder = root / channel
@@ -365,7 +368,22 @@ def simulate(
                 progress(n)
         _remove_stale(folder, channel, len(paths))
         written[channel] = paths
+    # Written last: its presence says every file of these settings is there.
+    (root / _MANIFEST).write_text(json.dumps(_settings(cfg, tree, lumi_ifb), sort_keys=True))
     return written
+
+
+def is_simulated(cfg: SimulateConfig, *, tree: str = "mini", lumi_ifb: float = 139.0) -> bool:
+    """Whether ``cfg.output`` holds a finished simulation with exactly these settings."""
+    manifest = Path(cfg.output.removeprefix("file://")) / _MANIFEST
+    try:
+        return json.loads(manifest.read_text()) == _settings(cfg, tree, lumi_ifb)
+    except (OSError, ValueError):
+        return False
+
+
+def _settings(cfg: SimulateConfig, tree: str, lumi_ifb: float) -> dict:
+    return {**cfg.model_dump(mode="json"), "tree": tree, "lumi_ifb": lumi_ifb}
 
 
 def _remove_stale(folder: Path, channel: str, n_files: int) -> None:
