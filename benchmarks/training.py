@@ -1,7 +1,8 @@
 """Training throughput and memory, side by side in one run on the same store.
 
-(a) the trainer streaming chunks from the store vs the same loop on in-memory tensors
-    (samples/s of the training steps; target: streaming >= 0.95 x in-memory);
+(a) the trainer's epoch fed by the streaming loader vs by in-memory tensors, in turn on one
+    model (samples/s of the training steps; target: streaming >= 0.95 x in-memory), with torch
+    on every core and on all but one;
 (b) the loader alone ("fast consumer", no model step) with 1 and 2 reader threads, and the
     bytes read per event against the uncompressed size;
 (c) the thesis' megaset loop (10 megasets as .npy, each loaded whole, fitted with validation
@@ -9,7 +10,8 @@
     trainer at equal samples seen: wall time, peak RSS, final val loss; and the megasets'
     fast-consumer delivery rate;
 (d) 1 DDP rank vs 2 DDP ranks on a Dask LocalCluster (gloo).
-Every measurement runs in a fresh process, so that its peak RSS is its own.
+Every measurement runs in a fresh process, so that its peak RSS is its own. Rates are the best
+epoch of several (as timeit keeps the best run): other load on the machine only slows runs down.
 
     python benchmarks/training.py                 # 6M simulated events, thesis batch size 8192
     python benchmarks/training.py --small         # a small store, for a quick check
@@ -23,7 +25,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -77,47 +78,6 @@ def _config(url: str, out: Path, args: argparse.Namespace, **training: Any):
         "output": str(out), "early_stopping": {"patience": 1000}, **training}})
 
 
-def _stream(cfg, torch_threads: int) -> dict[str, Any]:
-    import torch
-
-    from megaset.training.trainer import train
-
-    torch.set_num_threads(torch_threads)
-    start = time.perf_counter()
-    summary = train(cfg)
-    return {"wall_s": time.perf_counter() - start, "history": summary["history"]}
-
-
-def _train_tensors(cfg, x, w, val, model=None):
-    """The trainer's step on tensors held in memory: same model, init, optimizer and loss.
-
-    ``val`` (batches of validation tensors) is evaluated after every epoch, as the trainer does.
-    """
-    import torch
-
-    from megaset.training.loop import evaluate
-    from megaset.training.models import build_model, per_event_loss
-
-    tc = cfg.training
-    if model is None:
-        torch.manual_seed(tc.seed)
-        model = build_model(tc.model, x.shape[1], tc.architecture)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
-    rates, val_loss = [], None
-    for _ in range(tc.epochs):
-        model.train()
-        start = time.perf_counter()
-        for idx in torch.randperm(len(x)).split(tc.batch_size):
-            xb, wb = x[idx], w[idx]
-            loss = torch.mean(wb * per_event_loss(model(xb), xb))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        rates.append(len(x) / (time.perf_counter() - start))
-        val_loss = evaluate(model, val, tc, torch.device("cpu"))[0]
-    return model, rates, val_loss
-
-
 def _group_arrays(cfg, name: str) -> tuple[np.ndarray, np.ndarray]:
     """A whole store group in memory: scaled features and raw weights."""
     from megaset.storage.store import open_store
@@ -129,31 +89,98 @@ def _group_arrays(cfg, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([scaling(c["rmm"]) for c in chunks]), np.concatenate([c["weight"] for c in chunks])
 
 
+def _norm(cfg) -> float:
+    from megaset.storage.store import open_store
+    from megaset.training.loop import weight_norm
+
+    return weight_norm(open_store(cfg.store.url).group("train"), cfg.training)
+
+
+def _shuffled(x, w, size: int):
+    """In-memory batches, reshuffled every pass: what a tensor-dataset loader yields."""
+    import torch
+
+    for idx in torch.randperm(len(w)).split(size):
+        yield x[idx], w[idx]
+
+
+def _fit_tensors(cfg, x, w, norm: float, val: list, model=None):
+    """The trainer's epochs on tensors held in memory (same step, loss and optimizer), with a
+    validation pass after each epoch as the trainer and Keras' fit do."""
+    import torch
+
+    from megaset.training.loop import evaluate, train_epoch
+    from megaset.training.models import build_model
+
+    tc = cfg.training
+    if model is None:
+        torch.manual_seed(tc.seed)
+        model = build_model(tc.model, x.shape[1], tc.architecture)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    val_loss = None
+    for _ in range(tc.epochs):
+        train_epoch(model, optimizer, _shuffled(x, w, tc.batch_size), tc, norm, torch.device("cpu"))
+        val_loss = evaluate(model, val, tc, torch.device("cpu"))[0]
+    return model, val_loss
+
+
+def _alternate(cfg, torch_threads: int, rounds: int) -> dict[str, float]:
+    """Best epoch rate of the same step fed by the streaming loader or by in-memory tensors.
+
+    Both run in one process on one model, epoch after epoch in turn, so that load from other
+    processes hits both alike; the best epoch of each is kept (as timeit keeps the best run).
+    """
+    import torch
+
+    from megaset.storage.store import open_store
+    from megaset.training.loader import ChunkDataset
+    from megaset.training.loop import train_epoch
+    from megaset.training.models import build_model
+    from megaset.training.scaling import Scaling
+
+    torch.set_num_threads(torch_threads)
+    tc = cfg.training
+    store = open_store(cfg.store.url)
+    stream = ChunkDataset(store.group("train"), batch_size=tc.batch_size, seed=tc.seed,
+                          scaling=Scaling.from_scaler(store.scaler, tc.scaling), read_ahead=tc.loader.read_ahead,
+                          threads=tc.loader.threads, shuffle_chunks=tc.loader.shuffle_chunks)
+    x, w = (torch.from_numpy(a) for a in _group_arrays(cfg, "train"))
+    norm, cpu = _norm(cfg), torch.device("cpu")
+    torch.manual_seed(tc.seed)
+    model = build_model(tc.model, x.shape[1], tc.architecture)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    best = {"stream": 0.0, "memory": 0.0}
+    for i in range(rounds + 1):
+        for kind, source in (("stream", stream), ("memory", _shuffled(x, w, tc.batch_size))):
+            start = time.perf_counter()
+            n = train_epoch(model, optimizer, source, tc, norm, cpu)[1]
+            if i:  # the first round warms caches and allocators
+                best[kind] = max(best[kind], n / (time.perf_counter() - start))
+    return best
+
+
+def _stream_trainer(cfg) -> dict[str, Any]:
+    from megaset.training.trainer import train
+
+    start = time.perf_counter()
+    summary = train(cfg)
+    return {"wall_s": time.perf_counter() - start, "val_loss": summary["history"][-1]["val_loss"]}
+
+
 def _batches(x: np.ndarray, w: np.ndarray, size: int) -> list:
     import torch
 
     return [(torch.from_numpy(x[i : i + size]), torch.from_numpy(w[i : i + size])) for i in range(0, len(w), size)]
 
 
-def _train_weights(cfg, w: np.ndarray):
+def _in_memory(cfg) -> dict[str, Any]:
     import torch
 
-    from megaset.storage.store import open_store
-    from megaset.training.loop import event_weights, weight_norm
-
-    norm = weight_norm(open_store(cfg.store.url).group("train"), cfg.training)
-    return event_weights(torch.from_numpy(w), cfg.training) * norm
-
-
-def _in_memory(cfg, torch_threads: int) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(torch_threads)
     start = time.perf_counter()
     x, w = _group_arrays(cfg, "train")
     val = _batches(*_group_arrays(cfg, "val"), cfg.training.batch_size)
-    _, rates, val_loss = _train_tensors(cfg, torch.from_numpy(x), _train_weights(cfg, w), val)
-    return {"wall_s": time.perf_counter() - start, "rates": rates, "val_loss": val_loss}
+    _, val_loss = _fit_tensors(cfg, torch.from_numpy(x), torch.from_numpy(w), _norm(cfg), val)
+    return {"wall_s": time.perf_counter() - start, "val_loss": val_loss}
 
 
 def _loader_alone(cfg, threads: int) -> float:
@@ -196,19 +223,19 @@ def _megaset_loop(cfg, folder: Path) -> dict[str, Any]:
     from megaset.training.models import build_model
 
     start = time.perf_counter()
+    norm = _norm(cfg)
     val = _batches(np.load(folder / "val_x.npy"), np.load(folder / "val_w.npy"), cfg.training.batch_size)
-    rates, model, val_loss = [], None, None
+    model, val_loss = None, None
     for m in range(N_MEGASETS):
         x = torch.from_numpy(np.load(folder / f"megaset_{m}_x.npy"))
-        w = _train_weights(cfg, np.load(folder / f"megaset_{m}_w.npy"))
+        w = torch.from_numpy(np.load(folder / f"megaset_{m}_w.npy"))
         model = build_model(cfg.training.model, x.shape[1], cfg.training.architecture)
         if m:
             model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
-        model, r, val_loss = _train_tensors(cfg, x, w, val, model)
-        rates += r
+        model, val_loss = _fit_tensors(cfg, x, w, norm, val, model)
         torch.save(model.state_dict(), folder / "weights.pt")
         del x, w
-    return {"wall_s": time.perf_counter() - start, "rates": rates, "val_loss": val_loss}
+    return {"wall_s": time.perf_counter() - start, "val_loss": val_loss}
 
 
 def _megaset_delivery(folder: Path, batch_size: int) -> float:
@@ -252,7 +279,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--chunk-len", type=int, default=None, help="events per store chunk")
     parser.add_argument("--workers", type=int, default=2, help="Dask workers for ingest and DDP")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b); the best is kept")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of (a), runs of (b); the best is kept")
     parser.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
@@ -282,52 +309,39 @@ def main() -> None:
     cfg = _config(url, work / "models", args)
     out: dict[str, Any] = {"events_train": n, "features": f, "batch_size": args.batch_size, "epochs": args.epochs}
 
-    # torch on every core, then on all but one (left to the reader thread). Alternated and
-    # repeated, the best epoch kept (as timeit does): other load on the machine only ever slows
-    # a run down. The first epoch warms caches and allocators on both sides and is left out.
+    # torch on every core, then on all but one, which is left to the reader thread.
     cores = os.cpu_count() or 1
-    rates: dict[tuple[str, int], float] = {}
-    for _ in range(args.repeat):
-        for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
-            stream, rss = _isolated(_stream, cfg, threads)
-            memory, rss_m = _isolated(_in_memory, cfg, threads)
-            if threads == cores:  # (c) compares runs with torch on every core
-                whole = {"stream": (stream, rss), "memory": (memory, rss_m)}
-            best = (max(h["samples_per_s"] for h in stream["history"][1:]), max(memory["rates"][1:]))
-            for kind, rate in zip(("stream", "memory"), best, strict=True):
-                rates[kind, threads] = max(rates.get((kind, threads), 0.0), rate)
-    out["a"] = {f"torch_threads_{t}": {"stream_samples_per_s": rates["stream", t],
-                                        "memory_samples_per_s": rates["memory", t],
-                                        "ratio": rates["stream", t] / rates["memory", t]}
-                for t in sorted({t for _, t in rates}, reverse=True)}
+    out["a"] = {}
+    for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
+        best = _isolated(_alternate, cfg, threads, args.repeat)[0]
+        out["a"][f"torch_threads_{threads}"] = {**best, "ratio": best["stream"] / best["memory"]}
 
     loader = {t: max(_isolated(_loader_alone, cfg, t)[0] for _ in range(args.repeat)) for t in (1, 2)}
     stored = _stored_bytes(url, ["rmm", "weight"]) / n if not url.startswith(("s3:", "gs:")) else float("nan")
     out["b"] = {"loader_samples_per_s": loader, "bytes_per_event_read": stored, "bytes_per_event_raw": 4 * (f + 1)}
 
+    stream, rss_stream = _isolated(_stream_trainer, cfg)
+    memory, rss_memory = _isolated(_in_memory, cfg)
     megasets = work / "megasets"
     megasets.mkdir(exist_ok=True)
     _isolated(_export_megasets, cfg, megasets)
     loop, rss_loop = _isolated(_megaset_loop, cfg, megasets)
     delivery = _isolated(_megaset_delivery, megasets, args.batch_size)[0]
+    seen = n * args.epochs
     out["c"] = {
-        "megaset_loop": {"wall_s": loop["wall_s"], "peak_rss_mib": rss_loop, "val_loss": loop["val_loss"],
-                         "samples_seen": n * args.epochs, "delivery_samples_per_s": delivery},
-        "streaming": {"wall_s": whole["stream"][0]["wall_s"], "peak_rss_mib": whole["stream"][1],
-                      "val_loss": whole["stream"][0]["history"][-1]["val_loss"], "samples_seen": n * args.epochs},
-        "in_memory": {"wall_s": whole["memory"][0]["wall_s"], "peak_rss_mib": whole["memory"][1],
-                      "val_loss": whole["memory"][0]["val_loss"]},
+        "megaset_loop": {**loop, "peak_rss_mib": rss_loop, "samples_seen": seen, "delivery_samples_per_s": delivery},
+        "streaming": {**stream, "peak_rss_mib": rss_stream, "samples_seen": seen},
+        "in_memory": {**memory, "peak_rss_mib": rss_memory, "samples_seen": seen},
     }
 
     ddp = {w: _isolated(_ddp, cfg, w)[0] for w in (1, 2)}
-    ddp_rate = {w: statistics.median(h["samples_per_s"] for h in r["history"][1:]) for w, r in ddp.items()}
+    ddp_rate = {w: max(h["samples_per_s"] for h in r["history"][1:]) for w, r in ddp.items()}
     out["d"] = {"samples_per_s": ddp_rate, "speedup": ddp_rate[2] / ddp_rate[1],
                 "wall_s": {w: r["wall_s"] for w, r in ddp.items()}}
 
     for key, r in out["a"].items():
-        print(f"(a) training steps, samples/s, {key.replace('_', ' ')}: streaming "
-              f"{r['stream_samples_per_s']:>10,.0f}   in memory {r['memory_samples_per_s']:>10,.0f}"
-              f"   ratio {r['ratio']:.3f} (target >= 0.95)")
+        print(f"(a) training steps, samples/s, {key.replace('_', ' ')}: streaming {r['stream']:>10,.0f}"
+              f"   in memory {r['memory']:>10,.0f}   ratio {r['ratio']:.3f} (target >= 0.95)")
     print(f"(b) loader alone, samples/s        1 thread  {loader[1]:>12,.0f}   2 threads {loader[2]:>12,.0f}")
     print(f"    bytes per event read           {stored:>10,.1f}   uncompressed {4 * (f + 1):,}   "
           f"ratio {4 * (f + 1) / stored:.1f}x")

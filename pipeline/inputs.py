@@ -102,7 +102,8 @@ def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None,
     except InputFileError as err:
         return _bad(info, err.reason)
     except Exception as err:  # a corrupt file can fail in many ways; report, never crash the check
-        return _bad(info, f"cannot be read as a ROOT file: {type(err).__name__}: {err}")
+        detail = " ".join(str(err).split())  # one line: it is listed among the skipped files
+        return _bad(info, f"cannot be read as a ROOT file: {type(err).__name__}: {detail}")
     return FileInfo(**{**info.to_dict(), "size": size, "checksum": checksum, "entries": entries, "sum_weights": total})
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from megaset.storage.store import StoreGroup
 
 __all__ = [
-    "fit", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
+    "fit", "train_epoch", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
     "checkpoint_payload", "summary", "RESUME_KEYS",
 ]
 
@@ -146,11 +146,15 @@ def check_resumable(
         raise CheckpointError(msg)
 
 
-def _train_epoch(
-    net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ChunkDataset, cfg: TrainingConfig,
+def train_epoch(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainingConfig,
     norm: float, device: torch.device,
 ) -> tuple[float, int]:
-    """One pass over this rank's batches: (sum of batch loss x batch size, events seen)."""
+    """One optimisation pass over ``data``'s batches of ``(x, raw weight)``.
+
+    Returns the sum over batches of (batch loss x batch size) and the number of events seen.
+    """
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_seen = 0
@@ -233,7 +237,7 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
         epoch = progress["epoch"]
         torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch, rank]).generate_state(1)[0]))
         start = time.perf_counter()
-        loss_sum, n_seen = _train_epoch(net, optimizer, train_data, tc, norm, device)
+        loss_sum, n_seen = train_epoch(net, optimizer, train_data, tc, norm, device)
         seconds = time.perf_counter() - start
         loss_total, n_total = _all_sum([loss_sum, n_seen], device)
         val_loss, val_error = evaluate(model, val_data, tc, device)
