@@ -350,29 +350,33 @@ def test_address_gpu_workers(tmp_path):
 
 
 @pytest.mark.slow
-def test_ingest_and_mix_on_an_existing_scheduler(address, tmp_path):
-    """Ingest and mix, end to end, with every task on the workers of the existing scheduler."""
-    import uproot
+def test_ingest_mix_train_score_on_an_existing_scheduler(address, tmp_path):
+    """The chain, end to end, with every task on the workers of the existing scheduler."""
     from distributed import get_task_stream
 
     from megaset.pipeline.ingest import ingest
-    from megaset.pipeline.simulate import generate
+    from megaset.pipeline.simulate import generate, write_ntuple
     from megaset.storage.mix import mix
+    from megaset.storage.store import open_store
     from megaset.storage.verify import verify
+    from megaset.training.score import score
+    from megaset.training.trainer import train
 
     signal = {"zmmjets": False, "ttbar": False, "c1n2_wz_800_50": True}
     for c, channel in enumerate(signal):
-        with uproot.recreate(tmp_path / f"{channel}.root") as f:
-            f["mini"] = generate(channel, 2000, seed=7 + c)
+        write_ntuple(tmp_path / f"{channel}.root", generate(channel, 2000, seed=7 + c))
     cfg = Config.model_validate({
         "inputs": {"chunksize": 1000, "channels": {
             ch: {"files": [str(tmp_path / f"{ch}.root")], "signal": sig} for ch, sig in signal.items()}},
         "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
         "cluster": {"kind": "address", "address": address},
+        "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 128},
     })
     with open_client(cfg.cluster) as client, get_task_stream(client) as stream:
         ingested = ingest(cfg, client)
         mixed = mix(cfg, client)
+        trained = train(cfg, client)
+        scored = score(cfg, client)
     assert len({task["worker"] for task in stream.data}) == 2
     assert verify(cfg.store.url) == []
     for channel in signal:
@@ -380,6 +384,9 @@ def test_ingest_and_mix_on_an_existing_scheduler(address, tmp_path):
         stored = sum(g["channels"].get(channel, 0) for g in mixed["groups"].values())
         assert stored == ingested.channels[channel]["n_selected"] > 0
     assert set(mixed["groups"]) == {"train", "val", "test", "signal/c1n2_wz_800_50"}
+    assert trained["epochs"] == 1 and trained["world_size"] == 2
+    store = open_store(cfg.store.url)
+    assert scored["events_scored"] == sum(store.group(g).n_events for g in store.group_names())
 
 
 def test_unreachable_address_fails_within_seconds():
