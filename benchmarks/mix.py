@@ -199,7 +199,7 @@ def main() -> None:
 
     runs = []
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         for chunk_len in [cfg.store.chunk_len, *args.chunk_lens]:
             run_cfg = cfg.replace(store={"chunk_len": chunk_len, "url": str(work / f"store-{chunk_len}.zarr")})
             t_mix, t_copy = [], []

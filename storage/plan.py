@@ -105,7 +105,13 @@ class ChunkTask:
 
 @dataclass
 class ChannelSequence:
-    """A channel's staged events as one seeded-shuffled sequence of blocks."""
+    """A channel's staged events as one seeded-shuffled sequence of blocks.
+
+    Per block, in shuffled order: ``piece`` (index into ``pieces``), ``start`` (first row in
+    the piece), ``length``, ``block`` (its index before shuffling, which seeds its row order);
+    ``offsets`` are the cumulative lengths, so sequence position ``p`` is in the block ``j``
+    with ``offsets[j] <= p < offsets[j + 1]``.
+    """
 
     name: str
     id: int
@@ -119,6 +125,7 @@ class ChannelSequence:
     @classmethod
     def build(cls, name: str, channel_id: int, pieces: Sequence[tuple[str, Mapping[str, Any]]],
               seed: int) -> ChannelSequence:
+        """The sequence of the finished pieces ``(key, attrs)`` of one channel, sorted by key."""
         keys, piece, start, length = [], [], [], []
         for key, attrs in pieces:
             n_rows = int(attrs["n_rows"])

@@ -14,10 +14,12 @@ so any subset of chunks is a faithful sample and ranks can read disjoint chunks 
   early; the rows beyond (at most about one chunk per shard, different ones every epoch) are
   skipped for that epoch;
 * a pool of ``threads`` reader threads keeps ``read_ahead`` chunks in flight and scales them
-  (threads, not forked workers: zarr's async I/O can deadlock in a forked child). Memory holds
-  about ``read_ahead + 2 * shuffle_chunks`` chunks at most (the chunks in flight, one window's
-  chunks and the buffer they are gathered in, reused from window to window) and the batches the
-  consumer keeps, whatever the size of the store.
+  (threads, not forked workers: zarr's async I/O can deadlock in a forked child). Memory is
+  bounded by these settings, whatever the size of the store: the chunks in flight, one window's
+  chunks and the buffer they are gathered in (reused from window to window), the batches the
+  consumer keeps, and zarr's decode buffers in each reader thread. Measured with the defaults
+  (2 threads, 2 chunks ahead, 4 shuffled together) on 8192 x 529 float32 chunks (16.5 MiB):
+  330 MiB, 20 chunks' worth; with 1 thread, 1 ahead and no shuffle window, 104 MiB.
 
 The rank is detected in ``__iter__`` (from ``torch.distributed`` and
 ``torch.utils.data.get_worker_info``), not when the dataset is built. ``state_dict`` records

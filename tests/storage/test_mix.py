@@ -15,7 +15,6 @@ from megaset.storage.store import open_store
 from megaset.storage.verify import verify
 
 COLUMNS = ("rmm", "weight", "channel", "event_id", *AUX_FLOAT, *AUX_INT)
-NAMES = {c["id"]: c["name"] for c in CHANNELS}
 
 
 def read_group(url: str, name: str) -> dict[str, np.ndarray]:
@@ -123,7 +122,6 @@ def test_metadata(mixed_store):
     assert verify(cfg.store.url) == []
 
 
-@pytest.mark.slow
 def test_dask_cluster_mix_is_identical_to_in_process(cluster_client, mixed_store, tmp_path):
     cfg, _, _ = mixed_store
     on_cluster = cfg.replace(store={"url": str(tmp_path / "cluster.zarr")})

@@ -58,7 +58,7 @@ def test_store_metadata_accessors(mixed_store):
 
 
 def test_chunks_and_slices(mixed_store):
-    cfg, staged, _ = mixed_store
+    cfg, _, _ = mixed_store
     train = open_store(cfg.store.url).group("train")
     assert train.n_events == 1860 and train.chunk_len == 256 and train.n_chunks == 8
     assert train.chunk_slice(0) == slice(0, 256)
