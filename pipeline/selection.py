@@ -1,9 +1,9 @@
 """Object and event selection (thesis ch. 3): signal objects, the lepton cuts, the cut flow.
 
-Everything works on the flat buffers of :class:`~megaset.pipeline.objects.Jagged` with numpy:
-per-object masks, per-event counts from cumulative sums at the offsets, and the leading
-leptons of each event from one sort of all signal leptons by (event, -pT). There is no loop
-over events.
+Everything works on the flat buffers of :class:`~megaset.pipeline.objects.Jagged`: per-object
+masks and per-event counts from cumulative sums at the offsets with numpy; the leading-lepton
+masses, HT and the objects of the selected events with compiled loops over the offsets
+(``_select_kernels``), which pass over a rejected event at little cost.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from megaset.config import LeptonSelection, SelectionConfig
 from megaset.errors import ConfigError, NonFiniteInputError
+from megaset.pipeline._select_kernels import kernels
 from megaset.pipeline.objects import EventArrays, Jagged
 from megaset.pipeline.schema import nonfinite_events
 
@@ -119,70 +120,33 @@ def _object_masks(ev: EventArrays, cfg: SelectionConfig) -> dict[str, tuple[str,
     return sources
 
 
-def _per_event_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Sum of ``values`` (one per object) over the objects of each event; counts for a bool mask.
-
-    The sum is a difference of cumulative sums, so one NaN or inf would spoil every later
-    event: non-finite values count as 0 (their events are dropped or rejected anyway).
-    """
-    if values.dtype == bool:
-        total = np.zeros(len(values) + 1, dtype=np.int64)
-    else:
-        total = np.zeros(len(values) + 1, dtype=np.float64)
-        values = np.where(np.isfinite(values), values, 0.0)
-    np.cumsum(values, out=total[1:])
-    return np.diff(total[offsets])
+def _picked_offsets(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-event offsets into the objects under ``mask``: their counts are its differences."""
+    kept = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(mask, out=kept[1:])
+    return kept[offsets]
 
 
-def _rank_by_pt(event: np.ndarray, pt: np.ndarray, max_count: int) -> np.ndarray:
-    """Position of each object in its event by decreasing pT (equal pT: earlier first).
-
-    ``event`` must be sorted. Events hold few leptons, so comparing each object with its
-    next ``max_count - 1`` neighbours is cheaper than sorting by pT.
-    """
-    rank = np.zeros(len(event), dtype=np.int64)
-    for d in range(1, max_count):
-        same = event[d:] == event[:-d]
-        later_harder = pt[d:] > pt[:-d]
-        rank[:-d] += same & later_harder
-        rank[d:] += same & ~later_harder
-    return rank
-
-
-def _leading_masses(leptons: list[tuple[Jagged, np.ndarray]], n_events: int) -> tuple[np.ndarray, np.ndarray]:
+def _leading_masses(leptons: list[tuple[Jagged, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Invariant masses of the two and of the three leading leptons (by pT) of each event.
 
-    Events with fewer leptons get 0.
+    ``leptons`` holds (collection, mask, offsets from :func:`_picked_offsets`) of each lepton
+    source. Events with fewer leptons get 0.
     """
-    picked = [(coll, np.flatnonzero(mask)) for coll, mask in leptons]
-    event = np.concatenate([np.searchsorted(coll.offsets, i, side="right") - 1 for coll, i in picked])
-    order = np.argsort(event, kind="stable")  # two runs, each sorted already: a linear merge
-    event = event[order]
-    kin = {c: np.concatenate([coll[c][i] for coll, i in picked])[order] for c in ("pt", "eta", "phi", "mass")}
-    counts = np.bincount(event, minlength=n_events)
-    rank = _rank_by_pt(event, kin["pt"], int(counts.max(initial=0)))
-
-    top3 = rank < 3
-    event, rank = event[top3], rank[top3]
-    pt, eta, phi, mass = (kin[c][top3].astype(np.float64) for c in ("pt", "eta", "phi", "mass"))
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    energy = np.sqrt(px**2 + py**2 + pz**2 + mass**2)
-    offsets = np.zeros(n_events + 1, dtype=np.int64)
-    np.cumsum(np.minimum(counts, 3), out=offsets[1:])
-    out = []
-    for k in (2, 3):
-        lead = rank < k
-        e, x, y, z = (_per_event_sum(offsets, np.where(lead, c, 0.0)) for c in (energy, px, py, pz))
-        m = np.sqrt(np.maximum(e**2 - x**2 - y**2 - z**2, 0.0))
-        out.append(np.where(counts >= k, m, 0.0))
-    return out[0], out[1]
+    picked = []
+    for coll, mask, offsets in leptons:
+        i = np.flatnonzero(mask)
+        phi, eta = (coll[c][i].astype(np.float64) for c in ("phi", "eta"))
+        # numpy's transcendental functions rather than compiled ones: the same values as the
+        # rest of the pipeline on every CPU
+        picked += [offsets, i, coll["pt"], coll["mass"], np.stack([np.cos(phi), np.sin(phi), np.sinh(eta)], axis=1)]
+    return kernels().leading_masses(*picked)
 
 
-def _take(coll: Jagged, objects: np.ndarray, per_object_events: np.ndarray, events: np.ndarray) -> Jagged:
+def _take(coll: Jagged, objects: np.ndarray, events: np.ndarray) -> Jagged:
     """The objects under the mask ``objects`` in the events under the mask ``events``."""
-    keep = objects & per_object_events
-    counts = _per_event_sum(coll.offsets, keep)[events]
-    return Jagged.from_counts(counts, {name: values[keep] for name, values in coll.columns.items()})
+    counts, index = kernels().kept_objects(coll.offsets, objects, events)
+    return Jagged.from_counts(counts, {name: values[index] for name, values in coll.columns.items()})
 
 
 def _nonfinite_reason(counts: dict[str, int], n_events: int) -> str:
@@ -224,12 +188,12 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
         raise NonFiniteInputError(filename, _nonfinite_reason(nonfinite, int(bad.sum())))
 
     colls = ev.collections
-    counts = {name: _per_event_sum(colls[c].offsets, mask) for name, (c, mask) in sources.items()}
     leptons = [(colls[c], mask) for c, mask in (sources["electrons"], sources["muons"])]
-    n_lep = counts["electrons"] + counts["muons"]
+    picked = [_picked_offsets(coll.offsets, mask) for coll, mask in leptons]
+    n_lep = np.diff(picked[0]) + np.diff(picked[1])
     trigger_pt = cfg.trigger_pt_2lep if cfg.mode == "2lep" else cfg.trigger_pt_3lep
-    n_trig = sum(_per_event_sum(coll.offsets, mask & (coll["pt"] > trigger_pt)) for coll, mask in leptons)
-    m_ll, m_lll = _leading_masses(leptons, n)
+    n_trig = sum(np.diff(_picked_offsets(coll.offsets, mask & (coll["pt"] > trigger_pt))) for coll, mask in leptons)
+    m_ll, m_lll = _leading_masses([(coll, mask, po) for (coll, mask), po in zip(leptons, picked, strict=True)])
     if cfg.mode == "2lep":
         cuts = [n_lep >= 2, m_ll > cfg.mll_min, n_trig >= 2]
     else:
@@ -249,20 +213,21 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
         "met_phi": ev.met_phi,
         "m_ll": m_ll,
         "m_lll": m_lll,
-        "ht": _per_event_sum(jets.offsets, np.where(good_jets, jets["pt"], 0.0)),
+        "ht": kernels().running_sums(jets.offsets, jets["pt"], good_jets),
     }
-    aux = {name: values[mask].astype(np.float32) for name, values in kinematics.items()}
-    aux |= {f"n_{name}": c[mask].astype(np.int16) for name, c in counts.items()}
-    in_selected = {c: np.repeat(mask, colls[c].counts()) for c, _ in sources.values()}
-    objects = {name: _take(colls[c], obj, in_selected[c], mask) for name, (c, obj) in sources.items()}
+    rows = np.flatnonzero(mask)  # a gather of the few selected events beats a boolean mask
+    aux = {name: values[rows].astype(np.float32) for name, values in kinematics.items()}
+    # the objects of the selected events only: their counts are the selected events' counts
+    objects = {name: _take(colls[c], obj, mask) for name, (c, obj) in sources.items()}
+    aux |= {f"n_{name}": jag.counts().astype(np.int16) for name, jag in objects.items()}
     return Selection(
         mask=mask,
         objects=objects,
         aux=aux,
-        weight=weight[mask],
-        run=ev.run[mask],
-        event=ev.event[mask],
-        entry=ev.entry[mask],
+        weight=weight[rows],
+        run=ev.run[rows],
+        event=ev.event[rows],
+        entry=ev.entry[rows],
         cutflow=cutflow,
         nonfinite=nonfinite,
     )
