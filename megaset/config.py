@@ -313,7 +313,7 @@ class StoreConfig(_Section):
         16384, gt=0, description="Events per chunk in every group (docs/store.md says why 16384)."
     )
     compressor: CompressorConfig = CompressorConfig()
-    staging_compressor: CompressorConfig = CompressorConfig(codec="blosc-lz4", level=5)
+    staging_compressor: CompressorConfig = CompressorConfig(codec="zstd", level=1)
     splits: SplitsConfig = SplitsConfig()
     seed: int = 42
     contamination: ContaminationConfig | None = None
