@@ -197,6 +197,72 @@ def run(config: ConfigOption = None) -> None:
     )
 
 
+study = typer.Typer(help="The thesis' and Farina et al.'s robustness tests, end to end.", no_args_is_help=True)
+app.add_typer(study, name="study")
+
+
+def _rows_table(title: str, key: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    for column in (key, "auc", "e10", "e100"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row[key]:g}", *(f"{row[c]:.4f}" for c in ("auc", "e10", "e100")))
+    return table
+
+
+@study.command("channel-removal")
+def study_channel_removal(
+    channel: Annotated[str, typer.Argument(help="The background channel left out of training.")],
+    workdir: Annotated[Path, typer.Option(help="Receives the derived staging area, store, models, report.")] = Path(
+        "megaset-demo/studies/channel-removal"),
+    config: ConfigOption = None,
+) -> None:
+    """Train without one background channel, then score it as a signal (thesis ch. 4)."""
+    from megaset.report.studies import channel_removal
+
+    cfg = _config(config)
+    with _connect(cfg) as client:
+        out = channel_removal(cfg, client, channel, workdir=workdir / channel)
+    console.print(
+        f"{out['channel']} left out of training of {out['model']}: AUC {out['auc']:.4f}, "
+        f"E10 {out['e10']:.4f}, E100 {out['e100']:.4f}; store {out['store']}", highlight=False,
+    )
+
+
+@study.command("pt-altering")
+def study_pt_altering(
+    model: Annotated[Optional[str], typer.Option(help="Scored model; default training.model.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Scale the leading electron and muon pT by report.pt_factors and score the altered events."""
+    from megaset.report.pt_altering import pt_altering
+
+    cfg = _config(config)
+    out = pt_altering(cfg, model=model)
+    console.print(_rows_table(f"pT altering, {out['model']} ({out['events']:,} {out['group']} events)",
+                              "factor", out["rows"]))
+    console.print(f"plots: {', '.join(map(str, out['plots'].values()))}", highlight=False)
+
+
+@study.command("contamination")
+def study_contamination(
+    signal: Annotated[str, typer.Argument(help="The signal channel injected into train.")],
+    fractions: Annotated[str, typer.Option(help="Comma-separated injected fractions.")] = "0,0.001,0.01,0.05",
+    workdir: Annotated[Path, typer.Option(help="Receives one store per fraction.")] = Path(
+        "megaset-demo/studies/contamination"),
+    config: ConfigOption = None,
+) -> None:
+    """AUC, E10, E100 against the fraction of signal injected into train (Farina et al. IV)."""
+    from megaset.report.studies import contamination
+
+    cfg = _config(config)
+    values = [float(f) for f in fractions.split(",")]
+    with _connect(cfg) as client:
+        out = contamination(cfg, client, signal=signal, fractions=values, workdir=workdir)
+    console.print(_rows_table(f"contamination with {out['signal']}, {out['model']}", "fraction", out["rows"]))
+    console.print(f"plot: {out['plot']}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: megaset errors print as one clear message and exit 1."""
     try:

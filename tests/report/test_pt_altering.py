@@ -110,3 +110,18 @@ def test_events_of_unknown_files_are_refused(scored):
     event_id = open_store(scored.store.url).group("val").read_chunk(0, ("event_id",))["event_id"][:3]
     with pytest.raises(StoreError, match=r"the store lists no input file with index \d+; it cannot be read again"):
         altered_rmms(scored, {}, event_id, [K])
+
+
+def test_cli_study_pt_altering_prints_the_table(scored, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from megaset.pipeline.cli import app
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(scored.replace(report={"output": str(tmp_path)}).resolved(), sort_keys=False))
+    result = CliRunner().invoke(app, ["study", "pt-altering", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    for factor in ("1.5", "3", "5", "7", "10"):
+        assert f"│ {factor:>6} │" in result.output
+    assert (tmp_path / "pt_altering_ae-shallow.png").stat().st_size > 1000
