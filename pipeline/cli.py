@@ -61,6 +61,17 @@ def _cutflow_table(channels: dict) -> Table:
     return table
 
 
+def _groups_table(title: str, groups: dict, events: str, chunks: str) -> Table:
+    """Events and chunks per store group, from a stage summary's ``groups``."""
+    table = Table(title=title)
+    table.add_column("group")
+    table.add_column("events", justify="right")
+    table.add_column("chunks", justify="right")
+    for name, group in groups.items():
+        table.add_row(name, f"{group[events]:,}", f"{group[chunks]:,}")
+    return table
+
+
 @app.command()
 def simulate(config: ConfigOption = None) -> None:
     """Write simulated ntuples (2-lepton + MET backgrounds and SUSY signals) as ROOT files."""
@@ -116,18 +127,8 @@ def mix(config: ConfigOption = None) -> None:
     cfg = _config(config)
     with _connect(cfg) as client, Progress(console=console, transient=True) as bar:
         task = bar.add_task("mixing chunks", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        summary = run_mix(cfg, client, progress=progress)
-    table = Table(title=f"store {cfg.store.url}")
-    table.add_column("group")
-    table.add_column("events", justify="right")
-    table.add_column("chunks", justify="right")
-    for name, group in summary["groups"].items():
-        table.add_row(name, f"{group['n_events']:,}", f"{group['n_chunks']:,}")
-    console.print(table)
+        summary = run_mix(cfg, client, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(_groups_table(f"store {cfg.store.url}", summary["groups"], "n_events", "n_chunks"))
     console.print(
         f"{summary['mb_written']:,.1f} MB written in {summary['seconds']:.1f} s"
         + (f"; {summary['resumed']} chunks were already done" if summary.get("resumed") else "")
@@ -292,13 +293,7 @@ def score(
         task = bar.add_task("scoring chunks", total=None)
         summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    table = Table(title=f"{summary['column']} in {cfg.store.url}")
-    table.add_column("group")
-    table.add_column("events", justify="right")
-    table.add_column("chunks", justify="right")
-    for name, group in summary["groups"].items():
-        table.add_row(name, f"{group['events']:,}", f"{group['chunks']:,}")
-    console.print(table)
+    console.print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
     rate = f" ({summary['events_per_s']:,.0f} events/s)" if summary["events_scored"] else ""
     console.print(
         f"{summary['events_scored']:,} events scored with {summary['checkpoint']} in {summary['seconds']:.1f} s{rate}"

@@ -35,7 +35,7 @@ def test_bad_config_is_one_clear_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_simulate_then_ingest(tmp_path):
+def test_simulate_ingest_mix_verify(tmp_path):
     cfg = {
         "simulate": {"output": str(tmp_path / "ntuples"), "events": 4000, "signal_events": 300,
                      "events_per_file": 2000, "channels": ["zeejets", "ttbar", "c1n2_wz_450_300"]},
@@ -55,3 +55,19 @@ def test_simulate_then_ingest(tmp_path):
         assert channel in result.stderr
     assert "events read from" in result.stderr and "selected" in result.stderr
     assert (tmp_path / "store.staging.zarr" / "zarr.json").exists()
+
+    result = megaset("mix", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    for group in ("train", "val", "test", "signal/c1n2_wz_450_300"):
+        assert group in result.stderr
+    result = megaset("verify", str(tmp_path / "store.zarr"))
+    assert result.returncode == 0, result.stderr
+    assert "every invariant holds" in result.stderr
+
+    import zarr
+
+    weights = zarr.open_array(str(tmp_path / "store.zarr" / "test" / "weight"), mode="r+")
+    weights[0] = float("nan")
+    result = megaset("verify", str(tmp_path / "store.zarr"))
+    assert result.returncode == 1
+    assert "FAIL" in result.stderr and "test" in result.stderr
