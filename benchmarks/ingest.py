@@ -36,9 +36,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
     args = parser.parse_args()
 
-    from distributed import Client, LocalCluster
-
     from megaset.config import CompressorConfig, Config
+    from megaset.deploy.cluster import open_client
     from megaset.pipeline.ingest import ingest
     from megaset.pipeline.rmm import build_rmm
     from megaset.pipeline.schema import read_events
@@ -60,8 +59,8 @@ def main() -> None:
     print(f"simulated {args.events:,} events in {len(files)} files: {time.perf_counter() - t0:.1f} s")
     branches = cfg.schema.branches()
 
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # The cluster a user gets from the config (worker environment included), for both sides.
+    with open_client(cfg.cluster) as client:
         client.gather(client.map(_read_file, files[:2], tree="mini", branches=branches, pure=False))  # warm
         t0 = time.perf_counter()
         n_read = sum(client.gather(client.map(_read_file, files, tree="mini", branches=branches, pure=False)))
