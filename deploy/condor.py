@@ -13,6 +13,7 @@ import shutil
 from typing import Any
 
 from megaset.config import ClusterConfig
+from megaset.deploy.cluster import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 
 __all__ = ["htcondor_job_script", "start_htcondor_cluster"]
@@ -47,7 +48,12 @@ def _job_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     optional = {
         "disk": condor.disk,
         "python": condor.python,
-        "job_script_prologue": condor.job_script_prologue,
+        # The worker allocation setting first (see deploy/cluster.py), then the site's or the config's.
+        "job_script_prologue": [
+            *(f"export {k}={v}" for k, v in WORKER_MALLOC_ENV.items()),
+            *(condor.job_script_prologue if condor.job_script_prologue is not None
+              else _site("job-script-prologue", [])),
+        ],
         "log_directory": condor.log_directory,
         "local_directory": condor.local_directory,
         "interface": condor.interface,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from megaset.config import ClusterConfig
+from megaset.deploy.cluster import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 
 __all__ = ["kube_cluster_spec", "start_kube_cluster", "quantity"]
@@ -105,7 +106,7 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
         image=kube.image,
         n_workers=cfg.adapt.minimum if cfg.adapt else cfg.workers,
         resources=_worker_resources(cfg),
-        env=dict(kube.env),
+        env={**{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}, **kube.env},
         worker_command=_worker_command(cfg),
     )
     if kube.namespace:

@@ -25,6 +25,10 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASK = str(Path(sys.executable).parent / "dask")
 
 
+
+# Local, Kubernetes and HTCondor workers all start with it (deploy/cluster.py says why).
+MALLOC_ENV = {"name": "MALLOC_MMAP_THRESHOLD_", "value": str(256 * 2**20)}
+
 def containers(spec: dict) -> tuple[dict, dict]:
     (scheduler,) = spec["spec"]["scheduler"]["spec"]["containers"]
     (worker,) = spec["spec"]["worker"]["spec"]["containers"]
@@ -79,7 +83,7 @@ def test_kube_spec_from_the_example_config():
     assert scheduler["args"] == ["dask", "scheduler", "--host", "0.0.0.0"]
     assert scheduler["resources"] == {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"cpu": 1, "memory": "2Gi"}}
     # Environment on both; object-store credentials only where tasks read and write.
-    env = [{"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
+    env = [MALLOC_ENV, {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
     assert scheduler["env"] == worker["env"] == env
     assert worker["envFrom"] == [{"secretRef": {"name": "megaset-object-store"}}]
     assert "envFrom" not in scheduler
@@ -119,7 +123,7 @@ def test_kube_spec_options():
     assert "namespace" not in spec["metadata"]  # the current namespace
     assert scheduler["resources"]["requests"]["cpu"] == "500m"
     assert worker["resources"]["limits"]["memory"] == "1536Mi"
-    assert "envFrom" not in worker and worker["env"] == []
+    assert "envFrom" not in worker and worker["env"] == [MALLOC_ENV]
     for part in ("scheduler", "worker"):
         pod = spec["spec"][part]["spec"]
         assert pod["serviceAccountName"] == "megaset-worker"
@@ -156,7 +160,8 @@ def test_htcondor_job_script_shared_filesystem():
     (arguments,) = [line for line in lines if line.startswith("Arguments = ")]
     # The prologue first, then the worker with the environment's own interpreter.
     assert arguments.startswith(
-        "Arguments = \"-c 'source /shared/megaset/venv/bin/activate; export OMP_NUM_THREADS=1; "
+        "Arguments = \"-c 'export MALLOC_MMAP_THRESHOLD_=268435456; "
+        "source /shared/megaset/venv/bin/activate; export OMP_NUM_THREADS=1; "
         f"/shared/megaset/venv/bin/python -m distributed.cli.dask_worker {SCHEDULER_PLACEHOLDER} ")
     assert "--nthreads 1 --memory-limit 4.00GiB" in arguments
     assert "--local-directory $_CONDOR_SCRATCH_DIR" in arguments
@@ -410,3 +415,10 @@ def test_address_from_yaml_needs_an_address(tmp_path):
                                           r"or 'address' \(got 'slurm'\)"):
         load_config(path)
     assert isinstance(Config().cluster, ClusterConfig)
+
+
+def test_local_workers_start_with_the_allocation_setting():
+    cfg = ClusterConfig(kind="local", workers=1)
+    with open_client(cfg) as client:
+        seen = client.run(lambda: __import__("os").environ.get("MALLOC_MMAP_THRESHOLD_"))
+    assert list(seen.values()) == [MALLOC_ENV["value"]]
