@@ -4,10 +4,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import cloudpickle
+import recording
 import numpy as np
 import pytest
 import torch
@@ -24,6 +24,7 @@ from megaset.training.trainer import train
 
 # The rank functions below run on the Dask workers, which cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(recording)  # its Recording runs on the Dask workers
 
 pytestmark = pytest.mark.slow
 
@@ -32,27 +33,10 @@ DDP = {"model": "ae-deep", "epochs": 2, "batch_size": 32, "learning_rate": 3e-3,
        "loader": {"shuffle_chunks": 2}, "ddp": {"world_size": 2}}
 
 
-class Recording:
-    """A store group that records the chunks read through it."""
-
-    def __init__(self, group):
-        self._group = group
-        self.reads: list[int] = []
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self._group, name)
-
-    def read_chunk(self, i, columns=("rmm", "weight")):
-        with self._lock:
-            self.reads.append(int(i))
-        return self._group.read_chunk(i, columns)
-
-
 def _read_epochs(url: str, epochs: int, *, report) -> tuple:
     import torch.distributed as dist
 
-    group = Recording(open_store(url).group("train"))
+    group = recording.Recording(open_store(url).group("train"))
     ds = ChunkDataset(group, batch_size=32, seed=3, shuffle_chunks=2)
     per_epoch = []
     for _ in range(epochs):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -10,25 +9,7 @@ from megaset.errors import CheckpointError, ConfigError
 from megaset.storage.store import open_store
 from megaset.training.loader import ChunkDataset
 from megaset.training.scaling import Scaling
-
-
-class Recording:
-    """A store group that records which chunks are read, and by which thread."""
-
-    def __init__(self, group):
-        self._group = group
-        self.reads: list[int] = []
-        self.threads: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self._group, name)
-
-    def read_chunk(self, i, columns=("rmm", "weight")):
-        with self._lock:
-            self.reads.append(int(i))
-            self.threads.add(threading.current_thread().name)
-        return self._group.read_chunk(i, columns)
+from recording import Recording
 
 
 @pytest.fixture(scope="module")
