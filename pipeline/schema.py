@@ -151,32 +151,33 @@ def _get(source: Any, branch: str, key: str, filename: str) -> Any:
         raise _not_found(branch, key, list(fields), filename) from err
 
 
+def _numbers(array: Any, branch: str, key: str, filename: str, *, per_object: bool) -> Any:
+    """The branch as an awkward array of one number per object (jagged) or per event."""
+    import awkward as ak
+
+    array = ak.Array(array)
+    if array.ndim != (2 if per_object else 1):
+        unit, kind = ("object", "jagged") if per_object else ("event", "scalar")
+        msg = (
+            f"branch {branch!r} ({key}) holds {str(array.type.content)!r} per event, expected one "
+            f"number per {unit}; map {key} to a {kind} branch"
+        )
+        raise BranchError(filename, msg, branch)
+    return array
+
+
 def _jagged(array: Any, branch: str, key: str, filename: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-event counts and flat values of a branch holding one number per object."""
     import awkward as ak
 
-    array = ak.Array(array)
-    if array.ndim != 2:
-        msg = (
-            f"branch {branch!r} ({key}) holds {str(array.type.content)!r} per event, expected one "
-            f"number per object; map {key} to a jagged branch"
-        )
-        raise BranchError(filename, msg, branch)
-    counts = ak.to_numpy(ak.num(array, axis=1))
-    return counts, ak.to_numpy(ak.flatten(array, axis=1))
+    array = _numbers(array, branch, key, filename, per_object=True)
+    return ak.to_numpy(ak.num(array, axis=1)), ak.to_numpy(ak.flatten(array, axis=1))
 
 
 def _scalar(array: Any, branch: str, key: str, filename: str) -> np.ndarray:
     import awkward as ak
 
-    array = ak.Array(array)
-    if array.ndim != 1:
-        msg = (
-            f"branch {branch!r} ({key}) holds {str(array.type.content)!r} per event, expected one "
-            f"number per event; map {key} to a scalar branch"
-        )
-        raise BranchError(filename, msg, branch)
-    return ak.to_numpy(array)
+    return ak.to_numpy(_numbers(array, branch, key, filename, per_object=False))
 
 
 def _collection(source: Any, name: str, schema: SchemaConfig, filename: str) -> tuple[Jagged, dict[str, str]]:
