@@ -14,10 +14,12 @@ so any subset of chunks is a faithful sample and ranks can read disjoint chunks 
   early; the rows beyond (at most about one chunk per shard, different ones every epoch) are
   skipped for that epoch;
 * a pool of ``threads`` reader threads keeps ``read_ahead`` chunks in flight and scales them
-  (threads, not forked workers: zarr's async I/O can deadlock in a forked child). Memory is
-  bounded by these settings, whatever the size of the store: the chunks in flight, one window's
-  chunks and the buffer they are gathered in (reused from window to window), the batches the
-  consumer keeps, and zarr's decode buffers in each reader thread. Measured with the defaults
+  (threads, not forked workers: zarr's async I/O can deadlock in a forked child), and one more
+  thread assembles up to ``read_ahead`` batches ahead, so that the consumer (the training step)
+  only takes finished batches. Memory is bounded by these settings, whatever the size of the
+  store: the chunks in flight, one window's chunks and the buffer they are gathered in (reused
+  from window to window), the batches ready or kept by the consumer, and zarr's decode buffers
+  in each reader thread. Measured with the defaults
   (2 threads, 2 chunks ahead, 4 shuffled together) on 8192 x 529 float32 chunks (16.5 MiB):
   330 MiB, 20 chunks' worth; with 1 thread, 1 ahead and no shuffle window, 104 MiB.
 
@@ -30,7 +32,7 @@ reading the windows before it.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -175,12 +177,17 @@ class ChunkDataset(IterableDataset):
         first = int(np.searchsorted(ends, start, side="right"))
         last = int(np.searchsorted(ends, stop, side="left"))
         skip = start - (int(ends[first - 1]) if first else 0)
-        yield from self._batches(windows[first : last + 1], skip, n_batches)
+        batches = self._batches(windows[first : last + 1], skip, n_batches - self._position)
+        # The position counts the batches handed over, not those assembled ahead of them.
+        for batch in _in_background(batches, self.read_ahead):
+            self._position += 1
+            yield batch
         self.set_epoch(self.epoch + 1)
 
     def _batches(self, windows: list[np.ndarray], skip: int, n_batches: int):
-        """Cut the windows' shuffled rows into batches; batches run on across windows."""
+        """Cut the windows' shuffled rows into ``n_batches`` batches; batches run on across windows."""
         b = self.batch_size
+        made = 0
         rest: tuple[np.ndarray, np.ndarray] | None = None
         for x, w, order in self._windows(windows):
             order, skip = order[skip:], 0
@@ -191,21 +198,20 @@ class ChunkDataset(IterableDataset):
                 rest = (np.concatenate([rest[0], np.take(x, take, axis=0)]), np.concatenate([rest[1], w[take]]))
                 if len(rest[1]) < b:
                     continue
-                self._position += 1
+                made += 1
                 yield torch.from_numpy(rest[0]), torch.from_numpy(rest[1])
                 rest = None
-            while start + b <= len(order) and self._position < n_batches:
+            while start + b <= len(order) and made < n_batches:
                 idx = order[start : start + b]
                 start += b
-                self._position += 1
+                made += 1
                 # A gathered copy: the window's buffer is reused for the next window.
                 yield torch.from_numpy(np.take(x, idx, axis=0)), torch.from_numpy(w[idx])
-            if self._position == n_batches:
+            if made == n_batches:
                 return
             if start < len(order):
                 rest = (np.take(x, order[start:], axis=0), w[order[start:]])
-        if rest is not None and self._position < n_batches:
-            self._position += 1
+        if rest is not None and made < n_batches:
             yield torch.from_numpy(rest[0]), torch.from_numpy(rest[1])
 
     def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -290,3 +296,51 @@ class ChunkDataset(IterableDataset):
                 raise CheckpointError(msg)
         self.epoch, self._position = state["epoch"], state["position"]
         self._n_shards = state["n_shards"] if state["position"] else None
+
+
+_DONE = object()
+
+
+def _in_background(items: Generator, depth: int) -> Iterator:
+    """The items of ``items``, produced by a thread of their own up to ``depth`` ahead.
+
+    Assembling a batch (concatenating a window, gathering shuffled rows) is a copy of every
+    event: done in the consumer's thread, it would stop the training step each time. The
+    producer's errors are raised in the consumer; a consumer that stops early stops it.
+    """
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(exc)
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=produce, name="megaset-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

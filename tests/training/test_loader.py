@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 
 import numpy as np
 import pytest
@@ -111,6 +112,29 @@ def test_read_ahead_is_bounded_and_runs_in_reader_threads(train):
     list(it)
     assert sorted(rec.reads) == list(range(12))
     assert rec.threads and all(t.startswith("megaset-read") for t in rec.threads)
+
+
+class _Failing(Recording):
+    def read_chunk(self, i, columns=("rmm", "weight")):
+        if i == 5:
+            raise OSError(f"chunk {i} of group 'train' cannot be read")
+        return super().read_chunk(i, columns)
+
+
+def test_batches_are_assembled_ahead_in_a_thread_that_ends_with_the_consumer(train):
+    group, scaling, _, _ = train
+    ds = ChunkDataset(group, batch_size=16, scaling=scaling, read_ahead=2, shuffle_chunks=2)
+    it = ds.iter_shard(0, 1)
+    next(it)
+    assert "megaset-batches" in {t.name for t in threading.enumerate()}
+    it.close()
+    assert "megaset-batches" not in {t.name for t in threading.enumerate()}
+    assert ds.state_dict()["position"] == 1  # batches made ahead are not counted as taken
+
+    failing = ChunkDataset(_Failing(group), batch_size=16, scaling=scaling, shuffle=False)
+    with pytest.raises(OSError, match="chunk 5 of group 'train' cannot be read"):
+        list(failing)
+    assert "megaset-batches" not in {t.name for t in threading.enumerate()}
 
 
 def test_resume_mid_epoch_continues_exactly_without_rereading(train):
