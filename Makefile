@@ -1,5 +1,5 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
-# Both build a local virtual environment first: torch 2.13.0 (CPU build) is installed on its
+# Entry points for a fresh machine: `make demo`, `make test` and `make bench`.
+# Each builds a local virtual environment first: torch 2.13.0 (CPU build) is installed on its
 # own before the project, so that no other requirement re-resolves it to a CUDA build.
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +22,11 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+
+# The whole-pipeline benchmark at sizes that take a few minutes; pass larger ones explicitly:
+# $(PY) benchmarks/run_all.py --events 8000000 --compare 1000000
+bench: venv
+	$(PY) benchmarks/run_all.py --events 2000000 --compare 1000000
 
 clean:
 	rm -rf megaset-demo

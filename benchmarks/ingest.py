@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,29 @@ def _read_file(path: str, tree: str, branches: list[str]) -> int:
     return len(next(iter(arrays.values())))
 
 
+def read_vs_ingest(cfg, client, files: list[str], work: Path) -> tuple[int, float, Any, float]:
+    """(a) and (c) on the same files and workers: ``(events read, read s, ingest summary, ingest s)``.
+
+    Both sides are warmed first (imports, numba kernel load); the ingest writes a fresh staging
+    area at ``cfg.store.staging`` and its warm-up one under ``work``.
+    """
+    from megaset.pipeline.ingest import ingest
+
+    tree, branches = cfg.inputs.tree, cfg.schema.branches()
+    client.gather(client.map(_read_file, files[:2], tree=tree, branches=branches, pure=False))
+    t0 = time.perf_counter()
+    n_read = sum(client.gather(client.map(_read_file, files, tree=tree, branches=branches, pure=False)))
+    t_read = time.perf_counter() - t0
+
+    warm = cfg.replace(inputs={"channels": {"warm": {"files": [files[0]]}}},
+                       store={"url": str(work / "warm.zarr")})
+    ingest(warm, client)
+    shutil.rmtree(cfg.store.staging, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = ingest(cfg, client)
+    return n_read, t_read, summary, time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="background events to simulate")
@@ -38,7 +62,6 @@ def main() -> None:
 
     from megaset.config import CompressorConfig, Config
     from megaset.deploy.cluster import open_client
-    from megaset.pipeline.ingest import ingest
     from megaset.pipeline.rmm import build_rmm
     from megaset.pipeline.schema import read_events
     from megaset.pipeline.selection import select
@@ -61,19 +84,7 @@ def main() -> None:
 
     # The cluster a user gets from the config (worker environment included), for both sides.
     with open_client(cfg.cluster) as client:
-        client.gather(client.map(_read_file, files[:2], tree="mini", branches=branches, pure=False))  # warm
-        t0 = time.perf_counter()
-        n_read = sum(client.gather(client.map(_read_file, files, tree="mini", branches=branches, pure=False)))
-        t_read = time.perf_counter() - t0
-
-        # Warm the workers (imports, numba kernel load) as the read above was warmed.
-        warm = cfg.replace(inputs={"channels": {"warm": {"files": [files[0]]}}},
-                           store={"url": str(work / "warm.zarr")})
-        ingest(warm, client)
-        shutil.rmtree(cfg.store.staging, ignore_errors=True)
-        t0 = time.perf_counter()
-        summary = ingest(cfg, client)
-        t_ingest = time.perf_counter() - t0
+        n_read, t_read, summary, t_ingest = read_vs_ingest(cfg, client, files, work)
 
     # (b) and (d): one file's selected events, in this process, one core.
     import uproot

@@ -104,6 +104,29 @@ def plain_copy(client, staging: str, url: str, chunk_len: int, codec) -> float:
     return time.perf_counter() - t0
 
 
+def mix_vs_copy(cfg, client, work: Path, repeat: int) -> tuple[int, int, float, float, float]:
+    """(b) and (c) from ``cfg.store.staging``: ``(rows, RMM bytes, mix s, copy s, compression ratio)``.
+
+    The mix writes ``cfg.store.url`` and the copy a scratch store under ``work``, alternately,
+    best of ``repeat`` each: other load on the machine hits both alike.
+    """
+    from megaset.storage.mix import mix
+    from megaset.storage.store import open_store
+
+    t_mix, t_copy = [], []
+    for _ in range(repeat):
+        shutil.rmtree(cfg.store.url, ignore_errors=True)
+        t_mix.append(mix(cfg, client)["seconds"])
+        t_copy.append(plain_copy(client, cfg.store.staging, str(work / "copy.zarr"), cfg.store.chunk_len,
+                                 cfg.store.compressor))
+        shutil.rmtree(work / "copy.zarr", ignore_errors=True)
+    store = open_store(cfg.store.url)
+    n_rows = sum(store.group(g).n_events for g in store.group_names())
+    rmm_raw = n_rows * len(store.feature_names) * 4
+    rmm_stored = sum(_stored(Path(cfg.store.url) / g / "rmm") for g in store.group_names())
+    return n_rows, rmm_raw, min(t_mix), min(t_copy), rmm_raw / rmm_stored
+
+
 def per_chunk(cfg, work: Path, n_chunks: int = 12) -> tuple[float, float]:
     """(e): median seconds of a train-chunk mix task and of a copy task, alternating, one core."""
     import zarr
@@ -126,6 +149,8 @@ def per_chunk(cfg, work: Path, n_chunks: int = 12) -> tuple[float, float]:
         copy.create_array(name, shape=(sum(n for *_, n in pieces), *tail), dtype=dtype, chunks=(chunk_len, *tail),
                           compressors=compressors(cfg.store.compressor))
     t_mix, t_copy = [], []
+    # Whole chunks only: the group's last one may be short.
+    n_chunks = min(n_chunks, plan.group("train").n_chunks - 1)
     for k, task in enumerate(plan.tasks("train", range(n_chunks))):
         t0 = time.perf_counter()
         build_chunk(task, staging=staging, url=url, columns=list(columns), layout=layout)
@@ -184,7 +209,6 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from megaset.config import Config
-    from megaset.storage.mix import mix
     from megaset.storage.store import open_store
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="megaset-bench-"))
@@ -202,18 +226,7 @@ def main() -> None:
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         for chunk_len in [cfg.store.chunk_len, *args.chunk_lens]:
             run_cfg = cfg.replace(store={"chunk_len": chunk_len, "url": str(work / f"store-{chunk_len}.zarr")})
-            t_mix, t_copy = [], []
-            # Alternate the two, best of --repeat each: other load on the machine hits both alike.
-            for _ in range(args.repeat):
-                shutil.rmtree(run_cfg.store.url, ignore_errors=True)
-                t_mix.append(mix(run_cfg, client)["seconds"])
-                t_copy.append(plain_copy(client, cfg.store.staging, str(work / "copy.zarr"), chunk_len, cfg.store.compressor))
-                shutil.rmtree(work / "copy.zarr", ignore_errors=True)
-            store = open_store(run_cfg.store.url)
-            n_rows = sum(store.group(g).n_events for g in store.group_names())
-            rmm_raw = n_rows * len(store.feature_names) * 4
-            rmm_stored = sum(_stored(Path(run_cfg.store.url) / g / "rmm") for g in store.group_names())
-            runs.append((chunk_len, n_rows, rmm_raw, min(t_mix), min(t_copy), rmm_raw / rmm_stored))
+            runs.append((chunk_len, *mix_vs_copy(run_cfg, client, work, args.repeat)))
 
     codec = cfg.store.compressor
     print(f"\n{args.workers} workers, codec {codec.codec} level {codec.level}; MB/s of uncompressed RMM data, "

@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import numpy as np
 N_MEGASETS = 10
 
 
-def _isolated(fn, *args) -> tuple[Any, float]:
+def isolated(fn, *args) -> tuple[Any, float]:
     """``fn(*args)`` in a fresh (spawned) process: its result and peak RSS in MiB."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(_measured, fn, *args).result()
@@ -45,7 +45,25 @@ def _isolated(fn, *args) -> tuple[Any, float]:
 
 def _measured(fn, *args) -> tuple[Any, float]:
     result = fn(*args)
-    return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result, peak_rss_mib()
+
+
+def peak_rss_mib(reset: bool = False) -> float:
+    """This process's peak resident memory in MiB (``VmHWM``, Linux); ``reset`` then starts a
+    new peak from the current resident memory.
+
+    Not ``getrusage``'s ``ru_maxrss``: it survives ``exec``, so a spawned process would report at
+    least the resident memory of the process that spawned it.
+    """
+    with open("/proc/self/status") as status:
+        peak = next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")), None)
+    if peak is None:
+        msg = "no VmHWM line in /proc/self/status: peak memory is measured on Linux only"
+        raise RuntimeError(msg)
+    if reset:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # the kernel's "reset the peak RSS" command
+    return peak
 
 
 def _build_store(work: Path, events: int, workers: int, chunk_len: int) -> str:
@@ -124,11 +142,12 @@ def _fit_tensors(cfg, x, w, norm: float, val: list, model=None):
     return model, val_loss
 
 
-def _alternate(cfg, torch_threads: int, rounds: int) -> dict[str, float]:
+def alternate(cfg, torch_threads: int, rounds: int, steps: int | None = None) -> dict[str, float]:
     """Best epoch rate of the same step fed by the streaming loader or by in-memory tensors.
 
     Both run in one process on one model, epoch after epoch in turn, so that load from other
     processes hits both alike; the best epoch of each is kept (as timeit keeps the best run).
+    ``steps`` cuts every epoch to its first batches, to keep the measurement short on a large store.
     """
     import torch
 
@@ -151,9 +170,10 @@ def _alternate(cfg, torch_threads: int, rounds: int) -> dict[str, float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
     best = {"stream": 0.0, "memory": 0.0}
     for i in range(rounds + 1):
+        stream.set_epoch(i)  # from its first batch, after a round cut short by ``steps``
         for kind, source in (("stream", stream), ("memory", _shuffled(x, w, tc.batch_size))):
             start = time.perf_counter()
-            n = train_epoch(model, optimizer, source, tc, norm, cpu)[1]
+            n = train_epoch(model, optimizer, islice(source, steps), tc, norm, cpu)[1]
             if i:  # the first round warms caches and allocators
                 best[kind] = max(best[kind], n / (time.perf_counter() - start))
     return best
@@ -313,20 +333,20 @@ def main() -> None:
     cores = os.cpu_count() or 1
     out["a"] = {}
     for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
-        best = _isolated(_alternate, cfg, threads, args.repeat)[0]
+        best = isolated(alternate, cfg, threads, args.repeat)[0]
         out["a"][f"torch_threads_{threads}"] = {**best, "ratio": best["stream"] / best["memory"]}
 
-    loader = {t: max(_isolated(_loader_alone, cfg, t)[0] for _ in range(args.repeat)) for t in (1, 2)}
+    loader = {t: max(isolated(_loader_alone, cfg, t)[0] for _ in range(args.repeat)) for t in (1, 2)}
     stored = _stored_bytes(url, ["rmm", "weight"]) / n if not url.startswith(("s3:", "gs:")) else float("nan")
     out["b"] = {"loader_samples_per_s": loader, "bytes_per_event_read": stored, "bytes_per_event_raw": 4 * (f + 1)}
 
-    stream, rss_stream = _isolated(_stream_trainer, cfg)
-    memory, rss_memory = _isolated(_in_memory, cfg)
+    stream, rss_stream = isolated(_stream_trainer, cfg)
+    memory, rss_memory = isolated(_in_memory, cfg)
     megasets = work / "megasets"
     megasets.mkdir(exist_ok=True)
-    _isolated(_export_megasets, cfg, megasets)
-    loop, rss_loop = _isolated(_megaset_loop, cfg, megasets)
-    delivery = _isolated(_megaset_delivery, megasets, args.batch_size)[0]
+    isolated(_export_megasets, cfg, megasets)
+    loop, rss_loop = isolated(_megaset_loop, cfg, megasets)
+    delivery = isolated(_megaset_delivery, megasets, args.batch_size)[0]
     seen = n * args.epochs
     out["c"] = {
         "megaset_loop": {**loop, "peak_rss_mib": rss_loop, "samples_seen": seen, "delivery_samples_per_s": delivery},
@@ -334,7 +354,7 @@ def main() -> None:
         "in_memory": {**memory, "peak_rss_mib": rss_memory, "samples_seen": seen},
     }
 
-    ddp = {w: _isolated(_ddp, cfg, w)[0] for w in (1, 2)}
+    ddp = {w: isolated(_ddp, cfg, w)[0] for w in (1, 2)}
     ddp_rate = {w: max(h["samples_per_s"] for h in r["history"][1:]) for w, r in ddp.items()}
     out["d"] = {"samples_per_s": ddp_rate, "speedup": ddp_rate[2] / ddp_rate[1],
                 "wall_s": {w: r["wall_s"] for w, r in ddp.items()}}
