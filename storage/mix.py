@@ -25,7 +25,7 @@ from megaset.config import Config, CompressorConfig
 from megaset.errors import StoreError
 from megaset.storage import stats
 from megaset.storage._mix_chunk import build_chunk
-from megaset.storage._zarr import open_group, stored_bytes
+from megaset.storage._zarr import open_group, stored_bytes, writing
 from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, make_plan
 from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION
 
@@ -67,7 +67,8 @@ def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], No
     IncompleteStoreError
         If the ingest that wrote the staging area did not finish.
     StoreError
-        If the store exists but was mixed from other staging data or other store settings.
+        If the store exists but was mixed from other staging data or other store settings, or
+        its filesystem refuses the writes (full, read-only, no permission).
     ConfigError
         For a contamination that names no signal channel or needs more signal than staged.
     """
@@ -80,15 +81,17 @@ def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], No
     plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
     columns, layout = _column_specs(staging, pieces)
     _check_features(sattrs, columns)
-    done = _prepare(url, plan, columns, cfg.store.compressor)
-    todo = [task for g in plan.groups for task in plan.tasks(g.name, np.flatnonzero(~done[g.name]))]
-    total = sum(g.n_chunks for g in plan.groups)
-    resumed = total - len(todo)
-    advance = (lambda n: progress(resumed + n, total)) if progress else (lambda n: None)
-    advance(0)
-    nbytes = _run(client, todo, {"staging": staging, "url": url, "columns": list(columns), "layout": layout}, advance)
-    if todo or not _complete(url):
-        _finish(url, cfg, plan, sattrs)
+    with writing(url, "megaset mix"):
+        done = _prepare(url, plan, columns, cfg.store.compressor)
+        todo = [task for g in plan.groups for task in plan.tasks(g.name, np.flatnonzero(~done[g.name]))]
+        total = sum(g.n_chunks for g in plan.groups)
+        resumed = total - len(todo)
+        advance = (lambda n: progress(resumed + n, total)) if progress else (lambda n: None)
+        advance(0)
+        kwargs = {"staging": staging, "url": url, "columns": list(columns), "layout": layout}
+        nbytes = _run(client, todo, kwargs, advance)
+        if todo or not _complete(url):
+            _finish(url, cfg, plan, sattrs)
     return {
         "url": url,
         "groups": {

@@ -289,8 +289,10 @@ def score(
     CheckpointError
         The checkpoint is missing, holds more than data, or was trained on other features.
     StoreError
-        The store is missing or incomplete.
+        The store is missing or incomplete, or its filesystem refuses the writes (full,
+        read-only, no permission); scored chunks are kept for a rerun.
     """
+    from megaset.storage._zarr import writing
     from megaset.storage.store import open_store
 
     label = model or cfg.training.model
@@ -305,14 +307,15 @@ def score(
     blocks = cfg.scoring.blocks and math.isqrt(n_features) ** 2 == n_features
     entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks}
     groups = [store.group(name) for name in store.group_names()]
-    rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
     tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
     advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
-    advance(0)
     kwargs = {"model": label, "checkpoint": str(path), "digest": entry["digest"], "blocks": blocks,
               # Not "batch_size": client.map has a keyword of that name.
               "events_per_pass": cfg.scoring.batch_size}
-    results = _run(client, tasks, kwargs, cfg.scoring.retries, advance)
+    with writing(store.url, "megaset score"):
+        rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
+        advance(0)
+        results = _run(client, tasks, kwargs, cfg.scoring.retries, advance)
     seconds = time.perf_counter() - t0
     scored = sum(n for n, _ in results)
     return {

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 from store_factory import AUX_FLOAT, AUX_INT, CHANNELS, N_FEATURES, event_keys, make_config, make_staging
 
@@ -133,28 +135,21 @@ def test_dask_cluster_mix_is_identical_to_in_process(cluster_client, mixed_store
 
 @pytest.mark.slow
 def test_worker_killed_during_mix_is_retried_to_the_same_store(mixed_store, tmp_path):
-    import os
+    """The worker building train chunk 3 is killed by pid with the chunk's columns, weight sums
+    and scaler partials written but not its done mark: the chunk is rebuilt, every event once."""
+    from distributed import Client, LocalCluster
+    from faults import worker_killed_at
 
-    from distributed import Client, LocalCluster, WorkerPlugin
-
-    class KillOnce(WorkerPlugin):
-        """The first worker to start building train chunk 3 dies on the spot (os._exit)."""
-
-        def __init__(self, marker: str):
-            self.marker = marker
-
-        def transition(self, key, start, finish, **kwargs):
-            if finish == "executing" and str(key).startswith("mix-train-3-") and not os.path.exists(self.marker):
-                open(self.marker, "w").close()
-                os._exit(1)
+    def marking_train_chunk_3_done(array, selection, value, *args, **kwargs) -> bool:
+        return str(array.store_path).endswith("_mix/train/done") and selection == 3
 
     cfg, _, _ = mixed_store
     retried = cfg.replace(store={"url": str(tmp_path / "retried.zarr")})
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        client.register_plugin(KillOnce(str(tmp_path / "killed")))
+            Client(cluster) as client, \
+            worker_killed_at(client, "zarr.core.array:AsyncArray.setitem", marking_train_chunk_3_done,
+                             tmp_path / "killed"):
         mix(retried, client)
-    assert (tmp_path / "killed").exists()
     assert_same_store(retried.store.url, cfg.store.url)
     assert verify(retried.store.url) == []
 
@@ -182,6 +177,52 @@ def test_resume_after_interruption_matches_uninterrupted(mixed_store, tmp_path):
     assert_same_store(resumed.store.url, cfg.store.url)
     # A rerun on a complete store has nothing to do.
     assert mix(resumed, None)["resumed"] == summary["chunks"]
+
+
+def _cli_config(cfg, tmp_path, url: Path) -> Path:
+    """A config file for the command line: ``cfg`` with its store at ``url``, one worker."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.replace(store={"url": str(url)}, cluster={"workers": 1}).resolved()))
+    return path
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_mix_with_a_clear_message_and_a_resumable_store(mixed_store, tmp_path):
+    """The filesystem of the store path fills up during `megaset mix`: one clear message, the
+    complete store beside it untouched, the new one incomplete; a rerun with room finishes it."""
+    from faults import MEGASET, assert_refused, confined, small_disk, snapshot
+
+    cfg, _, _ = mixed_store
+    disk, saved = tmp_path / "disk", tmp_path / "saved"
+    disk.mkdir()
+    config = _cli_config(cfg, tmp_path, disk / "new.zarr")
+    # The new store needs about 1.6 MiB on tmpfs: room for its layout and a few chunks.
+    setup = small_disk(disk, {Path(cfg.store.url): "old.zarr"}, room_kib=900)
+    result = confined(setup, f"{MEGASET} mix -c {config}", keep=(disk, saved))
+    assert_refused(result, disk / "new.zarr", "no space left on device", "free space on its filesystem", "megaset mix")
+    assert snapshot(saved / "old.zarr") == snapshot(Path(cfg.store.url))
+    new = str(saved / "new.zarr")
+    with pytest.raises(IncompleteStoreError, match="run `megaset mix` to finish it"):
+        open_store(new)
+    summary = mix(cfg.replace(store={"url": new}), None)
+    assert summary["resumed"] > 0
+    assert_same_store(new, cfg.store.url)
+    assert verify(new) == []
+
+
+@pytest.mark.slow
+def test_read_only_store_path_stops_the_mix_with_a_clear_message(mixed_store, tmp_path):
+    from faults import MEGASET, assert_refused, confined, read_only, snapshot
+
+    cfg, _, _ = mixed_store
+    disk = tmp_path / "disk"
+    shutil.copytree(cfg.store.url, disk / "old.zarr")
+    before = snapshot(disk)
+    config = _cli_config(cfg, tmp_path, disk / "new.zarr")
+    result = confined(read_only(disk), f"{MEGASET} mix -c {config}")
+    assert_refused(result, disk / "new.zarr", "read-only file system", "set store.url to a location on a writable",
+                   "megaset mix")
+    assert snapshot(disk) == before
 
 
 def test_contamination_moves_signal_into_train(tmp_path):

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,36 +133,106 @@ def test_a_new_checkpoint_rescores_every_chunk(trained, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_chunk_is_redone_and_written_once(trained, tmp_path):
+    """The worker scoring test chunk 1 is killed by pid with the chunk's per-block errors
+    written but not its total (the done mark): the chunk is scored again, every event once."""
     from distributed import Client, LocalCluster
+    from faults import worker_killed_at
 
-    marker = tmp_path / "died"
+    def finishing_test_chunk_1(group, name, index, values) -> bool:
+        return group.name == "test" and index == 1 and name == "score/ae-killed"
 
-    def install(path: str) -> None:
-        import os
-
-        import megaset.training.score as scoring
-
-        original = scoring._score_chunk
-
-        def dying(group, index, **kwargs):
-            if group.name == "test" and index == 1 and not os.path.exists(path):
-                open(path, "w").close()
-                os._exit(1)
-            return original(group, index, **kwargs)
-
-        scoring._score_chunk = dying
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        client.run(install, str(marker))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client, \
+            worker_killed_at(client, "megaset.storage.store:StoreGroup.write_chunk", finishing_test_chunk_1,
+                             tmp_path / "killed"):
         summary = score(trained, client, model="ae-killed",
                         checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
-    assert marker.exists()
-    # A result lost with its worker is recomputed and finds its chunk written: counted as resumed.
+    # Results lost with the killed worker are recomputed and find their chunks written: resumed.
+    store = open_store(trained.store.url)
     assert summary["chunks"] == sum(g["chunks"] for g in summary["groups"].values())
+    assert summary["events_scored"] <= sum(store.group(g).n_events for g in summary["groups"])
     for group in summary["groups"]:
+        # Event by event, in store order: a missing (NaN) or misplaced score fails here.
         np.testing.assert_allclose(_column(trained, group, "score/ae-killed"), _direct(trained, group)[2], rtol=2e-6)
+        for block in BLOCKS:
+            assert np.isfinite(_column(trained, group, f"score/ae-killed.{block}")).all()
     assert verify(trained.store.url) == []
+
+
+def _score_command(cfg: Config, tmp_path: Path, url: Path, model: str) -> str:
+    """The `megaset score` command line scoring the store at ``url`` into ``score/<model>``."""
+    import yaml
+    from faults import MEGASET
+
+    path = tmp_path / "config.yaml"
+    resolved = {**cfg.replace(store={"url": str(url)}).resolved(), "cluster": {"workers": 1}}
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return f"{MEGASET} score -c {path} --model {model} --checkpoint {cfg.training.output}/ae-shallow/best.pt"
+
+
+def _without_column(files: dict[str, bytes], model: str) -> dict[str, Any]:
+    """A store's files with the score columns of ``model`` left out, and its checkpoint record
+    from the attributes of the score groups (a score group holding nothing else, too)."""
+    out: dict[str, Any] = {}
+    for name, content in files.items():
+        if f"/score/{model}" in name:
+            continue
+        if name.endswith("/score/zarr.json"):
+            metadata = json.loads(content)
+            metadata["attributes"].pop(model, None)
+            if metadata["attributes"]:
+                out[name] = metadata
+        else:
+            out[name] = content
+    return out
+
+
+@pytest.mark.slow
+def test_full_disk_stops_scoring_with_a_clear_message_and_the_store_intact(trained, tmp_path):
+    """The disk of a complete store fills up while `megaset score` adds a column: one clear
+    message; everything else in the store is as before, byte for byte; the new column is
+    visibly unfinished (NaN where unwritten), and a rerun with room completes it."""
+    from faults import assert_refused, confined, small_disk, snapshot
+
+    disk, saved = tmp_path / "disk", tmp_path / "saved"
+    disk.mkdir()
+    before = snapshot(Path(trained.store.url))
+    # The new columns take about 320 KiB on tmpfs (4 KiB a file, 5 files a chunk, 11 chunks,
+    # 24 metadata files): room for their metadata and two or three chunks.
+    setup = small_disk(disk, {Path(trained.store.url): "store.zarr"}, room_kib=160)
+    result = confined(setup, _score_command(trained, tmp_path, disk / "store.zarr", "ae-full"), keep=(disk, saved))
+    assert_refused(result, disk / "store.zarr", "no space left on device", "free space on its filesystem",
+                   "megaset score")
+    url = saved / "store.zarr"
+    assert _without_column(snapshot(url), "ae-full") == _without_column(before, "ae-full")
+    problems = verify(str(url))
+    assert problems and all("NaN/inf values in score/ae-full" in p for p in problems), problems
+
+    moved = trained.replace(store={"url": str(url)})
+    summary = score(moved, None, model="ae-full", checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
+    assert 0 < summary["resumed"] < summary["chunks"]
+    for group in summary["groups"]:
+        np.testing.assert_allclose(_column(moved, group, "score/ae-full"), _direct(moved, group)[2], rtol=2e-6)
+    assert verify(str(url)) == []
+
+
+@pytest.mark.slow
+def test_scoring_a_store_without_write_permission_leaves_it_untouched(trained, tmp_path):
+    from faults import assert_refused, snapshot, unprivileged
+
+    url = tmp_path / "store.zarr"
+    shutil.copytree(trained.store.url, url)
+    before = snapshot(url)
+    command = _score_command(trained, tmp_path, url, "ae-denied")
+    prefix = unprivileged()
+    subprocess.run(["chmod", "-R", "a-w", str(url)], check=True)
+    try:
+        result = subprocess.run([*prefix, "sh", "-c", command], capture_output=True, text=True, timeout=180,
+                                check=False)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(url)], check=True)
+    assert_refused(result, url, "permission denied", "check the permissions of that path", "megaset score")
+    assert snapshot(url) == before
 
 
 def test_a_checkpoint_of_other_features_is_refused(trained, tmp_path):

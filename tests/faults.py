@@ -1,0 +1,186 @@
+"""Fault injection for the reliability tests.
+
+* :func:`worker_killed_at`: the Dask worker process that reaches a chosen point of a task is
+  killed with SIGKILL, by its pid, while it waits there (e.g. with a chunk's data written and
+  its done mark not yet).
+* :func:`confined` runs a command in a private mount namespace set up by :func:`small_disk`
+  (a tmpfs that fills up: ENOSPC) or :func:`read_only` (EROFS); the test is skipped where
+  the system does not allow that. :func:`unprivileged` runs a command without root's
+  permission override (EACCES on read-only folders); :func:`snapshot` records a folder's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from distributed import WorkerPlugin
+
+#: Seconds a worker waits at the chosen point to be killed; it then carries on, and the test fails.
+_WAIT_S = 60.0
+
+#: The command line of the ``megaset`` CLI, for shell scripts (wide, so that rich does not wrap paths).
+MEGASET = f"COLUMNS=500 {shlex.quote(sys.executable)} -c 'from megaset.pipeline.cli import main; main()'"
+
+
+def _claim(marker: str) -> bool:
+    """Write this process's pid to ``marker`` unless another process did it first."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+class _WaitAt(WorkerPlugin):
+    """Wraps ``target`` ("module:attribute.path") on every worker: the first call anywhere
+    whose arguments satisfy ``when`` writes the worker's pid to ``marker`` and waits."""
+
+    def __init__(self, target: str, when: Callable[..., bool], marker: str):
+        self.target, self.when, self.marker = target, when, marker
+
+    def setup(self, worker) -> None:
+        module, _, attribute = self.target.partition(":")
+        owner = importlib.import_module(module)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+        when, marker = self.when, self.marker
+
+        def wait(args, kwargs) -> None:
+            if when(*args, **kwargs) and _claim(marker):
+                time.sleep(_WAIT_S)
+
+        if inspect.iscoroutinefunction(original):
+            @functools.wraps(original)
+            async def waiting(*args, **kwargs):
+                wait(args, kwargs)
+                return await original(*args, **kwargs)
+        else:
+            @functools.wraps(original)
+            def waiting(*args, **kwargs):
+                wait(args, kwargs)
+                return original(*args, **kwargs)
+        setattr(owner, name, waiting)
+
+
+@contextlib.contextmanager
+def worker_killed_at(client, target: str, when: Callable[..., bool], marker: Path) -> Iterator[None]:
+    """Kill (SIGKILL, by pid) the worker that first calls ``target`` with arguments for which
+    ``when(*args, **kwargs)`` is true, while it waits just before that call.
+
+    ``target`` is ``"module:attribute.path"``, e.g. ``"megaset.storage.store:StoreGroup.write_chunk"``
+    (a method's ``when`` receives ``self`` first). Use a fresh cluster: the wrapper stays
+    installed. The block fails if no worker of the cluster was killed.
+    """
+    pids = set(client.run(os.getpid).values())
+    client.register_plugin(_WaitAt(target, when, str(marker)))
+    killed: dict[str, int] = {}
+    stop = threading.Event()
+
+    def kill() -> None:
+        while not stop.is_set():
+            try:
+                pid = int(marker.read_text())
+            except (FileNotFoundError, ValueError):  # not there, or its pid not written yet
+                stop.wait(0.02)
+                continue
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+            return
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    assert killed.get("pid") in pids, f"no worker of {sorted(pids)} reached {target} with the chosen arguments"
+
+
+def small_disk(mountpoint: Path, copies: dict[Path, str], room_kib: int) -> list[str]:
+    """Shell lines for :func:`confined`: a tmpfs on ``mountpoint`` holding copies of ``copies``
+    (source -> name there), then filled up to ``room_kib`` KiB of free space."""
+    disk = shlex.quote(str(mountpoint))
+    # tmpfs stores files in 4 KiB pages; the margin is filled up again below.
+    need = sum(-(-f.stat().st_size // 4096) * 4 for source in copies for f in source.rglob("*") if f.is_file())
+    lines = [f"mount -t tmpfs -o size={need + room_kib + 1024}k tmpfs {disk}"]
+    lines += [f"cp -a {shlex.quote(str(source))} {disk}/{shlex.quote(name)}" for source, name in copies.items()]
+    free = f"$(df -k --output=avail {disk} | tail -n 1)"
+    lines.append(f"dd if=/dev/zero of={disk}/.filler bs=1k count=$(({free} - {room_kib})) 2>/dev/null")
+    return lines
+
+
+def read_only(folder: Path) -> list[str]:
+    """Shell lines for :func:`confined`: ``folder`` remounted read-only (writes fail with EROFS)."""
+    path = shlex.quote(str(folder))
+    return [f"mount --bind {path} {path}", f"mount -o remount,bind,ro {path}"]
+
+
+def confined(setup: list[str], command: str, keep: tuple[Path, Path] | None = None,
+             timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``command`` after the ``setup`` shell lines as root of a new user and mount
+    namespace, whose mounts are its own and vanish with it; then copy ``keep[0]`` (what the
+    command left on those mounts) to ``keep[1]``. Returns the command's exit status and
+    output; a failed setup exits with status 90. Skips the test where such namespaces are
+    not allowed."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", folder],
+                                   capture_output=True, text=True, check=False)
+        except FileNotFoundError as err:
+            pytest.skip(f"no unshare command here: {err}")
+    if probe.returncode:
+        pytest.skip(f"cannot mount in a private namespace here (unshare -rm): {probe.stderr.strip()}")
+    lines = [f"( set -e; {'; '.join(setup)} ) || exit 90", command, "status=$?"]
+    if keep is not None:
+        lines.append(f"cp -a {shlex.quote(str(keep[0]))} {shlex.quote(str(keep[1]))}")
+    lines.append("exit $status")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", "\n".join(lines)], capture_output=True, text=True,
+                          check=False, timeout=timeout)
+
+
+def unprivileged() -> list[str]:
+    """Prefix of a command that runs without the power to write into read-only folders: as
+    root, in a user namespace where root's files are not its own to override."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        probe = subprocess.run(["unshare", "-U", "true"], capture_output=True, text=True, check=False)
+    except FileNotFoundError as err:
+        pytest.skip(f"running as root and no unshare command here: {err}")
+    if probe.returncode:
+        pytest.skip(f"running as root and cannot drop root's permissions here (unshare -U): {probe.stderr.strip()}")
+    return ["unshare", "-U"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_refused(result: subprocess.CompletedProcess, url: Path, cause: str, fix: str, command: str) -> None:
+    """``result`` is a ``megaset`` command that stopped with one clear message: the store
+    ``url``, the ``cause`` and the ``fix``, how to resume, and no traceback of its own."""
+    assert result.returncode == 1, result.stderr
+    assert f"error: cannot write to store '{url}': {cause}" in result.stderr, result.stderr
+    assert fix in result.stderr and f"then rerun `{command}`: finished chunks are kept" in result.stderr
+    # Worker processes may log their failed tasks; the command itself prints no traceback.
+    assert "Traceback (most recent call last)" not in result.stderr
