@@ -109,6 +109,36 @@ def test_two_worker_processes_equal_single_process(reference, sample, tmp_path, 
 
 
 @pytest.mark.slow
+def test_worker_killed_while_writing_a_piece_leaves_every_event_once(reference, sample, tmp_path):
+    """The worker writing one ttbar piece is killed by pid with the piece's arrays written but
+    not its complete mark; the chunk is redone and the staged events equal a clean run's."""
+    from distributed import Client, LocalCluster
+    from faults import worker_killed_at
+
+    _, clean, expected = reference
+    cfg = make_config(sample, tmp_path)
+
+    def completing_a_ttbar_piece(attrs, key, value) -> bool:
+        # write_piece sets "complete" last, after the arrays and the other attributes.
+        return key == "complete" and value is True and attrs.get("filename", "").endswith("ttbar_1.root") \
+            and attrs.get("entrystart") > 0
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client, \
+            worker_killed_at(client, "zarr.core.attributes:Attributes.__setitem__", completing_a_ttbar_piece,
+                             tmp_path / "killed"):
+        summary = ingest(cfg, client)
+    got = staged(cfg.store.staging)
+    assert got.keys() == expected.keys()
+    for channel in expected:
+        assert summary.channels[channel]["n_selected"] == clean.channels[channel]["n_selected"]
+        assert summary.channels[channel]["chunks"] == 4
+        for column in ("event_id", "rmm", "weight"):
+            np.testing.assert_array_equal(got[channel][column], expected[channel][column],
+                                          err_msg=f"{channel}/{column}")
+
+
+@pytest.mark.slow
 def test_interrupted_ingest_rerun_holds_every_event_once(reference, sample, tmp_path):
     _, _, expected = reference
     cfg = make_config(sample, tmp_path)
