@@ -217,35 +217,42 @@ class ChunkDataset(IterableDataset):
     def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Each window's rows and their (shuffled) order, read ahead by the thread pool.
 
-        Several chunks are concatenated into one buffer reused from window to window: a fresh
-        window-sized array would be a new memory mapping, and faulting its pages in costs
-        more than copying the data.
+        Several chunks are copied into one buffer reused from window to window, each as soon as
+        it is read, so that a window holds its chunks once: a fresh window-sized array would be
+        a new memory mapping, and faulting its pages in costs more than copying the data.
         """
         order = [int(c) for window in windows for c in window]
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="megaset-read")
         pending: collections.deque[Future] = collections.deque()
         buffer = None
+
+        def take() -> tuple[np.ndarray, np.ndarray]:
+            nonlocal submitted
+            part = pending.popleft().result()
+            if submitted < len(order):
+                pending.append(pool.submit(self._read, order[submitted]))
+                submitted += 1
+            return part
+
         try:
             for c in order[: self.read_ahead]:
                 pending.append(pool.submit(self._read, c))
             submitted = len(pending)
             for window in windows:
-                parts = []
-                for _ in window:
-                    parts.append(pending.popleft().result())
-                    if submitted < len(order):
-                        pending.append(pool.submit(self._read, order[submitted]))
-                        submitted += 1
-                if len(parts) == 1:
-                    x, w = parts[0]
+                if len(window) == 1:
+                    x, w = take()
                 else:
-                    n = sum(len(p[1]) for p in parts)
-                    if buffer is None or len(buffer) < n:
-                        rows = self.shuffle_chunks * int(self.chunk_sizes.max())
-                        buffer = np.empty((rows, parts[0][0].shape[1]), np.float32)
-                    x = np.concatenate([p[0] for p in parts], out=buffer[:n])
-                    w = np.concatenate([p[1] for p in parts])
-                del parts
+                    n = int(self.chunk_sizes[window].sum())
+                    w, at = np.empty(n, np.float32), 0
+                    for _ in window:
+                        part_x, part_w = take()
+                        if buffer is None:
+                            rows = self.shuffle_chunks * int(self.chunk_sizes.max())
+                            buffer = np.empty((rows, part_x.shape[1]), np.float32)
+                        x = buffer[:n]
+                        x[at : at + len(part_w)], w[at : at + len(part_w)] = part_x, part_w
+                        at += len(part_w)
+                        del part_x, part_w
                 if self.shuffle:
                     rows = np.random.default_rng((self.seed, self.epoch, int(window[0]))).permutation(len(w))
                 else:
