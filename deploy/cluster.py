@@ -168,6 +168,9 @@ def _local(cfg: ClusterConfig) -> Any:
         memory_limit=parse_bytes(cfg.memory_per_worker),
         processes=True,
         dashboard_address=":8787" if cfg.dashboard else None,
+        # The scheduler serves its health and metrics routes even without a dashboard, on port
+        # 8787 unless told otherwise: a second cluster on the machine would warn that it is taken.
+        scheduler_kwargs=None if cfg.dashboard else {"dashboard_address": ":0"},
         resources={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else None,
     )
 
