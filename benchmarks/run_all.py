@@ -6,7 +6,8 @@
     peak resident memory of the driver and of every worker over the whole chain and within each
     stage (measured in each process), and the memory flatness, peak at --events / peak at
     --compare, for the driver and the largest worker: PASS when at most 1.3. The training
-    settings are the same at both sizes (TRAINING below).
+    settings (TRAINING below) and the chunking are the same at both sizes, and the chunks are
+    chosen small enough to be full in the smaller sample too (see _arguments).
 (2) On the --events run's files and store, side by side on one fresh cluster:
     ingest vs uproot reading the same branches (benchmarks/ingest.py);
     the mix vs a plain chunk-by-chunk copy of the same staging rows (benchmarks/mix.py);
@@ -47,12 +48,14 @@ FLATNESS_LIMIT = 1.3
 MET_CUT = 50.0  # GeV, the cut of the query
 
 
-def pipeline_config(work: Path, events: int, workers: int, chunk_len: int):
-    """The demo configuration, scaled to ``events`` simulated background events under ``work``."""
+def pipeline_config(work: Path, events: int, workers: int, chunk_len: int, input_chunk: int):
+    """The demo configuration, scaled to ``events`` simulated background events under ``work``,
+    with ``input_chunk`` events per simulated file and per ingest chunk."""
     from megaset.config import Config
 
     return Config.model_validate({
-        "simulate": {"output": str(work / "ntuples"), "events": events},
+        "simulate": {"output": str(work / "ntuples"), "events": events, "events_per_file": input_chunk},
+        "inputs": {"chunksize": input_chunk},
         "store": {"url": str(work / "store.zarr"), "chunk_len": chunk_len},
         "cluster": {"workers": workers},
         "training": {"output": str(work / "models"), **TRAINING},
@@ -70,7 +73,7 @@ def _stage_events(out: dict[str, Any]) -> dict[str, int]:
             "score": out["score"]["events_scored"], "report": stored}
 
 
-def _pipeline(work: str, events: int, workers: int, chunk_len: int) -> dict[str, Any]:
+def _pipeline(work: str, events: int, workers: int, chunk_len: int, input_chunk: int) -> dict[str, Any]:
     """One fresh run of the whole chain; run in a fresh process (see ``isolated``).
 
     The peaks of the driver and of each worker are read, and started anew, after every stage;
@@ -80,7 +83,7 @@ def _pipeline(work: str, events: int, workers: int, chunk_len: int) -> dict[str,
     from megaset.deploy.cluster import open_client
     from megaset.pipeline.run import STAGES, run
 
-    cfg = pipeline_config(Path(work), events, workers, chunk_len)
+    cfg = pipeline_config(Path(work), events, workers, chunk_len, input_chunk)
     stages: dict[str, dict[str, Any]] = {}
     with open_client(cfg.cluster) as client:
         client.wait_for_workers(workers)
@@ -111,11 +114,11 @@ def _pipeline(work: str, events: int, workers: int, chunk_len: int) -> dict[str,
     }
 
 
-def run_pipeline(work: Path, events: int, workers: int, chunk_len: int) -> dict[str, Any]:
+def run_pipeline(work: Path, events: int, workers: int, chunk_len: int, input_chunk: int) -> dict[str, Any]:
     """The whole chain at ``events`` in a fresh driver process."""
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    out = isolated(_pipeline, str(work), events, workers, chunk_len)[0]
+    out = isolated(_pipeline, str(work), events, workers, chunk_len, input_chunk)[0]
     return {**out, "wall_s": time.perf_counter() - t0}
 
 
@@ -351,17 +354,36 @@ def _side_lines(side: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _enough_chunks(events: int, workers: int, chunk_len: int, margin: float = 1.0) -> bool:
-    """Whether the train group at ``events`` has a chunk for every worker, ``margin`` x the estimate."""
-    return events * TRAIN_SHARE > margin * (workers - 1) * chunk_len
+def _chunks_per_rank() -> int:
+    """Train chunks each DDP rank (one per worker) must read to fill the loader's buffers:
+    a shuffle window and the chunks read ahead of it."""
+    from megaset.config import LoaderConfig
+
+    loader = LoaderConfig()
+    return loader.shuffle_chunks + loader.read_ahead
+
+
+def _enough_chunks(events: int, workers: int, chunk_len: int, per_rank: int = 1) -> bool:
+    """Whether the train group at ``events`` holds ``per_rank`` chunks for every worker."""
+    return events * TRAIN_SHARE >= per_rank * workers * chunk_len
 
 
 def _chunk_len_for(events: int, workers: int, default: int) -> int:
-    """``default``, or the largest power of two below it with enough chunks (10 % margin)."""
+    """``default``, or the largest power of two below it that fills the loader of every rank."""
     chunk_len = default
-    while chunk_len > 1024 and not _enough_chunks(events, workers, chunk_len, margin=1.1):
+    per_rank = _chunks_per_rank()
+    while chunk_len > 1024 and not _enough_chunks(events, workers, chunk_len, per_rank):
         chunk_len //= 2
     return chunk_len
+
+
+def _input_chunk_for(events: int) -> int:
+    """Events in the smallest background channel at ``events``: files and ingest chunks of this
+    size are full in every channel of that sample, as they are in the larger one."""
+    from megaset.config import SimulateConfig
+    from megaset.pipeline.simulate import _event_counts
+
+    return min(_event_counts(SimulateConfig(events=events, signal_events=0)).values())
 
 
 def _arguments() -> argparse.Namespace:
@@ -374,6 +396,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--chunk-len", type=int, default=None,
                         help="events per store chunk at both sizes (default: the store default, or smaller "
                              "where the smaller sample's train group would have fewer chunks than workers)")
+    parser.add_argument("--input-chunk", type=int, default=None,
+                        help="events per simulated file and per ingest chunk at both sizes (default: the "
+                             "smallest background channel of the smaller sample)")
     parser.add_argument("--train-steps", type=int, default=20, help="training steps per side-by-side round")
     parser.add_argument("--workdir", default=None, help="work here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the simulated files and stores")
@@ -383,26 +408,28 @@ def _arguments() -> argparse.Namespace:
         parser.error(f"--compare {args.compare:,} must be smaller than --events {args.events:,} (or 0)")
     from megaset.config import StoreConfig
 
-    # Every DDP rank (one per worker) needs a chunk of the smaller sample's train group.
+    # Memory is bounded by the input chunk, the store chunk and the loader's depth, not by the
+    # sample: the flatness check compares two samples in which these buffers are full, so that
+    # the smaller one does not pass for flat only because its files and train group are small.
     smallest, default = args.compare or args.events, StoreConfig().chunk_len
     fits = _chunk_len_for(smallest, args.workers, default)
     if args.chunk_len is None:
         args.chunk_len = fits
-        if fits < default:
-            print(f"chunks of {fits:,} events at both sizes (store default {default:,}): the train group "
-                  f"at {smallest:,} events needs one per worker")
     elif not _enough_chunks(smallest, args.workers, args.chunk_len):
         parser.error(f"at {smallest:,} events the train group holds about {smallest * TRAIN_SHARE:,.0f} events, "
                      f"fewer chunks of {args.chunk_len:,} than workers (DDP ranks): pass --chunk-len {fits} "
                      "or simulate more events")
+    args.input_chunk = args.input_chunk or _input_chunk_for(smallest)
+    print(f"at both sizes: store chunks of {args.chunk_len:,} events (default {default:,}), simulated files and "
+          f"ingest chunks of {args.input_chunk:,} events: the buffers are full at {smallest:,} events too")
     return args
 
 
 def _report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     """The table on the terminal and, with --json, the same figures in a file."""
     runs, flat = results["pipeline"], results["flatness"]
-    title = (f"megaset benchmarks: {args.workers} workers, {os.cpu_count()} cores, chunks of {args.chunk_len:,} "
-             f"events, model {TRAINING['model']} ({TRAINING['epochs']} epochs), {results['wall_s']:,.0f} s in all")
+    title = (f"megaset benchmarks: {args.workers} workers, {os.cpu_count()} cores, store chunks of "
+             f"{args.chunk_len:,} events, input chunks of {args.input_chunk:,}, model {TRAINING['model']} ({TRAINING['epochs']} epochs), {results['wall_s']:,.0f} s in all")
     lines = [title, ""] + _pipeline_lines(runs) + [""] + _memory_lines(runs, flat) + [""] + _side_lines(results["side_by_side"])
     print("\n" + "\n".join(lines))
     if args.json:
@@ -418,12 +445,14 @@ def main() -> None:
     runs = []
     for events in [args.compare, args.events] if args.compare else [args.events]:
         print(f"pipeline at {events:,} events, fresh driver and {args.workers} workers", flush=True)
-        runs.append(run_pipeline(work / f"pipeline-{events}", events, args.workers, args.chunk_len))
+        runs.append(run_pipeline(work / f"pipeline-{events}", events, args.workers, args.chunk_len, args.input_chunk))
     flat = flatness(runs[0], runs[1]) if args.compare else None
     print(f"side by side on the {args.events:,}-event sample", flush=True)
-    large = pipeline_config(work / f"pipeline-{args.events}", args.events, args.workers, args.chunk_len)
+    large = pipeline_config(work / f"pipeline-{args.events}", args.events, args.workers, args.chunk_len,
+                            args.input_chunk)
     side = side_by_side(large, work / "side-by-side", args.repeat, args.train_steps)
     _report(args, {"workers": args.workers, "cores": os.cpu_count(), "chunk_len": args.chunk_len,
+                   "input_chunk": args.input_chunk,
                    "training": TRAINING, "wall_s": time.perf_counter() - t0, "pipeline": runs,
                    "flatness": flat, "side_by_side": side})
     if not args.keep:
