@@ -266,7 +266,7 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
         weights[g.name] = root[f"{MIX_PREFIX}/{g.name}/weights"][:].sum(axis=0) if g.n_chunks else np.zeros(len(g.channel_ids))
         root[g.name].attrs["sum_weights"] = weights[g.name].tolist()
     scaler = _fold_scaler(root[f"{MIX_PREFIX}/train"], plan.group("train").n_chunks)
-    root.attrs.update({
+    root.update_attributes({
         "feature_names": list(sattrs["feature_names"]),
         "rmm": sattrs.get("rmm"),
         "channels": _channel_table(sattrs["channels"], plan.groups, weights),

@@ -83,7 +83,7 @@ def init_staging(url: str, channels: Iterable[str], attrs: Mapping[str, Any]) ->
     import zarr
 
     root = zarr.open_group(store=url, mode="a", zarr_format=3)
-    root.attrs.update({"complete": False, **attrs})
+    root.update_attributes({"complete": False, **attrs})
     for channel in channels:
         root.require_group(channel)
 
@@ -133,8 +133,9 @@ def write_piece(
         if n_rows:
             array[...] = values
     schema = {name: [np.asarray(v).dtype.name, list(np.shape(v)[1:])] for name, v in columns.items()}
-    group.attrs.update({**attrs, "n_rows": n_rows, "rows_per_chunk": ROWS_PER_CHUNK, "schema": schema,
-                        "layout": layout, "complete": True})
+    # One metadata write, the last: ``attrs.update`` would rewrite it once per key.
+    group.update_attributes({**attrs, "n_rows": n_rows, "rows_per_chunk": ROWS_PER_CHUNK, "schema": schema,
+                             "layout": layout, "complete": True})
 
 
 def piece_attrs(url: str, channel: str, key: str) -> dict[str, Any] | None:
@@ -213,7 +214,7 @@ def read_piece(
 def finish_staging(url: str, attrs: Mapping[str, Any]) -> None:
     """Record the ingest summary and mark the staging area complete (the last write)."""
     root = _open(url, "r+")
-    root.attrs.update({**attrs, "complete": True})
+    root.update_attributes({**attrs, "complete": True})
 
 
 def staging_attrs(url: str, *, require_complete: bool = True) -> dict[str, Any]:
