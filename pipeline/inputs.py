@@ -8,7 +8,6 @@ wrong with it, or, with ``on_bad_file: skip``, an entry in the list of skipped f
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -72,15 +71,18 @@ def expand_files(channels: dict[str, ChannelInput]) -> dict[str, list[str]]:
 
 
 def _checksum(path: str) -> tuple[int, str]:
+    """Size and adler32 of the file's bytes: the checksum grid storage (Rucio, XRootD) keeps,
+    so it can be compared with the catalogue's; four times as fast here as blake2b."""
+    import zlib
+
     import fsspec
 
-    digest = hashlib.blake2b(digest_size=16)
-    size = 0
+    value, size = 1, 0
     with fsspec.open(path, "rb") as f:
         while block := f.read(_HASH_BLOCK):
-            digest.update(block)
+            value = zlib.adler32(block, value)
             size += len(block)
-    return size, f"blake2b:{digest.hexdigest()}"
+    return size, f"adler32:{value:08x}"
 
 
 def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None, sum_weights: bool, schema) -> FileInfo:
