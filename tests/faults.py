@@ -184,3 +184,19 @@ def assert_refused(result: subprocess.CompletedProcess, url: Path, cause: str, f
     assert fix in result.stderr and f"then rerun `{command}`: finished chunks are kept" in result.stderr
     # Worker processes may log their failed tasks; the command itself prints no traceback.
     assert "Traceback (most recent call last)" not in result.stderr
+
+
+class _Stop(Exception):
+    pass
+
+
+def mix_stopped_after(cfg, chunks: int) -> None:
+    """Run the mix of ``cfg`` in this process and interrupt it once ``chunks`` chunks are done."""
+    from megaset.storage.mix import mix
+
+    def stop(done: int, total: int) -> None:
+        if done == chunks:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        mix(cfg, None, progress=stop)

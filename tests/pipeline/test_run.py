@@ -42,9 +42,10 @@ def test_run_chains_every_stage_then_resumes_without_redoing_work(tmp_path, clus
 def test_run_on_an_interrupted_mix_finishes_it_without_redoing_finished_chunks(tmp_path):
     """A store whose mix stopped after three chunks: `run` skips the simulation, finds every
     ingest chunk staged, builds only the missing chunks (the finished ones keep their files)."""
+    from faults import mix_stopped_after
+
     from megaset.pipeline.ingest import ingest
     from megaset.pipeline.simulate import simulate
-    from megaset.storage.mix import mix
     from megaset.storage.verify import verify
 
     cfg = Config.model_validate({
@@ -57,15 +58,7 @@ def test_run_on_an_interrupted_mix_finishes_it_without_redoing_finished_chunks(t
     simulate(cfg.simulate, tree=cfg.inputs.tree, lumi_ifb=cfg.inputs.lumi_ifb)
     ingest(cfg, None)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_three(done: int, total: int) -> None:
-        if done == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        mix(cfg, None, progress=stop_after_three)
+    mix_stopped_after(cfg, 3)
     # A rewritten chunk would be a new file (Zarr writes a temporary file, then renames it).
     train = Path(cfg.store.url, "train")
     chunks = [p for p in train.glob("*/c/**/*") if p.is_file()]

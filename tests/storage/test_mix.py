@@ -155,18 +155,11 @@ def test_worker_killed_during_mix_is_retried_to_the_same_store(mixed_store, tmp_
 
 
 def test_resume_after_interruption_matches_uninterrupted(mixed_store, tmp_path):
+    from faults import mix_stopped_after
+
     cfg, _, _ = mixed_store
     resumed = cfg.replace(store={"url": str(tmp_path / "resumed.zarr")})
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_five(done: int, total: int) -> None:
-        if done == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        mix(resumed, None, progress=stop_after_five)
+    mix_stopped_after(resumed, 5)
     with pytest.raises(IncompleteStoreError, match="run `megaset mix` to finish it"):
         open_store(resumed.store.url)
     # A chunk whose writer died between its data and its done mark: garbage, no mark.
