@@ -364,8 +364,9 @@ def _chunks_per_rank() -> int:
 
 
 def _enough_chunks(events: int, workers: int, chunk_len: int, per_rank: int = 1) -> bool:
-    """Whether the train group at ``events`` holds ``per_rank`` chunks for every worker."""
-    return events * TRAIN_SHARE >= per_rank * workers * chunk_len
+    """Whether the train group at ``events`` holds ``per_rank`` chunks for every worker (the
+    last one may be partial)."""
+    return events * TRAIN_SHARE > (per_rank * workers - 1) * chunk_len
 
 
 def _chunk_len_for(events: int, workers: int, default: int) -> int:
