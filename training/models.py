@@ -30,7 +30,6 @@ own, and the ReLU input activation of the deep VAE is the identity on min-max-sc
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 
 from megaset.config import ArchitectureConfig
 from megaset.errors import ConfigError
+from megaset.pipeline.rmm import matrix_side
 
 __all__ = ["MODELS", "Autoencoder", "build_model", "resolve_architecture", "per_event_loss"]
 
@@ -148,8 +148,8 @@ class ConvAE(Autoencoder):
 
     def __init__(self, n_features: int, latent: int, channels: list[int], dense: int):
         super().__init__()
-        side = math.isqrt(n_features)
-        if side * side != n_features:
+        side = matrix_side(n_features)
+        if side is None:
             msg = (
                 f"model 'cnn' reads the RMM as a square image, but the store has {n_features} "
                 "features, not a square number; use a dense model (training.model)"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 import threading
 import time
@@ -39,6 +38,7 @@ import numpy as np
 
 from megaset.config import Config
 from megaset.errors import CheckpointError, ConfigError
+from megaset.pipeline.rmm import matrix_side
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +91,8 @@ def block_masks(n_features: int) -> dict[str, np.ndarray]:
     ConfigError
         When ``n_features`` is not a square number (not an RMM): set ``scoring.blocks: false``.
     """
-    side = math.isqrt(n_features)
-    if side * side != n_features:
+    side = matrix_side(n_features)
+    if side is None:
         msg = (
             f"per-block errors need the features of an n x n RMM, but the store has {n_features} "
             "features; set scoring.blocks: false"
@@ -304,7 +304,7 @@ def score(
     store = open_store(cfg.store.url)
     _check_checkpoint(path, store)
     n_features = len(store.feature_names)
-    blocks = cfg.scoring.blocks and math.isqrt(n_features) ** 2 == n_features
+    blocks = cfg.scoring.blocks and matrix_side(n_features) is not None
     entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks}
     groups = [store.group(name) for name in store.group_names()]
     tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
