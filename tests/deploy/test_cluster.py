@@ -29,6 +29,15 @@ DASK = str(Path(sys.executable).parent / "dask")
 # Local, Kubernetes and HTCondor workers all start with it (deploy/cluster.py says why).
 MALLOC_ENV = {"name": "MALLOC_MMAP_THRESHOLD_", "value": str(256 * 2**20)}
 
+def refused_within(cfg: ClusterConfig, seconds: float, match: str) -> None:
+    """``open_client(cfg)`` fails with a ConfigError matching ``match`` in under ``seconds``."""
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=match):
+        with open_client(cfg):
+            pass
+    assert time.perf_counter() - t0 < seconds
+
+
 def containers(spec: dict) -> tuple[dict, dict]:
     (scheduler,) = spec["spec"]["scheduler"]["spec"]["containers"]
     (worker,) = spec["spec"]["worker"]["spec"]["containers"]
@@ -136,12 +145,8 @@ def test_kubernetes_without_credentials_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     cfg = ClusterConfig(kind="kubernetes", kubernetes={"name": "nowhere", "namespace": "megaset"})
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"cannot start the Kubernetes Dask cluster 'nowhere' \(namespace "
-                                          r"megaset\).*credentials.*KUBECONFIG"):
-        with open_client(cfg):
-            pass
-    assert time.perf_counter() - t0 < 10
+    refused_within(cfg, 10, r"cannot start the Kubernetes Dask cluster 'nowhere' \(namespace "
+                        r"megaset\).*credentials.*KUBECONFIG")
 
 
 # ------------------------------------------------------------------ HTCondor job script, offline
@@ -232,12 +237,8 @@ def test_local_cluster_size(tmp_path):
 
 def test_local_gpus_without_devices_fail_fast():
     cfg = ClusterConfig(workers=2, gpus_per_worker=64)
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"gpus_per_worker=64 with up to 2 local workers needs 128 CUDA "
-                                          r"devices, but \d+ are visible.*gpus_per_worker: 0"):
-        with open_client(cfg):
-            pass
-    assert time.perf_counter() - t0 < 15
+    refused_within(cfg, 15, r"gpus_per_worker=64 with up to 2 local workers needs 128 CUDA "
+                        r"devices, but \d+ are visible.*gpus_per_worker: 0")
 
 
 @pytest.mark.gpu
@@ -335,12 +336,8 @@ def test_address_cluster_size_and_real_work(address):
 @pytest.mark.slow
 def test_address_gpus_requested_without_gpu_workers(address):
     cfg = ClusterConfig(kind="address", address=address, gpus_per_worker=1)
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=rf"gpus_per_worker=1, but no worker of the scheduler at "
-                                          rf"{address} declares that many GPUs \(.*GPU=0.*--resources GPU=1"):
-        with open_client(cfg):
-            pass
-    assert time.perf_counter() - t0 < 10
+    refused_within(cfg, 10, rf"gpus_per_worker=1, but no worker of the scheduler at "
+                        rf"{address} declares that many GPUs \(.*GPU=0.*--resources GPU=1")
 
 
 @pytest.mark.slow
@@ -397,12 +394,8 @@ def test_ingest_mix_train_score_on_an_existing_scheduler(address, tmp_path):
 def test_unreachable_address_fails_within_seconds():
     address = f"tcp://127.0.0.1:{free_port()}"
     cfg = ClusterConfig(kind="address", address=address, connect_timeout=2)
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=rf"cannot reach the Dask scheduler at cluster.address='{address}' "
-                                          r"within 2 s.*scheduler is running"):
-        with open_client(cfg):
-            pass
-    assert time.perf_counter() - t0 < 6
+    refused_within(cfg, 6, rf"cannot reach the Dask scheduler at cluster.address='{address}' "
+                        r"within 2 s.*scheduler is running")
 
 
 def test_address_from_yaml_needs_an_address(tmp_path):
