@@ -300,7 +300,8 @@ def _versus_megasets(cfg, work: Path, n: int, f: int, args: argparse.Namespace) 
     stream, rss_stream = isolated(_stream_trainer, cfg)
     seen = n * args.epochs
     out = {"streaming": {**stream, "peak_rss_mib": rss_stream, "samples_seen": seen}}
-    if _memory_gib(n, f) < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**31:
+    machine_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    if _memory_gib(n, f) < machine_gib / 2:
         memory, rss_memory = isolated(_in_memory, cfg)
         out["in_memory"] = {**memory, "peak_rss_mib": rss_memory, "samples_seen": seen}
     megasets = work / "megasets"
