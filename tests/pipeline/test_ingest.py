@@ -130,7 +130,7 @@ def test_worker_killed_while_writing_a_piece_leaves_every_event_once(reference, 
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client, \
-            worker_killed_at(client, "zarr.core.group:Group.update_attributes", completing_a_ttbar_piece,
+            worker_killed_at(client, "zarr.core.group:AsyncGroup.update_attributes", completing_a_ttbar_piece,
                              tmp_path / "killed"):
         summary = ingest(cfg, client)
     got = staged(cfg.store.staging)
