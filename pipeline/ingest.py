@@ -105,15 +105,37 @@ def _check_resumable(staging: str, fingerprint: str) -> None:
         raise StoreError(msg)
 
 
-def _runner(client: Client | None, cfg: Config, status: bool):
+def _refuse_copies(files: list[FileInfo]) -> None:
+    """Two inputs of one channel with one ROOT file UUID are copies of one file: their staging
+    pieces would share keys and one would replace the other's events."""
+    seen: dict[tuple[str, str], str] = {}
+    for info in files:
+        first = seen.setdefault((info.channel, info.uuid), info.path)
+        if first != info.path:
+            msg = (
+                f"is a copy of {first} (same ROOT file UUID {info.uuid}) in channel {info.channel!r}; "
+                "list each file once"
+            )
+            raise InputFileError(info.path, msg)
+
+
+def _runner(client: Client | None, cfg: Config, files: list[FileInfo], status: bool):
+    import uuid
+
     from coffea import processor
     from coffea.nanoevents import BaseSchema
+    from coffea.processor.executor import FileMeta
 
     if client is None:
         executor = processor.IterativeExecutor(status=status)
     else:
         executor = processor.DaskExecutor(client=client, status=status, retries=3)
-    return processor.Runner(executor=executor, schema=BaseSchema, chunksize=cfg.inputs.chunksize)
+    # The file check already read each tree's entry count and the file's UUID: handed to
+    # coffea as its metadata cache, they spare the Runner a pass that opens every file again.
+    known = {FileMeta(i.channel, i.path, i.tree): {"numentries": i.entries, "uuid": uuid.UUID(i.uuid).bytes}
+             for i in files}
+    return processor.Runner(executor=executor, schema=BaseSchema, chunksize=cfg.inputs.chunksize,
+                            metadata_cache=known)
 
 
 def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
@@ -155,6 +177,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     for entry in skipped:
         log(f"skipping {entry['file']}: {entry['reason']}")
     good = [i for i in infos if not i.error]
+    _refuse_copies(good)
 
     staging = cfg.store.staging
     table = _channel_table(channels)
@@ -185,7 +208,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         weight_scale=_weight_scales(cfg, channels, good),
         skip_bad=cfg.inputs.on_bad_file == "skip",
     )
-    out = _runner(client, cfg, status)(fileset, proc, treename=cfg.inputs.tree) if fileset else {}
+    out = _runner(client, cfg, good, status)(fileset, proc, treename=cfg.inputs.tree) if fileset else {}
 
     errors = out.pop("errors", {})
     if errors:

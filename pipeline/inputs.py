@@ -1,8 +1,9 @@
 """Input files: resolving the configured channels to files, and checking each file once.
 
 The check opens every file (in parallel on the cluster), finds the tree, verifies every
-branch the schema needs, and records size, checksum, entry count and the sum of the weight
-branch (for cross-section normalisation). A bad file is an error naming the file and what is
+branch the schema needs, and records size, checksum, ROOT file UUID, entry count and the sum of
+the weight branch (for cross-section normalisation); the ingest chunks files from these
+records instead of opening them again. A bad file is an error naming the file and what is
 wrong with it, or, with ``on_bad_file: skip``, an entry in the list of skipped files.
 """
 
@@ -32,6 +33,7 @@ class FileInfo:
     index: int
     size: int = 0
     checksum: str = ""
+    uuid: str = ""
     entries: int = 0
     sum_weights: float = 0.0
     error: str | None = None
@@ -101,12 +103,13 @@ def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None,
             check_branches(tree.typenames(), schema, info.path)
             total = float(tree[weight_branch].array(library="np").sum(dtype="f8")) if sum_weights else 0.0
             entries = int(tree.num_entries)
+            uuid = str(f.file.uuid)
     except InputFileError as err:
         return _bad(info, err.reason)
     except Exception as err:  # a corrupt file can fail in many ways; report, never crash the check
         detail = " ".join(str(err).split())  # one line: it is listed among the skipped files
         return _bad(info, f"cannot be read as a ROOT file: {type(err).__name__}: {detail}")
-    return FileInfo(**{**info.to_dict(), "size": size, "checksum": checksum, "entries": entries, "sum_weights": total})
+    return FileInfo(**{**info.to_dict(), "size": size, "checksum": checksum, "uuid": uuid, "entries": entries, "sum_weights": total})
 
 
 def _bad(info: FileInfo, reason: str) -> FileInfo:

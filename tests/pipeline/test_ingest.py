@@ -202,6 +202,21 @@ def test_corrupt_file_fails_or_is_skipped(sample, tmp_path):
     assert staging_attrs(cfg.store.staging)["skipped"][0]["file"] == str(corrupt)
 
 
+def test_copied_file_in_one_channel_is_refused(sample, tmp_path):
+    """A copy keeps the ROOT file's UUID, which keys the staging pieces: ingesting both would
+    let one file's pieces replace the other's."""
+    import shutil
+
+    original = sample / "ttbar" / "ttbar_0.root"
+    copy = shutil.copy(original, tmp_path / "ttbar_copy.root")
+    cfg = Config.model_validate({
+        "inputs": {"channels": {"ttbar": {"files": [str(original), str(copy)]}}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    with pytest.raises(InputFileError, match=r"ttbar_copy\.root: is a copy of .*ttbar_0\.root.*list each file once"):
+        ingest(cfg)
+
+
 def test_missing_branch_names_branch_and_file(tmp_path):
     branches = generate("zmmjets", 200, seed=3)
     del branches["lepD0Sig"]
