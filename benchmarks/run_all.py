@@ -218,7 +218,7 @@ def _on_cluster(cfg, work: Path, repeat: int) -> dict[str, Any]:
     from megaset.pipeline.inputs import expand_files, resolve_channels
     from megaset.training.score import score
 
-    files = [f for fs in expand_files(resolve_channels(cfg)).values() for f in fs]
+    files = expand_files(resolve_channels(cfg))
     bench = cfg.replace(store={"url": str(work / "store.zarr")})
     with open_client(cfg.cluster) as client:
         client.wait_for_workers(cfg.cluster.workers)
