@@ -130,34 +130,43 @@ def write_piece(
 
 async def _write_piece(url: str, columns: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
                        compressor: CompressorConfig) -> None:
-    # One pass through Zarr's event loop with the arrays created and written concurrently: a
-    # piece is small, and one synchronous call per step cost more than the data.
+    # The piece is built in memory and then stored as a handful of concurrent writes. Built
+    # in place, zarr's existence checks and metadata writes (some twenty store calls, each a
+    # thread hand-off here and a request on an object store) cost more than the data of most
+    # pieces, which hold a few selected events.
     import asyncio
 
     import zarr.api.asynchronous as za
+    from zarr.storage import MemoryStore
 
-    group = await za.open_group(store=url, mode="w", zarr_format=3)
+    built: dict[str, Any] = {}
+    group = await za.open_group(store=MemoryStore(built), mode="w", zarr_format=3)
     codecs = compressors(compressor)
     arrays, layout = _pack(columns)
     n_rows = int(len(next(iter(columns.values()))))
 
-    async def write(name: str, values: np.ndarray) -> None:
+    async def build(name: str, values: np.ndarray) -> None:
         chunks = (values.shape[0], ROWS_PER_CHUNK) if name.startswith(_PACKED) else (ROWS_PER_CHUNK, *values.shape[1:])
-        # One shard per array: a piece is a handful of files, not one per 1024 rows (file
-        # creation cost more than compression), while readers still decode only the
-        # 1024-row chunks they slice. write_empty_chunks skips zarr's test of every chunk
-        # against the fill value, which costs more than compressing mostly-zero RMM rows.
-        shards = tuple(max(c, -(-d // c) * c) for d, c in zip(values.shape, chunks))
+        # An array of several chunks is one shard: a piece is a handful of files, not one per
+        # 1024 rows, while readers still decode only the 1024-row chunks they slice.
+        # write_empty_chunks skips zarr's test of every chunk against the fill value, which
+        # costs more than compressing mostly-zero RMM rows.
+        shards = tuple(-(-d // c) * c for d, c in zip(values.shape, chunks)) if n_rows > ROWS_PER_CHUNK else None
         array = await group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
                                          shards=shards, compressors=codecs, config={"write_empty_chunks": True})
         if n_rows:
             await array.setitem(..., values)
 
-    await asyncio.gather(*(write(name, values) for name, values in arrays.items()))
+    await asyncio.gather(*(build(name, values) for name, values in arrays.items()))
     schema = {name: [np.asarray(v).dtype.name, list(np.shape(v)[1:])] for name, v in columns.items()}
-    # One metadata write, the last: ``attrs.update`` would rewrite it once per key.
     await group.update_attributes({**attrs, "n_rows": n_rows, "rows_per_chunk": ROWS_PER_CHUNK, "schema": schema,
                                    "layout": layout, "complete": True})
+    # Replace any old copy with an unfinished group, store the arrays, and write the group's
+    # metadata, which carries the complete mark, last.
+    target = (await za.open_group(store=url, mode="w", zarr_format=3)).store_path
+    marker = built.pop("zarr.json")
+    await asyncio.gather(*((target / key).set(value) for key, value in built.items()))
+    await (target / "zarr.json").set(marker)
 
 
 def piece_attrs(url: str, channel: str, key: str) -> dict[str, Any] | None:
