@@ -181,6 +181,21 @@ def test_energy_instead_of_mass():
     assert ev.branches["jet.mass"] == "jet.mass from jetPt, jetEta, jetE"
 
 
+@pytest.mark.parametrize("cut", ["slice", "take"])
+def test_cut_out_branches_read_like_freshly_built_ones(cut):
+    """A chunk sliced from a longer array (its offsets do not start at 0) and events picked
+    by index (a ListArray) give the objects of the same events built afresh."""
+    pick = slice(1, None) if cut == "slice" else np.array([3, 0, 2])
+    branches = {name: values[pick] for name, values in polar_branches().items()}
+    fresh = {name: ak.to_packed(values) if isinstance(values, ak.Array) else values for name, values in branches.items()}
+    got, want = read_events(branches, SchemaConfig(), "mem.root"), read_events(fresh, SchemaConfig(), "mem.root")
+    for name in ("jet", "lepton"):
+        np.testing.assert_array_equal(got.collections[name].offsets, want.collections[name].offsets)
+        for col, values in want.collections[name].columns.items():
+            np.testing.assert_array_equal(got.collections[name][col], values, err_msg=f"{name}.{col}")
+    assert got.collections["jet"].counts().tolist() == [len(JETS[i]) for i in np.arange(4)[pick]]
+
+
 def test_coffea_nanoevents_and_uproot_dict_agree(polar_file, cartesian_file):
     from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
