@@ -80,10 +80,11 @@ def _checksum(path: str) -> tuple[int, str]:
     import fsspec
 
     value, size = 1, 0
+    block = memoryview(bytearray(_HASH_BLOCK))  # one buffer, refilled: no fresh pages per read
     with fsspec.open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            value = zlib.adler32(block, value)
-            size += len(block)
+        while n := f.readinto(block):
+            value = zlib.adler32(block[:n], value)
+            size += n
     return size, f"adler32:{value:08x}"
 
 
@@ -100,7 +101,9 @@ def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None,
                 available = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"
                 return _bad(info, f"no tree {info.tree!r} (objects in file: {available}); set inputs.tree or the channel's tree")
             tree = f[info.tree]
-            check_branches(tree.typenames(), schema, info.path)
+            # Types of the schema's branches only: a production ntuple has hundreds.
+            available = dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches)
+            check_branches(available, schema, info.path)
             total = float(tree[weight_branch].array(library="np").sum(dtype="f8")) if sum_weights else 0.0
             entries = int(tree.num_entries)
             uuid = str(f.file.uuid)

@@ -95,3 +95,17 @@ def test_mix_into_s3_and_read_back(s3_bucket, s3_client, tmp_path):
 def test_missing_s3_store_names_the_url(s3_bucket):
     with pytest.raises(StoreError, match=f"no megaset store at '{s3_bucket}/absent.zarr'"):
         open_store(f"{s3_bucket}/absent.zarr")
+
+
+def test_input_checksum_of_an_object_is_its_adler32(s3_bucket):
+    """The file check reads inputs on an object store through the same refilled buffer."""
+    import zlib
+
+    import s3fs
+
+    from megaset.pipeline.inputs import _HASH_BLOCK, _checksum
+
+    content = np.random.default_rng(5).bytes(2 * _HASH_BLOCK + 12345)
+    url = f"{s3_bucket}/inputs/blob.root"
+    s3fs.S3FileSystem().pipe(url, content)
+    assert _checksum(url) == (len(content), f"adler32:{zlib.adler32(content):08x}")
