@@ -208,7 +208,8 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         weight_scale=_weight_scales(cfg, channels, good),
         skip_bad=cfg.inputs.on_bad_file == "skip",
     )
-    out = _runner(client, cfg, good, status)(fileset, proc, treename=cfg.inputs.tree) if fileset else {}
+    out = _runner(client, cfg, good, status)(fileset, proc, treename=cfg.inputs.tree,
+                                            iteritems_options={"filter_name": cfg.schema.branches()}) if fileset else {}
 
     errors = out.pop("errors", {})
     if errors:
