@@ -222,7 +222,7 @@ def _on_cluster(cfg, work: Path, repeat: int) -> dict[str, Any]:
     bench = cfg.replace(store={"url": str(work / "store.zarr")})
     with open_client(cfg.cluster) as client:
         client.wait_for_workers(cfg.cluster.workers)
-        n_read, t_read, summary, t_ingest = read_vs_ingest(bench, client, files, work)
+        n_read, t_read, summary, t_ingest = read_vs_ingest(bench, client, files, work, repeat)
         n_rows, raw, t_mix, t_copy, compression = mix_vs_copy(bench, client, work, repeat)
         t_score, scored = _best_of(repeat, lambda: score(cfg, client, overwrite=True))
     shutil.rmtree(work, ignore_errors=True)
