@@ -193,7 +193,12 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
     n_lep = np.diff(picked[0]) + np.diff(picked[1])
     trigger_pt = cfg.trigger_pt_2lep if cfg.mode == "2lep" else cfg.trigger_pt_3lep
     n_trig = sum(np.diff(_picked_offsets(coll.offsets, mask & (coll["pt"] > trigger_pt))) for coll, mask in leptons)
-    m_ll, m_lll = _leading_masses([(coll, mask, po) for (coll, mask), po in zip(leptons, picked, strict=True)])
+    # Only events with two leptons have a mass: the others (most W+jets and ttbar events)
+    # are left out of the trigonometry and get 0 as before.
+    pairs = n_lep >= 2
+    paired = [mask & np.repeat(pairs, np.diff(coll.offsets)) for coll, mask in leptons]
+    m_ll, m_lll = _leading_masses([(coll, mask, _picked_offsets(coll.offsets, mask))
+                                   for (coll, _), mask in zip(leptons, paired, strict=True)])
     if cfg.mode == "2lep":
         cuts = [n_lep >= 2, m_ll > cfg.mll_min, n_trig >= 2]
     else:
