@@ -27,8 +27,7 @@ DASK = str(Path(sys.executable).parent / "dask")
 
 
 # Local, Kubernetes and HTCondor workers all start with it (deploy/cluster.py says why).
-MALLOC_ENV = [{"name": "MALLOC_MMAP_THRESHOLD_", "value": str(256 * 2**20)},
-              {"name": "MALLOC_TRIM_THRESHOLD_", "value": str(256 * 2**20)}]
+MALLOC_ENV = {"name": "MALLOC_MMAP_THRESHOLD_", "value": str(256 * 2**20)}
 
 def refused_within(cfg: ClusterConfig, seconds: float, match: str) -> None:
     """``open_client(cfg)`` fails with a ConfigError matching ``match`` in under ``seconds``."""
@@ -93,7 +92,7 @@ def test_kube_spec_from_the_example_config():
     assert scheduler["args"] == ["dask", "scheduler", "--host", "0.0.0.0"]
     assert scheduler["resources"] == {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"cpu": 1, "memory": "2Gi"}}
     # Environment on both; object-store credentials only where tasks read and write.
-    env = [*MALLOC_ENV, {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
+    env = [MALLOC_ENV, {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
     assert scheduler["env"] == worker["env"] == env
     assert worker["envFrom"] == [{"secretRef": {"name": "megaset-object-store"}}]
     assert "envFrom" not in scheduler
@@ -133,7 +132,7 @@ def test_kube_spec_options():
     assert "namespace" not in spec["metadata"]  # the current namespace
     assert scheduler["resources"]["requests"]["cpu"] == "500m"
     assert worker["resources"]["limits"]["memory"] == "1536Mi"
-    assert "envFrom" not in worker and worker["env"] == MALLOC_ENV
+    assert "envFrom" not in worker and worker["env"] == [MALLOC_ENV]
     for part in ("scheduler", "worker"):
         pod = spec["spec"][part]["spec"]
         assert pod["serviceAccountName"] == "megaset-worker"
@@ -166,7 +165,7 @@ def test_htcondor_job_script_shared_filesystem():
     (arguments,) = [line for line in lines if line.startswith("Arguments = ")]
     # The prologue first, then the worker with the environment's own interpreter.
     assert arguments.startswith(
-        "Arguments = \"-c 'export MALLOC_MMAP_THRESHOLD_=268435456; export MALLOC_TRIM_THRESHOLD_=268435456; "
+        "Arguments = \"-c 'export MALLOC_MMAP_THRESHOLD_=268435456; "
         "source /shared/megaset/venv/bin/activate; export OMP_NUM_THREADS=1; "
         f"/shared/megaset/venv/bin/python -m distributed.cli.dask_worker {SCHEDULER_PLACEHOLDER} ")
     assert "--nthreads 1 --memory-limit 4.00GiB" in arguments
@@ -414,5 +413,5 @@ def test_address_from_yaml_needs_an_address(tmp_path):
 def test_local_workers_start_with_the_allocation_setting():
     cfg = ClusterConfig(kind="local", workers=1)
     with open_client(cfg) as client:
-        seen = client.run(lambda: {k: __import__("os").environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
-    assert list(seen.values()) == [{e["name"]: e["value"] for e in MALLOC_ENV}]
+        seen = client.run(lambda: __import__("os").environ.get("MALLOC_MMAP_THRESHOLD_"))
+    assert list(seen.values()) == [MALLOC_ENV["value"]]
