@@ -1,4 +1,4 @@
-"""Staging pieces on disk: what is written reads back, by rows and columns, in few files."""
+"""Staging pieces on disk: what is written reads back, by rows and columns."""
 
 from __future__ import annotations
 
@@ -39,16 +39,6 @@ def test_piece_reads_back_by_rows_across_chunk_boundaries(tmp_path, codec):
     part = read_piece(url, "ttbar", "f-0-10", ["rmm", "met", "n_jet"], rows)
     for name in ("rmm", "met", "n_jet"):
         np.testing.assert_array_equal(part[name], columns[name][rows], err_msg=name)
-
-
-def test_piece_is_one_file_per_stored_array(tmp_path):
-    """rmm, event_id and one stack per dtype of the 1-D columns: four shards, whatever the
-    number of 1024-row chunks inside them, plus the metadata documents."""
-    url = tmp_path / "staging.zarr"
-    write_piece(str(url), "ttbar", "k", _columns(5 * ROWS_PER_CHUNK + 1), {}, CompressorConfig())
-    piece = url / "ttbar" / "k"
-    data = [p for p in piece.rglob("*") if p.is_file() and p.name != "zarr.json"]
-    assert sorted(p.relative_to(piece).parts[0] for p in data) == ["event_id", "packed_float32", "packed_int16", "rmm"]
 
 
 def test_empty_piece_is_complete_and_reads_as_no_rows(tmp_path):
