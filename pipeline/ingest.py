@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ingest", "IngestSummary", "SCHEMA_VERSION"]
 
-#: Version of the staging / store layout written by this code.
-SCHEMA_VERSION = 1
+#: Version of the staging layout written by this code (2: the small columns packed as bytes).
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -75,6 +75,7 @@ def _weight_scales(cfg: Config, channels, infos: list[FileInfo]) -> dict[str, fl
 def _fingerprint(cfg: Config, table: list[dict[str, Any]], files: list[FileInfo]) -> str:
     """Hash of everything that decides the content and the keys of the staging pieces."""
     relevant = {
+        "layout": SCHEMA_VERSION,
         "channels": table,
         "files": [(f.path, f.index, f.checksum) for f in files],
         "chunksize": cfg.inputs.chunksize,

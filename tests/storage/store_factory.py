@@ -48,7 +48,7 @@ def make_staging(url: str, pieces: dict[str, list[int]] = PIECES, *, n_features:
     rng = np.random.default_rng(seed)
     features = [f"f{i}" for i in range(n_features)]
     init_staging(url, [c["name"] for c in channels], {
-        "schema_version": 1, "feature_names": features, "rmm": {"objects": "synthetic"},
+        "schema_version": 2, "feature_names": features, "rmm": {"objects": "synthetic"},
         "channels": channels, "config": {"note": "synthetic"}, "code_version": "test",
     })
     staged, files = {}, []

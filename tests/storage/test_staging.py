@@ -48,3 +48,26 @@ def test_empty_piece_is_complete_and_reads_as_no_rows(tmp_path):
     assert piece_attrs(url, "wjets", "k")["complete"] is True
     got = read_piece(url, "wjets", "k")
     assert {name: got[name].shape for name in got} == {name: v.shape for name, v in empty.items()}
+
+
+def test_small_columns_of_any_dtype_and_byte_order_read_back(tmp_path):
+    """The packed bytes keep each column's dtype, shape and values, whatever its byte order."""
+    n = ROWS_PER_CHUNK + 7
+    rng = np.random.default_rng(3)
+    columns = {
+        "rmm": np.zeros((n, 20), dtype=np.float32),
+        "big_endian": rng.normal(size=n).astype(">f8"),
+        "flag": rng.random(n) > 0.5,
+        "pair": rng.integers(-5, 5, size=(n, 2)).astype(np.int8),
+    }
+    url = str(tmp_path / "staging.zarr")
+    write_piece(url, "c", "k", columns, {}, CompressorConfig())
+    got = read_piece(url, "c", "k", rows=slice(3, n))
+    for name, values in columns.items():
+        assert got[name].shape == values[3:].shape and got[name].dtype == values.dtype.newbyteorder("="), name
+        np.testing.assert_array_equal(got[name], values[3:], err_msg=name)
+
+
+def test_packed_is_not_a_column_name(tmp_path):
+    with pytest.raises(ValueError, match="may not be called 'packed'"):
+        write_piece(str(tmp_path / "s.zarr"), "c", "k", {"packed": np.zeros(3)}, {}, CompressorConfig())

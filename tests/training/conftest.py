@@ -46,7 +46,7 @@ def make_store(tmp_path, *, chunk_len: int = 64, seed: int = 0, **training) -> C
     rng = np.random.default_rng(seed)
     url = cfg.store.staging
     init_staging(url, [c["name"] for c in CHANNELS], {
-        "schema_version": 1, "feature_names": [f"cell_{i}_{j}" for i in range(SIDE) for j in range(SIDE)],
+        "schema_version": 2, "feature_names": [f"cell_{i}_{j}" for i in range(SIDE) for j in range(SIDE)],
         "rmm": {"objects": "synthetic"}, "channels": CHANNELS, "config": {"note": "synthetic"},
         "code_version": "test",
     })
