@@ -57,6 +57,7 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     status
         Show the per-stage progress bars of the libraries underneath.
     """
+    from megaset.deploy.cluster import release_memory
     from megaset.pipeline.ingest import ingest
     from megaset.report.report import report
     from megaset.storage.mix import mix
@@ -71,6 +72,8 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
             return
         t0 = time.perf_counter()
         out[name] = work()
+        if client is not None:
+            release_memory(client)  # so that the next stage does not start on this one's freed heap
         out["seconds"][name] = time.perf_counter() - t0
         log(f"{name}: done in {out['seconds'][name]:.1f} s")
 

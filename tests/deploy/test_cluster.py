@@ -16,7 +16,7 @@ import pytest
 from dask.utils import parse_bytes
 
 from megaset.config import ClusterConfig, Config, load_config
-from megaset.deploy.cluster import ClusterSize, cluster_size, describe, open_client
+from megaset.deploy.cluster import ClusterSize, cluster_size, describe, open_client, release_memory
 from megaset.deploy.condor import SCHEDULER_PLACEHOLDER, htcondor_job_script, start_htcondor_cluster
 from megaset.deploy.kube import kube_cluster_spec, quantity
 from megaset.errors import ConfigError
@@ -415,3 +415,26 @@ def test_local_workers_start_with_the_allocation_setting():
     with open_client(cfg) as client:
         seen = client.run(lambda: __import__("os").environ.get("MALLOC_MMAP_THRESHOLD_"))
     assert list(seen.values()) == [MALLOC_ENV["value"]]
+
+
+def _rss_mib() -> int:
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+
+
+def _leave_freed_heap() -> int:
+    """Allocate 320 MiB in 16 KiB blocks and free seven in eight: the heap keeps the holes."""
+    import builtins
+
+    blocks = [bytes(16384) for _ in range(20000)]
+    builtins._megaset_kept = blocks[1::8]
+    del blocks
+    return _rss_mib()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_memory_hands_the_workers_freed_heap_back():
+    with open_client(ClusterConfig(kind="local", workers=1)) as client:
+        (held,) = client.run(_leave_freed_heap).values()
+        release_memory(client)
+        (after,) = client.run(_rss_mib).values()
+    assert held - after > 150, (held, after)
