@@ -296,3 +296,27 @@ def test_signal_only_staging_gives_empty_background_groups(tmp_path):
     with pytest.raises(StoreError, match="has no scaler statistics: its train group is empty"):
         store.scaler
     assert verify(cfg.store.url) == []
+
+
+def test_staging_piece_shrunk_after_planning_stops_the_mix(tmp_path, monkeypatch):
+    """A piece rewritten shorter between the plan and the reads is named, with the fix."""
+    import megaset.storage.mix as mix_module
+    from megaset.config import CompressorConfig
+    from megaset.storage.staging import list_pieces, read_piece, write_piece
+
+    cfg = make_config(tmp_path)
+    make_staging(cfg.store.staging)
+    staging, planned = cfg.store.staging, mix_module.make_plan
+
+    def plan_then_shrink(*args, **kwargs):
+        plan = planned(*args, **kwargs)
+        key, attrs = max(list_pieces(staging)["zjets"], key=lambda piece: piece[1]["n_rows"])
+        columns = read_piece(staging, "zjets", key)
+        write_piece(staging, "zjets", key, {name: values[:10] for name, values in columns.items()},
+                    attrs, CompressorConfig())
+        return plan
+
+    monkeypatch.setattr(mix_module, "make_plan", plan_then_shrink)
+    with pytest.raises(StoreError, match=r"staging piece .*/zjets/uuid\d+-\S+ ends before row \d+: the staging "
+                                         r"area changed since the mix was planned; rerun `megaset mix`"):
+        mix(cfg, None)
