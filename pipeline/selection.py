@@ -196,7 +196,7 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
     # Only events with two leptons have a mass: the others (most W+jets and ttbar events)
     # are left out of the trigonometry and get 0 as before.
     pairs = n_lep >= 2
-    paired = [mask & np.repeat(pairs, np.diff(coll.offsets)) for coll, mask in leptons]
+    paired = [mask & np.repeat(pairs, coll.counts()) for coll, mask in leptons]
     m_ll, m_lll = _leading_masses([(coll, mask, _picked_offsets(coll.offsets, mask))
                                    for (coll, _), mask in zip(leptons, paired, strict=True)])
     if cfg.mode == "2lep":
