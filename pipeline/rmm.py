@@ -84,7 +84,9 @@ def build_rmm(
     met_et: np.ndarray,
     met_phi: np.ndarray,
     cfg: RMMConfig,
-) -> np.ndarray:
+    *,
+    sparse: bool = False,
+):
     """Build the flattened RMM of every event.
 
     Parameters
@@ -98,12 +100,19 @@ def build_rmm(
         Missing transverse energy (GeV) and its azimuth, one entry per event.
     cfg
         The ``rmm`` section of the configuration.
+    sparse
+        Return only the cells an event's objects reach, as a ``scipy.sparse.csr_array``: an
+        event with n objects in its slots has (n + 1)^2 of them, a few percent of the matrix
+        for a 2-lepton event, and a dense row is mostly zeros that cost memory traffic and
+        compression to store.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray or scipy.sparse.csr_array
         ``float32`` of shape ``(n_events, cfg.size ** 2)``: each event's matrix, row-major,
-        cells named by :func:`feature_names`. Computed in float64.
+        cells named by :func:`feature_names`. Computed in float64. The sparse form may hold
+        explicit zeros (m_T with no MET, a pair of massless collinear objects) and its cells are in the
+        kernel's order, not sorted.
 
     Raises
     ------
@@ -125,14 +134,21 @@ def build_rmm(
     met_et = np.ascontiguousarray(met_et, dtype=np.float64)
     met_phi = np.ascontiguousarray(met_phi, dtype=np.float64)
     offsets, pt, eta, phi, mass = _flatten(objects, len(met_et), len(met_phi), cfg)
+    from scipy.sparse import csr_array
+
     counts = np.array([o.count for o in cfg.objects], dtype=np.int64)
-    out = np.zeros((len(met_et), cfg.size * cfg.size), dtype=np.float32)
+    present = np.minimum(np.diff(offsets, axis=1), counts[:, None]).sum(axis=0)
+    indptr = np.zeros(len(met_et) + 1, dtype=np.int64)
+    np.cumsum((present + 1) ** 2, out=indptr[1:])
+    cells = np.empty(indptr[-1], dtype=np.int32)
+    values = np.empty(indptr[-1], dtype=np.float32)
     scale = cfg.sqrt_s_gev if cfg.normalize == "sqrt_s" else 1.0
     _kernel()(
         offsets, pt, eta, phi, mass, met_et, met_phi, counts,
-        cfg.convention == "chekanov", float(cfg.C), float(scale), out,
+        cfg.convention == "chekanov", float(cfg.C), float(scale), indptr, cells, values,
     )  # fmt: skip
-    return out
+    rmm = csr_array((values, cells, indptr), shape=(len(met_et), cfg.size * cfg.size))
+    return rmm if sparse else rmm.toarray()
 
 
 def _flatten(
@@ -187,8 +203,9 @@ def _kernel() -> Callable[..., None]:
     return numba.njit(cache=True, nogil=True, error_model="numpy")(rmm._fill)
 
 
-def _fill(offsets, pt, eta, phi, mass, met_et, met_phi, counts, chekanov, C, scale, out):
-    """Write every event's RMM into ``out`` (zero-filled); touches only present objects' cells.
+def _fill(offsets, pt, eta, phi, mass, met_et, met_phi, counts, chekanov, C, scale, indptr, cells, values):
+    """Write the cells of every event's RMM that its present objects reach, as (cell, value)
+    pairs from ``indptr[i]`` on: (n + 1)^2 of them for an event with n objects in its slots.
 
     Per object the kernel keeps E_T = mT = sqrt(m^2 + pT^2), px, py and q = exp(y / 4), with
     exp(y) = (E + pz) / mT. Pair cells then need no transcendental function:
@@ -222,11 +239,13 @@ def _fill(offsets, pt, eta, phi, mass, met_et, met_phi, counts, chekanov, C, sca
     h_l = np.empty(n_slots)
 
     for i in range(met_et.shape[0]):
-        row = out[i]
+        at = indptr[i]
         met = met_et[i]
         mpx = met * np.cos(met_phi[i])
         mpy = met * np.sin(met_phi[i])
-        row[0] = met / scale
+        cells[at] = 0
+        values[at] = met / scale
+        at += 1
 
         n = 0
         for t in range(n_types):
@@ -276,25 +295,33 @@ def _fill(offsets, pt, eta, phi, mass, met_et, met_phi, counts, chekanov, C, sca
 
         for a in range(n):
             k = slot[a]
-            if chekanov:
-                if met > 0.0:
-                    # (E_T + MET)^2 - |pT + MET|^2 with |MET vector| = MET, expanded.
-                    mt2 = m2[a] + 2.0 * (e_t[a] * met - px[a] * mpx - py[a] * mpy)
-                    row[k] = np.sqrt(mt2) / scale if mt2 > 0.0 else 0.0
+            cells[at] = k
+            if not chekanov:
+                values[at] = e_t[a] / scale
+            elif met > 0.0:
+                # (E_T + MET)^2 - |pT + MET|^2 with |MET vector| = MET, expanded.
+                mt2 = m2[a] + 2.0 * (e_t[a] * met - px[a] * mpx - py[a] * mpy)
+                values[at] = np.sqrt(mt2) / scale if mt2 > 0.0 else 0.0
             else:
-                row[k] = e_t[a] / scale
-            row[k * size] = h_l[a]
+                values[at] = 0.0
+            cells[at + 1] = k * size
+            values[at + 1] = h_l[a]
+            cells[at + 2] = k * size + k
             if is_first[a]:
-                row[k * size + k] = e_t[a] / scale
+                values[at + 2] = e_t[a] / scale
             elif chekanov:
-                row[k * size + k] = (e_t[a - 1] - e_t[a]) / (e_t[a - 1] + e_t[a])
+                values[at + 2] = (e_t[a - 1] - e_t[a]) / (e_t[a - 1] + e_t[a])
             else:
-                row[k * size + k] = (ptv[a - 1] - ptv[a]) / (ptv[a - 1] + ptv[a])
+                values[at + 2] = (ptv[a - 1] - ptv[a]) / (ptv[a - 1] + ptv[a])
+            at += 3
             for b in range(a + 1, n):
                 j = slot[b]
                 u = q[a] * q_inv[b] - q_inv[a] * q[b]
                 u2 = u * u
                 cosh_dy = 1.0 + 0.5 * u2 * (u2 + 4.0)
                 mij2 = m2[a] + m2[b] + 2.0 * (e_t[a] * e_t[b] * cosh_dy - px[a] * px[b] - py[a] * py[b])
-                row[k * size + j] = np.sqrt(mij2) / scale if mij2 > 0.0 else 0.0
-                row[j * size + k] = 0.5 * C * u2
+                cells[at] = k * size + j
+                values[at] = np.sqrt(mij2) / scale if mij2 > 0.0 else 0.0
+                cells[at + 1] = j * size + k
+                values[at + 1] = 0.5 * C * u2
+                at += 2

@@ -274,6 +274,25 @@ def test_empty_batch():
     assert out.shape == (0, 529) and out.dtype == np.float32
 
 
+@pytest.mark.parametrize("convention", ["chekanov", "thesis"])
+def test_sparse_form_holds_the_cells_of_present_objects(convention):
+    """(n + 1)^2 cells per event for n objects in its slots (more objects than slots are cut),
+    no cell twice. The dense form, checked cell by cell above, is this matrix made dense."""
+    cfg = _small(convention=convention)
+    events = [
+        [[], [], [], []],
+        [[(40.0, 0.5, 0.1, 5.0)] * 5, [(60.0, -1.0, 2.0, 4.7)], [], [(30.0, 0.2, -2.0, 0.1)]],
+        [[], [(80.0, 2.0, 1.0, 4.7), (70.0, -2.0, -1.0, 4.7)], [(25.0, 0.0, 0.0, 0.0)] * 2, []],
+    ]
+    per_type = [_jagged([ev[t] for ev in events]) for t in range(4)]
+    met, met_phi = np.array([0.0, 35.0, 20.0]), np.array([0.0, 1.0, -3.0])
+    sparse = build_rmm(per_type, met, met_phi, cfg, sparse=True)
+    assert np.diff(sparse.indptr).tolist() == [1, (3 + 1 + 1 + 1) ** 2, (2 + 2 + 1) ** 2]
+    for i in range(3):
+        cells = sparse.indices[sparse.indptr[i]:sparse.indptr[i + 1]]
+        assert len(np.unique(cells)) == len(cells)
+
+
 def test_computed_in_float64_from_float32_columns():
     # Two 1 TeV massless objects 1 mrad apart: m = 2 * 1000 * sin(0.0005) = 1.0000 GeV, which
     # float32 arithmetic (E1 E2 - p1.p2 = 0.5 out of 1e6) cannot resolve.
