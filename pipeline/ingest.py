@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ingest", "IngestSummary", "SCHEMA_VERSION"]
 
-#: Version of the staging layout written by this code (2: the small columns packed as bytes).
-SCHEMA_VERSION = 2
+#: Version of the staging layout written by this code (2: the small columns packed as bytes;
+#: 3: the RMM stored sparse).
+SCHEMA_VERSION = 3
 
 
 @dataclass

@@ -27,8 +27,9 @@ __all__ = ["RMMProcessor", "piece_columns"]
 _AUX_FLOAT = ("met", "met_phi", "m_ll", "m_lll", "ht")
 
 
-def piece_columns(sel: Selection, rmm: np.ndarray, channel_id: int, file_index: int, scale: float) -> dict[str, np.ndarray]:
-    """The staging columns of one chunk's selected events."""
+def piece_columns(sel: Selection, rmm: Any, channel_id: int, file_index: int, scale: float) -> dict[str, Any]:
+    """The staging columns of one chunk's selected events (``rmm`` dense or sparse, as
+    :func:`~megaset.storage.staging.write_piece` takes it)."""
     n = len(sel.weight)
     event_id = np.empty((n, 4), dtype=np.int64)
     event_id[:, 0] = sel.run
@@ -117,7 +118,7 @@ class RMMProcessor(processor.ProcessorABC):
             return {"skipped": {filename: reason}}
 
         objects = [sel.objects[o.source] for o in self.cfg.rmm.objects]
-        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm)
+        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm, sparse=True)
         columns = piece_columns(
             sel, rmm, self.channel_ids[channel], self.file_index[filename], self.weight_scale[filename]
         )
@@ -132,7 +133,7 @@ class RMMProcessor(processor.ProcessorABC):
             "nonfinite": sel.nonfinite,
         }
         write_piece(staging, channel, key, columns, attrs, self.cfg.store.staging_compressor)
-        return _output(channel, {**attrs, "n_rows": len(rmm)}, resumed=False)
+        return _output(channel, {**attrs, "n_rows": rmm.shape[0]}, resumed=False)
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         return accumulator

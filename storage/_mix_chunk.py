@@ -70,7 +70,7 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
     out: dict[str, np.ndarray] = {}
     taken = 0
     for (cid, seg), read in zip(segments, reads, strict=True):
-        values = unpack(layout, {name: next(blocks) for name in read}, columns)
+        values = unpack(layout, {name: next(blocks) for name in read}, columns, start=seg.start)
         if len(values[columns[0]]) != seg.length:
             msg = (
                 f"staging piece {staging}/{seg.channel}/{seg.piece} ends before row {seg.start + seg.length}: "

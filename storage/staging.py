@@ -6,18 +6,30 @@ Layout (Zarr v3, any fsspec URL)::
     <staging>/<channel>/zarr.json
     <staging>/<channel>/<piece>/zarr.json   attrs: {"complete": true, "filename", "entrystart", ...,
                                                     "schema", "layout"}
-    <staging>/<channel>/<piece>/rmm         [n, F]: a column of many bytes per event, an array of its own
-    <staging>/<channel>/<piece>/packed      [B, n] uint8: every other column's little-endian bytes,
+    <staging>/<channel>/<piece>/rmm         [blocks, W] uint8: a sparse column (the RMM), a row per block
+                                            of ROWS_PER_CHUNK events: its cells' indices, then values
+    <staging>/<channel>/<piece>/packed      [B, n] uint8: every small column's little-endian bytes,
                                             column after column (weight, MET, event id, counts, ...)
 
-Packing the small columns makes a row range of a piece two reads instead of fifteen, and a
+A column given as a ``scipy.sparse`` matrix is stored sparse: a 2-lepton event reaches about
+2 % of its RMM cells, and its dense row would be 2 kB of mostly zeros to move through memory
+and the compressor, once when written and once when the mix reads it. Row ``b`` of ``rmm``
+holds the little-endian bytes of the cell indices of block ``b``, then of their values, each
+padded with zeros to the longest block of the piece; each event's first and end cell in its
+block are
+two uint32 in ``packed``. A block is one read whatever rows of it are wanted, and a piece is as
+many files as when the RMM was stored dense.
+
+Packing the small columns makes a row range of a piece one read instead of fifteen, and a
 piece a few files per 1024 events instead of fifteen: the mix pass reads many short row
 ranges, and on an object store every read and every write is a request. Stored as rows of
 bytes along the event axis, each byte of each field sits next to the same byte of the
 neighbouring events, which is what compressors like. ``schema`` (column -> dtype, shape after
-the event axis) and ``layout`` (column -> [array, null] for an array of its own, or
-["packed", first byte, dtype, shape after the event axis]) let readers unpack without looking
-at the arrays; :func:`read_piece` returns the columns by name.
+the event axis) and ``layout`` (column -> [array, null] for an array of its own,
+["packed", first byte, dtype, shape after the event axis], or ["sparse", first byte of its
+positions in packed, dtype, shape after the event axis, events per block, cell index dtype])
+let readers unpack
+without looking at the arrays; :func:`read_piece` returns every column dense, by name.
 
 A *piece* holds the selected events of one input chunk, keyed by
 ``(fileuuid, entrystart, entrystop)``: a retried or re-run chunk overwrites its own piece
@@ -92,20 +104,58 @@ def init_staging(url: str, channels: Iterable[str], attrs: Mapping[str, Any]) ->
 
 
 _PACKED = "packed"
+_SPARSE = "sparse"
 
 #: Columns of at most this many bytes per event go into the packed array.
 _PACKED_MAX_BYTES = 64
 
 
-def _pack(columns: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+def _is_sparse(values: Any) -> bool:
+    return hasattr(values, "indptr")  # a scipy.sparse CSR matrix or array, without importing scipy
+
+
+def _n_rows(values: Any) -> int:
+    return int(values.shape[0])
+
+
+def _blocked(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR column as one row of bytes per block (cell indices, then values), and each
+    event's (first, end) cell in its block."""
+    n, width_f = values.shape
+    indptr = np.asarray(values.indptr, dtype=np.int64)
+    starts = np.arange(0, n, ROWS_PER_CHUNK)
+    first = indptr[starts]
+    length = indptr[np.minimum(starts + ROWS_PER_CHUNK, n)] - first
+    width = max(int(length.max(initial=0)), 1)  # a Zarr chunk cannot be 0 wide
+    block_first = np.repeat(first, np.minimum(ROWS_PER_CHUNK, n - starts))
+    bounds = np.stack([indptr[:-1] - block_first, indptr[1:] - block_first], axis=1).astype(np.uint32)
+    at = np.repeat(np.arange(len(starts)) * width - first, length) + np.arange(indptr[-1])
+    cells = np.zeros((len(starts), width), dtype=_cell_dtype(width_f))
+    data = np.zeros((len(starts), width), dtype=values.dtype.newbyteorder("<"))
+    cells.reshape(-1)[at] = values.indices[indptr[0]:indptr[-1]]
+    data.reshape(-1)[at] = values.data[indptr[0]:indptr[-1]]
+    return np.concatenate([cells.view(np.uint8), data.view(np.uint8)], axis=1), bounds
+
+
+def _cell_dtype(n_cells: int) -> np.dtype:
+    return np.dtype("<u2" if n_cells <= 1 << 16 else "<u4")
+
+
+def _pack(columns: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """The arrays to store and the layout (see the module docstring)."""
     arrays: dict[str, np.ndarray] = {}
     layout: dict[str, list] = {}
     small: list[tuple[str, np.ndarray, int]] = []
+    sparse: dict[str, Any] = {}
     for name, values in columns.items():
-        if name == _PACKED:
-            msg = f"a staging column may not be called {_PACKED!r}"
+        if name == _PACKED or "." in name:
+            msg = f"a staging column may not be called {_PACKED!r} or contain '.' (got {name!r})"
             raise ValueError(msg)
+        if _is_sparse(values):
+            arrays[name], bounds = _blocked(values)
+            small.append((name, bounds, bounds.itemsize * 2))
+            sparse[name] = values
+            continue
         values = np.asarray(values)
         width = values.dtype.itemsize * int(np.prod(values.shape[1:], dtype=np.int64))
         if width > _PACKED_MAX_BYTES:
@@ -123,6 +173,9 @@ def _pack(columns: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dic
             layout[name] = [_PACKED, first, little.dtype.str, list(values.shape[1:])]
             first += width
         arrays[_PACKED] = packed
+    for name, values in sparse.items():
+        layout[name] = [_SPARSE, layout[name][1], values.dtype.newbyteorder("<").str, list(values.shape[1:]),
+                        ROWS_PER_CHUNK, _cell_dtype(values.shape[1]).str]
     return arrays, layout
 
 
@@ -130,17 +183,22 @@ def write_piece(
     url: str,
     channel: str,
     key: str,
-    columns: Mapping[str, np.ndarray],
+    columns: Mapping[str, Any],
     attrs: Mapping[str, Any],
     compressor: CompressorConfig,
 ) -> None:
-    """Write one piece (every column, then the ``complete`` marker), replacing any old copy."""
+    """Write one piece (every column, then the ``complete`` marker), replacing any old copy.
+
+    ``columns`` are arrays with events along the first axis; a ``scipy.sparse`` CSR matrix
+    (the RMM of :func:`megaset.pipeline.rmm.build_rmm` with ``sparse=True``) is stored sparse
+    and read back dense.
+    """
     from zarr.core.sync import sync
 
     sync(_write_piece(f"{url.rstrip('/')}/{channel}/{key}", columns, attrs, compressor))
 
 
-async def _write_piece(url: str, columns: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
+async def _write_piece(url: str, columns: Mapping[str, Any], attrs: Mapping[str, Any],
                        compressor: CompressorConfig) -> None:
     # The piece is built in memory and then stored with concurrent writes. Built
     # in place, zarr's existence checks and metadata writes (some twenty store calls, each a
@@ -154,11 +212,17 @@ async def _write_piece(url: str, columns: Mapping[str, np.ndarray], attrs: Mappi
     built: dict[str, Any] = {}
     group = await za.open_group(store=MemoryStore(built), mode="w", zarr_format=3)
     codecs = compressors(compressor)
+    columns = {name: v if _is_sparse(v) else np.asarray(v) for name, v in columns.items()}
     arrays, layout = _pack(columns)
-    n_rows = int(len(next(iter(columns.values()))))
+    n_rows = _n_rows(next(iter(columns.values())))
 
     async def build(name: str, values: np.ndarray) -> None:
-        chunks = (values.shape[0], ROWS_PER_CHUNK) if name == _PACKED else (ROWS_PER_CHUNK, *values.shape[1:])
+        if name == _PACKED:
+            chunks = (values.shape[0], ROWS_PER_CHUNK)
+        elif layout[name][0] == _SPARSE:
+            chunks = (1, values.shape[1])  # one block per chunk
+        else:
+            chunks = (ROWS_PER_CHUNK, *values.shape[1:])
         # Not sharded, although one shard per array would make a piece a handful of files and
         # its write 1.2x faster: every read of the mix, one block at a time, would then read
         # the shard's index first, and the mix ran at 0.49x a plain copy instead of 0.72x.
@@ -170,7 +234,7 @@ async def _write_piece(url: str, columns: Mapping[str, np.ndarray], attrs: Mappi
             await array.setitem(..., values)
 
     await asyncio.gather(*(build(name, values) for name, values in arrays.items()))
-    schema = {name: [np.asarray(v).dtype.name, list(np.shape(v)[1:])] for name, v in columns.items()}
+    schema = {name: [np.dtype(v.dtype).name, list(v.shape[1:])] for name, v in columns.items()}
     await group.update_attributes({**attrs, "n_rows": n_rows, "rows_per_chunk": ROWS_PER_CHUNK, "schema": schema,
                                    "layout": layout, "complete": True})
     # Replace any old copy with an unfinished group, store the arrays, and write the group's
@@ -217,6 +281,15 @@ def piece_schema(attrs: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ..
     return {name: (dtype, tuple(tail)) for name, (dtype, tail) in attrs["schema"].items()}
 
 
+def _block_rows(rows: slice) -> slice:
+    """The blocks of a sparse column that hold ``rows``."""
+    if rows.step not in (None, 1) or (rows.start or 0) < 0 or (rows.stop is not None and rows.stop < 0):
+        msg = f"staging pieces are read by rows with non-negative bounds and step 1, not {rows}"
+        raise ValueError(msg)
+    start = rows.start or 0
+    return slice(start // ROWS_PER_CHUNK, None if rows.stop is None else -(-rows.stop // ROWS_PER_CHUNK))
+
+
 def piece_selections(layout: Mapping[str, list], columns: Iterable[str], rows: slice,
                      where: str = "staging piece") -> dict[str, tuple[slice, ...]]:
     """Stored array -> Zarr selection, to read ``rows`` of ``columns`` of a piece (``where``)
@@ -225,22 +298,62 @@ def piece_selections(layout: Mapping[str, list], columns: Iterable[str], rows: s
     if missing:
         msg = f"{where} has no columns {missing}; its columns are: {', '.join(sorted(layout))}"
         raise StoreKeyError(msg)
-    arrays = dict.fromkeys(layout[c][0] for c in columns)
-    return {a: (slice(None), rows) if a == _PACKED else (rows,) for a in arrays}
+    out: dict[str, tuple[slice, ...]] = {}
+    for name in columns:
+        kind = layout[name][0]
+        if kind == _SPARSE:
+            out[_PACKED] = (slice(None), rows)
+            out[name] = (_block_rows(rows), slice(None))
+        elif kind == _PACKED:
+            out[_PACKED] = (slice(None), rows)
+        else:
+            out[kind] = (rows,)
+    return out
 
 
-def unpack(layout: Mapping[str, list], blocks: Mapping[str, np.ndarray], columns: Iterable[str]) -> dict[str, np.ndarray]:
-    """The columns, by name, from the stored arrays read with :func:`piece_selections`."""
+def _packed(entry: list, packed: np.ndarray) -> np.ndarray:
+    """One column's values from the packed bytes (a layout entry ["packed", first byte, dtype,
+    shape after the event axis, ...])."""
+    first, dtype, tail = entry[1], np.dtype(entry[2]), tuple(entry[3])
+    width = dtype.itemsize * int(np.prod(tail, dtype=np.int64))
+    raw = np.ascontiguousarray(packed[first:first + width].T)
+    return raw.view(dtype).reshape(len(raw), *tail).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _dense(entry: list, bounds: np.ndarray, blocks: np.ndarray, start: int) -> np.ndarray:
+    """The dense rows of a sparse column, from its blocks read from row ``start`` on."""
+    from scipy.sparse import csr_array
+
+    value_dtype, rows_per_block, cell_dtype = np.dtype(entry[2]), entry[4], np.dtype(entry[5])
+    width = blocks.shape[1] // (cell_dtype.itemsize + value_dtype.itemsize)
+    split = width * cell_dtype.itemsize
+    cells = np.ascontiguousarray(blocks[:, :split]).view(cell_dtype)
+    data = np.ascontiguousarray(blocks[:, split:]).view(value_dtype)
+    block = (start + np.arange(len(bounds))) // rows_per_block - start // rows_per_block
+    first = block * width + bounds[:, 0].astype(np.int64)
+    length = bounds[:, 1].astype(np.int64) - bounds[:, 0]
+    indptr = np.zeros(len(bounds) + 1, dtype=np.int64)
+    np.cumsum(length, out=indptr[1:])
+    at = np.repeat(first - indptr[:-1], length) + np.arange(indptr[-1])
+    shape = (len(bounds), int(np.prod(entry[3], dtype=np.int64)))
+    dense = csr_array((data.reshape(-1)[at], cells.reshape(-1)[at], indptr), shape=shape).toarray()
+    return dense.reshape(len(bounds), *entry[3]).astype(value_dtype.newbyteorder("="), copy=False)
+
+
+def unpack(layout: Mapping[str, list], blocks: Mapping[str, np.ndarray], columns: Iterable[str],
+           start: int = 0) -> dict[str, np.ndarray]:
+    """The columns, by name and dense, from the stored arrays read with :func:`piece_selections`
+    for rows from ``start`` on."""
     out = {}
     for name in columns:
-        array, first, *packed = layout[name]
-        if first is None:
-            out[name] = blocks[array]
-            continue
-        dtype, tail = np.dtype(packed[0]), tuple(packed[1])
-        width = dtype.itemsize * int(np.prod(tail, dtype=np.int64))
-        raw = np.ascontiguousarray(blocks[array][first:first + width].T)
-        out[name] = raw.view(dtype).reshape(len(raw), *tail).astype(dtype.newbyteorder("="), copy=False)
+        entry = layout[name]
+        if entry[0] == _SPARSE:
+            bounds = _packed([_PACKED, entry[1], "<u4", [2]], blocks[_PACKED])
+            out[name] = _dense(entry, bounds, blocks[name], start)
+        elif entry[0] == _PACKED:
+            out[name] = _packed(entry, blocks[_PACKED])
+        else:
+            out[name] = blocks[entry[0]]
     return out
 
 
@@ -257,7 +370,7 @@ def read_piece(
     names = list(columns) if columns is not None else sorted(layout)
     where = f"staging piece {url.rstrip('/')}/{channel}/{key}"
     blocks = {a: group[a][sel] for a, sel in piece_selections(layout, names, rows, where).items()}
-    return unpack(layout, blocks, names)
+    return unpack(layout, blocks, names, start=rows.start or 0)
 
 
 def finish_staging(url: str, attrs: Mapping[str, Any]) -> None:

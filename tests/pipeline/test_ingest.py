@@ -102,6 +102,25 @@ def test_staged_rows_match_a_direct_recomputation(reference, sample):
     assert zmm["rmm"][0, 0] == pytest.approx(float(arrays["met_Et"][0]))
 
 
+def test_staged_rmm_equals_the_dense_rmm_of_the_same_events(reference, sample):
+    """The pieces store the RMM sparse; read back, it is the dense matrix of each selected event."""
+    from megaset.pipeline.rmm import build_rmm
+    from megaset.pipeline.schema import read_events
+    from megaset.pipeline.selection import select
+
+    cfg, _, data = reference
+    path = str(sample / "ttbar" / "ttbar_1.root")
+    index = next(f["index"] for f in staging_attrs(cfg.store.staging)["files"] if f["path"] == path)
+    mine = np.flatnonzero(data["ttbar"]["event_id"][:, 2] == index)
+    mine = mine[np.argsort(data["ttbar"]["event_id"][mine, 3])]
+    with uproot.open(path) as f:
+        arrays = f["mini"].arrays(cfg.schema.branches(), how=dict)
+    sel = select(read_events(arrays, cfg.schema, path), cfg.selection, path)
+    expected = build_rmm([sel.objects[o.source] for o in cfg.rmm.objects], sel.aux["met"], sel.aux["met_phi"], cfg.rmm)
+    np.testing.assert_array_equal(data["ttbar"]["event_id"][mine, 3], sel.entry)
+    np.testing.assert_array_equal(data["ttbar"]["rmm"][mine], expected)
+
+
 @pytest.mark.slow
 def test_two_worker_processes_equal_single_process(reference, sample, tmp_path, cluster_client):
     _, _, expected = reference

@@ -71,3 +71,51 @@ def test_small_columns_of_any_dtype_and_byte_order_read_back(tmp_path):
 def test_packed_is_not_a_column_name(tmp_path):
     with pytest.raises(ValueError, match="may not be called 'packed'"):
         write_piece(str(tmp_path / "s.zarr"), "c", "k", {"packed": np.zeros(3)}, {}, CompressorConfig())
+
+
+def _sparse_rmm(n: int, width: int = 49):
+    """CSR rows with a varying number of cells (none for some events), unsorted, some explicit zeros."""
+    from scipy.sparse import csr_array
+
+    rng = np.random.default_rng(11)
+    counts = rng.integers(0, 9, size=n)
+    cells = np.concatenate([np.zeros(0, np.int64)] + [rng.choice(width, size=k, replace=False) for k in counts])
+    values = rng.normal(size=counts.sum()).astype(np.float32)
+    values[::7] = 0.0
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return csr_array((values, cells.astype(np.int32), indptr), shape=(n, width))
+
+
+@pytest.mark.parametrize("rows", [slice(None), slice(0, ROWS_PER_CHUNK), slice(ROWS_PER_CHUNK - 5, 2 * ROWS_PER_CHUNK + 7),
+                                  slice(2 * ROWS_PER_CHUNK + 1, None), slice(3, 3)])
+def test_sparse_column_is_stored_sparse_and_reads_back_dense(tmp_path, rows):
+    import zarr
+
+    n = 2 * ROWS_PER_CHUNK + 300
+    rmm = _sparse_rmm(n)
+    columns = {"rmm": rmm, "weight": np.arange(n, dtype=np.float32)}
+    url = str(tmp_path / "staging.zarr")
+    write_piece(url, "c", "k", columns, {}, CompressorConfig())
+
+    stored = zarr.open_group(f"{url}/c/k", mode="r")
+    assert sorted(name for name, _ in stored.arrays()) == ["packed", "rmm"]
+    assert stored["rmm"].shape[0] == 3  # one row per block of events
+    assert stored["rmm"].nbytes < rmm.nnz * 8  # a dense copy would be 49 * 4 bytes per event
+    assert stored.attrs["schema"]["rmm"] == ["float32", [49]]
+    got = read_piece(url, "c", "k", rows=rows)
+    assert got["rmm"].dtype == np.float32
+    np.testing.assert_array_equal(got["rmm"], rmm.toarray()[rows])
+    np.testing.assert_array_equal(got["weight"], columns["weight"][rows])
+
+
+def test_empty_sparse_column_reads_as_no_rows(tmp_path):
+    url = str(tmp_path / "staging.zarr")
+    write_piece(url, "c", "k", {"rmm": _sparse_rmm(0), "weight": np.zeros(0, np.float32)}, {}, CompressorConfig())
+    assert read_piece(url, "c", "k")["rmm"].shape == (0, 49)
+
+
+def test_rows_read_backwards_are_refused(tmp_path):
+    url = str(tmp_path / "staging.zarr")
+    write_piece(url, "c", "k", {"rmm": _sparse_rmm(10), "weight": np.zeros(10, np.float32)}, {}, CompressorConfig())
+    with pytest.raises(ValueError, match="step 1"):
+        read_piece(url, "c", "k", rows=slice(None, None, -1))
