@@ -16,11 +16,10 @@ A column given as a ``scipy.sparse`` matrix is stored sparse: a 2-lepton event r
 and the compressor, once when written and once when the mix reads it. Row ``b`` of ``rmm``
 holds the little-endian bytes of the cell indices of block ``b``, then of their values, each
 padded with zeros to the longest block of the piece; each event's first and end cell in its
-block are
-two uint32 in ``packed``. A block is one read whatever rows of it are wanted, and a piece is as
-many files as when the RMM was stored dense.
+block are two uint32 in ``packed``. A block is one read whatever rows of it are wanted, and a
+piece is as many files as when the RMM was stored dense.
 
-Packing the small columns makes a row range of a piece one read instead of fifteen, and a
+Packing the small columns makes a row range of a piece two reads instead of fifteen, and a
 piece a few files per 1024 events instead of fifteen: the mix pass reads many short row
 ranges, and on an object store every read and every write is a request. Stored as rows of
 bytes along the event axis, each byte of each field sits next to the same byte of the
@@ -28,8 +27,8 @@ neighbouring events, which is what compressors like. ``schema`` (column -> dtype
 the event axis) and ``layout`` (column -> [array, null] for an array of its own,
 ["packed", first byte, dtype, shape after the event axis], or ["sparse", first byte of its
 positions in packed, dtype, shape after the event axis, events per block, cell index dtype])
-let readers unpack
-without looking at the arrays; :func:`read_piece` returns every column dense, by name.
+let readers unpack without looking at the arrays; :func:`read_piece` returns every column
+dense, by name.
 
 A *piece* holds the selected events of one input chunk, keyed by
 ``(fileuuid, entrystart, entrystop)``: a retried or re-run chunk overwrites its own piece
