@@ -1,9 +1,10 @@
 """Ingest throughput, side by side in one run on the same simulated files.
 
 (a) uproot reading the branches the schema needs, nothing else;
-(b) the RMM kernel alone, on the selected events of the same files, already in memory;
+(b) the RMM kernel alone, on the selected events of the same files, already in memory, in
+    the sparse form the ingest stores and as dense rows;
 (c) the whole ingest (coffea processor on a Dask LocalCluster: read, select, RMM, staging write);
-(d) the staging write alone, for each candidate codec, on the same RMM rows.
+(d) the staging write alone, for each candidate codec, on the same RMM rows, sparse and dense.
 (a) and (c) use the same number of worker processes, so their ratio is like for like.
 
     python benchmarks/ingest.py --events 2000000 --workers 2
@@ -108,13 +109,16 @@ def main() -> None:
     ev = read_events(arrays, cfg.schema, sample)
     sel = select(ev, cfg.selection, sample)
     objects = [sel.objects[o.source] for o in cfg.rmm.objects]
-    build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm)  # compile
-    reps = 5
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm)
-    t_kernel = (time.perf_counter() - t0) / reps
-    n_sel = len(rmm)
+    kernel: dict[str, float] = {}
+    forms: dict[str, Any] = {}
+    for form, sparse in (("sparse", True), ("dense", False)):
+        build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm, sparse=sparse)  # compile
+        kernel[form] = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            forms[form] = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm, sparse=sparse)
+            kernel[form] = min(kernel[form], time.perf_counter() - t0)
+    n_sel = forms["dense"].shape[0]
 
     print()
     print(f"{'measurement':<46}{'events/s':>14}{'ratio':>10}")
@@ -125,22 +129,24 @@ def main() -> None:
           f"{ingest_rate / read_rate:>10.2f}")
     print(f"    of which checking the files (open, branches, checksum): {summary.seconds_inspect:.1f} s "
           f"of {t_ingest:.1f} s")
-    print(f"{'(b) RMM kernel alone, 1 core (selected events)':<46}{n_sel / t_kernel:>14,.0f}")
+    for form, seconds in kernel.items():
+        print(f"{'(b) RMM kernel alone, 1 core, ' + form + ' rows':<46}{n_sel / seconds:>14,.0f}")
     print(f"selected fraction: {summary.n_selected / summary.n_read:.3f}; "
           f"per-worker ingest: {ingest_rate / args.workers:,.0f} input events/s")
 
-    print("\n(d) staging write of the same RMM rows + aux, 1 core:")
-    print(f"{'codec':<16}{'MB/s (raw)':>12}{'ratio':>8}{'events/s':>12}")
-    columns = {"rmm": rmm, "weight": sel.weight.astype(np.float32)}
-    raw = sum(v.nbytes for v in columns.values())
-    for codec, level in (("none", 0), ("blosc-lz4", 5), ("zstd", 1), ("blosc-zstd", 1)):
-        target = work / f"codec-{codec}.zarr"
-        shutil.rmtree(target, ignore_errors=True)
-        t0 = time.perf_counter()
-        write_piece(str(target), "c", "p", columns, {}, CompressorConfig(codec=codec, level=level))
-        dt = time.perf_counter() - t0
-        stored = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-        print(f"{codec:<16}{raw / dt / 1e6:>12,.0f}{raw / stored:>8.2f}{n_sel / dt:>12,.0f}")
+    print("\n(d) staging write of the same RMM rows + weights, 1 core (MB/s of the dense rows):")
+    print(f"{'rows':<8}{'codec':<14}{'MB/s':>10}{'ratio':>8}{'events/s':>12}")
+    raw = forms["dense"].nbytes + sel.weight.astype(np.float32).nbytes
+    for form, rmm in forms.items():
+        columns = {"rmm": rmm, "weight": sel.weight.astype(np.float32)}
+        for codec, level in (("none", 0), ("blosc-lz4", 5), ("zstd", 1), ("blosc-zstd", 1)):
+            target = work / f"codec-{codec}.zarr"
+            shutil.rmtree(target, ignore_errors=True)
+            t0 = time.perf_counter()
+            write_piece(str(target), "c", "p", columns, {}, CompressorConfig(codec=codec, level=level))
+            dt = time.perf_counter() - t0
+            stored = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+            print(f"{form:<8}{codec:<14}{raw / dt / 1e6:>10,.0f}{raw / stored:>8.1f}{n_sel / dt:>12,.0f}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -50,7 +50,8 @@ def build_staging(url: str, events: int, signal_events: int, piece_events: int, 
             index, path = len(files), f"sim/{c['name']}_{first}.root"
             branches = generate(c["name"], n, seed=index, first_event=first)
             sel = select(read_events(branches, cfg.schema, path), cfg.selection, path)
-            rmm = build_rmm([sel.objects[o.source] for o in cfg.rmm.objects], sel.aux["met"], sel.aux["met_phi"], cfg.rmm)
+            rmm = build_rmm([sel.objects[o.source] for o in cfg.rmm.objects], sel.aux["met"], sel.aux["met_phi"], cfg.rmm,
+                            sparse=True)  # as the ingest stages it
             write_piece(url, c["name"], piece_key(f"f{index:05d}", 0, n), piece_columns(sel, rmm, c["id"], index, 1.0),
                         {"filename": path, "file_index": index, "n_read": n,
                          "cutflow": [[step, int(raw), float(w)] for step, raw, w in sel.cutflow]},
