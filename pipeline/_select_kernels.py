@@ -34,8 +34,8 @@ def kernels() -> SimpleNamespace:
     )
 
 
-def _running_sums(offsets, values, mask):
-    """Sum of ``values`` under ``mask`` in each event, as the difference of a running float64 sum.
+def _running_sums(offsets, values):
+    """Sum of ``values`` in each event, as the difference of a running float64 sum.
 
     Non-finite values count as 0 so that they do not spoil the running sum of later events.
     """
@@ -45,10 +45,9 @@ def _running_sums(offsets, values, mask):
     for i in range(n):
         start = acc
         for j in range(offsets[i], offsets[i + 1]):
-            if mask[j]:
-                v = np.float64(values[j])
-                if np.isfinite(v):
-                    acc += v
+            v = np.float64(values[j])
+            if np.isfinite(v):
+                acc += v
         out[i] = acc - start
     return out
 
@@ -122,25 +121,20 @@ def _leading_masses(po1, i1, pt1, mass1, trig1, po2, i2, pt2, mass2, trig2):
     return masses[0], masses[1]
 
 
-def _kept_objects(offsets, objects, events):
-    """Indices of the objects under ``objects`` in the events under ``events``, and their counts per kept event."""
-    n = len(offsets) - 1
-    n_kept_events = 0
+def _kept_objects(offsets, objects, rows):
+    """Indices of the objects under ``objects`` in the events ``rows`` (in that order), and their
+    counts per event of ``rows``. Only those events are visited: most of a chunk is rejected."""
     room = 0
-    for i in range(n):
-        if events[i]:
-            n_kept_events += 1
-            room += offsets[i + 1] - offsets[i]
-    counts = np.zeros(n_kept_events, dtype=np.int64)
+    for i in rows:
+        room += offsets[i + 1] - offsets[i]
+    counts = np.zeros(len(rows), dtype=np.int64)
     index = np.empty(room, dtype=np.int64)
-    e = 0
     k = 0
-    for i in range(n):
-        if events[i]:
-            first = k
-            for j in range(offsets[i], offsets[i + 1]):
-                index[k] = j
-                k += objects[j]  # no branch: a rejected object is overwritten by the next
-            counts[e] = k - first
-            e += 1
+    for e in range(len(rows)):
+        i = rows[e]
+        first = k
+        for j in range(offsets[i], offsets[i + 1]):
+            index[k] = j
+            k += objects[j]  # no branch: a rejected object is overwritten by the next
+        counts[e] = k - first
     return counts, index[:k]

@@ -3,7 +3,7 @@
 Everything works on the flat buffers of :class:`~megaset.pipeline.objects.Jagged`: per-object
 masks and per-event counts from cumulative sums at the offsets with numpy; the leading-lepton
 masses, HT and the objects of the selected events with compiled loops over the offsets
-(``_select_kernels``), which pass over a rejected event at little cost.
+(``_select_kernels``) that visit only the events that need them: most of a chunk is rejected.
 """
 
 from __future__ import annotations
@@ -127,25 +127,30 @@ def _picked_offsets(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return kept[offsets]
 
 
-def _leading_masses(leptons: list[tuple[Jagged, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Invariant masses of the two and of the three leading leptons (by pT) of each event.
+def _leading_masses(leptons: list[tuple[Jagged, np.ndarray]], rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Invariant masses of the two and of the three leading leptons (by pT) of each of ``n``
+    events, computed for the events ``rows`` only (the others, and events with fewer leptons,
+    get 0).
 
-    ``leptons`` holds (collection, mask, offsets from :func:`_picked_offsets`) of each lepton
-    source. Events with fewer leptons get 0.
+    ``leptons`` holds (collection, mask) of each lepton source.
     """
     picked = []
-    for coll, mask, offsets in leptons:
-        i = np.flatnonzero(mask)
+    for coll, mask in leptons:
+        counts, i = kernels().kept_objects(coll.offsets, mask, rows)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
         phi, eta = (coll[c][i].astype(np.float64) for c in ("phi", "eta"))
         # numpy's transcendental functions rather than compiled ones: the same values as the
         # rest of the pipeline on every CPU
         picked += [offsets, i, coll["pt"], coll["mass"], np.stack([np.cos(phi), np.sin(phi), np.sinh(eta)], axis=1)]
-    return kernels().leading_masses(*picked)
+    masses = np.zeros((2, n), dtype=np.float64)
+    masses[:, rows] = kernels().leading_masses(*picked)
+    return masses[0], masses[1]
 
 
-def _take(coll: Jagged, objects: np.ndarray, events: np.ndarray) -> Jagged:
-    """The objects under the mask ``objects`` in the events under the mask ``events``."""
-    counts, index = kernels().kept_objects(coll.offsets, objects, events)
+def _take(coll: Jagged, objects: np.ndarray, rows: np.ndarray) -> Jagged:
+    """The objects under the mask ``objects`` in the events ``rows``."""
+    counts, index = kernels().kept_objects(coll.offsets, objects, rows)
     return Jagged.from_counts(counts, {name: values[index] for name, values in coll.columns.items()})
 
 
@@ -194,11 +199,8 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
     trigger_pt = cfg.trigger_pt_2lep if cfg.mode == "2lep" else cfg.trigger_pt_3lep
     n_trig = sum(np.diff(_picked_offsets(coll.offsets, mask & (coll["pt"] > trigger_pt))) for coll, mask in leptons)
     # Only events with two leptons have a mass: the others (most W+jets and ttbar events)
-    # are left out of the trigonometry and get 0 as before.
-    pairs = n_lep >= 2
-    paired = [mask & np.repeat(pairs, coll.counts()) for coll, mask in leptons]
-    m_ll, m_lll = _leading_masses([(coll, mask, _picked_offsets(coll.offsets, mask))
-                                   for (coll, _), mask in zip(leptons, paired, strict=True)])
+    # are left out of the trigonometry and get 0.
+    m_ll, m_lll = _leading_masses(leptons, np.flatnonzero(n_lep >= 2), n)
     if cfg.mode == "2lep":
         cuts = [n_lep >= 2, m_ll > cfg.mll_min, n_trig >= 2]
     else:
@@ -212,18 +214,18 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
         mask = mask & cut
         cutflow.append((name, int(np.count_nonzero(mask)), float(finite_weight[mask].sum())))
 
-    jets, good_jets = colls[sources["jets"][0]], sources["jets"][1]
-    kinematics = {
-        "met": ev.met_et,
-        "met_phi": ev.met_phi,
-        "m_ll": m_ll,
-        "m_lll": m_lll,
-        "ht": kernels().running_sums(jets.offsets, jets["pt"], good_jets),
-    }
     rows = np.flatnonzero(mask)  # a gather of the few selected events beats a boolean mask
-    aux = {name: values[rows].astype(np.float32) for name, values in kinematics.items()}
     # the objects of the selected events only: their counts are the selected events' counts
-    objects = {name: _take(colls[c], obj, mask) for name, (c, obj) in sources.items()}
+    objects = {name: _take(colls[c], obj, rows) for name, (c, obj) in sources.items()}
+    jets = objects["jets"]
+    kinematics = {
+        "met": ev.met_et[rows],
+        "met_phi": ev.met_phi[rows],
+        "m_ll": m_ll[rows],
+        "m_lll": m_lll[rows],
+        "ht": kernels().running_sums(jets.offsets, jets["pt"]),
+    }
+    aux = {name: values.astype(np.float32) for name, values in kinematics.items()}
     aux |= {f"n_{name}": jag.counts().astype(np.int16) for name, jag in objects.items()}
     return Selection(
         mask=mask,
