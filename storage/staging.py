@@ -110,16 +110,13 @@ _PACKED_MAX_BYTES = 64
 
 
 def _is_sparse(values: Any) -> bool:
-    return hasattr(values, "indptr")  # a scipy.sparse CSR matrix or array, without importing scipy
-
-
-def _n_rows(values: Any) -> int:
-    return int(values.shape[0])
+    return hasattr(values, "tocsr")  # a scipy.sparse matrix or array, without importing scipy
 
 
 def _blocked(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """A CSR column as one row of bytes per block (cell indices, then values), and each
     event's (first, end) cell in its block."""
+    values = values.tocsr()
     n, width_f = values.shape
     indptr = np.asarray(values.indptr, dtype=np.int64)
     starts = np.arange(0, n, ROWS_PER_CHUNK)
@@ -213,7 +210,7 @@ async def _write_piece(url: str, columns: Mapping[str, Any], attrs: Mapping[str,
     codecs = compressors(compressor)
     columns = {name: v if _is_sparse(v) else np.asarray(v) for name, v in columns.items()}
     arrays, layout = _pack(columns)
-    n_rows = _n_rows(next(iter(columns.values())))
+    n_rows = int(next(iter(columns.values())).shape[0])
 
     async def build(name: str, values: np.ndarray) -> None:
         if name == _PACKED:

@@ -108,6 +108,13 @@ def test_sparse_column_is_stored_sparse_and_reads_back_dense(tmp_path, rows):
     np.testing.assert_array_equal(got["weight"], columns["weight"][rows])
 
 
+def test_a_sparse_column_in_another_format_is_stored_as_its_rows(tmp_path):
+    url = str(tmp_path / "staging.zarr")
+    rmm = _sparse_rmm(ROWS_PER_CHUNK + 9)
+    write_piece(url, "c", "k", {"rmm": rmm.tocsc(), "weight": np.zeros(rmm.shape[0], np.float32)}, {}, CompressorConfig())
+    np.testing.assert_array_equal(read_piece(url, "c", "k")["rmm"], rmm.toarray())
+
+
 def test_empty_sparse_column_reads_as_no_rows(tmp_path):
     url = str(tmp_path / "staging.zarr")
     write_piece(url, "c", "k", {"rmm": _sparse_rmm(0), "weight": np.zeros(0, np.float32)}, {}, CompressorConfig())
