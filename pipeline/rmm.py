@@ -111,8 +111,8 @@ def build_rmm(
     numpy.ndarray or scipy.sparse.csr_array
         ``float32`` of shape ``(n_events, cfg.size ** 2)``: each event's matrix, row-major,
         cells named by :func:`feature_names`. Computed in float64. The sparse form may hold
-        explicit zeros (m_T with no MET, a pair of massless collinear objects) and its cells are in the
-        kernel's order, not sorted.
+        explicit zeros (m_T with no MET, a pair of massless collinear objects) and its cells
+        are in the kernel's order, not sorted.
 
     Raises
     ------
@@ -131,11 +131,11 @@ def build_rmm(
            [ 0., 32.,  0.],
            [ 0.,  0.,  0.]], dtype=float32)
     """
+    from scipy.sparse import csr_array
+
     met_et = np.ascontiguousarray(met_et, dtype=np.float64)
     met_phi = np.ascontiguousarray(met_phi, dtype=np.float64)
     offsets, pt, eta, phi, mass = _flatten(objects, len(met_et), len(met_phi), cfg)
-    from scipy.sparse import csr_array
-
     counts = np.array([o.count for o in cfg.objects], dtype=np.int64)
     present = np.minimum(np.diff(offsets, axis=1), counts[:, None]).sum(axis=0)
     indptr = np.zeros(len(met_et) + 1, dtype=np.int64)
