@@ -70,8 +70,10 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
     out: dict[str, np.ndarray] = {}
     taken = 0
     for (cid, seg), read in zip(segments, reads, strict=True):
-        values = unpack(layout, {name: next(blocks) for name in read}, columns, start=seg.start)
-        if len(values[columns[0]]) != seg.length:
+        # Sparse columns stay sparse until their rows land in the chunk: only the rows taken
+        # are made dense, straight into place.
+        values = unpack(layout, {name: next(blocks) for name in read}, columns, start=seg.start, sparse=True)
+        if values[columns[0]].shape[0] != seg.length:
             msg = (
                 f"staging piece {staging}/{seg.channel}/{seg.piece} ends before row {seg.start + seg.length}: "
                 "the staging area changed since the mix was planned; rerun `megaset mix`"
@@ -81,9 +83,15 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
         where = position[taken:taken + len(rows)]
         taken += len(rows)
         for name in columns:
+            column = values[name]
+            sparse = hasattr(column, "tocoo")  # a scipy.sparse matrix: (events, cells)
             if name not in out:
-                out[name] = np.empty((task.size, *values[name].shape[1:]), dtype=values[name].dtype)
-            out[name][where] = values[name][rows]
+                out[name] = (np.zeros if sparse else np.empty)((task.size, *column.shape[1:]), dtype=column.dtype)
+            if sparse:
+                picked = column[rows].tocoo()
+                out[name][where[picked.row], picked.col] = picked.data
+            else:
+                out[name][where] = column[rows]
     return out
 
 

@@ -316,8 +316,9 @@ def _packed(entry: list, packed: np.ndarray) -> np.ndarray:
     return raw.view(dtype).reshape(len(raw), *tail).astype(dtype.newbyteorder("="), copy=False)
 
 
-def _dense(entry: list, bounds: np.ndarray, blocks: np.ndarray, start: int) -> np.ndarray:
-    """The dense rows of a sparse column, from its blocks read from row ``start`` on."""
+def _rows(entry: list, bounds: np.ndarray, blocks: np.ndarray, start: int):
+    """The rows of a sparse column as a ``scipy.sparse.csr_array`` of the flattened cells, from
+    its blocks read from row ``start`` on."""
     from scipy.sparse import csr_array
 
     value_dtype, rows_per_block, cell_dtype = np.dtype(entry[2]), entry[4], np.dtype(entry[5])
@@ -332,20 +333,22 @@ def _dense(entry: list, bounds: np.ndarray, blocks: np.ndarray, start: int) -> n
     np.cumsum(length, out=indptr[1:])
     at = np.repeat(first - indptr[:-1], length) + np.arange(indptr[-1])
     shape = (len(bounds), int(np.prod(entry[3], dtype=np.int64)))
-    dense = csr_array((data.reshape(-1)[at], cells.reshape(-1)[at], indptr), shape=shape).toarray()
-    return dense.reshape(len(bounds), *entry[3]).astype(value_dtype.newbyteorder("="), copy=False)
+    data = data.reshape(-1)[at].astype(value_dtype.newbyteorder("="), copy=False)
+    return csr_array((data, cells.reshape(-1)[at], indptr), shape=shape)
 
 
 def unpack(layout: Mapping[str, list], blocks: Mapping[str, np.ndarray], columns: Iterable[str],
-           start: int = 0) -> dict[str, np.ndarray]:
-    """The columns, by name and dense, from the stored arrays read with :func:`piece_selections`
-    for rows from ``start`` on."""
+           start: int = 0, *, sparse: bool = False) -> dict[str, Any]:
+    """The columns, by name, from the stored arrays read with :func:`piece_selections` for rows
+    from ``start`` on: dense, or with ``sparse`` a sparse column as its ``scipy.sparse.csr_array``
+    of flattened cells."""
     out = {}
     for name in columns:
         entry = layout[name]
         if entry[0] == _SPARSE:
             bounds = _packed([_PACKED, entry[1], "<u4", [2]], blocks[_PACKED])
-            out[name] = _dense(entry, bounds, blocks[name], start)
+            rows = _rows(entry, bounds, blocks[name], start)
+            out[name] = rows if sparse else rows.toarray().reshape(len(bounds), *entry[3])
         elif entry[0] == _PACKED:
             out[name] = _packed(entry, blocks[_PACKED])
         else:

@@ -45,6 +45,8 @@ def make_staging(url: str, pieces: dict[str, list[int]] = PIECES, *, n_features:
                  skipped: tuple[str, ...] = (), channels: list[dict] = CHANNELS, seed: int = 0,
                  finish: bool = True) -> dict[str, dict[str, np.ndarray]]:
     """Write a staging area; returns every staged column per channel (skipped files included)."""
+    from scipy.sparse import csr_array
+
     rng = np.random.default_rng(seed)
     features = [f"f{i}" for i in range(n_features)]
     init_staging(url, [c["name"] for c in channels], {
@@ -60,7 +62,8 @@ def make_staging(url: str, pieces: dict[str, list[int]] = PIECES, *, n_features:
             files.append({"index": index, "channel": c["name"], "path": path, "size": 1000 + index,
                           "checksum": f"adler32:{index:08x}", "entries": 2 * n})
             cols = piece_columns(rng, n, c["id"], index, 0, n_features)
-            write_piece(url, c["name"], piece_key(f"uuid{index:03d}", 0, 2 * n), cols, {
+            # staged sparse, as the ingest stages the RMM
+            write_piece(url, c["name"], piece_key(f"uuid{index:03d}", 0, 2 * n), {**cols, "rmm": csr_array(cols["rmm"])}, {
                 "filename": path, "file_index": index, "fileuuid": f"uuid{index:03d}", "entrystart": 0,
                 "entrystop": 2 * n, "n_read": 2 * n, "cutflow": [["all", 2 * n, 2.0 * n], ["2lep", n, float(n)]],
             }, CompressorConfig(codec="blosc-lz4", level=5))
