@@ -55,7 +55,7 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
 
     Every block is read whole (it is one staging chunk, decompressed whole anyway).
     """
-    from megaset.storage.staging import piece_selections, unpack
+    from megaset.storage.staging import is_sparse, piece_selections, unpack
 
     segments = [(cid, seg) for cid, segs in zip(task.channel_ids, task.segments, strict=True) for seg in segs]
     pieces = sorted({(seg.channel, seg.piece) for _, seg in segments})
@@ -84,7 +84,7 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
         taken += len(rows)
         for name in columns:
             column = values[name]
-            sparse = hasattr(column, "tocoo")  # a scipy.sparse matrix: (events, cells)
+            sparse = is_sparse(column)  # (events, cells)
             if name not in out:
                 out[name] = (np.zeros if sparse else np.empty)((task.size, *column.shape[1:]), dtype=column.dtype)
             if sparse:

@@ -59,6 +59,7 @@ __all__ = [
     "piece_schema",
     "piece_selections",
     "unpack",
+    "is_sparse",
     "finish_staging",
     "staging_attrs",
 ]
@@ -109,8 +110,10 @@ _SPARSE = "sparse"
 _PACKED_MAX_BYTES = 64
 
 
-def _is_sparse(values: Any) -> bool:
-    return hasattr(values, "tocsr")  # a scipy.sparse matrix or array, without importing scipy
+def is_sparse(values: Any) -> bool:
+    """Whether a column is a ``scipy.sparse`` matrix or array (stored sparse), without
+    importing scipy."""
+    return hasattr(values, "tocsr")
 
 
 def _blocked(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +150,7 @@ def _pack(columns: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, 
         if name == _PACKED or "." in name:
             msg = f"a staging column may not be called {_PACKED!r} or contain '.' (got {name!r})"
             raise ValueError(msg)
-        if _is_sparse(values):
+        if is_sparse(values):
             arrays[name], bounds = _blocked(values)
             small.append((name, bounds, bounds.itemsize * 2))
             sparse[name] = values
@@ -185,9 +188,9 @@ def write_piece(
 ) -> None:
     """Write one piece (every column, then the ``complete`` marker), replacing any old copy.
 
-    ``columns`` are arrays with events along the first axis; a ``scipy.sparse`` CSR matrix
-    (the RMM of :func:`megaset.pipeline.rmm.build_rmm` with ``sparse=True``) is stored sparse
-    and read back dense.
+    ``columns`` are arrays with events along the first axis; a ``scipy.sparse`` matrix of any
+    format (the RMM of :func:`megaset.pipeline.rmm.build_rmm` with ``sparse=True``) is stored
+    sparse, by its rows, and read back dense.
     """
     from zarr.core.sync import sync
 
@@ -208,7 +211,7 @@ async def _write_piece(url: str, columns: Mapping[str, Any], attrs: Mapping[str,
     built: dict[str, Any] = {}
     group = await za.open_group(store=MemoryStore(built), mode="w", zarr_format=3)
     codecs = compressors(compressor)
-    columns = {name: v if _is_sparse(v) else np.asarray(v) for name, v in columns.items()}
+    columns = {name: v if is_sparse(v) else np.asarray(v) for name, v in columns.items()}
     arrays, layout = _pack(columns)
     n_rows = int(next(iter(columns.values())).shape[0])
 
