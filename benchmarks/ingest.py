@@ -136,9 +136,10 @@ def main() -> None:
 
     print("\n(d) staging write of the same RMM rows + weights, 1 core (MB/s of the dense rows):")
     print(f"{'rows':<8}{'codec':<14}{'MB/s':>10}{'ratio':>8}{'events/s':>12}")
-    raw = forms["dense"].nbytes + sel.weight.astype(np.float32).nbytes
+    weight = sel.weight.astype(np.float32)
+    raw = forms["dense"].nbytes + weight.nbytes
     for form, rmm in forms.items():
-        columns = {"rmm": rmm, "weight": sel.weight.astype(np.float32)}
+        columns = {"rmm": rmm, "weight": weight}
         for codec, level in (("none", 0), ("blosc-lz4", 5), ("zstd", 1), ("blosc-zstd", 1)):
             target = work / f"codec-{codec}.zarr"
             shutil.rmtree(target, ignore_errors=True)
