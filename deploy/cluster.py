@@ -149,14 +149,6 @@ def _connect(cfg: ClusterConfig, timeout: float) -> Client:
         raise ConfigError(msg) from None
 
 
-#: Environment of local worker processes, set before they start. Dask sets
-#: MALLOC_TRIM_THRESHOLD_, which makes glibc stop adapting its mmap threshold: every array
-#: above 128 KiB is then a fresh mmap whose pages fault in on first touch, and a chunk of the
-#: ingest took 1.8x longer in a worker than in a plain process (0.30 s against 0.17 s for
-#: 200k events). Arrays below this size come from the heap again, which the trim still returns.
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 256 * 2**20}
-
-
 def _local(cfg: ClusterConfig) -> Any:
     from dask.utils import parse_bytes
     from distributed import LocalCluster
@@ -245,6 +237,8 @@ def open_client(cfg: ClusterConfig, *, timeout: float | None = None) -> Iterator
             yield client
         return
     import dask
+
+    from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 
     # Nannies read it when they start a worker, adaptive ones too: keep it for the cluster's life.
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}

@@ -13,7 +13,7 @@ import shutil
 from typing import Any
 
 from megaset.config import ClusterConfig
-from megaset.deploy.cluster import WORKER_MALLOC_ENV
+from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 
 __all__ = ["htcondor_job_script", "start_htcondor_cluster"]

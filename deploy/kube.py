@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from megaset.config import ClusterConfig
-from megaset.deploy.cluster import WORKER_MALLOC_ENV
+from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 
 __all__ = ["kube_cluster_spec", "start_kube_cluster", "quantity"]
