@@ -13,18 +13,16 @@ others. Rank 0's per-epoch reports reach the driver through a ``distributed.Queu
 
 torchrun::
 
-    torchrun --nproc-per-node 2 -m megaset.training.ddp --config config.yaml [--resume]
+    torchrun --nproc-per-node 2 -m megaset.training --config config.yaml [--resume]
 
-reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (``env://``).
+(:mod:`megaset.training.__main__`) reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT`` (``env://``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
-import json
-import os
 import socket
 import time
 import uuid
@@ -36,7 +34,7 @@ from megaset.errors import ConfigError, TrainingError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["process_group", "choose_backend", "run_on_dask", "main"]
+__all__ = ["process_group", "choose_backend", "run_on_dask"]
 
 #: Seconds between two looks of the driver at the ranks' futures and workers.
 _POLL_S = 0.25
@@ -241,27 +239,3 @@ def _failure_message(futures: list, workers: list[str], dead: list[int], errors:
         "to continue from the last checkpoint"
     )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point under ``torchrun``: train on this rank, rank 0 prints the JSON summary."""
-    from megaset.config import load_config
-    from megaset.training.trainer import train
-
-    parser = argparse.ArgumentParser(prog="python -m megaset.training.ddp", description=main.__doc__)
-    parser.add_argument("--config", default=None, help="YAML configuration (default: the demo's)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-    rank = int(os.environ.get("RANK", 0))
-
-    def show(entry: dict[str, Any]) -> None:
-        print(json.dumps({"progress": entry}), flush=True)
-
-    summary = train(cfg, resume=args.resume, progress=show)
-    if rank == 0:
-        print(json.dumps({"summary": summary}), flush=True)
-
-
-if __name__ == "__main__":
-    main()

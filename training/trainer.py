@@ -6,7 +6,7 @@ One function for every way of running it:
 * ``train(cfg, client)``: DDP ranks as tasks on the workers of a Dask cluster, one per worker
   (``training.ddp.world_size`` limits them);
 * under ``torchrun``: each process calls ``train(cfg)`` and becomes the rank torchrun gave it
-  (``python -m megaset.training.ddp`` does that);
+  (``python -m megaset.training`` does that);
 * ``training.model: pca``: fitted with dask-ml over the chunks of the train group (on the
   client's cluster when one is active), with its scree plot.
 
@@ -106,7 +106,7 @@ def _fit_pca(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[st
     from megaset.training.checkpoint import load_checkpoint, save_checkpoint
     from megaset.training.loader import ChunkDataset
     from megaset.training.loop import check_resumable, checkpoint_payload, evaluate, output_paths, summary
-    from megaset.training.models import resolve_architecture
+    from megaset.training.registry import resolve_architecture
     from megaset.training.pca import fit_pca
     from megaset.training.plots import loss_curve, scree_plot
     from megaset.training.scaling import Scaling
