@@ -128,7 +128,7 @@ def _fit_tensors(cfg, x, w, norm: float, val: list, model=None):
     import torch
 
     from megaset.training.loop import evaluate, train_epoch
-    from megaset.training.models import build_model
+    from megaset.training.registry import build_model
 
     tc = cfg.training
     if model is None:
@@ -154,7 +154,7 @@ def alternate(cfg, torch_threads: int, rounds: int, steps: int | None = None) ->
     from megaset.storage.store import open_store
     from megaset.training.loader import ChunkDataset
     from megaset.training.loop import train_epoch
-    from megaset.training.models import build_model
+    from megaset.training.registry import build_model
     from megaset.training.scaling import Scaling
 
     torch.set_num_threads(torch_threads)
@@ -240,7 +240,7 @@ def _megaset_loop(cfg, folder: Path) -> dict[str, Any]:
     ``fit`` with validation data every epoch, the weights saved."""
     import torch
 
-    from megaset.training.models import build_model
+    from megaset.training.registry import build_model
 
     start = time.perf_counter()
     norm = _norm(cfg)

@@ -109,7 +109,7 @@ def load_model(
     >>> model, scaling, meta = load_model("megaset-demo/models/ae-shallow/best.pt")  # doctest: +SKIP
     >>> errors = model.reconstruction_error(torch.from_numpy(scaling(rmm)))          # doctest: +SKIP
     """
-    from megaset.training.models import build_model
+    from megaset.training.registry import build_model
     from megaset.training.scaling import Scaling
 
     ckpt = load_checkpoint(path, map_location)

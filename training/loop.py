@@ -30,7 +30,8 @@ from megaset.config import Config, TrainingConfig
 from megaset.errors import CheckpointError, ConfigError
 from megaset.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from megaset.training.loader import ChunkDataset
-from megaset.training.models import Autoencoder, build_model, per_event_loss, resolve_architecture
+from megaset.training.models import Autoencoder, per_event_loss
+from megaset.training.registry import build_model, resolve_architecture
 from megaset.training.scaling import Scaling
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import torch
 from megaset.config import ArchitectureConfig
 from megaset.errors import CheckpointError
 from megaset.training.checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
-from megaset.training.models import build_model, resolve_architecture
+from megaset.training.registry import build_model, resolve_architecture
 from megaset.training.scaling import Scaling
 
 

@@ -18,7 +18,8 @@ from megaset.storage.store import open_store
 from megaset.training.checkpoint import load_checkpoint
 from megaset.training.ddp import run_on_dask
 from megaset.training.loader import ChunkDataset
-from megaset.training.models import build_model, per_event_loss, resolve_architecture
+from megaset.training.models import per_event_loss
+from megaset.training.registry import build_model, resolve_architecture
 from megaset.training.scaling import Scaling
 from megaset.training.trainer import train
 
@@ -108,7 +109,7 @@ def test_torchrun_runs_the_same_trainer(tiny_store, cluster_client, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "megaset.training.ddp", "--config", str(tmp_path / "cfg.yaml")],
+         "-m", "megaset.training", "--config", str(tmp_path / "cfg.yaml")],
         capture_output=True, text=True, timeout=240, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]

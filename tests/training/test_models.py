@@ -9,7 +9,8 @@ from torch import nn
 
 from megaset.config import ArchitectureConfig, TrainingConfig
 from megaset.errors import ConfigError
-from megaset.training.models import MODELS, build_model, per_event_loss, resolve_architecture
+from megaset.training.models import per_event_loss
+from megaset.training.registry import MODELS, build_model, resolve_architecture
 
 
 def _dense_layers(model: nn.Module) -> list[tuple[int, str]]:

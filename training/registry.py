@@ -1,0 +1,109 @@
+"""The model registry: every model by name, its resolved architecture, and a fresh instance.
+
+A checkpoint stores a model's name and resolved architecture; :func:`build_model` turns them
+back into a module, so that loading one executes no stored code. The networks live in
+:mod:`megaset.training.models`, the PCA baseline in :mod:`megaset.training.pca`.
+
+>>> from megaset.config import ArchitectureConfig
+>>> resolve_architecture("ae-shallow", 529, ArchitectureConfig())["latent"]
+150
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megaset.config import ArchitectureConfig
+from megaset.errors import ConfigError
+from megaset.training.models import Autoencoder, ConvAE, DenseAE, DenseVAE
+from megaset.training.pca import PCAModel
+
+__all__ = ["MODELS", "build_model", "resolve_architecture"]
+
+#: Thesis defaults per dense model: encoder widths and one activation per dense layer.
+_DENSE = {
+    "ae-shallow": ([], ["tanh", "leaky_relu"]),
+    "ae-deep": (
+        [450, 300, 200],
+        ["tanh", "leaky_relu", "relu", "leaky_relu", "relu", "leaky_relu", "tanh", "leaky_relu"],
+    ),
+    "vae-shallow": ([], ["leaky_relu"]),
+    "vae-deep": ([400, 300, 200], ["tanh", "relu", "leaky_relu", "leaky_relu", "relu", "tanh", "sigmoid"]),
+}
+_THESIS_LATENT = 150
+
+MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca")
+
+
+def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig) -> dict[str, Any]:
+    """The complete architecture of model ``name``: config values, thesis defaults for the rest.
+
+    The result is plain data; it is stored in checkpoints so that a model can be rebuilt
+    without the configuration that trained it.
+
+    >>> resolve_architecture("ae-shallow", 529, ArchitectureConfig())["activations"]
+    ['tanh', 'leaky_relu']
+    """
+    if name not in MODELS:
+        msg = f"unknown model {name!r} (training.model); choose one of {', '.join(MODELS)}"
+        raise ConfigError(msg)
+    arch: dict[str, Any] = {"latent": cfg.latent}
+    if name in _DENSE:
+        hidden, activations = _DENSE[name]
+        hidden = list(cfg.hidden) if cfg.hidden is not None else hidden
+        if cfg.activations is not None:
+            activations = list(cfg.activations)
+        elif cfg.hidden is not None:
+            msg = (
+                "training.architecture.hidden is set but activations is not; give one activation "
+                f"per dense layer of {name!r}"
+            )
+            raise ConfigError(msg)
+        n_layers = 2 * len(hidden) + (1 if name.startswith("vae") else 2)
+        if len(activations) != n_layers:
+            msg = (
+                f"training.architecture.activations has {len(activations)} entries, but {name!r} "
+                f"with hidden={hidden} has {n_layers} dense layers with an activation"
+                + (" (the mean and log-variance heads are linear)" if name.startswith("vae") else "")
+            )
+            raise ConfigError(msg)
+        arch.update(hidden=hidden, activations=activations, leaky_slope=cfg.leaky_slope)
+        arch["latent"] = cfg.latent or _THESIS_LATENT
+        if name.startswith("vae"):
+            arch["kl_weight"] = cfg.kl_weight
+    elif name == "cnn":
+        arch.update(latent=cfg.latent or _THESIS_LATENT, channels=list(cfg.cnn_channels), dense=cfg.cnn_dense)
+    else:
+        arch.update(latent=cfg.latent or n_features, variance=cfg.pca_variance)
+    return arch
+
+
+def build_model(name: str, n_features: int, cfg: ArchitectureConfig | dict[str, Any]) -> Autoencoder:
+    """A freshly initialised model of the registry.
+
+    Parameters
+    ----------
+    name
+        One of :data:`MODELS`.
+    n_features
+        Input size: the number of features of the store (529 for the default 23 x 23 RMM).
+    cfg
+        ``training.architecture`` of the config, or an architecture already resolved by
+        :func:`resolve_architecture` (as stored in a checkpoint).
+
+    Returns
+    -------
+    Autoencoder
+        ``pca`` comes unfitted: :func:`megaset.training.pca.fit_pca` fills it.
+    """
+    arch = resolve_architecture(name, n_features, cfg) if isinstance(cfg, ArchitectureConfig) else cfg
+    if name.startswith("ae"):
+        return DenseAE(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"])
+    if name.startswith("vae"):
+        return DenseVAE(
+            n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"],
+            arch["kl_weight"],
+        )
+    if name == "cnn":
+        return ConvAE(n_features, arch["latent"], arch["channels"], arch["dense"])
+    return PCAModel(n_features, arch["latent"])
