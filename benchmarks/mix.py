@@ -132,18 +132,16 @@ def per_chunk(cfg, work: Path, n_chunks: int = 12) -> tuple[float, float]:
     """(e): median seconds of a train-chunk mix task and of a copy task, alternating, one core."""
     import zarr
 
-    from megaset.storage import mix as mixing
-    from megaset.storage._mix_chunk import build_chunk
     from megaset.storage.codecs import compressors
-    from megaset.storage.plan import make_plan
-    from megaset.storage.staging import list_pieces, staging_attrs
+    from megaset.storage.mix import prepare_mix
+    from megaset.storage.mix_chunk import build_chunk
+    from megaset.storage.staging import list_pieces
 
     staging, url, chunk_len = cfg.store.staging, str(work / "per-chunk.zarr"), cfg.store.chunk_len
     shutil.rmtree(url, ignore_errors=True)
     listing = list_pieces(staging)
-    plan = make_plan(cfg.store, staging_attrs(staging)["channels"], listing)
-    columns, layout = mixing._column_specs(staging, listing)
-    mixing._prepare(url, plan, columns, cfg.store.compressor)
+    job = prepare_mix(cfg.replace(store={"url": url, "staging_url": staging}))
+    plan, columns, kwargs = job.plan, job.columns, job.chunk_kwargs()
     pieces = [(ch, key, int(a["n_rows"])) for ch, ps in listing.items() for key, a in ps if int(a["n_rows"])]
     copy = zarr.create_group(store=str(work / "copy.zarr"), overwrite=True)
     for name, (dtype, tail) in columns.items():
@@ -154,7 +152,7 @@ def per_chunk(cfg, work: Path, n_chunks: int = 12) -> tuple[float, float]:
     n_chunks = min(n_chunks, plan.group("train").n_chunks - 1)
     for k, task in enumerate(plan.tasks("train", range(n_chunks))):
         t0 = time.perf_counter()
-        build_chunk(task, staging=staging, url=url, columns=list(columns), layout=layout)
+        build_chunk(task, **kwargs)
         t_mix.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         _copy_chunk((k * chunk_len, (k + 1) * chunk_len), pieces, staging, str(work / "copy.zarr"), sorted(columns))

@@ -81,7 +81,7 @@ def _pipeline(work: str, events: int, workers: int, chunk_len: int, input_chunk:
     process: its own, whoever started it.
     """
     from megaset.deploy.cluster import open_client
-    from megaset.pipeline.run import STAGES, run
+    from megaset.run import STAGES, run
 
     cfg = pipeline_config(Path(work), events, workers, chunk_len, input_chunk)
     stages: dict[str, dict[str, Any]] = {}
@@ -156,7 +156,8 @@ def _forward(cfg, threads: int, repeat: int) -> dict[str, Any]:
 
     from megaset.storage.store import open_store
     from megaset.training.checkpoint import load_model
-    from megaset.training.score import checkpoint_path, reconstruction_errors, score_column
+    from megaset.storage.scores import score_column
+    from megaset.training.score import checkpoint_path, reconstruction_errors
 
     torch.set_num_threads(threads)
     model, scaling, _ = load_model(checkpoint_path(cfg, cfg.training.model))
@@ -176,7 +177,7 @@ def _forward(cfg, threads: int, repeat: int) -> dict[str, Any]:
 def top_scores_sql(cfg, k: int) -> str:
     """The query: the ``k`` highest scores of the train group above the MET cut."""
     from megaset.storage.query import sql_name
-    from megaset.training.score import score_column
+    from megaset.storage.scores import score_column
 
     score = sql_name(score_column(cfg.training.model))
     return (f"SELECT channel, met, m_ll, {score} FROM train WHERE met > {MET_CUT} "
@@ -197,7 +198,7 @@ def _query_numpy(cfg, k: int, repeat: int) -> dict[str, Any]:
     """The same rows with zarr and numpy: read the four columns whole, cut, sort."""
     import zarr
 
-    from megaset.training.score import score_column
+    from megaset.storage.scores import score_column
 
     def top() -> np.ndarray:
         group = zarr.open_group(cfg.store.url, mode="r")["train"]
@@ -382,9 +383,9 @@ def _input_chunk_for(events: int) -> int:
     """Events in the smallest background channel at ``events``: files and ingest chunks of this
     size are full in every channel of that sample, as they are in the larger one."""
     from megaset.config import SimulateConfig
-    from megaset.pipeline.simulate import _event_counts
+    from megaset.pipeline.simulate import event_counts
 
-    return min(_event_counts(SimulateConfig(events=events, signal_events=0)).values())
+    return min(event_counts(SimulateConfig(events=events, signal_events=0)).values())
 
 
 def _arguments() -> argparse.Namespace:

@@ -34,7 +34,7 @@ import numpy as np
 from megaset.config import RMMConfig
 from megaset.pipeline.objects import Jagged
 
-__all__ = ["feature_names", "build_rmm", "matrix_side"]
+__all__ = ["feature_names", "build_rmm"]
 
 _KINEMATICS = ("pt", "eta", "phi", "mass")
 
@@ -65,18 +65,6 @@ def feature_names(cfg: RMMConfig) -> list[str]:
             else:
                 names.append(f"m_{name_i}_{name_j}")
     return names
-
-
-def matrix_side(n_features: int) -> int | None:
-    """``n`` when ``n_features`` flattened features can be an n x n RMM, else ``None``.
-
-    >>> matrix_side(529), matrix_side(530)
-    (23, None)
-    """
-    import math
-
-    side = math.isqrt(n_features)
-    return side if side * side == n_features else None
 
 
 def build_rmm(

@@ -40,7 +40,7 @@ from megaset.pipeline import _processes as truth
 if TYPE_CHECKING:
     import awkward as ak
 
-__all__ = ["CHANNELS", "ChannelSpec", "simulate", "is_simulated", "demo_inputs", "generate", "write_ntuple"]
+__all__ = ["CHANNELS", "ChannelSpec", "simulate", "is_simulated", "demo_inputs", "generate", "write_ntuple", "event_counts"]
 
 # ---------------------------------------------------------------------------- detector constants
 _M_ELECTRON, _M_MUON = 0.000511, 0.10566
@@ -259,7 +259,7 @@ def _weights(rng: np.random.Generator, channel: str, n: int, n_generated: int, l
     return np.where(negative, -1.0, 1.0).astype(np.float32) * np.float32(nominal * scale)
 
 
-def _event_counts(cfg: SimulateConfig) -> dict[str, int]:
+def event_counts(cfg: SimulateConfig) -> dict[str, int]:
     """Events per channel: backgrounds share ``cfg.events`` by cross-section with a floor."""
     selected = list(dict.fromkeys(cfg.channels if cfg.channels is not None else CHANNELS))
     _check_channels(selected, "simulate.channels")
@@ -341,7 +341,7 @@ def simulate(
         An unknown channel in ``simulate.channels`` (the valid ones are listed), a negative seed
         or an output that is not a local folder.
     """
-    counts = _event_counts(cfg)
+    counts = event_counts(cfg)
     if cfg.seed < 0:
         msg = f"simulate.seed: must be a non-negative integer, got {cfg.seed}"
         raise ConfigError(msg)
@@ -405,5 +405,5 @@ def demo_inputs(cfg: SimulateConfig) -> dict[str, ChannelInput]:
             files=[str(Path(cfg.output.removeprefix("file://")) / channel / f"{channel}_*.root")],
             signal=CHANNELS[channel].signal,
         )
-        for channel in _event_counts(cfg)
+        for channel in event_counts(cfg)
     }

@@ -32,7 +32,7 @@ import numpy as np
 from megaset.config import Config, ReportConfig
 from megaset.errors import StoreError, StoreKeyError
 from megaset.report import metrics, plots
-from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable, scored_models
+from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable
 
 __all__ = ["report", "error_axis", "axis_label", "anomaly_table"]
 
@@ -226,7 +226,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
 
     rc = cfg.report
     store = open_store(cfg.store.url)
-    available = scored_models(store.group(BACKGROUND_GROUP))
+    available = store.group(BACKGROUND_GROUP).scored_models()
     wanted = list(models or rc.models or available)
     if not wanted:
         msg = f"store {store.url!r} has no scores to report: run `megaset score` first"

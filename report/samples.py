@@ -17,9 +17,10 @@ from typing import Literal
 import numpy as np
 
 from megaset.errors import StoreError, StoreKeyError
+from megaset.storage.scores import score_column
 from megaset.storage.store import Store, StoreGroup
 
-__all__ = ["Sample", "scored_models", "mass_variable", "load_samples", "BACKGROUND_GROUP"]
+__all__ = ["Sample", "mass_variable", "load_samples", "BACKGROUND_GROUP"]
 
 #: The group the background is read from.
 BACKGROUND_GROUP = "test"
@@ -35,11 +36,6 @@ class Sample:
     met: np.ndarray
     mass: np.ndarray
     scores: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def scored_models(group: StoreGroup) -> list[str]:
-    """The models with a ``score/<model>`` column in ``group`` (block columns left out)."""
-    return [c.removeprefix("score/") for c in group.columns() if c.startswith("score/") and "." not in c]
 
 
 def mass_variable(store: Store) -> str:
@@ -79,7 +75,7 @@ def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]
         if kind is None:
             continue
         group = store.group(name)
-        have = scored_models(group)
+        have = group.scored_models()
         missing = [m for m in models if m not in have]
         if missing:
             msg = (
@@ -87,12 +83,12 @@ def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]
                 f"(scored: {', '.join(have) or 'none'}); run `megaset score` for that model"
             )
             raise StoreKeyError(msg)
-        cols = _read(group, ["weight", "channel", "met", mass, *(f"score/{m}" for m in models)])
+        cols = _read(group, ["weight", "channel", "met", mass, *(score_column(m) for m in models)])
         for m in models:
-            bad = int(np.count_nonzero(~np.isfinite(cols[f"score/{m}"])))
+            bad = int(np.count_nonzero(~np.isfinite(cols[score_column(m)])))
             if bad:
                 msg = (
-                    f"{bad} events of group {name!r} in {store.url!r} have no score/{m}: the scoring "
+                    f"{bad} events of group {name!r} in {store.url!r} have no {score_column(m)}: the scoring "
                     "was interrupted; run `megaset score` again to finish it"
                 )
                 raise StoreError(msg)
@@ -108,6 +104,6 @@ def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]
                 weight=cols["weight"][sel].astype(np.float64) * factor,
                 met=cols["met"][sel].astype(np.float64),
                 mass=cols[mass][sel].astype(np.float64),
-                scores={m: cols[f"score/{m}"][sel].astype(np.float64) for m in models},
+                scores={m: cols[score_column(m)][sel].astype(np.float64) for m in models},
             ))
     return samples

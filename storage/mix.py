@@ -14,7 +14,7 @@ plan is deterministic, so a redone or retried chunk is rewritten with the same b
 from __future__ import annotations
 
 import time
-import uuid
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +24,16 @@ from megaset import __version__
 from megaset.config import Config, CompressorConfig
 from megaset.errors import StoreError
 from megaset.storage import stats
-from megaset.storage._mix_chunk import build_chunk
-from megaset.storage._zarr import open_group, stored_bytes, writing
+from megaset.storage.mix_chunk import build_chunk
+from megaset.storage.tasks import map_chunks
+from megaset.storage.backend import open_group, stored_bytes, writing
 from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, make_plan
 from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["mix"]
+__all__ = ["mix", "prepare_mix", "MixJob"]
 
 _REQUIRED = ("rmm", "weight", "channel", "event_id")
 _DIMENSIONS = {"rmm": ("event", "feature"), "event_id": ("event", "id_field")}
@@ -72,26 +73,20 @@ def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], No
     ConfigError
         For a contamination that names no signal channel or needs more signal than staged.
     """
-    from megaset.storage.staging import list_pieces, staging_attrs
-
     t0 = time.perf_counter()
-    url, staging = cfg.store.url, cfg.store.staging
-    sattrs = staging_attrs(staging)
-    pieces = list_pieces(staging)
-    plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
-    columns, layout = _column_specs(staging, pieces)
-    _check_features(sattrs, columns)
+    url = cfg.store.url
     with writing(url, "megaset mix"):
-        done = _prepare(url, plan, columns, cfg.store.compressor)
-        todo = [task for g in plan.groups for task in plan.tasks(g.name, np.flatnonzero(~done[g.name]))]
-        total = sum(g.n_chunks for g in plan.groups)
+        job = prepare_mix(cfg)
+        todo = job.todo()
+        total = sum(g.n_chunks for g in job.plan.groups)
         resumed = total - len(todo)
         advance = (lambda n: progress(resumed + n, total)) if progress else (lambda n: None)
         advance(0)
-        kwargs = {"staging": staging, "url": url, "columns": list(columns), "layout": layout}
-        nbytes = _run(client, todo, kwargs, advance)
+        nbytes = sum(map_chunks(client, build_chunk, todo, names=[f"{t.group}-{t.index}" for t in todo],
+                                stage="megaset mix", retries=2, progress=advance, **job.chunk_kwargs()))
         if todo or not _complete(url):
-            _finish(url, cfg, plan, sattrs)
+            _finish(url, cfg, job.plan, job.staging_attrs)
+    plan = job.plan
     return {
         "url": url,
         "groups": {
@@ -108,6 +103,52 @@ def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], No
         "mb_stored": stored_bytes(url) / 1e6,
         "seconds": time.perf_counter() - t0,
     }
+
+
+@dataclass(frozen=True)
+class MixJob:
+    """A mix ready to run: the plan, the staged columns, and the chunks already done."""
+
+    staging: str
+    url: str
+    plan: MixPlan
+    staging_attrs: Mapping[str, Any]
+    #: Name -> (dtype, shape after the event axis) of every staged column.
+    columns: ColumnSpecs
+    #: How the staging pieces store each column (:mod:`megaset.storage.staging`).
+    layout: dict[str, list]
+    #: Per group, which chunks are written already.
+    done: dict[str, np.ndarray]
+
+    def todo(self) -> list[ChunkTask]:
+        """The tasks of the chunks not written yet, group after group."""
+        return [task for g in self.plan.groups for task in self.plan.tasks(g.name, np.flatnonzero(~self.done[g.name]))]
+
+    def chunk_kwargs(self) -> dict[str, Any]:
+        """What :func:`megaset.storage.mix_chunk.build_chunk` takes besides its task."""
+        return {"staging": self.staging, "url": self.url, "columns": list(self.columns), "layout": self.layout}
+
+
+def prepare_mix(cfg: Config) -> MixJob:
+    """Plan the mix of ``cfg.store.staging`` into ``cfg.store.url`` and create (or reopen) the
+    store's layout; the chunk tasks are then run with
+    ``build_chunk(task, **job.chunk_kwargs())`` for every ``task`` of ``job.todo()``.
+
+    Raises
+    ------
+    IncompleteStoreError, StoreError, ConfigError
+        As :func:`mix`.
+    """
+    from megaset.storage.staging import list_pieces, staging_attrs
+
+    staging, url = cfg.store.staging, cfg.store.url
+    sattrs = staging_attrs(staging)
+    pieces = list_pieces(staging)
+    plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
+    columns, layout = _column_specs(staging, pieces)
+    _check_features(sattrs, columns)
+    done = _prepare(url, plan, columns, cfg.store.compressor)
+    return MixJob(staging, url, plan, sattrs, columns, layout, done)
 
 
 def _check_features(sattrs: Mapping[str, Any], columns: ColumnSpecs) -> None:
@@ -219,32 +260,6 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
     for _ in root.create_hierarchy(nodes):
         pass
     root.attrs["groups"] = [g.name for g in plan.groups]
-
-
-def _run(client: Client | None, tasks: list[ChunkTask], kwargs: Mapping[str, Any],
-         advance: Callable[[int], None]) -> int:
-    """Build every chunk of ``tasks`` (``kwargs`` go to :func:`build_chunk`); the bytes written."""
-    if client is None:
-        written = 0
-        for n, task in enumerate(tasks, 1):
-            written += build_chunk(task, **kwargs)
-            advance(n)
-        return written
-    from distributed import as_completed
-
-    # A fresh token per run: a rerun must not pick up results the scheduler still holds.
-    token = uuid.uuid4().hex[:12]
-    keys = [f"mix-{t.group.replace('/', ':')}-{t.index}-{token}" for t in tasks]
-    futures = client.map(build_chunk, tasks, key=keys, retries=2, pure=False, **kwargs)
-    written = 0
-    try:
-        for n, future in enumerate(as_completed(futures), 1):
-            written += future.result()
-            future.release()
-            advance(n)
-    finally:
-        client.cancel(futures)
-    return written
 
 
 def _fold_scaler(book, n_chunks: int) -> dict[str, Any] | None:

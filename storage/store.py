@@ -20,13 +20,14 @@ holds events ``i * chunk_len`` up to the next chunk (the last one may be short).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
-from megaset.storage._zarr import chunk_exists, float_fill, open_group
+from megaset.storage.backend import chunk_exists, float_fill, open_group
+from megaset.storage.scores import scored_models
 
 __all__ = ["open_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION"]
 
@@ -152,6 +153,18 @@ class StoreGroup:
         for sub, members in group.groups():
             out += [f"{sub}/{name}" for name, _ in members.arrays()]
         return sorted(out)
+
+    def scored_models(self) -> list[str]:
+        """The models with a ``score/<model>`` column in this group."""
+        return scored_models(self.columns())
+
+    def column_attrs(self, name: str) -> dict[str, Any]:
+        """The attributes of column ``name`` (e.g. what made a score column)."""
+        return dict(self._array(name).attrs)
+
+    def set_column_attrs(self, name: str, attrs: Mapping[str, Any]) -> None:
+        """Replace the attributes of column ``name``."""
+        self._array(name, write=True).attrs.put(dict(attrs))
 
     def column_info(self, name: str) -> dict[str, Any]:
         """``shape``, ``chunks`` and ``dtype`` of one column."""

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from megaset.storage.quotas import chunk_quotas
+from megaset.storage.scores import is_score_column
 from megaset.storage.store import StoreGroup, open_store
 
 __all__ = ["verify"]
@@ -89,7 +90,7 @@ def _check_layout(group: StoreGroup, columns: list[str]) -> list[str]:
             problems.append(
                 f"{group.name}/{name}: {info['shape'][0]:,} rows in chunks of {info['chunks'][0]:,}, "
                 f"the group has {group.n_events:,} events in chunks of {group.chunk_len:,}"
-                + (" (rerun the scoring with overwrite)" if name.startswith("score/") else "")
+                + (" (rerun the scoring with overwrite)" if is_score_column(name) else "")
             )
     return problems
 
@@ -108,7 +109,7 @@ def _check_chunk(group: str, i: int, values: Mapping[str, np.ndarray], ids: np.n
         if column.dtype.kind == "f":
             bad = int((~np.isfinite(column)).sum())
             if bad:
-                hint = " (unwritten score chunk? rerun `megaset score`)" if name.startswith("score/") else ""
+                hint = " (unwritten score chunk? rerun `megaset score`)" if is_score_column(name) else ""
                 problems.append(f"{group} chunk {i}: {bad} NaN/inf values in {name}{hint}")
     return problems
 

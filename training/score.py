@@ -9,7 +9,7 @@ events are scaled exactly as in training), runs the model and writes, chunk-alig
 ``score/<model>`` [N] float32
     per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
 ``score/<model>.<block>`` [N] float32, with ``scoring.blocks``
-    the mean squared error over one block of the n x n matrix (:func:`block_masks`).
+    the mean squared error over one block of the n x n matrix (:func:`megaset.storage.layout.block_masks`).
 
 Exactly once: chunk ``i`` of every column is written by the task of chunk ``i`` only, whole,
 with the same bytes on every attempt, so a task retried after its worker died rewrites its own
@@ -29,8 +29,7 @@ import hashlib
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,9 @@ import numpy as np
 
 from megaset.config import Config
 from megaset.errors import CheckpointError, ConfigError
-from megaset.pipeline.rmm import matrix_side
+from megaset.storage.layout import BLOCKS, block_masks, matrix_side
+from megaset.storage.scores import score_column
+from megaset.storage.tasks import map_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -48,23 +49,9 @@ if TYPE_CHECKING:
     from megaset.training.models import Autoencoder
     from megaset.training.scaling import Scaling
 
-__all__ = ["BLOCKS", "score", "block_masks", "reconstruction_errors", "score_column", "checkpoint_path"]
-
-#: The blocks of an RMM with per-block errors, in the order their columns are written.
-BLOCKS = ("met", "mass", "rapidity", "energy")
+__all__ = ["score", "reconstruction_errors", "checkpoint_path"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-#: Where the digest of the checkpoint behind each score column is kept (attrs of ``score/``).
-_PROVENANCE = "score"
-
-
-def score_column(model: str, block: str | None = None) -> str:
-    """The store column of a model's error, or of one block of it.
-
-    >>> score_column("ae-deep"), score_column("ae-deep", "met")
-    ('score/ae-deep', 'score/ae-deep.met')
-    """
-    return f"score/{model}" if block is None else f"score/{model}.{block}"
 
 
 def checkpoint_path(cfg: Config, model: str) -> Path:
@@ -73,39 +60,6 @@ def checkpoint_path(cfg: Config, model: str) -> Path:
 
     # output_paths only reads `output` and `model`; a label such as "ae-no-ttbar" is a folder too.
     return output_paths(cfg.training.model_copy(update={"model": model}))["best"]
-
-
-def block_masks(n_features: int) -> dict[str, np.ndarray]:
-    """Feature indices of each block of the flattened n x n RMM (row-major).
-
-    The blocks partition the matrix: ``met`` is row and column 0 (E_T^miss, the m_T and h_L
-    cells), ``mass`` the upper triangle of the objects (invariant masses, i < j), ``rapidity``
-    the lower triangle (h cells, i > j) and ``energy`` the diagonal of the objects (E_T and
-    delta E_T).
-
-    >>> {name: idx.tolist() for name, idx in block_masks(9).items()}
-    {'met': [0, 1, 2, 3, 6], 'mass': [5], 'rapidity': [7], 'energy': [4, 8]}
-
-    Raises
-    ------
-    ConfigError
-        When ``n_features`` is not a square number (not an RMM): set ``scoring.blocks: false``.
-    """
-    side = matrix_side(n_features)
-    if side is None:
-        msg = (
-            f"per-block errors need the features of an n x n RMM, but the store has {n_features} "
-            "features; set scoring.blocks: false"
-        )
-        raise ConfigError(msg)
-    row, col = np.divmod(np.arange(n_features), side)
-    kinds = {
-        "met": (row == 0) | (col == 0),
-        "mass": (row > 0) & (row < col),
-        "rapidity": (col > 0) & (row > col),
-        "energy": (row > 0) & (row == col),
-    }
-    return {name: np.flatnonzero(kinds[name]) for name in BLOCKS}
 
 
 def reconstruction_errors(
@@ -163,9 +117,10 @@ def _model(checkpoint: str, digest: str) -> tuple[Autoencoder, Scaling, torch.de
         return _cached_model(checkpoint, digest)
 
 
-def _score_chunk(group: StoreGroup, index: int, *, model: str, checkpoint: str, digest: str,
+def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, digest: str,
                  blocks: bool, events_per_pass: int) -> tuple[int, bool]:
-    """Score chunk ``index`` of ``group``; ``(events, already done)``."""
+    """Score chunk ``index`` of ``group`` (``task``); ``(events, already done)``."""
+    group, index = task
     total = score_column(model)
     if group.chunk_written(total, index):
         return 0, True
@@ -197,59 +152,17 @@ def _check_checkpoint(path: Path, store: Store) -> None:
     raise CheckpointError(msg)
 
 
-def _provenance(group: StoreGroup, model: str) -> dict[str, Any] | None:
-    from megaset.errors import StoreError
-    from megaset.storage._zarr import open_group
-
-    try:
-        return dict(open_group(group.url, f"{group.name}/{_PROVENANCE}", what="score group").attrs).get(model)
-    except StoreError:
-        return None
-
-
-def _record(group: StoreGroup, model: str, entry: Mapping[str, Any]) -> None:
-    # StoreGroup has no column attributes: the `score` subgroup (made by create_column) keeps them.
-    from megaset.storage._zarr import open_group
-
-    open_group(group.url, f"{group.name}/{_PROVENANCE}", mode="r+", what="score group").attrs[model] = dict(entry)
-
-
 def _prepare(group: StoreGroup, model: str, entry: Mapping[str, Any], overwrite: bool) -> bool:
     """Create the score columns of ``group``; whether they start empty (new checkpoint)."""
-    old = _provenance(group, model)
+    total = score_column(model)
+    old = group.column_attrs(total) if total in group.columns() else None
     # The same file under another path is the same model: compare content and layout only.
     fresh = overwrite or old is None or any(old.get(k) != entry[k] for k in ("digest", "blocks"))
     names = [score_column(model, b) for b in BLOCKS] if entry["blocks"] else []
-    for name in [*names, score_column(model)]:
+    for name in [*names, total]:
         group.create_column(name, np.float32, overwrite=fresh)
-    _record(group, model, entry)
+    group.set_column_attrs(total, entry)
     return fresh and old is not None
-
-
-def _run(client: Client | None, tasks: Sequence[tuple[StoreGroup, int]], kwargs: Mapping[str, Any],
-         retries: int, advance: Callable[[int], None]) -> list[tuple[int, bool]]:
-    if client is None:
-        results = []
-        for n, (group, index) in enumerate(tasks, 1):
-            results.append(_score_chunk(group, index, **kwargs))
-            advance(n)
-        return results
-    from distributed import as_completed
-
-    # A fresh token per run: a rerun must not pick up results the scheduler still holds.
-    token = uuid.uuid4().hex[:12]
-    keys = [f"score-{kwargs['model']}-{g.name.replace('/', ':')}-{i}-{token}" for g, i in tasks]
-    futures = client.map(_score_chunk, [g for g, _ in tasks], [i for _, i in tasks], key=keys,
-                         retries=retries, pure=False, **kwargs)
-    results = []
-    try:
-        for n, future in enumerate(as_completed(futures), 1):
-            results.append(future.result())
-            future.release()
-            advance(n)
-    finally:
-        client.cancel(futures)
-    return results
 
 
 def score(
@@ -292,7 +205,7 @@ def score(
         The store is missing or incomplete, or its filesystem refuses the writes (full,
         read-only, no permission); scored chunks are kept for a rerun.
     """
-    from megaset.storage._zarr import writing
+    from megaset.storage.backend import writing
     from megaset.storage.store import open_store
 
     label = model or cfg.training.model
@@ -315,7 +228,8 @@ def score(
     with writing(store.url, "megaset score"):
         rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
         advance(0)
-        results = _run(client, tasks, kwargs, cfg.scoring.retries, advance)
+        results = map_chunks(client, _score_chunk, tasks, names=[f"{g.name}-{i}" for g, i in tasks],
+                             stage="megaset score", retries=cfg.scoring.retries, progress=advance, **kwargs)
     seconds = time.perf_counter() - t0
     scored = sum(n for n, _ in results)
     return {

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +18,8 @@ from megaset.storage.mix import mix
 from megaset.storage.store import open_store
 from megaset.storage.verify import verify
 from megaset.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from megaset.training.score import BLOCKS, block_masks, score, score_column
+from megaset.storage.layout import BLOCKS
+from megaset.training.score import score
 from megaset.training.trainer import train
 
 CHANNELS = ["zeejets", "zmmjets", "ttbar", "c1n2_wz_800_50"]
@@ -248,23 +248,12 @@ def test_a_checkpoint_of_other_features_is_refused(trained, tmp_path):
         score(trained, None, model="ae/deep")
 
 
-def test_block_masks_partition_the_matrix():
-    masks = block_masks(529)
-    assert {k: len(v) for k, v in masks.items()} == {"met": 45, "mass": 231, "rapidity": 231, "energy": 22}
-    np.testing.assert_array_equal(np.sort(np.concatenate(list(masks.values()))), np.arange(529))
-    side = math.isqrt(529)
-    assert masks["mass"][0] == side + 2 and masks["rapidity"][0] == 2 * side + 1
-    assert score_column("ae-deep", "mass") == "score/ae-deep.mass"
-    with pytest.raises(ConfigError, match=r"n x n RMM, but the store has 10 features; set scoring.blocks: false"):
-        block_masks(10)
-
-
 @pytest.mark.slow
 def test_cli_score_summarises_the_run(trained, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from megaset.pipeline.cli import app
+    from megaset.cli import app
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**trained.resolved(), "cluster": {"workers": 1}}, sort_keys=False))

@@ -18,7 +18,7 @@ import numpy as np
 
 from megaset.errors import StoreError
 from megaset.storage import stats
-from megaset.storage.plan import BLOCK_ROWS, CHUNK_ROWS, ChunkTask, rng
+from megaset.storage.plan import ChunkTask, Stream, rng
 from megaset.storage.store import MIX_PREFIX
 
 __all__ = ["build_chunk"]
@@ -53,7 +53,7 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
     """The chunk's rows of every column: the ``i``-th row taken (channel after channel, each
     channel's quota of rows) lands at ``position[i]``, so the rows come out shuffled.
 
-    Every block is read whole (it is one staging chunk, decompressed whole anyway).
+    Every staging block is read whole (it is one Zarr chunk of the piece, decompressed whole anyway).
     """
     from megaset.storage.staging import is_sparse, piece_selections, unpack
 
@@ -79,7 +79,7 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
                 "the staging area changed since the mix was planned; rerun `megaset mix`"
             )
             raise StoreError(msg)
-        rows = rng(task.seed, BLOCK_ROWS, cid, seg.block).permutation(seg.length)[seg.lo:seg.hi]
+        rows = rng(task.seed, Stream.ROWS_IN_BLOCK, cid, seg.block).permutation(seg.length)[seg.lo:seg.hi]
         where = position[taken:taken + len(rows)]
         taken += len(rows)
         for name in columns:
@@ -124,7 +124,7 @@ def build_chunk(task: ChunkTask, *, staging: str, url: str, columns: Sequence[st
     """
     from zarr.core.sync import sync
 
-    position = rng(task.seed, CHUNK_ROWS, zlib.crc32(task.group.encode()), task.index).permutation(task.size)
+    position = rng(task.seed, Stream.ROWS_IN_CHUNK, zlib.crc32(task.group.encode()), task.index).permutation(task.size)
     values = sync(_gather(task, staging, columns, layout, position))
     weight = values["weight"].astype(np.float64)
     sums = np.array([weight[values["channel"] == cid].sum() for cid in task.channel_ids])
