@@ -18,15 +18,12 @@ from megaset import __version__
 from megaset.config import Config
 from megaset.errors import InputFileError
 from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
+from megaset.storage.staging import LAYOUT_VERSION
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["ingest", "IngestSummary", "SCHEMA_VERSION"]
-
-#: Version of the staging layout written by this code (2: the small columns packed as bytes;
-#: 3: the RMM stored sparse).
-SCHEMA_VERSION = 3
+__all__ = ["ingest", "IngestSummary"]
 
 
 @dataclass
@@ -76,7 +73,7 @@ def _weight_scales(cfg: Config, channels, infos: list[FileInfo]) -> dict[str, fl
 def _fingerprint(cfg: Config, table: list[dict[str, Any]], files: list[FileInfo]) -> str:
     """Hash of everything that decides the content and the keys of the staging pieces."""
     relevant = {
-        "layout": SCHEMA_VERSION,
+        "layout": LAYOUT_VERSION,
         "channels": table,
         "files": [(f.path, f.index, f.checksum) for f in files],
         "chunksize": cfg.inputs.chunksize,
@@ -187,7 +184,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     _check_resumable(staging, fingerprint)
     init_staging(staging, list(channels), {
         "fingerprint": fingerprint,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": LAYOUT_VERSION,
         "feature_names": feature_names(cfg.rmm),
         "rmm": cfg.rmm.model_dump(mode="json"),
         "channels": table,

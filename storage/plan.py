@@ -1,9 +1,9 @@
 """The mix plan: which staged rows go to which chunk of which group. Pure, no I/O.
 
 Every channel's staged events form one *sequence*: the channel's pieces (sorted by key, pieces
-of skipped files left out) are cut into blocks of one staging chunk each (``rows_per_chunk``
-rows, so a block is read whole and only once per output chunk that needs it), the blocks are
-put in a seeded random order, and the rows inside each block in a seeded random order too.
+of skipped files left out) are cut into staging blocks (``block_rows`` rows, so a block is
+read whole and only once per output chunk that needs it), the blocks are put in a seeded
+random order, and the rows inside each block in a seeded random order too.
 Consecutive ranges of that sequence are then handed out:
 
 - a background channel's sequence is split into train / val / test ranges by the split
@@ -20,6 +20,7 @@ the store settings; a resumed mix redoes missing chunks identically.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from megaset.config import StoreConfig
 from megaset.errors import ConfigError
 from megaset.storage.quotas import chunk_quotas
-from megaset.storage.staging import ROWS_PER_CHUNK
+from megaset.storage.staging import BLOCK_ROWS
 
 __all__ = [
     "Segment",
@@ -42,13 +43,21 @@ __all__ = [
     "make_plan",
     "split_counts",
     "rng",
+    "Stream",
     "BACKGROUND_GROUPS",
 ]
 
 BACKGROUND_GROUPS = ("train", "val", "test")
 
-# Stream tags of the seeded generators, so that no two uses share random numbers.
-_BLOCK_ORDER, BLOCK_ROWS, CHUNK_ROWS = 0, 1, 2
+class Stream(enum.IntEnum):
+    """Tags of the seeded random streams, so that no two uses share random numbers."""
+
+    #: The order in which a channel's staging blocks are dealt out to the groups.
+    BLOCK_ORDER = 0
+    #: Which rows of a staging block an output chunk takes.
+    ROWS_IN_BLOCK = 1
+    #: Where each row lands in its output chunk (the shuffle).
+    ROWS_IN_CHUNK = 2
 
 
 def rng(seed: int, tag: int, *keys: int) -> np.random.Generator:
@@ -129,7 +138,7 @@ class ChannelSequence:
         keys, piece, start, length = [], [], [], []
         for key, attrs in pieces:
             n_rows = int(attrs["n_rows"])
-            step = int(attrs.get("rows_per_chunk", ROWS_PER_CHUNK))
+            step = int(attrs.get("block_rows", BLOCK_ROWS))
             if n_rows == 0:
                 continue
             firsts = np.arange(0, n_rows, step)
@@ -140,7 +149,7 @@ class ChannelSequence:
         piece_a, start_a, length_a = (
             np.concatenate(a).astype(np.int64) if a else np.zeros(0, np.int64) for a in (piece, start, length)
         )
-        order = rng(seed, _BLOCK_ORDER, channel_id).permutation(len(piece_a))
+        order = rng(seed, Stream.BLOCK_ORDER, channel_id).permutation(len(piece_a))
         offsets = np.concatenate([[0], np.cumsum(length_a[order])]).astype(np.int64)
         return cls(name, channel_id, keys, piece_a[order], start_a[order], length_a[order], order, offsets)
 

@@ -7,7 +7,7 @@ Layout (Zarr v3, any fsspec URL)::
     <staging>/<channel>/<piece>/zarr.json   attrs: {"complete": true, "filename", "entrystart", ...,
                                                     "schema", "layout"}
     <staging>/<channel>/<piece>/rmm         [blocks, W] uint8: a sparse column (the RMM), a row per block
-                                            of ROWS_PER_CHUNK events: its cells' indices, then values
+                                            of BLOCK_ROWS events: its cells' indices, then values
     <staging>/<channel>/<piece>/packed      [B, n] uint8: every small column's little-endian bytes,
                                             column after column (weight, MET, event id, counts, ...)
 
@@ -48,7 +48,8 @@ from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
 from megaset.storage.codecs import compressors
 
 __all__ = [
-    "ROWS_PER_CHUNK",
+    "LAYOUT_VERSION",
+    "BLOCK_ROWS",
     "piece_key",
     "init_staging",
     "write_piece",
@@ -64,9 +65,14 @@ __all__ = [
     "staging_attrs",
 ]
 
-#: Rows per Zarr chunk of a staging array: about 2 MB of float32 RMM rows, so that the mix
-#: pass, which takes short contiguous slices of each channel, reads little beyond them.
-ROWS_PER_CHUNK = 1024
+#: Version of the staging layout (2: the small columns packed as bytes; 3: the RMM stored
+#: sparse; 4: ``block_rows`` names the rows of a staging block).
+LAYOUT_VERSION = 4
+
+#: Rows per staging block (one Zarr chunk of a piece's arrays): about 2 MB of float32 RMM rows,
+#: so that the mix pass, which takes short contiguous slices of each channel, reads little
+#: beyond them.
+BLOCK_ROWS = 1024
 
 
 def piece_key(fileuuid: str, entrystart: int, entrystop: int) -> str:
@@ -122,11 +128,11 @@ def _blocked(values: Any) -> tuple[np.ndarray, np.ndarray]:
     values = values.tocsr()
     n, width_f = values.shape
     indptr = np.asarray(values.indptr, dtype=np.int64)
-    starts = np.arange(0, n, ROWS_PER_CHUNK)
+    starts = np.arange(0, n, BLOCK_ROWS)
     first = indptr[starts]
-    length = indptr[np.minimum(starts + ROWS_PER_CHUNK, n)] - first
+    length = indptr[np.minimum(starts + BLOCK_ROWS, n)] - first
     width = max(int(length.max(initial=0)), 1)  # a Zarr chunk cannot be 0 wide
-    block_first = np.repeat(first, np.minimum(ROWS_PER_CHUNK, n - starts))
+    block_first = np.repeat(first, np.minimum(BLOCK_ROWS, n - starts))
     bounds = np.stack([indptr[:-1] - block_first, indptr[1:] - block_first], axis=1).astype(np.uint32)
     at = np.repeat(np.arange(len(starts)) * width - first, length) + np.arange(indptr[-1])
     cells = np.zeros((len(starts), width), dtype=_cell_dtype(width_f))
@@ -174,7 +180,7 @@ def _pack(columns: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, 
         arrays[_PACKED] = packed
     for name, values in sparse.items():
         layout[name] = [_SPARSE, layout[name][1], values.dtype.newbyteorder("<").str, list(values.shape[1:]),
-                        ROWS_PER_CHUNK, _cell_dtype(values.shape[1]).str]
+                        BLOCK_ROWS, _cell_dtype(values.shape[1]).str]
     return arrays, layout
 
 
@@ -217,11 +223,11 @@ async def _write_piece(url: str, columns: Mapping[str, Any], attrs: Mapping[str,
 
     async def build(name: str, values: np.ndarray) -> None:
         if name == _PACKED:
-            chunks = (values.shape[0], ROWS_PER_CHUNK)
+            chunks = (values.shape[0], BLOCK_ROWS)
         elif layout[name][0] == _SPARSE:
             chunks = (1, values.shape[1])  # one block per chunk
         else:
-            chunks = (ROWS_PER_CHUNK, *values.shape[1:])
+            chunks = (BLOCK_ROWS, *values.shape[1:])
         # Not sharded, although one shard per array would make a piece a handful of files and
         # its write 1.2x faster: every read of the mix, one block at a time, would then read
         # the shard's index first, and the mix ran at 0.49x a plain copy instead of 0.72x.
@@ -234,7 +240,7 @@ async def _write_piece(url: str, columns: Mapping[str, Any], attrs: Mapping[str,
 
     await asyncio.gather(*(build(name, values) for name, values in arrays.items()))
     schema = {name: [np.dtype(v.dtype).name, list(v.shape[1:])] for name, v in columns.items()}
-    await group.update_attributes({**attrs, "n_rows": n_rows, "rows_per_chunk": ROWS_PER_CHUNK, "schema": schema,
+    await group.update_attributes({**attrs, "n_rows": n_rows, "block_rows": BLOCK_ROWS, "schema": schema,
                                    "layout": layout, "complete": True})
     # Replace any old copy with an unfinished group, store the arrays, and write the group's
     # metadata, which carries the complete mark, last.
@@ -280,13 +286,13 @@ def piece_schema(attrs: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ..
     return {name: (dtype, tuple(tail)) for name, (dtype, tail) in attrs["schema"].items()}
 
 
-def _block_rows(rows: slice) -> slice:
+def _blocks_of(rows: slice) -> slice:
     """The blocks of a sparse column that hold ``rows``."""
     if rows.step not in (None, 1) or (rows.start or 0) < 0 or (rows.stop is not None and rows.stop < 0):
         msg = f"staging pieces are read by rows with non-negative bounds and step 1, not {rows}"
         raise ValueError(msg)
     start = rows.start or 0
-    return slice(start // ROWS_PER_CHUNK, None if rows.stop is None else -(-rows.stop // ROWS_PER_CHUNK))
+    return slice(start // BLOCK_ROWS, None if rows.stop is None else -(-rows.stop // BLOCK_ROWS))
 
 
 def piece_selections(layout: Mapping[str, list], columns: Iterable[str], rows: slice,
@@ -302,7 +308,7 @@ def piece_selections(layout: Mapping[str, list], columns: Iterable[str], rows: s
         kind = layout[name][0]
         if kind == _SPARSE:
             out[_PACKED] = (slice(None), rows)
-            out[name] = (_block_rows(rows), slice(None))
+            out[name] = (_blocks_of(rows), slice(None))
         elif kind == _PACKED:
             out[_PACKED] = (slice(None), rows)
         else:

@@ -12,26 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["partial_stats", "combine", "finalize", "N_ROWS", "BLOCK_ROWS"]
+__all__ = ["partial_stats", "combine", "finalize", "N_ROWS", "PASS_ROWS"]
 
 #: Rows of a partial summary: n, min, max, mean, M2.
 N_ROWS = 5
 #: Rows summarised at a time inside :func:`partial_stats`.
-BLOCK_ROWS = 1024
+PASS_ROWS = 1024
 
 
 def partial_stats(x: np.ndarray) -> np.ndarray:
     """``float64 [5, F]`` summary of the rows of ``x`` (``[n, F]``, n >= 1).
 
-    Two passes in float64 over blocks of :data:`BLOCK_ROWS` rows (a block's float64 copy
+    Two passes in float64 over blocks of :data:`PASS_ROWS` rows (a block's float64 copy
     stays in cache, twice as fast as one pass over a whole chunk), folded with :func:`combine`.
 
     >>> partial_stats(np.array([[1.0], [3.0]]))[:, 0].tolist()
     [2.0, 1.0, 3.0, 2.0, 2.0]
     """
     summary = None
-    for first in range(0, len(x), BLOCK_ROWS):
-        block = x[first:first + BLOCK_ROWS]
+    for first in range(0, len(x), PASS_ROWS):
+        block = x[first:first + PASS_ROWS]
         out = np.empty((N_ROWS, x.shape[1]), dtype=np.float64)
         out[0] = len(block)
         out[1] = block.min(axis=0)

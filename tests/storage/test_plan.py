@@ -20,9 +20,9 @@ CHANNELS = [
 ]
 
 
-def pieces_of(sizes: dict[str, list[int]], rows_per_chunk: int = 100) -> dict[str, list]:
+def pieces_of(sizes: dict[str, list[int]], block_rows: int = 100) -> dict[str, list]:
     return {
-        name: [(f"{name}-{i:03d}", {"n_rows": n, "rows_per_chunk": rows_per_chunk, "filename": f"{name}{i}.root"})
+        name: [(f"{name}-{i:03d}", {"n_rows": n, "block_rows": block_rows, "filename": f"{name}{i}.root"})
                for i, n in enumerate(ns)]
         for name, ns in sizes.items()
     }
@@ -77,15 +77,15 @@ def test_contamination_errors(contamination, match):
 @given(
     sizes=st.lists(st.lists(st.integers(0, 700), min_size=1, max_size=4), min_size=4, max_size=4),
     chunk_len=st.integers(1, 400),
-    rows_per_chunk=st.integers(1, 300),
+    block_rows=st.integers(1, 300),
     train=st.floats(0.0, 1.0),
     val_share=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**31),
 )
-def test_every_staged_row_lands_exactly_once(sizes, chunk_len, rows_per_chunk, train, val_share, seed):
+def test_every_staged_row_lands_exactly_once(sizes, chunk_len, block_rows, train, val_share, seed):
     val = (1.0 - train) * val_share
     cfg = StoreConfig(chunk_len=chunk_len, seed=seed, splits={"train": train, "val": val, "test": 1.0 - train - val})
-    pieces = pieces_of(dict(zip(["a", "b", "sig", "dat"], sizes, strict=True)), rows_per_chunk)
+    pieces = pieces_of(dict(zip(["a", "b", "sig", "dat"], sizes, strict=True)), block_rows)
     plan = make_plan(cfg, CHANNELS, pieces)
     taken: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for group in plan.groups:
@@ -98,13 +98,13 @@ def test_every_staged_row_lands_exactly_once(sizes, chunk_len, rows_per_chunk, t
             assert task.size == sum(got) and task.start == task.index * chunk_len
             for segs in task.segments:
                 for seg in segs:
-                    assert 0 <= seg.lo < seg.hi <= seg.length <= rows_per_chunk
+                    assert 0 <= seg.lo < seg.hi <= seg.length <= block_rows
                     taken[seg.channel, seg.piece, seg.start, seg.length].append((seg.lo, seg.hi))
     # Every block's permuted positions are covered once: every staged row lands exactly once.
     expected = {
-        (name, key, start, min(rows_per_chunk, attrs["n_rows"] - start))
+        (name, key, start, min(block_rows, attrs["n_rows"] - start))
         for name, entries in pieces.items() for key, attrs in entries
-        for start in range(0, attrs["n_rows"], rows_per_chunk)
+        for start in range(0, attrs["n_rows"], block_rows)
     }
     assert set(taken) == expected
     for (_, _, _, length), ranges in taken.items():

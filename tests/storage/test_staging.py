@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from megaset.config import CompressorConfig
-from megaset.storage.staging import ROWS_PER_CHUNK, piece_attrs, read_piece, write_piece
+from megaset.storage.staging import BLOCK_ROWS, piece_attrs, read_piece, write_piece
 
 
 def _columns(n: int) -> dict[str, np.ndarray]:
@@ -25,7 +25,7 @@ def _columns(n: int) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("codec", ["zstd", "blosc-lz4", "none"])
 def test_piece_reads_back_by_rows_across_chunk_boundaries(tmp_path, codec):
-    n = 2 * ROWS_PER_CHUNK + 300
+    n = 2 * BLOCK_ROWS + 300
     columns = _columns(n)
     url = str(tmp_path / "staging.zarr")
     write_piece(url, "ttbar", "f-0-10", columns, {"filename": "a.root"}, CompressorConfig(codec=codec, level=1))
@@ -35,7 +35,7 @@ def test_piece_reads_back_by_rows_across_chunk_boundaries(tmp_path, codec):
     assert whole.keys() == columns.keys()
     for name, values in columns.items():
         np.testing.assert_array_equal(whole[name], values, err_msg=name)
-    rows = slice(ROWS_PER_CHUNK - 5, 2 * ROWS_PER_CHUNK + 7)
+    rows = slice(BLOCK_ROWS - 5, 2 * BLOCK_ROWS + 7)
     part = read_piece(url, "ttbar", "f-0-10", ["rmm", "met", "n_jet"], rows)
     for name in ("rmm", "met", "n_jet"):
         np.testing.assert_array_equal(part[name], columns[name][rows], err_msg=name)
@@ -52,7 +52,7 @@ def test_empty_piece_is_complete_and_reads_as_no_rows(tmp_path):
 
 def test_small_columns_of_any_dtype_and_byte_order_read_back(tmp_path):
     """The packed bytes keep each column's dtype, shape and values, whatever its byte order."""
-    n = ROWS_PER_CHUNK + 7
+    n = BLOCK_ROWS + 7
     rng = np.random.default_rng(3)
     columns = {
         "rmm": np.zeros((n, 20), dtype=np.float32),
@@ -86,12 +86,12 @@ def _sparse_rmm(n: int, width: int = 49):
     return csr_array((values, cells.astype(np.int32), indptr), shape=(n, width))
 
 
-@pytest.mark.parametrize("rows", [slice(None), slice(0, ROWS_PER_CHUNK), slice(ROWS_PER_CHUNK - 5, 2 * ROWS_PER_CHUNK + 7),
-                                  slice(2 * ROWS_PER_CHUNK + 1, None), slice(3, 3)])
+@pytest.mark.parametrize("rows", [slice(None), slice(0, BLOCK_ROWS), slice(BLOCK_ROWS - 5, 2 * BLOCK_ROWS + 7),
+                                  slice(2 * BLOCK_ROWS + 1, None), slice(3, 3)])
 def test_sparse_column_is_stored_sparse_and_reads_back_dense(tmp_path, rows):
     import zarr
 
-    n = 2 * ROWS_PER_CHUNK + 300
+    n = 2 * BLOCK_ROWS + 300
     rmm = _sparse_rmm(n)
     columns = {"rmm": rmm, "weight": np.arange(n, dtype=np.float32)}
     url = str(tmp_path / "staging.zarr")
@@ -110,7 +110,7 @@ def test_sparse_column_is_stored_sparse_and_reads_back_dense(tmp_path, rows):
 
 def test_a_sparse_column_in_another_format_is_stored_as_its_rows(tmp_path):
     url = str(tmp_path / "staging.zarr")
-    rmm = _sparse_rmm(ROWS_PER_CHUNK + 9)
+    rmm = _sparse_rmm(BLOCK_ROWS + 9)
     write_piece(url, "c", "k", {"rmm": rmm.tocsc(), "weight": np.zeros(rmm.shape[0], np.float32)}, {}, CompressorConfig())
     np.testing.assert_array_equal(read_piece(url, "c", "k")["rmm"], rmm.toarray())
 
