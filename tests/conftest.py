@@ -1,6 +1,12 @@
+"""Fixtures shared across the test packages: a local Dask cluster, and one scored store (simulated
+ntuples, ingested, mixed, a tiny model trained and scored; a second simulation of the Z channels
+plays the collision data) for the report and study tests."""
+
 from __future__ import annotations
 
 import pytest
+
+from megaset.config import Config
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +16,36 @@ def cluster_client():
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
+
+
+BACKGROUND = ["zeejets", "zmmjets", "ttbar", "diboson"]
+SIGNALS = ["c1n2_wz_800_50", "c1n2_wz_450_300"]
+
+
+@pytest.fixture(scope="session")
+def scored(tmp_path_factory) -> Config:
+    import torch
+
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.simulate import simulate
+    from megaset.studies.common import train_and_score
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("report")
+    channels = {c: {"files": [str(root / "ntuples" / c / "*.root")], "signal": c in SIGNALS}
+                for c in BACKGROUND + SIGNALS}
+    channels["data"] = {"files": [str(root / "data" / "*" / "*.root")], "data": True}
+    cfg = Config.model_validate({
+        "simulate": {"output": str(root / "ntuples"), "events": 4000, "signal_events": 400,
+                     "channels": BACKGROUND + SIGNALS},
+        "inputs": {"channels": channels},
+        "store": {"url": str(root / "store.zarr"), "chunk_len": 256},
+        "training": {"output": str(root / "models"), "epochs": 2, "batch_size": 256, "architecture": {"latent": 8}},
+        "report": {"output": str(root / "report"), "bins": 20, "pt_events": 400},
+    })
+    simulate(cfg.simulate)
+    simulate(cfg.simulate.model_copy(update={"output": str(root / "data"), "events": 500, "signal_events": 0,
+                                             "channels": ["zeejets", "zmmjets"], "seed": 7}))
+    ingest(cfg, None)
+    train_and_score(cfg, None)
+    return cfg

@@ -33,7 +33,7 @@ from distributed import WorkerPlugin
 _WAIT_S = 60.0
 
 #: The command line of the ``megaset`` CLI, for shell scripts (wide, so that rich does not wrap paths).
-MEGASET = f"COLUMNS=500 {shlex.quote(sys.executable)} -c 'from megaset.pipeline.cli import main; main()'"
+MEGASET = f"COLUMNS=500 {shlex.quote(sys.executable)} -c 'from megaset.cli import main; main()'"
 
 
 def _claim(marker: str) -> bool:

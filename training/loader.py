@@ -1,7 +1,8 @@
 """Streaming batches out of a store group: an ``IterableDataset`` over its chunks.
 
-Every chunk of a background group holds the channel mixture of the whole group (DESIGN.md §6),
-so any subset of chunks is a faithful sample and ranks can read disjoint chunks in any order:
+Every chunk of a background group holds the channel mixture of the whole group (the store's
+mixture invariant, :mod:`megaset.storage.mix`), so any subset of chunks is a faithful sample
+and ranks can read disjoint chunks in any order:
 
 * per epoch, a permutation of the chunk indices seeded by ``(seed, epoch)``, the same on every
   rank; shard s of n (a shard is one rank, or one DataLoader worker of one rank) takes

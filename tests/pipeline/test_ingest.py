@@ -174,7 +174,7 @@ def test_interrupted_ingest_rerun_holds_every_event_once(reference, sample, tmp_
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from megaset.pipeline.cli import main; main()", "ingest", "-c", str(config_file)],
+        [sys.executable, "-c", "from megaset.cli import main; main()", "ingest", "-c", str(config_file)],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120

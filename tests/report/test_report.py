@@ -128,7 +128,7 @@ def test_unknown_and_unfinished_scores_are_refused(scored, tmp_path):
 def test_cli_report_with_two_models_side_by_side(scored, tmp_path):
     from typer.testing import CliRunner
 
-    from megaset.pipeline.cli import app
+    from megaset.cli import app
 
     score(scored, None, model="ae-copy", checkpoint=f"{scored.training.output}/ae-shallow/best.pt")
     path = tmp_path / "config.yaml"

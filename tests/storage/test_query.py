@@ -150,7 +150,7 @@ def test_export_streams_to_parquet_and_csv(store, tmp_path):
 def test_cli_prints_the_table_and_writes_files(store, tmp_path):
     from typer.testing import CliRunner
 
-    from megaset.pipeline.cli import app
+    from megaset.cli import app
 
     runner = CliRunner()
     shown = runner.invoke(app, ["query", store, "SELECT channel_name, count(*) AS n FROM test GROUP BY channel_name"])

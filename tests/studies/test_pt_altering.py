@@ -10,7 +10,7 @@ import vector
 from megaset.errors import StoreError
 from megaset.pipeline.schema import read_events
 from megaset.pipeline.selection import select
-from megaset.report.pt_altering import altered_rmms, pt_altering, scale_leading
+from megaset.studies.pt_altering import altered_rmms, pt_altering, scale_leading
 from megaset.storage.store import open_store
 
 K = 3.0
@@ -116,7 +116,7 @@ def test_cli_study_pt_altering_prints_the_table(scored, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from megaset.pipeline.cli import app
+    from megaset.cli import app
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(scored.replace(report={"output": str(tmp_path)}).resolved(), sort_keys=False))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from megaset.config import Config
-from megaset.pipeline.run import run
+from megaset.run import run
 from megaset.storage.store import open_store
 
 

@@ -185,7 +185,7 @@ def train(
 def run(config: ConfigOption = None) -> None:
     """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
     report), resuming where an earlier run stopped."""
-    from megaset.pipeline.run import run as run_all
+    from megaset.run import run as run_all
 
     cfg = _config(config)
     with _connect(cfg) as client:
@@ -219,7 +219,7 @@ def study_channel_removal(
     config: ConfigOption = None,
 ) -> None:
     """Train without one background channel, then score it as a signal (thesis ch. 4)."""
-    from megaset.report.studies import channel_removal
+    from megaset.studies.channel_removal import channel_removal
 
     cfg = _config(config)
     with _connect(cfg) as client:
@@ -236,7 +236,7 @@ def study_pt_altering(
     config: ConfigOption = None,
 ) -> None:
     """Scale the leading electron and muon pT by report.pt_factors and score the altered events."""
-    from megaset.report.pt_altering import pt_altering
+    from megaset.studies.pt_altering import pt_altering
 
     cfg = _config(config)
     out = pt_altering(cfg, model=model)
@@ -254,7 +254,7 @@ def study_contamination(
     config: ConfigOption = None,
 ) -> None:
     """AUC, E10, E100 against the fraction of signal injected into train (Farina et al. IV)."""
-    from megaset.report.studies import contamination
+    from megaset.studies.contamination import contamination
 
     cfg = _config(config)
     values = [float(f) for f in fractions.split(",")]

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from megaset.errors import ConfigError
-from megaset.report.studies import channel_removal, contamination
+from megaset.studies.channel_removal import channel_removal
+from megaset.studies.contamination import contamination
 from megaset.storage.store import open_store
 
 

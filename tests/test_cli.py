@@ -9,14 +9,14 @@ import yaml
 
 def megaset(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from megaset.pipeline.cli import main; main()", *args],
+        [sys.executable, "-c", "from megaset.cli import main; main()", *args],
         capture_output=True, text=True, cwd=cwd, timeout=300,
     )
 
 
 def test_help_does_not_import_heavy_libraries():
     code = (
-        "import sys; from typer.testing import CliRunner; from megaset.pipeline.cli import app;"
+        "import sys; from typer.testing import CliRunner; from megaset.cli import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
         "print(sorted(m for m in ('torch', 'coffea', 'zarr', 'numba', 'distributed') if m in sys.modules))"
     )

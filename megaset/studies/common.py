@@ -1,0 +1,39 @@
+"""What the studies share: the stages after ingest on a derived configuration, and the anomaly
+figures of one signal against the test background."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from megaset.config import Config
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["train_and_score", "anomaly_row"]
+
+
+def train_and_score(cfg: Config, client: Client | None) -> dict[str, Any]:
+    """Mix ``cfg``'s staging area into its store, train ``training.model`` and score the store."""
+    from megaset.storage.mix import mix
+    from megaset.training.score import score
+    from megaset.training.trainer import train
+
+    mixed = mix(cfg, client)
+    trained = train(cfg, client)
+    scored = score(cfg, client)
+    return {"mix": mixed, "train": trained, "score": scored}
+
+
+def anomaly_row(cfg: Config, signal: str) -> dict[str, Any]:
+    """AUC, E10, E100 of ``signal`` against the test background in the store of ``cfg``."""
+    from megaset.report.report import anomaly_table
+    from megaset.report.samples import load_samples, mass_variable
+    from megaset.storage.store import open_store
+
+    store = open_store(cfg.store.url)
+    model = cfg.training.model
+    samples = load_samples(store, [model], mass_variable(store))
+    background = [s for s in samples if s.kind == "background"]
+    rows, _ = anomaly_table(model, background, [s for s in samples if s.kind == "signal" and s.name == signal])
+    return rows[0]

@@ -1,0 +1,69 @@
+"""Farina et al.'s contamination study (sec. IV).
+
+For each fraction f, a store mixed from the same staging area with ``f x train size`` events of a
+signal injected into train; the AUC, E10 and E100 of the remaining signal events against the
+test background as a function of f.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from megaset.config import Config
+from megaset.studies.common import anomaly_row, train_and_score
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["contamination"]
+
+
+def contamination(cfg: Config, client: Client | None, *, signal: str, fractions: Sequence[float],
+                  workdir: str | Path) -> dict[str, Any]:
+    """AUC, E10 and E100 of ``signal`` against the test background as a function of the
+    fraction of it injected into train.
+
+    The staging area of ``cfg`` (``megaset ingest``) is mixed once per fraction into
+    ``<workdir>/f<fraction>/store.zarr``; fraction 0 is the uncontaminated store.
+
+    Returns
+    -------
+    dict
+        ``signal, model, rows`` (per fraction: ``fraction, auc, e10, e100, train_signal_events``)
+        and ``plot``.
+
+    Raises
+    ------
+    StoreError
+        When the staging area is missing or incomplete (run ``megaset ingest``).
+    ConfigError
+        When a fraction needs more signal events than were staged.
+    """
+    from megaset.report import plots
+    from megaset.storage.staging import staging_attrs
+
+    staging_attrs(cfg.store.staging)
+    work = Path(workdir)
+    rows = []
+    for fraction in fractions:
+        base = work / f"f{fraction:g}"
+        derived = cfg.replace(
+            store={"url": str(base / "store.zarr"), "staging_url": cfg.store.staging,
+                   "contamination": {"signal": signal, "fraction": fraction} if fraction > 0 else None},
+            training={"output": str(base / "models")},
+        )
+        mixed = train_and_score(derived, client)["mix"]
+        injected = mixed["groups"]["train"]["channels"].get(signal, 0)
+        row = anomaly_row(derived, signal)
+        rows.append({"fraction": fraction, "auc": row["auc"], "e10": row["e10"], "e100": row["e100"],
+                     "train_signal_events": injected})
+    x = np.array([r["fraction"] for r in rows])
+    plot = plots.curves(work / f"contamination_{signal}.png", x,
+                        {k: np.array([r[k] for r in rows]) for k in ("auc", "e10", "e100")},
+                        xlabel="signal fraction injected into train", ylabel=f"{signal} vs test background",
+                        title=f"contamination ({cfg.training.model})", reference=0.5)
+    return {"signal": signal, "model": cfg.training.model, "rows": rows, "plot": str(plot)}
