@@ -46,6 +46,12 @@ __all__ = [
     "HTCondorConfig",
     "ClusterConfig",
     "SimulateConfig",
+    "JET_SAMPLES",
+    "JetSelectionConfig",
+    "JetImageConfig",
+    "JetSimulateConfig",
+    "JetsConfig",
+    "AdversaryConfig",
     "ArchitectureConfig",
     "EarlyStoppingConfig",
     "LoaderConfig",
@@ -84,6 +90,11 @@ class ChannelInput(_Section):
 
 
 class InputsConfig(_Section):
+    kind: Literal["events", "jets"] = Field(
+        "events", description="events: ntuples of events, selected and turned into RMMs; jets: one "
+        "boosted jet per entry, its constituents turned into images, constituent lists and "
+        "N-subjettiness (the jets section).",
+    )
     tree: str = "mini"
     lumi_ifb: float = Field(139.0, gt=0, description="Integrated luminosity in fb^-1.")
     chunksize: int = Field(200_000, gt=0, description="Input entries per processing chunk.")
@@ -186,14 +197,14 @@ class SchemaConfig(_Section):
     """Maps the input branches onto object collections, MET, weight and event id."""
 
     collections: dict[str, CollectionSchema] = Field(default_factory=_default_collections)
-    met: MetSchema = MetSchema()
+    met: MetSchema | None = Field(MetSchema(), description="null for inputs without MET (jet inputs).")
     weight: str | None = Field("wgt", description="Per-event weight branch; null for weight 1.")
     run: str | None = "runNumber"
     event: str | None = "eventNumber"
 
     def branches(self) -> list[str]:
         out = [b for c in self.collections.values() for b in c.branches()]
-        out += self.met.branches()
+        out += self.met.branches() if self.met is not None else []
         out += [b for b in (self.weight, self.run, self.event) if b]
         return list(dict.fromkeys(out))
 
@@ -481,6 +492,111 @@ class SimulateConfig(_Section):
     channels: list[str] | None = Field(None, description="Subset of channels; null: all.")
 
 
+# ---------------------------------------------------------------------------- jets
+
+#: The simulated jet samples (pipeline/jets_simulate.py says what each approximates).
+JET_SAMPLES = ("qcd", "gluon", "top", "w", "gluino", "hbb", "dark", "zprime40")
+
+
+def _default_jet_schema() -> SchemaConfig:
+    return SchemaConfig(
+        collections={"constituent": CollectionSchema(pt="constPt", eta="constEta", phi="constPhi", energy="constE")},
+        met=None, weight=None, run=None, event="eventNumber",
+    )
+
+
+class JetSelectionConfig(_Section):
+    """Jet-level selection on the jet made of all its constituents (Farina et al.: 800-900 GeV, |eta| < 1)."""
+
+    pt_min: float = Field(800.0, ge=0)
+    pt_max: float = Field(900.0, gt=0)
+    abs_eta_max: float = Field(1.0, gt=0)
+    min_constituents: int = Field(2, ge=1, description="Fewer constituents: the jet is dropped.")
+    on_nonfinite: Literal["drop", "fail"] = "drop"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> JetSelectionConfig:
+        if self.pt_min >= self.pt_max:
+            raise ValueError(f"pt_min ({self.pt_min}) must be below pt_max ({self.pt_max})")
+        return self
+
+
+class JetImageConfig(_Section):
+    """Farina et al.'s (Macaluso and Shih's) jet images: centre, rotate, flip, normalise, pixelise."""
+
+    pixels: int = Field(37, ge=3, description="Pixels per side of the image.")
+    padded: int = Field(40, ge=3, description="Side after zero padding (the CNN's input).")
+    extent: float = Field(3.2, gt=0, description="Width in eta and phi covered by the pixels.")
+    center: Literal["centroid", "leading_subjet"] = "centroid"
+
+    @model_validator(mode="after")
+    def _fits(self) -> JetImageConfig:
+        if self.padded < self.pixels:
+            raise ValueError(f"padded ({self.padded}) must be at least pixels ({self.pixels})")
+        return self
+
+
+class JetSimulateConfig(_Section):
+    """``megaset simulate`` for ``inputs.kind: jets``: the built-in boosted-jet samples."""
+
+    output: str = "megaset-demo/jets"
+    jets: int = Field(20_000, gt=0, description="Jets written per background sample (after the pT window).")
+    signal_jets: int = Field(5_000, gt=0, description="Jets written per other sample.")
+    jets_per_file: int = Field(10_000, gt=0)
+    seed: int = 1
+    background: str = Field("qcd", description="The sample that is the background; the others are signals.")
+    samples: list[str] | None = Field(None, description=f"Subset of {', '.join(JET_SAMPLES)}; null: all.")
+
+    @model_validator(mode="after")
+    def _known(self) -> JetSimulateConfig:
+        unknown = [s for s in [self.background, *(self.samples or [])] if s not in JET_SAMPLES]
+        if unknown:
+            raise ValueError(f"unknown jet samples {unknown}; choose from {', '.join(JET_SAMPLES)}")
+        if self.samples is not None and self.background not in self.samples:
+            raise ValueError(f"samples must include the background {self.background!r}")
+        return self
+
+
+class JetsConfig(_Section):
+    """Jet-level inputs (``inputs.kind: jets``): constituents -> images, constituent lists, N-subjettiness."""
+
+    schema_: SchemaConfig = Field(default_factory=_default_jet_schema, alias="schema",
+                                  description="Branches of the constituents (flat or jagged, polar or Cartesian).")
+    collection: str = Field("constituent", description="The collection of schema.collections holding the constituents.")
+    selection: JetSelectionConfig = JetSelectionConfig()
+    image: JetImageConfig = JetImageConfig()
+    constituents: int = Field(30, ge=2, le=200, description="Leading constituents kept (zero padded) for graphs.")
+    subjettiness: int = Field(5, ge=3, le=8, description="tau_1 .. tau_N with beta = 1 on exclusive-kT axes.")
+    feature: Literal["image", "constituents", "tau"] = Field(
+        "image", description="The store's feature column: its names and train statistics are recorded.")
+    models: list[str] = Field(
+        default_factory=lambda: ["pca", "jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21"],
+        description="Models `megaset run` trains and scores in turn.",
+    )
+    pairwise_models: list[str] = Field(
+        default_factory=lambda: ["jet-dense", "graph-ae", "oneoff", "tau32"],
+        description="Models of the train-on-each-sample pairwise matrix in the report (empty: none).",
+    )
+    pairwise_epochs: int = Field(3, ge=1, description="Epochs of each pairwise training.")
+    contamination: list[float] = Field(
+        default_factory=list, description="Fractions of the contamination study run by `megaset run` (empty: none).")
+    simulate: JetSimulateConfig = JetSimulateConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def schema(self) -> SchemaConfig:  # noqa: D401 - a field named "schema" shadows BaseModel.schema
+        return self.schema_
+
+    @model_validator(mode="after")
+    def _collection_mapped(self) -> JetsConfig:
+        if self.collection not in self.schema_.collections:
+            raise ValueError(
+                f"collection {self.collection!r} is not in schema.collections "
+                f"({', '.join(self.schema_.collections)})")
+        return self
+
+
 # ---------------------------------------------------------------------------- training
 
 class ArchitectureConfig(_Section):
@@ -512,6 +628,17 @@ class ArchitectureConfig(_Section):
     )
 
 
+class AdversaryConfig(_Section):
+    """Adversarial decorrelation: a small network regresses the jet mass from the model's latent
+    (or its score) through a gradient-reversal layer, so the model learns to hide the mass."""
+
+    weight: float = Field(1.0, gt=0, description="Strength alpha of the reversed gradient (L = L_ae - alpha L_adv).")
+    on: Literal["latent", "score"] = "latent"
+    column: str = Field("jet_mass", description="The store column regressed.")
+    scale: float = Field(500.0, gt=0, description="The column is divided by this before the regression.")
+    hidden: int = Field(32, gt=0)
+
+
 class EarlyStoppingConfig(_Section):
     patience: int = Field(5, ge=1, description="Epochs without improvement of the val loss.")
     min_delta: float = Field(0.0, ge=0, description="Smallest decrease that counts as improvement.")
@@ -535,13 +662,17 @@ class DDPConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca"] = "ae-shallow"
+    model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "jet-dense", "jet-cnn",
+                   "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
     output: str = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(8192, gt=0, description="Events per step and rank (thesis: 8192).")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
     seed: int = 0
-    scaling: Literal["minmax", "standard"] = "minmax"
+    scaling: Literal["minmax", "standard", "none"] = Field(
+        "minmax", description="none: features as stored (jet images, normalised to unit pT sum).")
+    adversary: AdversaryConfig | None = Field(
+        None, description="Mass decorrelation: a regressor of the jet mass behind a gradient reversal.")
     weighted: bool = Field(True, description="Weight each event's loss by its event weight.")
     negative_weights: Literal["keep", "abs", "zero"] = "keep"
     architecture: ArchitectureConfig = ArchitectureConfig()
@@ -596,6 +727,7 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     cluster: ClusterConfig = ClusterConfig()
     simulate: SimulateConfig = SimulateConfig()
+    jets: JetsConfig = JetsConfig()
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     report: ReportConfig = ReportConfig()
@@ -605,6 +737,11 @@ class Config(_Section):
     @property
     def schema(self) -> SchemaConfig:  # noqa: D401 - a field named "schema" shadows BaseModel.schema
         return self.schema_
+
+    @property
+    def input_schema(self) -> SchemaConfig:
+        """The schema the ingest reads with: ``schema``, or ``jets.schema`` for jet inputs."""
+        return self.jets.schema if self.inputs.kind == "jets" else self.schema_
 
     def resolved(self) -> dict[str, Any]:
         """The whole configuration with every default filled in, as plain JSON types."""

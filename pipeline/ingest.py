@@ -64,7 +64,7 @@ def _weight_scales(cfg: Config, channels, infos: list[FileInfo]) -> dict[str, fl
         mine = [i for i in infos if i.channel == name]
         factor = 1.0
         if ch.xsec_pb is not None:
-            total = sum(i.sum_weights for i in mine) if cfg.schema.weight else sum(i.entries for i in mine)
+            total = sum(i.sum_weights for i in mine) if cfg.input_schema.weight else sum(i.entries for i in mine)
             factor = ch.xsec_pb * 1000.0 * cfg.inputs.lumi_ifb / total if total else 0.0
         scales.update({i.path: factor for i in mine})
     return scales
@@ -79,10 +79,14 @@ def _fingerprint(cfg: Config, table: list[dict[str, Any]], files: list[FileInfo]
         "chunksize": cfg.inputs.chunksize,
         "lumi_ifb": cfg.inputs.lumi_ifb,
         "xsec": {name: ch.xsec_pb for name, ch in cfg.inputs.channels.items()},
-        "schema": cfg.schema.model_dump(mode="json"),
-        "selection": cfg.selection.model_dump(mode="json"),
-        "rmm": cfg.rmm.model_dump(mode="json"),
+        "kind": cfg.inputs.kind,
+        "schema": cfg.input_schema.model_dump(mode="json"),
     }
+    if cfg.inputs.kind == "jets":
+        relevant["jets"] = cfg.jets.model_dump(mode="json", include={"collection", "selection", "image",
+                                                                     "constituents", "subjettiness", "feature"})
+    else:
+        relevant |= {"selection": cfg.selection.model_dump(mode="json"), "rmm": cfg.rmm.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -116,6 +120,22 @@ def _refuse_copies(files: list[FileInfo]) -> None:
                 "list each file once"
             )
             raise InputFileError(info.path, msg)
+
+
+def _kind(cfg: Config) -> tuple[type, dict[str, Any]]:
+    """The processor of the input kind, and what the staging area records about its features:
+    their names, the feature column (the one the mix keeps train statistics of) and its settings."""
+    if cfg.inputs.kind == "jets":
+        from megaset.pipeline.jet_processor import JetProcessor, feature_names as jet_feature_names
+
+        return JetProcessor, {"kind": "jets", "feature_column": cfg.jets.feature,
+                              "feature_names": jet_feature_names(cfg.jets),
+                              "jets": cfg.jets.model_dump(mode="json", by_alias=True)}
+    from megaset.pipeline.processor import RMMProcessor
+    from megaset.pipeline.rmm import feature_names
+
+    return RMMProcessor, {"kind": "events", "feature_column": "rmm", "feature_names": feature_names(cfg.rmm),
+                          "rmm": cfg.rmm.model_dump(mode="json")}
 
 
 def _runner(client: Client | None, cfg: Config, files: list[FileInfo], status: bool):
@@ -157,8 +177,6 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     InputFileError
         For a bad input file when ``inputs.on_bad_file`` is ``fail`` (names file and reason).
     """
-    from megaset.pipeline.processor import RMMProcessor
-    from megaset.pipeline.rmm import feature_names
     from megaset.storage.staging import finish_staging, init_staging
 
     log = log or (lambda message: None)
@@ -182,11 +200,11 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     table = _channel_table(channels)
     fingerprint = _fingerprint(cfg, table, good)
     _check_resumable(staging, fingerprint)
+    processor_class, described = _kind(cfg)
     init_staging(staging, list(channels), {
         "fingerprint": fingerprint,
         "schema_version": LAYOUT_VERSION,
-        "feature_names": feature_names(cfg.rmm),
-        "rmm": cfg.rmm.model_dump(mode="json"),
+        **described,
         "channels": table,
         "config": cfg.resolved(),
         "code_version": __version__,
@@ -195,20 +213,22 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     fileset = {
         name: {
             "files": {i.path: i.tree for i in good if i.channel == name},
-            "preload": cfg.schema.branches(),
+            "preload": cfg.input_schema.branches(),
         }
         for name in channels
     }
     fileset = {name: spec for name, spec in fileset.items() if spec["files"]}
-    proc = RMMProcessor(
+    # treename=None below: coffea then reads each file's own tree (a channel's ``tree``)
+    # instead of forcing inputs.tree onto every file.
+    proc = processor_class(
         cfg,
         channel_ids={c["name"]: c["id"] for c in table},
         file_index={i.path: i.index for i in infos},
         weight_scale=_weight_scales(cfg, channels, good),
         skip_bad=cfg.inputs.on_bad_file == "skip",
     )
-    out = _runner(client, cfg, good, status)(fileset, proc, treename=cfg.inputs.tree,
-                                            iteritems_options={"filter_name": cfg.schema.branches()}) if fileset else {}
+    out = _runner(client, cfg, good, status)(fileset, proc, treename=None,
+                                            iteritems_options={"filter_name": cfg.input_schema.branches()}) if fileset else {}
 
     errors = out.pop("errors", {})
     if errors:

@@ -46,6 +46,10 @@ def resolve_channels(cfg: Config) -> dict[str, ChannelInput]:
     """The configured channels, or the simulated demo sample when none are configured."""
     if cfg.inputs.channels:
         return dict(cfg.inputs.channels)
+    if cfg.inputs.kind == "jets":
+        from megaset.pipeline.jets_simulate import jet_inputs
+
+        return jet_inputs(cfg.jets.simulate)
     from megaset.pipeline.simulate import demo_inputs
 
     return demo_inputs(cfg.simulate)
@@ -128,7 +132,7 @@ def inspect_files(cfg: Config, channels: dict[str, ChannelInput], client: Client
         for path in files[name]
     ]
     todo = [FileInfo(**{**t.to_dict(), "index": i}) for i, t in enumerate(todo)]
-    schema = cfg.schema
+    schema = cfg.input_schema
     args = (schema.branches(), schema.weight)
     needs_sum = {name: ch.xsec_pb is not None and schema.weight is not None for name, ch in channels.items()}
     if client is None:

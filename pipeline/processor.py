@@ -22,26 +22,32 @@ from megaset.pipeline.schema import read_events
 from megaset.pipeline.selection import Selection, select
 from megaset.storage.staging import piece_attrs, piece_key, write_piece
 
-__all__ = ["RMMProcessor", "piece_columns"]
+__all__ = ["RMMProcessor", "piece_columns", "base_columns"]
 
 _AUX_FLOAT = ("met", "met_phi", "m_ll", "m_lll", "ht")
+
+
+def base_columns(weight: np.ndarray, run: np.ndarray, event: np.ndarray, entry: np.ndarray, channel_id: int,
+                 file_index: int, scale: float) -> dict[str, np.ndarray]:
+    """The columns every staged row has: ``weight`` (scaled), ``channel`` and ``event_id``
+    (run, event, file index, entry)."""
+    n = len(weight)
+    event_id = np.empty((n, 4), dtype=np.int64)
+    event_id[:, 0] = run
+    event_id[:, 1] = event
+    event_id[:, 2] = file_index
+    event_id[:, 3] = entry
+    return {
+        "weight": (np.asarray(weight) * scale).astype(np.float32),
+        "channel": np.full(n, channel_id, dtype=np.int16),
+        "event_id": event_id,
+    }
 
 
 def piece_columns(sel: Selection, rmm: Any, channel_id: int, file_index: int, scale: float) -> dict[str, Any]:
     """The staging columns of one chunk's selected events (``rmm`` dense or sparse, as
     :func:`~megaset.storage.staging.write_piece` takes it)."""
-    n = len(sel.weight)
-    event_id = np.empty((n, 4), dtype=np.int64)
-    event_id[:, 0] = sel.run
-    event_id[:, 1] = sel.event
-    event_id[:, 2] = file_index
-    event_id[:, 3] = sel.entry
-    columns = {
-        "rmm": rmm,
-        "weight": (sel.weight * scale).astype(np.float32),
-        "channel": np.full(n, channel_id, dtype=np.int16),
-        "event_id": event_id,
-    }
+    columns = {"rmm": rmm, **base_columns(sel.weight, sel.run, sel.event, sel.entry, channel_id, file_index, scale)}
     for name, values in sel.aux.items():
         dtype = np.float32 if name in _AUX_FLOAT else np.int16
         columns[name] = values.astype(dtype, copy=False)
@@ -105,8 +111,7 @@ class RMMProcessor(processor.ProcessorABC):
             return _output(channel, done, resumed=True)
 
         try:
-            ev = read_events(events, self.cfg.schema, filename, entry_start=start)
-            sel = select(ev, self.cfg.selection, filename)
+            columns, cutflow, nonfinite = self.build(events, filename, start)
         except MegasetError as err:
             # Returned, not raised: the executor would wrap it in a bare Exception and the
             # driver would lose its type and message. Ingest raises it after the run.
@@ -117,11 +122,7 @@ class RMMProcessor(processor.ProcessorABC):
             reason = f"entries {start}-{stop}: {type(err).__name__}: {err}"
             return {"skipped": {filename: reason}}
 
-        objects = [sel.objects[o.source] for o in self.cfg.rmm.objects]
-        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm, sparse=True)
-        columns = piece_columns(
-            sel, rmm, self.channel_ids[channel], self.file_index[filename], self.weight_scale[filename]
-        )
+        scale = self.weight_scale[filename]
         attrs = {
             "filename": filename,
             "file_index": self.file_index[filename],
@@ -129,11 +130,23 @@ class RMMProcessor(processor.ProcessorABC):
             "entrystart": start,
             "entrystop": stop,
             "n_read": stop - start,
-            "cutflow": [[step, int(raw), float(w) * self.weight_scale[filename]] for step, raw, w in sel.cutflow],
-            "nonfinite": sel.nonfinite,
+            "cutflow": [[step, int(raw), float(w) * scale] for step, raw, w in cutflow],
+            "nonfinite": nonfinite,
         }
         write_piece(staging, channel, key, columns, attrs, self.cfg.store.staging_compressor)
-        return _output(channel, {**attrs, "n_rows": rmm.shape[0]}, resumed=False)
+        return _output(channel, {**attrs, "n_rows": len(columns["weight"])}, resumed=False)
+
+    def build(self, events, filename: str, start: int) -> tuple[dict[str, Any], list, dict[str, int]]:
+        """The staging columns of one chunk's selected events, its cut flow (step, raw, weighted
+        before the cross-section scale) and its non-finite counts per branch."""
+        ev = read_events(events, self.cfg.schema, filename, entry_start=start)
+        sel = select(ev, self.cfg.selection, filename)
+        objects = [sel.objects[o.source] for o in self.cfg.rmm.objects]
+        rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm, sparse=True)
+        columns = piece_columns(
+            sel, rmm, self.channel_ids[events.metadata["dataset"]], self.file_index[filename], self.weight_scale[filename]
+        )
+        return columns, sel.cutflow, sel.nonfinite
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
         return accumulator

@@ -53,7 +53,10 @@ def _collection_roles(name: str, coll: CollectionSchema) -> list[tuple[str, str,
 def _event_roles(schema: SchemaConfig) -> list[tuple[str, str, str]]:
     """(config key, role, branch) for every one-number-per-event branch."""
     met = schema.met
-    met_roles = {"px": met.px, "py": met.py} if met.px else {"et": met.et, "phi": met.phi}
+    if met is None:
+        met_roles = {}
+    else:
+        met_roles = {"px": met.px, "py": met.py} if met.px else {"et": met.et, "phi": met.phi}
     ids = {role: getattr(schema, role) for role in ("weight", "run", "event")}
     return [(f"schema.met.{role}", role, branch) for role, branch in met_roles.items()] + [
         (f"schema.{role}", role, branch) for role, branch in ids.items() if branch
@@ -309,7 +312,11 @@ def read_events(source: Any, schema: SchemaConfig, filename: str, entry_start: i
         for key, role, branch in _event_roles(schema)
     }
     met = schema.met
-    if met.px:
+    if met is None:
+        # Inputs without MET (one jet per entry): the entry count comes from any branch read.
+        n = next(iter(collections.values())).n_events if collections else len(next(iter(scalars.values())))
+        met_et, met_phi = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    elif met.px:
         dtype = _out_type(scalars["px"], scalars["py"])
         px, py = (np.asarray(scalars[c], dtype=np.float64) for c in ("px", "py"))
         met_et, met_phi = np.hypot(px, py).astype(dtype), np.arctan2(py, px).astype(dtype)

@@ -290,15 +290,17 @@ def _file_seed(seed: int, channel: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(_channel_key(channel), index))
 
 
-def write_ntuple(path: Path, branches: Mapping[str, np.ndarray | ak.Array], tree: str = "mini") -> None:
-    """Write one ntuple, jagged branches of a collection sharing one counter (``njet``, ``nlep``)."""
+def write_ntuple(path: Path, branches: Mapping[str, np.ndarray | ak.Array], tree: str = "mini",
+                 collections: tuple[str, ...] = ("jet", "lep")) -> None:
+    """Write one ntuple, the jagged branches of each collection prefix sharing one counter
+    (``njet``, ``nlep``)."""
     import awkward as ak
     import uproot
 
     data: dict[str, np.ndarray | ak.Array] = {}
-    for prefix in ("jet", "lep"):
+    for prefix in collections:
         data[prefix] = ak.zip({k[len(prefix):]: v for k, v in branches.items() if k.startswith(prefix)})
-    data |= {k: v for k, v in branches.items() if not k.startswith(("jet", "lep"))}
+    data |= {k: v for k, v in branches.items() if not k.startswith(collections)}
     partial_path = path.with_name(path.name + ".part")
     with uproot.recreate(partial_path) as f:
         f.mktree(tree, data, field_name=lambda outer, inner: outer + inner)
@@ -366,7 +368,7 @@ def simulate(
             paths.append(str(path))
             if progress is not None:
                 progress(n)
-        _remove_stale(folder, channel, len(paths))
+        remove_stale(folder, channel, len(paths))
         written[channel] = paths
     # Written last: its presence says every file of these settings is there.
     (root / _MANIFEST).write_text(json.dumps(_settings(cfg, tree, lumi_ifb), sort_keys=True))
@@ -386,7 +388,7 @@ def _settings(cfg: SimulateConfig, tree: str, lumi_ifb: float) -> dict:
     return {**cfg.model_dump(mode="json"), "tree": tree, "lumi_ifb": lumi_ifb}
 
 
-def _remove_stale(folder: Path, channel: str, n_files: int) -> None:
+def remove_stale(folder: Path, channel: str, n_files: int) -> None:
     pattern = re.compile(rf"{re.escape(channel)}_(\d+)\.root")
     for path in folder.iterdir():
         match = pattern.fullmatch(path.name)

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["mix", "prepare_mix", "MixJob"]
 
-_REQUIRED = ("rmm", "weight", "channel", "event_id")
-_DIMENSIONS = {"rmm": ("event", "feature"), "event_id": ("event", "id_field")}
+_REQUIRED = ("weight", "channel", "event_id")
+_DIMENSIONS = {"rmm": ("event", "feature"), "image": ("event", "pixel"), "event_id": ("event", "id_field")}
 #: Train chunks whose scaler partials are read back at once when folding them.
 _FOLD_BATCH = 64
 
@@ -126,7 +126,8 @@ class MixJob:
 
     def chunk_kwargs(self) -> dict[str, Any]:
         """What :func:`megaset.storage.mix_chunk.build_chunk` takes besides its task."""
-        return {"staging": self.staging, "url": self.url, "columns": list(self.columns), "layout": self.layout}
+        return {"staging": self.staging, "url": self.url, "columns": list(self.columns), "layout": self.layout,
+                "feature_column": feature_column(self.staging_attrs)}
 
 
 def prepare_mix(cfg: Config) -> MixJob:
@@ -145,20 +146,30 @@ def prepare_mix(cfg: Config) -> MixJob:
     sattrs = staging_attrs(staging)
     pieces = list_pieces(staging)
     plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
-    columns, layout = _column_specs(staging, pieces)
+    columns, layout = _column_specs(staging, pieces, feature_column(sattrs))
     _check_features(sattrs, columns)
-    done = _prepare(url, plan, columns, cfg.store.compressor)
+    done = _prepare(url, plan, columns, cfg.store.compressor, feature_column(sattrs))
     return MixJob(staging, url, plan, sattrs, columns, layout, done)
 
 
+def feature_column(sattrs: Mapping[str, Any]) -> str:
+    """The staged column whose names and train statistics the store records (``rmm`` for events)."""
+    return str(sattrs.get("feature_column", "rmm"))
+
+
+def _width(tail: Sequence[int]) -> int:
+    return int(np.prod(tail, dtype=np.int64))
+
+
 def _check_features(sattrs: Mapping[str, Any], columns: ColumnSpecs) -> None:
-    names, width = sattrs["feature_names"], columns["rmm"][1][0]
+    name = feature_column(sattrs)
+    names, width = sattrs["feature_names"], _width(columns[name][1])
     if len(names) != width:
-        msg = f"staging area lists {len(names)} feature names but its rmm rows have {width} cells; rerun `megaset ingest`"
+        msg = f"staging area lists {len(names)} feature names but its {name} rows have {width} cells; rerun `megaset ingest`"
         raise StoreError(msg)
 
 
-def _column_specs(staging: str, pieces: Mapping[str, list]) -> tuple[ColumnSpecs, dict[str, list]]:
+def _column_specs(staging: str, pieces: Mapping[str, list], feature: str) -> tuple[ColumnSpecs, dict[str, list]]:
     """Name -> (dtype, shape after the event axis) of every staged column, and the storage
     layout of the pieces, from their attributes; every piece must agree."""
     from megaset.storage.staging import piece_schema
@@ -180,7 +191,7 @@ def _column_specs(staging: str, pieces: Mapping[str, list]) -> tuple[ColumnSpecs
             )
             raise StoreError(msg)
     specs = piece_schema(attrs)
-    missing = [c for c in _REQUIRED if c not in specs]
+    missing = [c for c in (feature, *_REQUIRED) if c not in specs]
     if missing:
         msg = f"staging piece {staging}/{first} lacks columns {missing}; rerun `megaset ingest`"
         raise StoreError(msg)
@@ -191,7 +202,8 @@ def _complete(url: str) -> bool:
     return bool(open_group(url).attrs.get("complete"))
 
 
-def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig) -> dict[str, np.ndarray]:
+def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig,
+             feature: str) -> dict[str, np.ndarray]:
     """Create the store layout, or reopen an interrupted one; the done mask of every group."""
     import zarr
 
@@ -216,7 +228,7 @@ def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorCon
     mix_attrs = {"fingerprint": plan.fingerprint, "layout": False}
     root = zarr.create_group(store=url, overwrite=root is not None, zarr_format=3,
                              attributes={"schema_version": SCHEMA_VERSION, "complete": False, "mix": mix_attrs})
-    _create_layout(root, plan, columns, codec)
+    _create_layout(root, plan, columns, codec, feature)
     root.attrs["mix"] = {**mix_attrs, "layout": True}
     return {g.name: np.zeros(g.n_chunks, dtype=bool) for g in plan.groups}
 
@@ -231,7 +243,7 @@ def _array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
     return template.metadata
 
 
-def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig) -> None:
+def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig, feature: str) -> None:
     """Every group and array with its final shape, plus the bookkeeping arrays (one chunk per
     output chunk), created concurrently: on an object store that is one round of requests."""
     from zarr.core.group import GroupMetadata
@@ -239,7 +251,7 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
     from megaset.storage.codecs import compressors
 
     codecs = compressors(codec)
-    width = columns["rmm"][1][0]
+    width = _width(columns[feature][1])
     nodes: dict[str, Any] = {}
     for g in plan.groups:
         nodes[g.name] = GroupMetadata(zarr_format=3, attributes={
@@ -249,7 +261,8 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
         })
         for name, (dtype, tail) in columns.items():
             nodes[f"{g.name}/{name}"] = _array_metadata(
-                (g.n_events, *tail), (g.chunk_len, *tail), dtype, codecs, 0, _DIMENSIONS.get(name, ("event",)))
+                (g.n_events, *tail), (g.chunk_len, *tail), dtype, codecs, 0,
+                _DIMENSIONS.get(name, ("event", *(f"{name}_{k}" for k in range(1, len(tail) + 1)))))
         book = f"{MIX_PREFIX}/{g.name}"
         nodes[f"{book}/done"] = _array_metadata((g.n_chunks,), (1,), "bool", [], False)
         k = len(g.channel_ids)
@@ -283,7 +296,10 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
     scaler = _fold_scaler(root[f"{MIX_PREFIX}/train"], plan.group("train").n_chunks)
     root.update_attributes({
         "feature_names": list(sattrs["feature_names"]),
+        "feature_column": feature_column(sattrs),
+        "kind": sattrs.get("kind", "events"),
         "rmm": sattrs.get("rmm"),
+        "jets": sattrs.get("jets"),
         "channels": _channel_table(sattrs["channels"], plan.groups, weights),
         "cutflow": sattrs.get("cutflow", {}),
         "scaler": scaler,

@@ -113,10 +113,11 @@ async def _write(task: ChunkTask, url: str, values: Mapping[str, np.ndarray], su
 
 
 def build_chunk(task: ChunkTask, *, staging: str, url: str, columns: Sequence[str],
-                layout: Mapping[str, list]) -> int:
+                layout: Mapping[str, list], feature_column: str = "rmm") -> int:
     """Build and write one output chunk; returns the bytes of column data written.
 
-    ``layout`` is the staging pieces' storage layout (:mod:`megaset.storage.staging`).
+    ``layout`` is the staging pieces' storage layout (:mod:`megaset.storage.staging`); the
+    scaler partials are those of ``feature_column``, flattened after the event axis.
 
     The rows are gathered channel after channel straight into the chunk's seeded random
     order; the weights are summed per channel, and the train group also records the chunk's
@@ -128,6 +129,7 @@ def build_chunk(task: ChunkTask, *, staging: str, url: str, columns: Sequence[st
     values = sync(_gather(task, staging, columns, layout, position))
     weight = values["weight"].astype(np.float64)
     sums = np.array([weight[values["channel"] == cid].sum() for cid in task.channel_ids])
-    scaler = stats.partial_stats(values["rmm"]) if task.scaler else None
+    features = values[feature_column]
+    scaler = stats.partial_stats(features.reshape(len(features), -1)) if task.scaler else None
     sync(_write(task, url, values, sums, scaler))
     return sum(column.nbytes for column in values.values())

@@ -96,9 +96,11 @@ def _table_columns(store: Store, group: StoreGroup) -> dict[str, _Column]:
     for array in group.columns():
         info = group.column_info(array)
         dtype = _polars_dtype(info["dtype"])
-        if array == "rmm":
+        if len(info["shape"]) > 2:
+            continue  # e.g. a jet's constituent list: no single SQL column per cell
+        if array == store.feature_column:
             for k, feature in enumerate(store.feature_names):
-                add(feature, _Column("rmm", k, dtype), f"rmm cell {feature}")
+                add(feature, _Column(array, k, dtype), f"{array} cell {feature}")
         elif array == "event_id":
             for k, part in enumerate(EVENT_ID_FIELDS):
                 add(part, _Column("event_id", k, dtype), f"event_id[{k}]")

@@ -77,6 +77,17 @@ class Store:
         return list(self.attrs["feature_names"])
 
     @property
+    def feature_column(self) -> str:
+        """The column the feature names and the scaler describe: ``rmm``, or for a jet store
+        ``image`` (by default), ``constituents`` or ``tau``."""
+        return str(self.attrs.get("feature_column", "rmm"))
+
+    @property
+    def kind(self) -> str:
+        """``events`` (RMMs of selected events) or ``jets`` (one boosted jet per row)."""
+        return str(self.attrs.get("kind", "events"))
+
+    @property
     def channels(self) -> list[dict[str, Any]]:
         """Per channel: id, name, is_signal, is_data, events and sum of weights per group."""
         return [dict(c) for c in self.attrs["channels"]]
