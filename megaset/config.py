@@ -603,8 +603,8 @@ class ArchitectureConfig(_Section):
     """Shape of the model; null keys take the thesis' (sec. 3.6) or Farina et al.'s choice."""
 
     latent: int | None = Field(
-        None, gt=0, description="Latent size; null: 150 (thesis) for the networks, the "
-        "scree-plot suggestion (pca_variance) for pca.",
+        None, gt=0, description="Latent size; null: 150 (thesis) for the RMM networks, 6 (Farina et "
+        "al.) for the jet networks, the scree-plot suggestion (pca_variance) for pca.",
     )
     hidden: list[int] | None = Field(
         None, description="Encoder hidden widths, input side first; the decoder mirrors them."
@@ -619,6 +619,14 @@ class ArchitectureConfig(_Section):
         description="CNN: channels of each conv layer, a 2x2 max-pool between two.",
     )
     cnn_dense: int = Field(256, gt=0, description="CNN: dense layer between convolutions and latent.")
+    jet_cnn_channels: list[int] = Field(
+        default_factory=lambda: [128, 128, 128], min_length=1,
+        description="jet-cnn: channels of each conv layer (Farina et al.: 128, 128, 128).",
+    )
+    jet_cnn_dense: int = Field(32, gt=0, description="jet-cnn: dense layer before the latent (Farina et al.: 32).")
+    graph_hidden: int = Field(32, gt=0, description="graph-ae, oneoff: width of the graph convolutions.")
+    graph_normalise: bool = Field(
+        True, description="graph-ae, oneoff: divide constituent positions by the jet width (grapa).")
     pca_variance: float = Field(
         0.99, gt=0, le=1, description="pca: fraction of variance the suggested latent size explains."
     )

@@ -81,6 +81,12 @@ class ChunkDataset(IterableDataset):
         Give every shard the same number of batches (training under DDP).
     read_ahead, threads, shuffle_chunks
         Chunks in flight, reader threads, and chunks shuffled together.
+    column
+        The store column read as features (flattened after the event axis): ``rmm``, or a
+        jet store's ``image``, ``constituents`` or ``tau``.
+    context
+        A one-number-per-event column appended unscaled as a last feature (the jet mass an
+        adversary regresses), or ``None``.
 
     Examples
     --------
@@ -101,6 +107,8 @@ class ChunkDataset(IterableDataset):
         read_ahead: int = 2,
         threads: int = 2,
         shuffle_chunks: int = 4,
+        column: str = "rmm",
+        context: str | None = None,
     ):
         super().__init__()
         if min(batch_size, read_ahead, threads, shuffle_chunks) < 1:
@@ -118,6 +126,7 @@ class ChunkDataset(IterableDataset):
         self.read_ahead = read_ahead
         self.threads = threads
         self.shuffle_chunks = shuffle_chunks if shuffle else 1
+        self.column, self.context = column, context
         self.chunk_sizes = np.array(
             [s.stop - s.start for s in map(group.chunk_slice, range(group.n_chunks))], dtype=np.int64
         )
@@ -264,13 +273,17 @@ class ChunkDataset(IterableDataset):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        data = self.group.read_chunk(index, columns=("rmm", "weight"))
-        x = np.asarray(data["rmm"], dtype=np.float32)
+        names = (self.column, "weight", *((self.context,) if self.context else ()))
+        data = self.group.read_chunk(index, columns=names)
+        x = np.asarray(data[self.column], dtype=np.float32)
+        x = x.reshape(len(x), -1)
         if self.scaling is not None:
             # In place when the chunk was decoded into an array of its own (zarr does): a fresh
             # allocation costs more than the arithmetic, for every event of every epoch.
             mine = x.flags.owndata and x.flags.writeable
             x = self.scaling(x, out=x if mine else None)
+        if self.context:
+            x = np.concatenate([x, np.asarray(data[self.context], dtype=np.float32)[:, None]], axis=1)
         return x, np.asarray(data["weight"], dtype=np.float32)
 
     # ------------------------------------------------------------------ state

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from megaset.storage.store import StoreGroup
 
 __all__ = [
-    "fit", "train_epoch", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
+    "fit", "model_inputs", "train_epoch", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
     "checkpoint_payload", "summary", "RESUME_KEYS",
 ]
 
@@ -119,10 +119,41 @@ def evaluate(
             x = x.to(device, non_blocking=True)
             w = event_weights(weight.to(device), cfg).double()
             reconstruction, penalty = model(x)
-            error = torch.mean((reconstruction - x) ** 2, dim=1).double()
+            error = model.error(reconstruction, x).double()
             sums += torch.stack([(w * (error + penalty)).sum(), (w * error).sum(), w.sum()])
     loss_sum, error_sum, w_sum = _all_sum(sums.tolist(), device)
     return loss_sum / w_sum, error_sum / w_sum
+
+
+def model_inputs(store: Any, tc: TrainingConfig) -> tuple[str, list[str], Scaling]:
+    """The store column ``tc.model`` reads, the names of its features, and their scaling.
+
+    The store's feature column is scaled by ``training.scaling`` from its train statistics;
+    another column (a jet's constituents or N-subjettiness) has none and is read as stored.
+    """
+    from megaset.training.registry import input_column
+
+    column = input_column(tc.model, store.feature_column)
+    if column == store.feature_column:
+        names = list(store.feature_names)
+        return column, names, Scaling.from_scaler(store.scaler, tc.scaling)
+    shape = store.group("train").column_info(column)["shape"][1:]
+    names = [f"{column}_{k}" for k in range(int(np.prod(shape, dtype=np.int64)))]
+    return column, names, Scaling.identity(len(names))
+
+
+def datasets(store: Any, tc: TrainingConfig, column: str, scaling: Scaling,
+             *, shuffle: bool = True) -> tuple[ChunkDataset, ChunkDataset]:
+    """The train loader (shuffled, equal batches on every rank, unless not ``shuffle``: then
+    read once in order, as for evaluation) and the val loader of ``tc``."""
+    loader = {"read_ahead": tc.loader.read_ahead, "threads": tc.loader.threads,
+              "shuffle_chunks": tc.loader.shuffle_chunks, "column": column,
+              "context": tc.adversary.column if tc.adversary else None}
+    train_data = ChunkDataset(store.group("train"), batch_size=tc.batch_size, scaling=scaling, seed=tc.seed,
+                              shuffle=shuffle, equal_batches=shuffle, **loader)
+    val_data = ChunkDataset(store.group("val"), batch_size=tc.batch_size, scaling=scaling, shuffle=False,
+                            equal_batches=False, **loader)
+    return train_data, val_data
 
 
 def check_resumable(
@@ -162,7 +193,7 @@ def train_epoch(
     for x, weight in data:
         x = x.to(device, non_blocking=True)
         w = event_weights(weight.to(device, non_blocking=True), cfg) * norm
-        loss = torch.mean(w * per_event_loss(net(x), x))
+        loss = torch.mean(w * per_event_loss(net, net(x), x))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -202,20 +233,15 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
     rank, world = _rank_world()
     device = _device()
     store = open_store(cfg.store.url)
-    features = list(store.feature_names)
-    scaling = Scaling.from_scaler(store.scaler, tc.scaling)
-    train_group, val_group = store.group("train"), store.group("val")
-    arch = resolve_architecture(tc.model, len(features), tc.architecture)
+    column, features, scaling = model_inputs(store, tc)
+    train_group = store.group("train")
+    arch = resolve_architecture(tc.model, len(features), tc.architecture, tc.adversary)
     paths = output_paths(tc)
 
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, len(features), arch).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
-    loader = {"read_ahead": tc.loader.read_ahead, "threads": tc.loader.threads,
-              "shuffle_chunks": tc.loader.shuffle_chunks}
-    train_data = ChunkDataset(train_group, batch_size=tc.batch_size, scaling=scaling, seed=tc.seed, **loader)
-    val_data = ChunkDataset(val_group, batch_size=tc.batch_size, scaling=scaling, shuffle=False,
-                            equal_batches=False, **loader)
+    train_data, val_data = datasets(store, tc, column, scaling)
 
     progress = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
     history: list[dict[str, Any]] = []
@@ -256,7 +282,7 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
         rates.append(entry["samples_per_s"])
         if rank == 0:
             payload = checkpoint_payload(
-                cfg, arch, features, model, scaling, progress, history, world_size=world,
+                cfg, arch, features, model, scaling, progress, history, world_size=world, input_column=column,
                 optimizer=optimizer.state_dict(), weight_norm=norm, loader=train_data.state_dict(),
             )
             if improved:

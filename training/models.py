@@ -41,25 +41,31 @@ __all__ = ["Autoencoder", "DenseAE", "DenseVAE", "ConvAE", "per_event_loss"]
 
 
 class Autoencoder(nn.Module):
-    """Base class: ``forward(x) -> (reconstruction, penalty)``, deterministic ``reconstruct``."""
+    """Base class: ``forward(x) -> (reconstruction, penalty)``, deterministic ``reconstruct``,
+    and ``error(reconstruction, x) -> [N]``, the anomaly score (the mean squared error over
+    features here; models on other inputs, such as the graph autoencoder, define their own)."""
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """The deterministic reconstruction used for scoring (a VAE decodes its mean)."""
         return self(x)[0]
 
+    def error(self, reconstruction: Tensor, x: Tensor) -> Tensor:
+        """Per-event error of a reconstruction of ``x``: the mean squared error over features."""
+        return torch.mean((reconstruction - x) ** 2, dim=1)
+
     def reconstruction_error(self, x: Tensor) -> Tensor:
-        """Per-event mean squared error over features, shape ``[N]``."""
-        return torch.mean((self.reconstruct(x) - x) ** 2, dim=1)
+        """Per-event error of the deterministic reconstruction, shape ``[N]``."""
+        return self.error(self.reconstruct(x), x)
 
 
-def per_event_loss(output: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
-    """The per-event training objective from a model's output: MSE over features + penalty.
+def per_event_loss(model: nn.Module, output: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
+    """The per-event training objective from a model's output: its error + penalty.
 
     Called on the output of ``model(x)`` rather than inside the model, so that a
-    ``DistributedDataParallel`` wrapper sees the forward pass.
+    ``DistributedDataParallel`` wrapper sees the forward pass; ``model`` may be that wrapper.
     """
     reconstruction, penalty = output
-    return torch.mean((reconstruction - x) ** 2, dim=1) + penalty
+    return getattr(model, "module", model).error(reconstruction, x) + penalty
 
 
 def _activation(name: str, slope: float) -> nn.Module:
@@ -78,13 +84,21 @@ def _stack(widths: list[int], activations: list[str], slope: float) -> nn.Sequen
 class DenseAE(Autoencoder):
     """Fully connected autoencoder: ``F -> *hidden -> latent -> *reversed(hidden) -> F``."""
 
-    def __init__(self, n_features: int, latent: int, hidden: list[int], activations: list[str], slope: float):
+    def __init__(self, n_features: int, latent: int, hidden: list[int], activations: list[str], slope: float,
+                 softmax: bool = False):
         super().__init__()
         widths = [n_features, *hidden, latent, *reversed(hidden), n_features]
         self.layers = _stack(widths, activations, slope)
+        if softmax:  # Farina et al.: images of unit total pT
+            self.layers.append(nn.Softmax(dim=1))
+        self.n_encoder = 2 * (len(hidden) + 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.layers(x), x.new_zeros(x.shape[0])
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The latent representation (after the latent layer's activation)."""
+        return self.layers[: self.n_encoder](x)
 
 
 class DenseVAE(Autoencoder):
@@ -127,11 +141,13 @@ class ConvAE(Autoencoder):
     Convolutions (3x3, ReLU, same padding) with 2x2 max-pooling between them, a dense layer and
     a linear latent layer; the decoder mirrors it with upsampling. The image is zero-padded to a
     multiple of the pooling factor (23 -> 24 for two poolings) and cropped back at the end. The
-    output is linear: Farina's softmax normalises jet images to unit sum, which RMMs are not.
+    output is linear for RMMs; for jet images (``softmax``) it is Farina's softmax over the pixels,
+    as the images are normalised to unit sum.
     """
 
-    def __init__(self, n_features: int, latent: int, channels: list[int], dense: int):
+    def __init__(self, n_features: int, latent: int, channels: list[int], dense: int, softmax: bool = False):
         super().__init__()
+        self.softmax = softmax
         side = matrix_side(n_features)
         if side is None:
             msg = (
@@ -164,5 +180,12 @@ class ConvAE(Autoencoder):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         n, pad = x.shape[0], self.padded - self.side
         image = nn.functional.pad(x.view(n, 1, self.side, self.side), (0, pad, 0, pad))
-        out = self.decoder(self.encoder(image))[:, 0, : self.side, : self.side]
-        return out.reshape(n, -1), x.new_zeros(n)
+        out = self.decoder(self.encoder(image))[:, 0, : self.side, : self.side].reshape(n, -1)
+        if self.softmax:  # Farina et al.'s jet images: a softmax over the pixels
+            out = torch.softmax(out, dim=1)
+        return out, x.new_zeros(n)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The latent representation."""
+        n, pad = x.shape[0], self.padded - self.side
+        return self.encoder(nn.functional.pad(x.view(n, 1, self.side, self.side), (0, pad, 0, pad)))

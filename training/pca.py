@@ -48,14 +48,16 @@ def suggest_latent(explained_variance_ratio: np.ndarray, variance: float) -> int
     return min(k, len(explained_variance_ratio))
 
 
-def _read_scaled(url: str, group: str, index: int, scaling: Scaling) -> np.ndarray:
+def _read_scaled(url: str, group: str, index: int, scaling: Scaling, column: str = "rmm") -> np.ndarray:
     from megaset.storage.store import open_store
 
-    return scaling(open_store(url).group(group).read_chunk(index, columns=("rmm",))["rmm"])
+    values = open_store(url).group(group).read_chunk(index, columns=(column,))[column]
+    return scaling(values.reshape(len(values), -1))
 
 
 def fit_pca(
-    url: str, group: str, scaling: Scaling, *, latent: int | None, variance: float, max_events: int
+    url: str, group: str, scaling: Scaling, *, latent: int | None, variance: float, max_events: int,
+    column: str = "rmm",
 ) -> PCAModel:
     """Fit PCA on the events of a store group, one Dask task reading each chunk.
 
@@ -63,6 +65,8 @@ def fit_pca(
     ----------
     url, group
         The store and its group (``train``).
+    column
+        The column fitted (the store's feature column: ``rmm``, or a jet store's ``image``).
     scaling
         The input scaling the networks use, so that errors are comparable.
     latent
@@ -93,13 +97,13 @@ def fit_pca(
     from megaset.storage.store import open_store
 
     store = open_store(url)
-    g, n_features = store.group(group), len(store.feature_names)
+    g, n_features = store.group(group), len(scaling.offset)
     blocks, n_events = [], 0
     for i in range(g.n_chunks):
         s = g.chunk_slice(i)
         if blocks and n_events + (s.stop - s.start) > max_events:
             break
-        read = dask.delayed(_read_scaled, pure=True)(url, group, i, scaling)
+        read = dask.delayed(_read_scaled, pure=True)(url, group, i, scaling, column)
         blocks.append(da.from_delayed(read, shape=(s.stop - s.start, n_features), dtype=np.float32))
         n_events += s.stop - s.start
     # One block across the features, as dask-ml's tall-and-skinny QR wants.

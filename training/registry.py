@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from megaset.config import ArchitectureConfig
+from megaset.config import AdversaryConfig, ArchitectureConfig
 from megaset.errors import ConfigError
 from megaset.training.models import Autoencoder, ConvAE, DenseAE, DenseVAE
 from megaset.training.pca import PCAModel
 
-__all__ = ["MODELS", "build_model", "resolve_architecture"]
+__all__ = ["MODELS", "JET_MODELS", "CUTS", "build_model", "resolve_architecture", "input_column"]
 
 #: Thesis defaults per dense model: encoder widths and one activation per dense layer.
 _DENSE = {
@@ -32,10 +32,27 @@ _DENSE = {
 }
 _THESIS_LATENT = 150
 
-MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca")
+#: Models of jet inputs; pca serves both kinds.
+JET_MODELS = ("jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21")
+MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", *JET_MODELS)
+#: Baselines with nothing to train.
+CUTS = ("tau32", "tau21")
+_FARINA_LATENT = 6
+#: Store column each model reads when it is not the store's feature column.
+_INPUT = {"graph-ae": "constituents", "oneoff": "constituents", "tau32": "tau", "tau21": "tau"}
 
 
-def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig) -> dict[str, Any]:
+def input_column(name: str, feature_column: str) -> str:
+    """The store column model ``name`` reads (``feature_column``: the store's own).
+
+    >>> input_column("graph-ae", "image"), input_column("jet-cnn", "image")
+    ('constituents', 'image')
+    """
+    return _INPUT.get(name, feature_column)
+
+
+def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
+                         adversary: AdversaryConfig | None = None) -> dict[str, Any]:
     """The complete architecture of model ``name``: config values, thesis defaults for the rest.
 
     The result is plain data; it is stored in checkpoints so that a model can be rebuilt
@@ -73,8 +90,24 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig) ->
             arch["kl_weight"] = cfg.kl_weight
     elif name == "cnn":
         arch.update(latent=cfg.latent or _THESIS_LATENT, channels=list(cfg.cnn_channels), dense=cfg.cnn_dense)
+    elif name == "jet-dense":  # Farina et al.'s appendix: 32 -> 6 -> 32, ReLU, softmax output
+        hidden = list(cfg.hidden) if cfg.hidden is not None else [32]
+        arch.update(latent=cfg.latent or _FARINA_LATENT, hidden=hidden,
+                    activations=list(cfg.activations or ["relu"] * (2 * len(hidden) + 2)), leaky_slope=cfg.leaky_slope)
+    elif name == "jet-cnn":
+        arch.update(latent=cfg.latent or _FARINA_LATENT, channels=list(cfg.jet_cnn_channels), dense=cfg.jet_cnn_dense)
+    elif name in ("graph-ae", "oneoff"):
+        arch.update(latent=cfg.latent or _FARINA_LATENT if name == "graph-ae" else 1, hidden=cfg.graph_hidden,
+                    normalise=cfg.graph_normalise)
+    elif name in CUTS:
+        arch = {"latent": None, "n": 3 if name == "tau32" else 2}
     else:
         arch.update(latent=cfg.latent or n_features, variance=cfg.pca_variance)
+    if adversary is not None:
+        if name in CUTS or name in ("pca", "oneoff") or name.startswith("vae"):
+            msg = f"training.adversary needs a trained autoencoder with a latent space; {name!r} has none to decorrelate"
+            raise ConfigError(msg)
+        arch["adversary"] = adversary.model_dump(mode="json")
     return arch
 
 
@@ -97,6 +130,29 @@ def build_model(name: str, n_features: int, cfg: ArchitectureConfig | dict[str, 
         ``pca`` comes unfitted: :func:`megaset.training.pca.fit_pca` fills it.
     """
     arch = resolve_architecture(name, n_features, cfg) if isinstance(cfg, ArchitectureConfig) else cfg
+    model = _build(name, n_features, arch)
+    if arch.get("adversary"):
+        from megaset.training.adversary import Adversarial
+
+        adv = arch["adversary"]
+        model = Adversarial(model, n_features, arch["latent"], adv["weight"], adv["on"], adv["scale"], adv["hidden"])
+    return model
+
+
+def _build(name: str, n_features: int, arch: dict[str, Any]) -> Autoencoder:
+    if name in ("graph-ae", "oneoff") or name in CUTS:
+        from megaset.training.graph import GraphAE, OneOff, TauRatio
+
+        if name == "graph-ae":
+            return GraphAE(n_features, arch["latent"], arch["hidden"], arch["normalise"])
+        if name == "oneoff":
+            return OneOff(n_features, arch["hidden"], arch["normalise"])
+        return TauRatio(n_features, arch["n"])
+    if name == "jet-dense":
+        return DenseAE(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"],
+                       softmax=True)
+    if name == "jet-cnn":
+        return ConvAE(n_features, arch["latent"], arch["channels"], arch["dense"], softmax=True)
     if name.startswith("ae"):
         return DenseAE(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"])
     if name.startswith("vae"):

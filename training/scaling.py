@@ -29,15 +29,22 @@ _NEEDS = {"minmax": ("min", "max"), "standard": ("mean", "std")}
 class Scaling:
     """``x -> (x - offset) * factor`` per feature, in float32."""
 
-    kind: Literal["minmax", "standard"]
+    kind: Literal["minmax", "standard", "none"]
     offset: np.ndarray
     factor: np.ndarray
 
     @classmethod
+    def identity(cls, n_features: int) -> Scaling:
+        """Features passed as stored (``training.scaling: none``, or a column without statistics)."""
+        return cls("none", np.zeros(n_features, dtype=np.float32), np.ones(n_features, dtype=np.float32))
+
+    @classmethod
     def from_scaler(
-        cls, scaler: Mapping[str, np.ndarray], kind: Literal["minmax", "standard"] = "minmax"
+        cls, scaler: Mapping[str, np.ndarray], kind: Literal["minmax", "standard", "none"] = "minmax"
     ) -> Scaling:
         """Build from ``Store.scaler`` (per-feature ``min``, ``max``, ``mean``, ``std`` of train)."""
+        if kind == "none":
+            return cls.identity(len(scaler["min"]))
         missing = [key for key in _NEEDS[kind] if key not in scaler]
         if missing:
             msg = (

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from megaset.training.models import Autoencoder
     from megaset.training.scaling import Scaling
 
-__all__ = ["score", "reconstruction_errors", "checkpoint_path"]
+__all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -68,8 +68,9 @@ def reconstruction_errors(
 ) -> dict[str, np.ndarray]:
     """Per-event errors of scaled inputs ``x [N, F]``: ``total`` and, with ``blocks``, each block.
 
-    ``total`` is the model's ``reconstruction_error`` (mean squared error over features of
-    the deterministic reconstruction); a block's error is the mean over its cells.
+    ``total`` is the model's ``reconstruction_error`` (for the autoencoders of RMMs and jet
+    images, the mean squared error over features of the deterministic reconstruction); a
+    block's error is the mean over its cells.
     """
     import torch
 
@@ -80,9 +81,10 @@ def reconstruction_errors(
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
-            squared = (model.reconstruct(batch) - batch) ** 2
+            reconstruction = model.reconstruct(batch)
             stop = start + len(batch)
-            out["total"][start:stop] = torch.mean(squared, dim=1).cpu().numpy()
+            out["total"][start:stop] = model.error(reconstruction, batch).cpu().numpy()
+            squared = (reconstruction - batch) ** 2 if masks else None
             for name, idx in masks.items():
                 out[name][start:stop] = torch.mean(squared[:, idx], dim=1).cpu().numpy()
     return out
@@ -117,29 +119,49 @@ def _model(checkpoint: str, digest: str) -> tuple[Autoencoder, Scaling, torch.de
         return _cached_model(checkpoint, digest)
 
 
+def latent_column(model: str) -> str:
+    """Where scoring writes a jet model's latent representation: ``latent/<model>``."""
+    return f"latent/{model}"
+
+
 def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, digest: str,
-                 blocks: bool, events_per_pass: int) -> tuple[int, bool]:
+                 blocks: bool, events_per_pass: int, column: str = "rmm", latent: bool = False) -> tuple[int, bool]:
     """Score chunk ``index`` of ``group`` (``task``); ``(events, already done)``."""
+    import torch
+
     group, index = task
     total = score_column(model)
     if group.chunk_written(total, index):
         return 0, True
     net, scaling, device = _model(checkpoint, digest)
-    rmm = group.read_chunk(index, ("rmm",))["rmm"]
-    errors = reconstruction_errors(net, scaling(rmm), blocks=blocks, batch_size=events_per_pass, device=device)
+    values = group.read_chunk(index, (column,))[column]
+    x = scaling(values.reshape(len(values), -1))
+    errors = reconstruction_errors(net, x, blocks=blocks, batch_size=events_per_pass, device=device)
     for name in BLOCKS if blocks else ():
         group.write_chunk(score_column(model, name), index, errors[name])
+    if latent:
+        with torch.no_grad():
+            group.write_chunk(latent_column(model), index, net.encode(torch.from_numpy(x).to(device)).cpu().numpy())
     # Last: a stored total marks the chunk finished.
     group.write_chunk(total, index, errors["total"])
-    return len(rmm), False
+    return len(values), False
 
 
-def _check_checkpoint(path: Path, store: Store) -> None:
+def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None]:
+    """The column the checkpoint's model reads, and its latent size if it has an encoder."""
     from megaset.training.checkpoint import load_checkpoint
 
-    saved, features = list(load_checkpoint(path)["feature_names"]), store.feature_names
+    ckpt = load_checkpoint(path)
+    column = ckpt.get("input_column", "rmm")
+    saved = list(ckpt["feature_names"])
+    if column == store.feature_column:
+        features = store.feature_names
+    else:
+        shape = store.group(store.group_names()[0]).column_info(column)["shape"][1:]
+        features = [f"{column}_{k}" for k in range(int(np.prod(shape, dtype=np.int64)))]
+    latent = ckpt["architecture"].get("latent") if ckpt["model"] in ("jet-dense", "jet-cnn", "graph-ae") else None
     if saved == features:
-        return
+        return column, latent
     if len(saved) != len(features):
         found = f"{len(saved)} features there, {len(features)} in the store"
     else:
@@ -215,18 +237,20 @@ def score(
     path = Path(checkpoint) if checkpoint is not None else checkpoint_path(cfg, label)
     t0 = time.perf_counter()
     store = open_store(cfg.store.url)
-    _check_checkpoint(path, store)
+    column, latent = _check_checkpoint(path, store)
     n_features = len(store.feature_names)
-    blocks = cfg.scoring.blocks and matrix_side(n_features) is not None
+    blocks = cfg.scoring.blocks and store.kind == "events" and matrix_side(n_features) is not None
     entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks}
     groups = [store.group(name) for name in store.group_names()]
     tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
     advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
     kwargs = {"model": label, "checkpoint": str(path), "digest": entry["digest"], "blocks": blocks,
               # Not "batch_size": client.map has a keyword of that name.
-              "events_per_pass": cfg.scoring.batch_size}
+              "events_per_pass": cfg.scoring.batch_size, "column": column, "latent": latent is not None}
     with writing(store.url, "megaset score"):
         rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
+        for g in groups if latent is not None else ():
+            g.create_column(latent_column(label), np.float32, (latent,), overwrite=overwrite)
         advance(0)
         results = map_chunks(client, _score_chunk, tasks, names=[f"{g.name}-{i}" for g, i in tasks],
                              stage="megaset score", retries=cfg.scoring.retries, progress=advance, **kwargs)

@@ -71,9 +71,11 @@ def train(
     from megaset.training.ddp import choose_backend, process_group, run_on_dask
     from megaset.training.loop import fit
 
+    from megaset.training.registry import CUTS
+
     tc = cfg.training
-    if tc.model == "pca":
-        return _fit_pca(cfg, resume=resume, progress=progress)
+    if tc.model == "pca" or tc.model in CUTS:
+        return _fit_fixed(cfg, resume=resume, progress=progress)
     if client is not None:
         results = run_on_dask(
             client, _fit_rank, cfg.resolved(), resume, world_size=tc.ddp.world_size,
@@ -98,52 +100,60 @@ def _fit_rank(resolved: dict[str, Any], resume: bool, *, report: Progress | None
     return fit(Config.model_validate(resolved), resume=resume, report=report)
 
 
-def _fit_pca(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[str, Any]:
-    """Fit (or, resuming, reload) the PCA baseline; validation and scree plot as for the nets."""
+def _fit_fixed(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[str, Any]:
+    """Fit (or, resuming, reload) the PCA baseline, or set up a cut baseline (tau32, tau21) that
+    has nothing to fit; validation (and for PCA the scree plot) as for the networks."""
     import torch
 
     from megaset.storage.store import open_store
     from megaset.training.checkpoint import load_checkpoint, save_checkpoint
-    from megaset.training.loader import ChunkDataset
-    from megaset.training.loop import check_resumable, checkpoint_payload, evaluate, output_paths, summary
-    from megaset.training.registry import resolve_architecture
+    from megaset.training.loop import (
+        check_resumable, checkpoint_payload, datasets, evaluate, model_inputs, output_paths, summary,
+    )
     from megaset.training.pca import fit_pca
     from megaset.training.plots import loss_curve, scree_plot
-    from megaset.training.scaling import Scaling
+    from megaset.training.registry import build_model, resolve_architecture
 
     tc = cfg.training
+    pca = tc.model == "pca"
     paths = output_paths(tc)
     store = open_store(cfg.store.url)
-    features = list(store.feature_names)
-    arch = resolve_architecture("pca", len(features), tc.architecture)
+    column, features, scaling = model_inputs(store, tc)
+    arch = resolve_architecture(tc.model, len(features), tc.architecture)
     if resume and paths["last"].is_file():
         ckpt = load_checkpoint(paths["last"])
         # The fitted latent size is only known after the fit: compare the rest.
         check_resumable(ckpt, cfg, {**arch, "latent": ckpt["architecture"]["latent"]}, features, paths["last"])
         out = summary(cfg, ckpt["progress"], ckpt["history"], [], 1)
-        return {**out, "latent": ckpt["architecture"]["latent"], "scree_plot": str(paths["scree"])}
+        return {**out, "latent": ckpt["architecture"]["latent"], **({"scree_plot": str(paths["scree"])} if pca else {})}
 
-    scaling = Scaling.from_scaler(store.scaler, tc.scaling)
     start = time.perf_counter()
-    model = fit_pca(cfg.store.url, "train", scaling, latent=tc.architecture.latent,
-                    variance=tc.architecture.pca_variance, max_events=tc.architecture.pca_max_events)
-    seconds = time.perf_counter() - start
-    arch["latent"] = int(model.components.shape[0])
+    if pca:
+        model = fit_pca(cfg.store.url, "train", scaling, latent=tc.architecture.latent,
+                        variance=tc.architecture.pca_variance, max_events=tc.architecture.pca_max_events,
+                        column=column)
+        arch["latent"] = int(model.components.shape[0])
+        n_fitted = model.n_fitted
+    else:
+        model, n_fitted = build_model(tc.model, len(features), arch), store.group("train").n_events
+    seconds = max(time.perf_counter() - start, 1e-9)
     device = torch.device("cpu")
-    read = {"batch_size": tc.batch_size, "scaling": scaling, "shuffle": False, "equal_batches": False,
-            "read_ahead": tc.loader.read_ahead, "threads": tc.loader.threads}
-    loss, _ = evaluate(model, ChunkDataset(store.group("train"), **read), tc, device)
-    val_loss, val_error = evaluate(model, ChunkDataset(store.group("val"), **read), tc, device)
+    train_data, val_data = datasets(store, tc.model_copy(update={"adversary": None}), column, scaling, shuffle=False)
+    loss, _ = evaluate(model, train_data, tc, device)
+    val_loss, val_error = evaluate(model, val_data, tc, device)
     entry = {"epoch": 1, "loss": loss, "val_loss": val_loss, "val_error": val_error,
-             "samples_per_s": model.n_fitted / seconds, "seconds": seconds, "improved": True}
+             "samples_per_s": n_fitted / seconds, "seconds": seconds, "improved": True}
     state = {"epoch": 1, "best_val_loss": val_loss, "best_epoch": 1, "bad_epochs": 0}
-    payload = checkpoint_payload(cfg, arch, features, model, scaling, state, [entry], world_size=1)
+    payload = checkpoint_payload(cfg, arch, features, model, scaling, state, [entry], world_size=1,
+                                 input_column=column)
     save_checkpoint(paths["best"], payload)
     save_checkpoint(paths["last"], payload)
-    scree_plot(model.explained_variance_ratio.numpy(), arch["latent"], tc.architecture.pca_variance,
-               paths["scree"])
-    loss_curve([entry], paths["loss_curve"], title=f"pca on {cfg.store.url}")
+    out = summary(cfg, state, [entry], [entry["samples_per_s"]], 1)
+    if pca:
+        scree_plot(model.explained_variance_ratio.numpy(), arch["latent"], tc.architecture.pca_variance,
+                   paths["scree"])
+        out |= {"latent": arch["latent"], "scree_plot": str(paths["scree"])}
+    loss_curve([entry], paths["loss_curve"], title=f"{tc.model} on {cfg.store.url}")
     if progress is not None:
         progress(entry)
-    out = summary(cfg, state, [entry], [entry["samples_per_s"]], 1)
-    return {**out, "latent": arch["latent"], "scree_plot": str(paths["scree"])}
+    return out

@@ -79,7 +79,7 @@ def _reference(cfg) -> dict[str, torch.Tensor]:
             ds.set_epoch(epoch)
             shards.append(list(ds.iter_shard(rank, 2)))
         for (x0, w0), (x1, w1) in zip(*shards, strict=True):
-            losses = [torch.mean(w * norm * per_event_loss(model(x), x)) for x, w in ((x0, w0), (x1, w1))]
+            losses = [torch.mean(w * norm * per_event_loss(model, model(x), x)) for x, w in ((x0, w0), (x1, w1))]
             optimizer.zero_grad()
             (0.5 * (losses[0] + losses[1])).backward()
             optimizer.step()

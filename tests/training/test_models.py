@@ -105,7 +105,7 @@ def test_vae_penalty_is_the_weighted_kl_divergence_per_feature():
     np.testing.assert_allclose(penalty.numpy(), 0.5 * kl / 16, rtol=1e-5)
     # Evaluation decodes the mean: deterministic, and equal to reconstruct().
     assert torch.equal(recon, vae.reconstruct(x))
-    loss = per_event_loss((recon, penalty), x)
+    loss = per_event_loss(vae, (recon, penalty), x)
     np.testing.assert_allclose(loss.numpy(), ((recon - x) ** 2).mean(1).numpy() + penalty.numpy(), rtol=1e-6)
 
 
