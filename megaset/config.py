@@ -341,6 +341,11 @@ class StoreConfig(_Section):
     splits: SplitsConfig = SplitsConfig()
     seed: int = 42
     contamination: ContaminationConfig | None = None
+    background: list[str] | None = Field(
+        None, min_length=1, description="Channels mixed into train / val / test instead of those staged as "
+        "background (every other channel becomes a signal): one staging area serves a study that trains on "
+        "each sample in turn.",
+    )
 
     @property
     def staging(self) -> str:

@@ -242,6 +242,12 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     samples = load_samples(store, wanted, mass)
     out = Path(out_dir if out_dir is not None else rc.output)
     out.mkdir(parents=True, exist_ok=True)
+    if store.kind == "jets":
+        from megaset.report.jets import jet_report
+
+        result = jet_report(cfg, store, samples, wanted, out)
+        Path(result["json"]).write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+        return result
     background = [s for s in samples if s.kind == "background"]
     signals = [s for s in samples if s.kind == "signal"]
 

@@ -39,7 +39,9 @@ class Sample:
 
 
 def mass_variable(store: Store) -> str:
-    """``m_lll`` for a store selected in 3-lepton mode, else ``m_ll``."""
+    """``jet_mass`` for a jet store, ``m_lll`` for a store selected in 3-lepton mode, else ``m_ll``."""
+    if store.kind == "jets":
+        return "jet_mass"
     mode = (store.attrs.get("config") or {}).get("selection", {}).get("mode", "2lep")
     return "m_lll" if mode == "3lep" else "m_ll"
 
@@ -83,7 +85,10 @@ def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]
                 f"(scored: {', '.join(have) or 'none'}); run `megaset score` for that model"
             )
             raise StoreKeyError(msg)
-        cols = _read(group, ["weight", "channel", "met", mass, *(score_column(m) for m in models)])
+        # Jet stores have no MET: their samples carry zeros.
+        met = ["met"] if "met" in group.columns() else []
+        cols = _read(group, ["weight", "channel", *met, mass, *(score_column(m) for m in models)])
+        cols.setdefault("met", np.zeros(len(cols["weight"]), dtype=np.float32))
         for m in models:
             bad = int(np.count_nonzero(~np.isfinite(cols[score_column(m)])))
             if bad:

@@ -27,7 +27,7 @@ from megaset.storage import stats
 from megaset.storage.mix_chunk import build_chunk
 from megaset.storage.tasks import map_chunks
 from megaset.storage.backend import open_group, stored_bytes, writing
-from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, make_plan
+from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, channel_roles, make_plan
 from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -300,7 +300,7 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
         "kind": sattrs.get("kind", "events"),
         "rmm": sattrs.get("rmm"),
         "jets": sattrs.get("jets"),
-        "channels": _channel_table(sattrs["channels"], plan.groups, weights),
+        "channels": _channel_table(channel_roles(cfg.store, sattrs["channels"]), plan.groups, weights),
         "cutflow": sattrs.get("cutflow", {}),
         "scaler": scaler,
         "inputs": sattrs.get("files", []),

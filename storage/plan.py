@@ -40,6 +40,7 @@ __all__ = [
     "ChannelSequence",
     "GroupPlan",
     "MixPlan",
+    "channel_roles",
     "make_plan",
     "split_counts",
     "rng",
@@ -253,6 +254,19 @@ def _contamination(cfg: StoreConfig, channels: list[dict], n_train: int,
     return cid, n_inject
 
 
+def channel_roles(cfg: StoreConfig, channels: list[dict]) -> list[dict]:
+    """The channel table with ``store.background`` applied: the named channels are the
+    background, every other non-data channel a signal."""
+    if cfg.background is None:
+        return channels
+    names = [c["name"] for c in channels]
+    unknown = [b for b in cfg.background if b not in names]
+    if unknown:
+        msg = f"store.background names {unknown}, which the staging area does not hold; its channels: {', '.join(names)}"
+        raise ConfigError(msg)
+    return [{**c, "signal": c["name"] not in cfg.background and not c.get("data")} for c in channels]
+
+
 def make_plan(cfg: StoreConfig, channels: list[dict], pieces: Mapping[str, Sequence[tuple[str, Mapping]]],
               skipped_files: Sequence[str] = ()) -> MixPlan:
     """The plan of a mix.
@@ -268,6 +282,7 @@ def make_plan(cfg: StoreConfig, channels: list[dict], pieces: Mapping[str, Seque
     skipped_files
         Input files the ingest skipped: their pieces are left out.
     """
+    channels = channel_roles(cfg, channels)
     skipped = set(skipped_files)
     kept = {
         c["name"]: [(key, attrs) for key, attrs in pieces.get(c["name"], []) if attrs.get("filename") not in skipped]

@@ -1,0 +1,263 @@
+"""The report of a jet store: Farina et al.'s tables and figures, grapa's pairwise matrices.
+
+For every scored model, the background being the ``test`` group (QCD unless configured):
+
+* Table I: E10 and E100 (signal efficiency at 90 % and 99 % background rejection) and the AUC
+  per signal, next to Farina et al.'s published values for tops and 400 GeV gluinos
+  (``roc.png`` holds the ROC curves);
+* the error distributions of every sample (``errors.png``);
+* the pairwise matrix of the scores: the AUC of each sample as the anomaly against each other
+  sample, drawn as grapa draws it (blue: a perfect separation, white: none, red: the reverse),
+  with the number of the 56 off-diagonal cells above 0.6 (``separation_<model>.png``); and, when
+  the pairwise study ran (``pairwise.json`` in the report folder), the same with a model trained
+  on each sample in turn (``pairwise_<model>.png``);
+* mass sculpting (Farina et al. fig. 10): the background jet-mass distribution before and after
+  cuts on the score keeping 10 % and 1 % of it, the Jensen-Shannon divergence of each from the
+  uncut one, and the mean jet mass in bins of the score (``mass_<model>.png``,
+  ``mass_profile.png``);
+* latent-space clustering for models whose latent representation was exported: k-means
+  (scikit-learn) with one cluster per sample on the test background and the signals, its
+  adjusted Rand index against the true samples, and a 2-D projection (``latent_<model>.png``);
+* the contamination study, when it ran (``contamination.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megaset.config import Config
+from megaset.report import metrics, plots
+from megaset.report.markdown import table
+from megaset.report.samples import Sample
+
+__all__ = ["jet_report", "FARINA_TABLE_I", "separated_cells", "mass_sculpting", "PAIRWISE_FILE"]
+
+#: Farina et al., Table I: E10 / E100 for top and 400 GeV gluino jets (CNN and dense: k = 6,
+#: mean of five trainings on 100 k QCD jets).
+FARINA_TABLE_I = {
+    "pca": {"top": (0.51, 0.04), "gluino": (0.98, 0.36)},
+    "jet-dense": {"top": (0.66, 0.13), "gluino": (0.90, 0.39)},
+    "jet-cnn": {"top": (0.70, 0.19), "gluino": (0.77, 0.23)},
+}
+#: Where the pairwise study leaves its matrices, in the report folder.
+PAIRWISE_FILE = "pairwise.json"
+_SEPARATED = 0.6
+_TINY = 1e-12
+
+
+def separated_cells(matrix: np.ndarray, threshold: float = _SEPARATED) -> int:
+    """Off-diagonal cells whose AUC exceeds ``threshold`` (grapa's count of separated pairs).
+
+    >>> separated_cells(np.array([[0.5, 0.9], [0.1, 0.5]]))
+    1
+    """
+    off = ~np.eye(len(matrix), dtype=bool)
+    return int(np.count_nonzero(np.nan_to_num(matrix[off], nan=0.0) > threshold))
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (bits) of two histograms."""
+    p, q = p / max(p.sum(), _TINY), q / max(q.sum(), _TINY)
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        keep = a > 0
+        return float(np.sum(a[keep] * np.log2(a[keep] / m[keep])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def mass_sculpting(scores: np.ndarray, mass: np.ndarray, weight: np.ndarray, edges: np.ndarray,
+                   keep: Sequence[float] = (0.1, 0.01)) -> dict[str, Any]:
+    """The background mass histogram before and after score cuts keeping the fractions ``keep``
+    of the weight, and each one's Jensen-Shannon divergence from the uncut one.
+
+    >>> out = mass_sculpting(np.arange(100.0), np.arange(100.0), np.ones(100), np.linspace(0, 100, 11), keep=[0.1])
+    >>> out["js"]["0.1"] > 0.5
+    True
+    """
+    before = np.histogram(mass, bins=edges, weights=weight)[0]
+    out = {"edges": edges.tolist(), "before": before.tolist(), "after": {}, "js": {}, "cuts": {}}
+    for f in keep:
+        cut = metrics.weighted_quantile(scores, weight, 1.0 - f)
+        inside = scores >= cut
+        after = np.histogram(mass[inside], bins=edges, weights=weight[inside])[0]
+        out["after"][f"{f:g}"], out["cuts"][f"{f:g}"] = after.tolist(), float(cut)
+        out["js"][f"{f:g}"] = _js(before.astype(float), after.astype(float))
+    return out
+
+
+def _pooled(samples: Sequence[Sample], model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    background = [s for s in samples if s.kind == "background"]
+    return (np.concatenate([s.scores[model] for s in background]), np.concatenate([s.mass for s in background]),
+            np.concatenate([s.weight for s in background]))
+
+
+def _latent(store: Any, model: str, samples: Sequence[Sample], out: Path, max_per_sample: int = 2000,
+            seed: int = 0) -> dict[str, Any] | None:
+    """k-means on the exported latent space of ``model``; None when it exported none."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    column = f"latent/{model}"
+    parts, labels = [], []
+    rng = np.random.default_rng(seed)
+    for name in store.group_names():
+        if name != "test" and not name.startswith("signal/"):
+            continue
+        group = store.group(name)
+        if column not in group.columns():
+            return None
+        values = np.concatenate([v[column] for _, v in group.iter_chunks((column,))]) if group.n_chunks else None
+        if values is None or not len(values):
+            continue
+        values = values[rng.permutation(len(values))[:max_per_sample]]
+        parts.append(values)
+        labels += [name.removeprefix("signal/").replace("test", "background")] * len(values)
+    x = np.concatenate(parts).astype(np.float64)
+    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    names = list(dict.fromkeys(labels))
+    truth = np.array([names.index(n) for n in labels])
+    clusters = KMeans(n_clusters=len(names), n_init=4, random_state=seed).fit_predict(x)
+    xy = PCA(n_components=2, random_state=seed).fit_transform(x) if x.shape[1] > 2 else x
+    path = _scatter(out / f"latent_{model}.png", xy, truth, clusters, names, title=f"latent space of {model}")
+    return {"model": model, "k": len(names), "adjusted_rand_index": float(adjusted_rand_score(truth, clusters)),
+            "plot": str(path)}
+
+
+@plots._styled
+def _scatter(fig, xy: np.ndarray, truth: np.ndarray, clusters: np.ndarray, names: Sequence[str], *, title: str) -> None:
+    fig.set_size_inches(12.0, 5.0)
+    for ax, labels, what in zip(fig.subplots(1, 2), (truth, clusters), ("true sample", "k-means cluster"),
+                                strict=True):
+        for k in np.unique(labels):
+            sel = labels == k
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.5,
+                       label=names[k] if what == "true sample" else f"cluster {k}")
+        ax.set(title=f"{title}: {what}", xlabel="latent PC 1", ylabel="latent PC 2")
+        ax.legend(fontsize=7, markerscale=3)
+
+
+@plots._styled
+def _mass_panels(fig, sections: dict[str, dict[str, Any]]) -> None:
+    axes = plots._grid(fig, len(sections), ncols=min(len(sections), 3))
+    for ax, (model, sc) in zip(axes, sections.items(), strict=True):
+        edges = np.asarray(sc["edges"])
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for label, hist in [("no cut", sc["before"]), *((f"keep {k} (JS {sc['js'][k]:.3f})", h)
+                                                       for k, h in sc["after"].items())]:
+            hist = np.asarray(hist, dtype=float)
+            ax.step(centres, hist / max(hist.sum(), _TINY), where="mid", label=label)
+        ax.set(title=f"background jet mass, cuts on {model}", xlabel="jet mass [GeV]", ylabel="fraction")
+        ax.legend(fontsize=8)
+
+
+def _farina_rows(rows: Sequence[dict]) -> list[list[Any]]:
+    out = []
+    for r in rows:
+        if r["signal"] not in ("top", "gluino"):
+            continue
+        published = FARINA_TABLE_I.get(r["model"].removesuffix("-adv"), {}).get(r["signal"])
+        out.append([r["model"], r["signal"], r["e10"], r["e100"], r["auc"],
+                    f"{published[0]:.2f} / {published[1]:.2f}" if published else "-"])
+    return out
+
+
+def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[str], out: Path) -> dict[str, Any]:
+    """Every table and figure of a jet store (see the module docstring); writes ``report.md``
+    and ``report.json`` into ``out`` and returns what the JSON holds."""
+    from megaset.report.report import anomaly_table
+
+    rc = cfg.report
+    background = [s for s in samples if s.kind == "background"]
+    signals = [s for s in samples if s.kind == "signal"]
+    names = [s.name for s in samples]
+    result: dict[str, Any] = {"store": store.url, "kind": "jets", "models": list(models), "samples": names,
+                              "auc_table": [], "separation": {}, "pairwise": {}, "sculpting": {}, "latent": {},
+                              "plots": {}}
+    rocs: dict[str, dict] = {}
+    panels, profiles = [], {}
+    all_mass = np.concatenate([s.mass for s in samples])
+    mass_edges = np.linspace(0.0, float(np.quantile(all_mass, 0.995)) if len(all_mass) else 1.0, rc.bins + 1)
+    for model in models:
+        rows, model_rocs = anomaly_table(model, background, signals) if signals else ([], {})
+        result["auc_table"] += rows
+        for name, curve in model_rocs.items():
+            rocs.setdefault(name, {})[model] = curve
+        x = {s.name: np.log10(np.clip(s.scores[model], _TINY, None)) for s in samples}
+        edges = np.linspace(min(v.min() for v in x.values()), max(v.max() for v in x.values()) + 1e-9, rc.bins + 1)
+        panels.append(plots.Panel(model, f"log10 score ({model})", edges,
+                                  [plots.Component(s.name, x[s.name], s.weight) for s in background],
+                                  [plots.Component(s.name, x[s.name], s.weight) for s in signals]))
+        matrix = metrics.separation_matrix([s.scores[model] for s in samples], [s.weight for s in samples])
+        path = plots.heatmap(out / f"separation_{model}.png", names, matrix, title=f"pairwise AUC, trained on "
+                             f"{background[0].name if background else 'background'} ({model})")
+        result["separation"][model] = {"auc": matrix.tolist(), "separated": separated_cells(matrix), "plot": str(path)}
+        scores, mass, weight = _pooled(samples, model)
+        result["sculpting"][model] = mass_sculpting(scores, mass, weight, mass_edges)
+        q = np.quantile(scores, np.linspace(0, 1, 11))
+        profiles[model] = metrics.binned_mean(np.searchsorted(q[1:-1], scores), mass, weight, np.arange(-0.5, 10.5))
+        latent = _latent(store, model, samples, out)
+        if latent is not None:
+            result["latent"][model] = latent
+    result["plots"]["errors"] = str(plots.stacked_panels(out / "errors.png", panels))
+    if rocs:
+        result["plots"]["roc"] = str(plots.roc_curves(out / "roc.png", rocs))
+    result["plots"]["mass"] = str(_mass_panels(out / "mass_sculpting.png", result["sculpting"]))
+    result["plots"]["mass_profile"] = str(plots.curves(
+        out / "mass_profile.png", np.arange(10) * 10 + 5, profiles, xlabel="background score percentile",
+        ylabel="mean jet mass [GeV]", title="jet mass against the score (Farina et al. fig. 10)"))
+    pairwise = out / PAIRWISE_FILE
+    if pairwise.is_file():
+        study = json.loads(pairwise.read_text())
+        for model, matrix in study["auc"].items():
+            m = np.array(matrix, dtype=float)
+            path = plots.heatmap(out / f"pairwise_{model}.png", study["samples"], m,
+                                 title=f"pairwise AUC, trained on each sample ({model})")
+            result["pairwise"][model] = {"auc": matrix, "separated": separated_cells(m), "plot": str(path)}
+    contamination = out / "contamination.json"
+    if contamination.is_file():
+        result["contamination"] = json.loads(contamination.read_text())
+    result["json"] = str(out / "report.json")
+    result["markdown"] = str(_markdown(out / "report.md", result))
+    return result
+
+
+def _markdown(path: Path, r: dict[str, Any]) -> Path:
+    n_cells = len(r["samples"]) * (len(r["samples"]) - 1)
+    lines = [f"# Jet anomaly detection: {r['store']}", "",
+             "## Table I analogue (E10 / E100: signal efficiency at 90 % / 99 % background rejection)", "",
+             table(["model", "signal", "E10", "E100", "AUC", "Farina et al. E10 / E100"], _farina_rows(r["auc_table"])),
+             "", "## Every signal", "",
+             table(["signal", "model", "AUC", "E10", "E100"],
+                   [[x["signal"], x["model"], x["auc"], x["e10"], x["e100"]] for x in r["auc_table"]]),
+             "", f"## Pairwise separation (cells of {n_cells} with AUC > {_SEPARATED})", "",
+             table(["model", "scored, trained on the background", "trained on each sample"],
+                   [[m, r["separation"][m]["separated"], r["pairwise"].get(m, {}).get("separated", "-")]
+                    for m in r["models"]] + [[m, "-", v["separated"]] for m, v in r["pairwise"].items()
+                                             if m not in r["models"]]),
+             "", "## Mass sculpting (Jensen-Shannon divergence of the background jet mass after the cut)", "",
+             table(["model", *(f"keep {k}" for k in next(iter(r["sculpting"].values()), {"js": {}})["js"])],
+                   [[m, *s["js"].values()] for m, s in r["sculpting"].items()]),
+             ""]
+    if r["latent"]:
+        lines += ["## Latent space (k-means, one cluster per sample)", "",
+                  table(["model", "k", "adjusted Rand index"],
+                        [[m, v["k"], v["adjusted_rand_index"]] for m, v in r["latent"].items()]), ""]
+    if "contamination" in r:
+        c = r["contamination"]
+        lines += [f"## Contamination with {c['signal']} ({c['model']})", "",
+                  table(["fraction", "AUC", "E10", "E100"], [[x["fraction"], x["auc"], x["e10"], x["e100"]]
+                                                               for x in c["rows"]]), ""]
+    lines += ["## Figures", ""]
+    figures = [*r["plots"].values(), *(v["plot"] for v in r["separation"].values()),
+               *(v["plot"] for v in r["pairwise"].values()), *(v["plot"] for v in r["latent"].values())]
+    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in figures]
+    path.write_text("\n".join(lines) + "\n")
+    return path
