@@ -41,10 +41,21 @@ def _connect(cfg):
         yield client
 
 
-def _config(path: Path | None):
-    from megaset.config import load_config
+def _config(path: Path | None, demo: str | None = None):
+    from megaset.config import demo_config, load_config
 
+    if demo is not None:
+        if path is not None:
+            msg = "give either --config or --demo, not both"
+            raise typer.BadParameter(msg)
+        return demo_config(demo)
     return load_config(path)
+
+
+DemoOption = Annotated[
+    Optional[str],
+    typer.Option("--demo", help="A built-in demo instead of a config file: events (the default run) or jets."),
+]
 
 
 def _cutflow_table(channels: dict) -> Table:
@@ -85,6 +96,14 @@ def simulate(config: ConfigOption = None) -> None:
     t0 = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("simulating", total=None)
+        if cfg.inputs.kind == "jets":
+            from megaset.pipeline.jets_simulate import simulate_jets
+
+            written = simulate_jets(cfg.jets.simulate, progress=lambda n: bar.advance(task, n))
+            n_events = bar.tasks[0].completed
+            console.print(f"wrote {sum(map(len, written.values()))} files ({n_events:,.0f} jets) under "
+                          f"{cfg.jets.simulate.output} in {time.perf_counter() - t0:.1f} s")
+            return
         written = run_simulation(
             cfg.simulate, tree=cfg.inputs.tree, lumi_ifb=cfg.inputs.lumi_ifb,
             progress=lambda n: bar.advance(task, n),
@@ -182,12 +201,12 @@ def train(
 
 
 @app.command()
-def run(config: ConfigOption = None) -> None:
+def run(config: ConfigOption = None, demo: DemoOption = None) -> None:
     """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
-    report), resuming where an earlier run stopped."""
+    report), resuming where an earlier run stopped. `--demo jets` runs the boosted-jet demo."""
     from megaset.run import run as run_all
 
-    cfg = _config(config)
+    cfg = _config(config, demo)
     with _connect(cfg) as client:
         out = run_all(cfg, client, log=lambda line: console.print(line, highlight=False), status=True)
     total = sum(out["seconds"].values())

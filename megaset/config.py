@@ -25,6 +25,8 @@ from megaset.errors import ConfigError
 __all__ = [
     "Config",
     "load_config",
+    "demo_config",
+    "DEMOS",
     "OBJECT_SOURCES",
     "ChannelInput",
     "InputsConfig",
@@ -582,9 +584,16 @@ class JetsConfig(_Section):
         default_factory=lambda: ["jet-dense", "graph-ae", "oneoff", "tau32"],
         description="Models of the train-on-each-sample pairwise matrix in the report (empty: none).",
     )
+    decorrelate: list[str] = Field(
+        default_factory=lambda: ["jet-dense"],
+        description="Models `megaset run` trains a second time with training.adversary (its defaults when "
+        "unset), scored as <model>-adv: the mass sculpting with and without decorrelation.",
+    )
     pairwise_epochs: int = Field(3, ge=1, description="Epochs of each pairwise training.")
     contamination: list[float] = Field(
         default_factory=list, description="Fractions of the contamination study run by `megaset run` (empty: none).")
+    contamination_signal: str = "top"
+    contamination_model: str = "jet-dense"
     simulate: JetSimulateConfig = JetSimulateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -831,6 +840,27 @@ def _validate(data: Any, source: str) -> Config:
         return Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+#: Built-in demo configurations: ``events`` (the defaults) and ``jets`` (``demo_jets.yaml``).
+DEMOS = ("events", "jets")
+
+
+def demo_config(name: str) -> Config:
+    """The built-in demo ``name``: the default (event-level) configuration, or the jet demo.
+
+    >>> demo_config("jets").inputs.kind
+    'jets'
+    """
+    if name not in DEMOS:
+        msg = f"unknown demo {name!r}; choose one of {', '.join(DEMOS)}"
+        raise ConfigError(msg)
+    if name == "events":
+        return Config()
+    from importlib.resources import files
+
+    return _validate(yaml.safe_load(files("megaset").joinpath(f"demo_{name}.yaml").read_text()),
+                     f"the built-in {name} demo")
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from megaset.config import Config
@@ -73,3 +74,30 @@ def test_run_on_an_interrupted_mix_finishes_it_without_redoing_finished_chunks(t
     assert out["mix"]["resumed"] == 3 < out["mix"]["chunks"]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished
     assert verify(cfg.store.url) == []
+
+
+@pytest.mark.slow
+def test_run_jets_writes_every_table_and_plot(tmp_path):
+    cfg = Config.model_validate({
+        "inputs": {"kind": "jets", "chunksize": 600},
+        "jets": {"simulate": {"output": str(tmp_path / "jets"), "jets": 600, "signal_jets": 150, "jets_per_file": 600,
+                              "samples": ["qcd", "top", "gluino"]},
+                 "models": ["pca", "jet-dense", "tau32"], "decorrelate": ["jet-dense"],
+                 "pairwise_models": ["tau32"], "contamination": [0.0, 0.1], "contamination_model": "tau32"},
+        "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 128},
+        "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 64, "scaling": "none"},
+        "report": {"output": str(tmp_path / "report")},
+    })
+    out = run(cfg, None, log=lambda line: None)
+    assert {"simulate", "ingest", "mix", "train jet-dense-adv", "pairwise", "contamination", "report"} <= set(
+        out["seconds"])
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert summary["kind"] == "jets"
+    assert {(r["model"], r["signal"]) for r in summary["auc_table"]} >= {("tau32", "top"), ("jet-dense-adv", "gluino")}
+    assert np.array(summary["pairwise"]["tau32"]["auc"]).shape == (3, 3)
+    assert set(summary["sculpting"]) == {"pca", "jet-dense", "tau32", "jet-dense-adv"}
+    assert [r["fraction"] for r in summary["contamination"]["rows"]] == [0.0, 0.1]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Farina et al. E10 / E100" in markdown and "0.66 / 0.13" in markdown
+    for name in ("roc.png", "mass_sculpting.png", "pairwise_tau32.png", "separation_pca.png", "latent_jet-dense.png"):
+        assert (tmp_path / "report" / name).is_file()

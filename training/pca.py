@@ -106,8 +106,9 @@ def fit_pca(
         read = dask.delayed(_read_scaled, pure=True)(url, group, i, scaling, column)
         blocks.append(da.from_delayed(read, shape=(s.stop - s.start, n_features), dtype=np.float32))
         n_events += s.stop - s.start
-    # One block across the features, as dask-ml's tall-and-skinny QR wants.
-    x = da.concatenate(blocks).rechunk({1: -1}).persist()
+    # One block across the features, and blocks taller than wide, as dask-ml's tall-and-skinny
+    # QR wants (a 40 x 40 jet image has more features than a chunk of 1024 jets has rows).
+    x = da.concatenate(blocks).rechunk({0: max(2 * n_features, blocks[0].shape[0]), 1: -1}).persist()
     pca = PCA(svd_solver="full").fit(x)
     mean = np.asarray(pca.mean_)
     del x

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["train"]
 
 Progress = Callable[[dict[str, Any]], None]
+_FARINA_LATENT = 6
 
 
 def train(
@@ -129,7 +130,9 @@ def _fit_fixed(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[
 
     start = time.perf_counter()
     if pca:
-        model = fit_pca(cfg.store.url, "train", scaling, latent=tc.architecture.latent,
+        # Jet images: Farina et al.'s k = 6 unless configured (the scree plot is drawn all the same).
+        latent = tc.architecture.latent or (_FARINA_LATENT if store.kind == "jets" else None)
+        model = fit_pca(cfg.store.url, "train", scaling, latent=latent,
                         variance=tc.architecture.pca_variance, max_events=tc.architecture.pca_max_events,
                         column=column)
         arch["latent"] = int(model.components.shape[0])
