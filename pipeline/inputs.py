@@ -70,8 +70,10 @@ def expand_files(channels: dict[str, ChannelInput]) -> dict[str, list[str]]:
                     "check the path or glob (run `megaset simulate` for the demo sample)"
                 )
                 raise ConfigError(msg)
-            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-            found += [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in paths]
+            # fsspec strips the scheme of some protocols' paths (s3, root) and not of others'
+            # (http keeps the whole URL): unstrip_protocol puts back exactly what it took.
+            local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+            found += [p if local else fs.unstrip_protocol(p) for p in paths]
         out[name] = sorted(dict.fromkeys(found))
     return out
 
