@@ -30,6 +30,7 @@ __all__ = [
     "OBJECT_SOURCES",
     "ChannelInput",
     "InputsConfig",
+    "RemoteConfig",
     "CollectionSchema",
     "MetSchema",
     "SchemaConfig",
@@ -91,6 +92,31 @@ class ChannelInput(_Section):
         return self
 
 
+class RemoteConfig(_Section):
+    """How inputs on remote storage (root://, http(s)://, s3://) are read; see docs/pipeline.md.
+    Credentials never go here: the clients take them from their usual environment."""
+
+    timeout: float = Field(
+        60.0, gt=0, description="Seconds a server may take to answer a request before it counts as failed.",
+    )
+    retries: int = Field(
+        3, ge=0, description="Retries of a file check or chunk that failed for a transient reason (no "
+        "answer, refused or lost connection, a busy server); a wrong path or credentials are not retried.",
+    )
+    backoff: float = Field(1.0, ge=0, description="Seconds before the first retry, doubled before each next one.")
+    max_range_gap: str = Field(
+        "32 KiB", description="uproot merges byte ranges of one read this close into one range "
+        "(one XRootD vector read or HTTP multi-range request carries the merged ranges).",
+    )
+    max_request_bytes: str = Field("10 MiB", description="Bytes of one merged request at most.")
+    max_request_ranges: int = Field(1024, gt=0, description="Byte ranges of one merged request at most.")
+
+    @field_validator("max_range_gap", "max_request_bytes")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        return _size(value)
+
+
 class InputsConfig(_Section):
     kind: Literal["events", "jets"] = Field(
         "events", description="events: ntuples of events, selected and turned into RMMs; jets: one "
@@ -105,6 +131,7 @@ class InputsConfig(_Section):
         default_factory=dict,
         description="Channel name -> sample. Empty: the simulated demo sample is used.",
     )
+    remote: RemoteConfig = RemoteConfig()
 
 
 # ---------------------------------------------------------------------------- schema

@@ -16,6 +16,10 @@ class ConfigError(MegasetError, ValueError):
     """The configuration file (or a value in it) is invalid."""
 
 
+class MissingExtraError(MegasetError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 class InputFileError(MegasetError, OSError):
     """An input ntuple cannot be opened or read.
 

@@ -18,6 +18,7 @@ from megaset import __version__
 from megaset.config import Config
 from megaset.errors import InputFileError
 from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
+from megaset.pipeline.remote import uproot_options
 from megaset.storage.staging import LAYOUT_VERSION
 
 if TYPE_CHECKING:
@@ -145,16 +146,16 @@ def _runner(client: Client | None, cfg: Config, files: list[FileInfo], status: b
     from coffea.nanoevents import BaseSchema
     from coffea.processor.executor import FileMeta
 
-    if client is None:
-        executor = processor.IterativeExecutor(status=status)
-    else:
-        executor = processor.DaskExecutor(client=client, status=status, retries=3)
+    from megaset.pipeline.retry import retrying_executor
+
+    remote = cfg.inputs.remote
+    executor = retrying_executor(client, remote, skip=cfg.inputs.on_bad_file == "skip", status=status)
     # The file check already read each tree's entry count and the file's UUID: handed to
     # coffea as its metadata cache, they spare the Runner a pass that opens every file again.
     known = {FileMeta(i.channel, i.path, i.tree): {"numentries": i.entries, "uuid": uuid.UUID(i.uuid).bytes}
              for i in files}
     return processor.Runner(executor=executor, schema=BaseSchema, chunksize=cfg.inputs.chunksize,
-                            metadata_cache=known)
+                            metadata_cache=known, xrootdtimeout=remote.timeout)
 
 
 def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
@@ -227,7 +228,8 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         weight_scale=_weight_scales(cfg, channels, good),
         skip_bad=cfg.inputs.on_bad_file == "skip",
     )
-    out = _runner(client, cfg, good, status)(fileset, proc, treename=None,
+    options = uproot_options(cfg.inputs.remote, tuple(i.path for i in good if i.whole_file))
+    out = _runner(client, cfg, good, status)(fileset, proc, treename=None, uproot_options=options,
                                             iteritems_options={"filter_name": cfg.input_schema.branches()}) if fileset else {}
 
     errors = out.pop("errors", {})

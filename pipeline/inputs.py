@@ -5,6 +5,11 @@ branch the schema needs, and records size, checksum, ROOT file UUID, entry count
 the weight branch (for cross-section normalisation); the ingest chunks files from these
 records instead of opening them again. A bad file is an error naming the file and what is
 wrong with it, or, with ``on_bad_file: skip``, an entry in the list of skipped files.
+
+Files may be local or remote (``root://``, ``http(s)://``, ``s3://``; see
+:mod:`megaset.pipeline.remote`): the checksum is then the one the server keeps where it keeps
+one, and a file that cannot be reached is retried or reported in one line
+(:mod:`megaset.pipeline.retry`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from megaset.config import ChannelInput, Config
+from megaset.config import ChannelInput, Config, RemoteConfig
 from megaset.errors import ConfigError, InputFileError
 
 if TYPE_CHECKING:
@@ -25,7 +30,12 @@ _HASH_BLOCK = 8 << 20
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What the check learned about one input file; ``error`` is set for a bad file."""
+    """What the check learned about one input file; ``error`` is set for a bad file.
+
+    ``checksum`` is ``adler32:<hex>`` (read, or as an XRootD or HTTP server keeps it) or
+    ``etag:<value>`` (an S3 or HTTP entity tag). ``whole_file``: the file's HTTP server ignores
+    byte ranges, so each process reading it fetches it whole once.
+    """
 
     path: str
     channel: str
@@ -36,6 +46,7 @@ class FileInfo:
     uuid: str = ""
     entries: int = 0
     sum_weights: float = 0.0
+    whole_file: bool = False
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -55,30 +66,33 @@ def resolve_channels(cfg: Config) -> dict[str, ChannelInput]:
     return demo_inputs(cfg.simulate)
 
 
-def expand_files(channels: dict[str, ChannelInput]) -> dict[str, list[str]]:
-    """Channel -> sorted, de-duplicated file URLs matched by its paths and globs."""
-    import fsspec
+def expand_files(channels: dict[str, ChannelInput], remote: RemoteConfig | None = None) -> dict[str, list[str]]:
+    """Channel -> sorted, de-duplicated file URLs matched by its paths and globs.
 
+    Globs are expanded where the protocol can list a folder (local disks, root://, s3://); a
+    remote server that cannot be reached while listing is retried as ``remote`` says.
+    """
+    from megaset.pipeline.remote import expand
+    from megaset.pipeline.retry import with_retries
+
+    remote = remote or RemoteConfig()
     out: dict[str, list[str]] = {}
     for name, channel in channels.items():
         found: list[str] = []
         for pattern in channel.files:
-            fs, _, paths = fsspec.get_fs_token_paths(pattern)
+            paths = with_retries(lambda pattern=pattern: expand(pattern, remote.timeout), pattern, remote)
             if not paths:
                 msg = (
                     f"inputs.channels.{name}.files: {pattern!r} matches no file; "
                     "check the path or glob (run `megaset simulate` for the demo sample)"
                 )
                 raise ConfigError(msg)
-            # fsspec strips the scheme of some protocols' paths (s3, root) and not of others'
-            # (http keeps the whole URL): unstrip_protocol puts back exactly what it took.
-            local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-            found += [p if local else fs.unstrip_protocol(p) for p in paths]
+            found += paths
         out[name] = sorted(dict.fromkeys(found))
     return out
 
 
-def _checksum(path: str) -> tuple[int, str]:
+def _checksum(path: str, **storage_options) -> tuple[int, str]:
     """Size and adler32 of the file's bytes: the checksum grid storage (Rucio, XRootD) keeps,
     so it can be compared with the catalogue's; four times as fast here as blake2b."""
     import zlib
@@ -87,38 +101,61 @@ def _checksum(path: str) -> tuple[int, str]:
 
     value, size = 1, 0
     block = memoryview(bytearray(_HASH_BLOCK))  # one buffer, refilled: no fresh pages per read
-    with fsspec.open(path, "rb") as f:
+    with fsspec.open(path, "rb", **storage_options) as f:
         while n := f.readinto(block):
             value = zlib.adler32(block[:n], value)
             size += n
     return size, f"adler32:{value:08x}"
 
 
-def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None, sum_weights: bool, schema) -> FileInfo:
-    """Open one file and check it against the schema; never raises for a bad file."""
+def _inspect(info: FileInfo, branches: list[str], weight_branch: str | None, sum_weights: bool, schema,
+             remote: RemoteConfig) -> FileInfo:
     import uproot
 
+    from megaset.pipeline import remote as access
     from megaset.pipeline.schema import check_branches
 
+    whole = access.reads_whole(info.path, remote.timeout)
+    with uproot.open(info.path, **access.uproot_options(remote, (info.path,) if whole else ())) as f:
+        if info.tree not in f:
+            available = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"
+            return _bad(info, f"no tree {info.tree!r} (objects in file: {available}); set inputs.tree or the channel's tree")
+        tree = f[info.tree]
+        # Types of the schema's branches only: a production ntuple has hundreds.
+        available = dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches)
+        check_branches(available, schema, info.path)
+        total = float(tree[weight_branch].array(library="np").sum(dtype="f8")) if sum_weights else 0.0
+        entries = int(tree.num_entries)
+        uuid = str(f.file.uuid)
+    # What the server keeps about the content, else the bytes read once (from the whole-file
+    # copy just made, where there is one).
+    stored = access.stored_checksum(info.path, remote.timeout)
+    if stored is None:
+        target, storage = access.open_target(info.path, remote.timeout, whole)
+        stored = _checksum(target, **storage)
+    size, checksum = stored
+    return FileInfo(**{**info.to_dict(), "size": size, "checksum": checksum, "uuid": uuid, "entries": entries,
+                       "sum_weights": total, "whole_file": whole})
+
+
+def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None, sum_weights: bool, schema,
+                 remote: RemoteConfig | None = None) -> FileInfo:
+    """Open one file and check it against the schema; never raises for a bad file.
+
+    A file that cannot be reached is retried as ``remote`` says when the cause may pass, and
+    reported in one line (URL, cause, fix) when it does not.
+    """
+    from megaset.pipeline.retry import with_retries
+
+    remote = remote or RemoteConfig()
     try:
-        size, checksum = _checksum(info.path)
-        with uproot.open(info.path) as f:
-            if info.tree not in f:
-                available = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"
-                return _bad(info, f"no tree {info.tree!r} (objects in file: {available}); set inputs.tree or the channel's tree")
-            tree = f[info.tree]
-            # Types of the schema's branches only: a production ntuple has hundreds.
-            available = dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches)
-            check_branches(available, schema, info.path)
-            total = float(tree[weight_branch].array(library="np").sum(dtype="f8")) if sum_weights else 0.0
-            entries = int(tree.num_entries)
-            uuid = str(f.file.uuid)
+        return with_retries(lambda: _inspect(info, branches, weight_branch, sum_weights, schema, remote),
+                            info.path, remote)
     except InputFileError as err:
         return _bad(info, err.reason)
     except Exception as err:  # a corrupt file can fail in many ways; report, never crash the check
         detail = " ".join(str(err).split())  # one line: it is listed among the skipped files
         return _bad(info, f"cannot be read as a ROOT file: {type(err).__name__}: {detail}")
-    return FileInfo(**{**info.to_dict(), "size": size, "checksum": checksum, "uuid": uuid, "entries": entries, "sum_weights": total})
 
 
 def _bad(info: FileInfo, reason: str) -> FileInfo:
@@ -127,7 +164,8 @@ def _bad(info: FileInfo, reason: str) -> FileInfo:
 
 def inspect_files(cfg: Config, channels: dict[str, ChannelInput], client: Client | None) -> list[FileInfo]:
     """Check every input file, on the cluster when a client is given; file order is the index."""
-    files = expand_files(channels)
+    remote = cfg.inputs.remote
+    files = expand_files(channels, remote)
     todo = [
         FileInfo(path=path, channel=name, tree=channels[name].tree or cfg.inputs.tree, index=0)
         for name in channels
@@ -138,9 +176,9 @@ def inspect_files(cfg: Config, channels: dict[str, ChannelInput], client: Client
     args = (schema.branches(), schema.weight)
     needs_sum = {name: ch.xsec_pb is not None and schema.weight is not None for name, ch in channels.items()}
     if client is None:
-        return [inspect_file(t, *args, needs_sum[t.channel], schema) for t in todo]
+        return [inspect_file(t, *args, needs_sum[t.channel], schema, remote) for t in todo]
     futures = client.map(
         inspect_file, todo, [args[0]] * len(todo), [args[1]] * len(todo),
-        [needs_sum[t.channel] for t in todo], [schema] * len(todo), pure=False,
+        [needs_sum[t.channel] for t in todo], [schema] * len(todo), [remote] * len(todo), pure=False,
     )
     return client.gather(futures)

@@ -4,9 +4,17 @@ plays the collision data) for the report and study tests."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from megaset.config import Config
+
+# The XRootD client's own waits, before megaset's retries: one connection attempt, and timeouts
+# checked every second rather than every 15 (its defaults), so that the tests of unreachable
+# and silent servers take seconds. Worker processes inherit them.
+os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
+os.environ.setdefault("XRD_TIMEOUTRESOLUTION", "1")
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,16 @@ def test_resolved_round_trips_and_replace_validates():
 def test_address_cluster_needs_address(tmp_path):
     with pytest.raises(ConfigError, match=r"kind: address needs address"):
         load_config(write(tmp_path, "cluster: {kind: address}\n"))
+
+
+def test_remote_input_settings_are_validated(tmp_path):
+    cfg = load_config(write(tmp_path, "inputs:\n  remote: {timeout: 5, retries: 0, max_range_gap: 1 MiB}\n"))
+    assert (cfg.inputs.remote.timeout, cfg.inputs.remote.retries, cfg.inputs.remote.max_range_gap) == (5, 0, "1 MiB")
+    assert cfg.inputs.remote.backoff == 1.0 and cfg.inputs.remote.max_request_bytes == "10 MiB"
+    path = write(tmp_path, "inputs:\n  remote: {timeout: 0, max_request_bytes: lots, retry: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "inputs.remote.timeout: Input should be greater than 0" in text
+    assert "inputs.remote.max_request_bytes: Value error, cannot read 'lots' as a size" in text
+    assert "inputs.remote.retry: unknown key; did you mean 'retries'" in text

@@ -1,17 +1,16 @@
 """The store on an object store: a full mix into ``s3://`` and reading it back.
 
-The S3-compatible server (moto) listens on loopback; s3fs / botocore find it through the
-``AWS_ENDPOINT_URL`` and credential variables, which Dask worker processes started afterwards
-inherit, exactly as on a cluster whose workers get the object store's secrets as environment.
+The S3-compatible server (moto, ``servers.s3_server``) listens on loopback; s3fs / botocore
+find it through the ``AWS_ENDPOINT_URL`` and credential variables, which Dask worker processes
+started afterwards inherit, exactly as on a cluster whose workers get the object store's
+secrets as environment.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-
 import numpy as np
 import pytest
+from servers import s3_server
 from store_factory import make_config, make_staging
 
 from megaset.errors import StoreError
@@ -25,29 +24,8 @@ BUCKET = "megaset-test"
 @pytest.fixture(scope="module")
 def s3_bucket():
     """An empty bucket on a loopback S3 server, with the environment pointing at it."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "megaset",
-           "AWS_SECRET_ACCESS_KEY": "megaset", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
-    try:
-        s3fs.S3FileSystem().mkdir(BUCKET)
-        yield f"s3://{BUCKET}"
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+    with s3_server(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
