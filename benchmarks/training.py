@@ -138,7 +138,7 @@ def _fit_tensors(cfg, x, w, norm: float, val: list, model=None):
     val_loss = None
     for _ in range(tc.epochs):
         train_epoch(model, optimizer, _shuffled(x, w, tc.batch_size), tc, norm, torch.device("cpu"))
-        val_loss = evaluate(model, val, tc, torch.device("cpu"))[0]
+        val_loss = evaluate(model, val, tc, torch.device("cpu"))["loss"]
     return model, val_loss
 
 

@@ -200,10 +200,22 @@ def train(
             console.print(f"  {key.replace('_', ' ')}: {summary[key]}", highlight=False)
 
 
+def _auc_table(rows: list[dict]) -> Table:
+    """Farina et al.'s Table I of a report: AUC with its uncertainty, E10, E100."""
+    table = Table(title="anomaly detection (Farina et al. Table I)")
+    for name in ("signal", "model", "AUC", "E10", "E100"):
+        table.add_column(name, justify="left" if name in ("signal", "model") else "right")
+    for row in rows:
+        table.add_row(row["signal"], row["model"], f"{row['auc']:.3f} ± {row['auc_error']:.3f}",
+                      f"{row['e10']:.3f}", f"{row['e100']:.3f}")
+    return table
+
+
 @app.command()
 def run(config: ConfigOption = None, demo: DemoOption = None) -> None:
     """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
-    report), resuming where an earlier run stopped. `--demo jets` runs the boosted-jet demo."""
+    report), resuming where an earlier run stopped; ends with the AUC / E10 / E100 table. `--demo jets`
+    runs the boosted-jet demo."""
     from megaset.run import run as run_all
 
     cfg = _config(config, demo)
@@ -213,8 +225,10 @@ def run(config: ConfigOption = None, demo: DemoOption = None) -> None:
     report_dir = cfg.report.output
     console.print(
         f"finished in {total:.1f} s. store: {cfg.store.url}; report: {report_dir}/report.md "
-        f"(plots: {report_dir}/*.png)"
+        f"(plots: {report_dir}/*.png and .pdf)"
     )
+    if out.get("report"):
+        console.print(_auc_table(out["report"]["auc_table"]))
 
 
 study = typer.Typer(help="The thesis' and Farina et al.'s robustness tests, end to end.", no_args_is_help=True)
@@ -321,14 +335,24 @@ def score(
     )
 
 
-@app.command()
+_QUERY_HELP = "\n\n".join([
+    "SQL over one group of a store (columns: aux, weight, yield_weight, channel, event id, RMM cells, scores).",
+    "weight: the event weight as stored, the group's share of its channel (train, val and test hold about 60, "
+    "20 and 20 % of each background channel), so sum(weight) over test is about a fifth of the report's yields.",
+    "yield_weight: the weight scaled to the whole sample as the report's yields are; sum(yield_weight) per "
+    "channel of any group is the channel's expected yield: "
+    "SELECT channel_name, sum(yield_weight) FROM test GROUP BY channel_name",
+])
+
+
+@app.command(help=_QUERY_HELP)
 def query(
     store: Annotated[str, typer.Argument(help="Store URL.")],
     sql: Annotated[str, typer.Argument(help='One SELECT over a group, e.g. "SELECT met FROM test WHERE met > 200".')],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result to a .parquet or .csv file.")] = None,
     rows: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 20,
 ) -> None:
-    """SQL over one group of a store (columns: aux, weight, channel, event id, RMM cells, scores)."""
+    """SQL over one group of a store; see ``_QUERY_HELP``."""
     from megaset.storage.query import export, query as run_query
 
     if output is not None:
@@ -352,14 +376,9 @@ def report(
     model: Annotated[Optional[list[str]], typer.Option(help="A scored model to report (repeatable); default all.")] = None,
 ) -> None:
     """Plots, tables and significances of the scored store: report.md, report.json and PNGs."""
-    from megaset.report.report import report as run_report
+    from megaset.reporting import write_report
 
     cfg = _config(config)
-    summary = run_report(cfg, out_dir=output, models=model or None)
-    table = Table(title="anomaly detection (Farina et al. Table I)")
-    for name in ("signal", "model", "AUC", "E10", "E100"):
-        table.add_column(name, justify="left" if name in ("signal", "model") else "right")
-    for row in summary["auc_table"]:
-        table.add_row(row["signal"], row["model"], f"{row['auc']:.3f}", f"{row['e10']:.3f}", f"{row['e100']:.3f}")
-    console.print(table)
+    summary = write_report(cfg, out_dir=output, models=model or None)
+    console.print(_auc_table(summary["auc_table"]))
     console.print(f"report: {summary['markdown']} and {summary['json']}")

@@ -763,6 +763,21 @@ class ReportConfig(_Section):
     )
     pt_group: Literal["val", "test"] = Field("val", description="pT-altering test: the events altered.")
     pt_events: int = Field(100_000, gt=0, description="pT-altering test: at most this many events.")
+    min_background_events: int = Field(
+        10, ge=1, description="Threshold scans refuse cuts that leave fewer background MC events than this.",
+    )
+    background_systematic: float = Field(
+        0.0, ge=0, description="Flat relative uncertainty of the background, added in quadrature to its MC "
+        "statistical one in the significances (0.1: 10 %).",
+    )
+    auc_replicas: int = Field(200, ge=2, description="Bootstrap replicas of the AUC uncertainty.")
+    experiment: str = Field("ATLAS-style", description="Experiment label of the figures (bold).")
+    label: str = Field("Simulation", description="Text after the experiment label.")
+    sqrt_s_tev: float = Field(13.0, gt=0, description="Centre-of-mass energy in the figure label, TeV.")
+    colors: dict[str, str] = Field(
+        default_factory=dict, description="Colour of a process by name (any matplotlib colour); the others "
+        "take colour i of a fixed 20-colour palette for channel id i.",
+    )
 
 
 # ---------------------------------------------------------------------------- root

@@ -59,7 +59,7 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     """
     from megaset.deploy.cluster import release_memory
     from megaset.pipeline.ingest import ingest
-    from megaset.report.report import report
+    from megaset.reporting import write_report
     from megaset.storage.mix import mix
     from megaset.training.score import score
     from megaset.training.trainer import train
@@ -88,7 +88,7 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     stage("mix", _mixed(cfg), lambda: mix(cfg, client))
     stage("train", False, lambda: train(cfg, client, resume=True))
     stage("score", False, lambda: score(cfg, client))
-    stage("report", False, lambda: report(cfg))
+    stage("report", False, lambda: write_report(cfg))
     return out
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from megaset.config import Config
 from megaset.report import metrics, plots
 from megaset.report.markdown import table
+from megaset.report.style import Style
 from megaset.report.samples import Sample
 
 __all__ = ["jet_report", "FARINA_TABLE_I", "separated_cells", "mass_sculpting", "PAIRWISE_FILE"]
@@ -132,7 +133,8 @@ def _latent(store: Any, model: str, samples: Sequence[Sample], out: Path, max_pe
 
 
 @plots._styled
-def _scatter(fig, xy: np.ndarray, truth: np.ndarray, clusters: np.ndarray, names: Sequence[str], *, title: str) -> None:
+def _scatter(fig, xy: np.ndarray, truth: np.ndarray, clusters: np.ndarray, names: Sequence[str], *, title: str,
+             style: Style) -> None:
     fig.set_size_inches(12.0, 5.0)
     for ax, labels, what in zip(fig.subplots(1, 2), (truth, clusters), ("true sample", "k-means cluster"),
                                 strict=True):
@@ -140,12 +142,13 @@ def _scatter(fig, xy: np.ndarray, truth: np.ndarray, clusters: np.ndarray, names
             sel = labels == k
             ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.5,
                        label=names[k] if what == "true sample" else f"cluster {k}")
-        ax.set(title=f"{title}: {what}", xlabel="latent PC 1", ylabel="latent PC 2")
-        ax.legend(fontsize=7, markerscale=3)
+        ax.set(xlabel="latent PC 1", ylabel="latent PC 2")
+        ax.legend(fontsize=7, markerscale=3, title=f"{title}: {what}", title_fontsize=8)
+        style.label_axes(ax)
 
 
 @plots._styled
-def _mass_panels(fig, sections: dict[str, dict[str, Any]]) -> None:
+def _mass_panels(fig, sections: dict[str, dict[str, Any]], *, style: Style) -> None:
     axes = plots._grid(fig, len(sections), ncols=min(len(sections), 3))
     for ax, (model, sc) in zip(axes, sections.items(), strict=True):
         edges = np.asarray(sc["edges"])
@@ -154,8 +157,9 @@ def _mass_panels(fig, sections: dict[str, dict[str, Any]]) -> None:
                                                        for k, h in sc["after"].items())]:
             hist = np.asarray(hist, dtype=float)
             ax.step(centres, hist / max(hist.sum(), _TINY), where="mid", label=label)
-        ax.set(title=f"background jet mass, cuts on {model}", xlabel="jet mass [GeV]", ylabel="fraction")
-        ax.legend(fontsize=8)
+        ax.set(xlabel="jet mass [GeV]", ylabel="fraction")
+        ax.legend(fontsize=8, title=f"background jet mass, cuts on {model}", title_fontsize=8)
+        style.label_axes(ax)
 
 
 def _farina_rows(rows: Sequence[dict]) -> list[list[Any]]:

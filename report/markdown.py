@@ -1,12 +1,39 @@
-"""The Markdown page of a report: yields, Farina et al.'s Table I, signal regions, figures."""
+"""The Markdown page of a report, and the studies listed on it.
+
+``report.md`` holds the yields with their MC statistical uncertainty and effective number of
+MC events, the cut flow of every channel, Farina et al.'s Table I with the AUC's uncertainty,
+the signal regions with their significances, the training of each model, the configuration's
+digest and every study recorded into the report folder with :func:`add_study`.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_markdown", "table"]
+__all__ = ["write_markdown", "table", "add_study", "studies", "finite"]
+
+#: Where a report folder keeps the summaries of the studies run against its store.
+STUDIES = "studies"
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None``, in nested dicts and lists: strict JSON.
+
+    >>> finite({"a": [1.0, float("nan")], "b": float("inf")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _cell(value: Any) -> str:
@@ -28,45 +55,168 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _regions(model: str, section: Mapping[str, Any]) -> list[str]:
+def _pm(value: float | None, error: float | None) -> str:
+    """``value ± error``, to the precision of the error's two leading digits; large values with a
+    common power of ten.
+
+    >>> _pm(1234.5, 56.7), _pm(0.8766, 0.0123), _pm(1.016e8, 1.52e6), _pm(3.0, 0.0)
+    ('1234 ± 57', '0.877 ± 0.012', '(1.016 ± 0.015)e8', '3 ± 0')
+    """
+    if value is None or error is None or not (math.isfinite(value) and math.isfinite(error)):
+        return _cell(value)
+    if error <= 0:
+        return f"{value:.4g} ± 0"
+    exponent = int(math.floor(math.log10(abs(value)))) if abs(value) >= 1e5 else 0
+    v, e = value / 10**exponent, error / 10**exponent
+    digits = min(6, max(0, 1 - int(math.floor(math.log10(e)))))
+    text = f"{v:.{digits}f} ± {e:.{digits}f}"
+    return f"({text})e{exponent}" if exponent else text
+
+
+def _figure(path: str | Path, base: Path, name: str | None = None) -> str:
+    """A figure linked relative to ``base``, with its PDF."""
+    rel = Path(os.path.relpath(path, base))
+    return f"![{name or rel.stem}]({rel.as_posix()}) ([PDF]({rel.with_suffix('.pdf').as_posix()}))"
+
+
+def _regions(model: str, section: Mapping[str, Any], stats: Mapping[str, Any], base: Path) -> list[str]:
+    systematic = stats["background_systematic"]
     out = [f"### {model}", "",
            f"Weighted median of the background error on the report axis: m = {section['median']:.4g}; "
-           f"cuts at m + i |m| / 5: {', '.join(f'{c:.4g}' for c in section['cuts'])}.", ""]
-    rows = []
+           f"cuts at m + i |m| / 5: {', '.join(f'{c:.4g}' for c in section['cuts'])}. "
+           f"b and s with their MC statistical uncertainty sqrt(sum w²); Z Asimov with σ_b = the MC "
+           f"statistical uncertainty{f' and a {systematic:.0%} systematic' if systematic else ''}. "
+           f"MET cuts leaving fewer than {stats['min_background_events']} background MC events are refused.", ""]
+    rows, notes = [], []
     for entry in section["regions"]:
-        for name, sig in entry["signals"].items():
+        name = f"SR{entry['region']}"
+        b = _pm(entry["background"], entry["background_error"])
+        for signal, sig in entry["signals"].items():
             best = sig["best_met_cut"] or {}
-            rows.append([f"SR{entry['region']}", entry["cut"], name, entry["background"], sig["yield"], sig["z"],
-                         sig["z_asimov"], best.get("met_min"), best.get("z_asimov")])
+            rows.append([name, entry["cut"], signal, b, entry["background_events"],
+                         _pm(sig["yield"], sig["yield_error"]), sig["z"], sig["z_asimov"], best.get("met_min"),
+                         best.get("z_asimov"), best.get("background_events")])
         if not entry["signals"]:
-            rows.append([f"SR{entry['region']}", entry["cut"], "-", entry["background"], *[None] * 5])
-    out.append(table(["region", "cut", "signal", "b", "s", "s/sqrt(b)", "Z Asimov", "best MET cut [GeV]",
-                      "Z Asimov there"], rows))
-    out += ["", *(f"![{kind}]({Path(path).name})" for kind, path in section["plots"].items()), ""]
+            rows.append([name, entry["cut"], "-", b, entry["background_events"], *[None] * 6])
+        if entry["few_mc_events"]:
+            notes.append(f"{name} itself keeps only {entry['background_events']} background MC events: its "
+                         "background is a fluctuation, not an estimate.")
+        elif entry["met_refused_from"] is not None:
+            notes.append(f"{name}: MET cuts from {entry['met_refused_from']:g} GeV up are refused.")
+    out.append(table(["region", "cut", "signal", "b", "b MC events", "s", "s/sqrt(b)", "Z Asimov (σ_b)",
+                      "best MET cut [GeV]", "Z Asimov there", "b MC events there"], rows))
+    out += ["", *(f"- {n}" for n in notes), "" if notes else None]
+    out += [*(_figure(path, base, kind) for kind, path in section["plots"].items()), ""]
+    return [line for line in out if line is not None]
+
+
+def _cutflow(cutflow: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    if not cutflow:
+        return ["The store records no cut flow.", ""]
+    cuts = list(dict.fromkeys(step["cut"] for steps in cutflow.values() for step in steps))
+
+    def rows(key: str) -> list[list[Any]]:
+        out = []
+        for name, steps in cutflow.items():
+            by_cut = {step["cut"]: step[key] for step in steps}
+            out.append([name, *(by_cut.get(cut) for cut in cuts)])
+        return out
+
+    return ["MC events after each cut:", "", table(["channel", *cuts], rows("events")), "",
+            "Expected events after each cut:", "", table(["channel", *cuts], rows("yield")), ""]
+
+
+def _training(training: Mapping[str, Mapping[str, Any]], base: Path) -> list[str]:
+    if not training:
+        return ["No training record was given with this report (`megaset report` and `megaset run` read it "
+                "from the checkpoints).", ""]
+    out = [table(["model", "epochs", "best epoch", "best val loss", "early stopping"],
+                 [[m, t.get("epochs"), t.get("best_epoch"), t.get("best_val_loss"),
+                   "yes" if t.get("stopped_early") else "no"] for m, t in training.items()]), ""]
+    for model, t in training.items():
+        history = t.get("history") or []
+        if history:
+            out += [f"{model}, per epoch:", "",
+                    table(["epoch", "train loss", "val loss (|w|)", "val loss (training weights)"],
+                          [[h["epoch"], h["loss"], h["val_loss"], h.get("val_loss_weighted")] for h in history]), ""]
+        if t.get("loss_curve"):
+            out += [f"![loss curve {model}]({Path(os.path.relpath(t['loss_curve'], base)).as_posix()})", ""]
+    return out
+
+
+def _studies(entries: Sequence[Mapping[str, Any]], base: Path) -> list[str]:
+    if not entries:
+        return ["No study has been run on this store yet (`megaset study ...`).", ""]
+    out = []
+    for study in entries:
+        out += [f"### {study['title']}", "", table(study["header"], study["rows"]), ""]
+        out += [*(_figure(path, base) for path in study["plots"]), ""]
+        out += [f"[{name}]({Path(os.path.relpath(link, base)).as_posix()})" for name, link in
+                study.get("links", {}).items()]
+        out += [""] if study.get("links") else []
     return out
 
 
 def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
     """Write ``report.md`` from what :func:`megaset.report.report.report` computed."""
+    path = Path(path)
+    base = path.parent
+    config = result["config"]
     lines = [
         "# megaset report", "",
         f"Store `{result['store']}`; models {', '.join(f'`{m}`' for m in result['models'])}; "
         f"errors on the {result['axis']} axis; mass variable `{result['mass_variable']}`. Background: the "
-        "test group; yields are expected events at the store's luminosity.", "",
+        "test group; yields are expected events at the store's luminosity, ± their MC statistical "
+        "uncertainty sqrt(sum w²); N_eff = (sum w)² / sum w² is the number of unweighted MC events "
+        "with the same relative uncertainty.", "",
+        f"Configuration: [{Path(config['file']).name}]({Path(os.path.relpath(config['file'], base)).as_posix()}), "
+        f"SHA-256 `{config['sha256']}`.", "",
         "## Yields", "",
-        table(["sample", "kind", "events", "expected yield"],
-              [[y["sample"], y["kind"], y["events"], y["yield"]] for y in result["yields"]]),
-        "", "## Anomaly detection (Farina et al. Table I)", "",
-        "E10 and E100: signal efficiency at 90 % and 99 % background rejection.", "",
+        table(["sample", "kind", "MC events", "expected yield", "N_eff"],
+              [[y["sample"], y["kind"], y["events"], _pm(y["yield"], y["error"]), y["n_eff"]]
+               for y in result["yields"]]),
+        "", "## Cut flow", "", *_cutflow(result.get("cutflow") or {}),
+        "## Anomaly detection (Farina et al. Table I)", "",
+        "E10 and E100: signal efficiency at 90 % and 99 % background rejection; the AUC's uncertainty "
+        f"is the spread of {result['statistics']['auc_replicas']} bootstrap replicas.", "",
         table(["signal", "model", "AUC", "E10", "E100"],
-              [[r["signal"], r["model"], r["auc"], r["e10"], r["e100"]] for r in result["auc_table"]]),
-        "", "## Reconstruction errors", "", "![errors](errors.png)", "",
+              [[r["signal"], r["model"], _pm(r["auc"], r["auc_error"]), r["e10"], r["e100"]]
+               for r in result["auc_table"]]),
+        "", "## Reconstruction errors", "", _figure(result["plots"]["errors"], base, "errors"), "",
     ]
     if "roc" in result["plots"]:
-        lines += ["![roc](roc.png)", ""]
+        lines += [_figure(result["plots"]["roc"], base, "roc"), ""]
     lines += ["## Signal regions", ""]
     for model, section in result["sections"].items():
-        lines += _regions(model, section)
-    path = Path(path)
+        lines += _regions(model, section, result["statistics"], base)
+    lines += ["## Training", "", *_training(result.get("training") or {}, base)]
+    lines += ["## Studies", "", *_studies(result.get("studies") or [], base)]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def studies(folder: str | Path) -> list[dict[str, Any]]:
+    """The study summaries recorded in the report folder ``folder``, by name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder, STUDIES).glob("*.json"))]
+
+
+def add_study(folder: str | Path, key: str, *, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
+              plots: Sequence[str | Path] = (), links: Mapping[str, str | Path] | None = None) -> Path:
+    """Record a study's table, figures and links in the report folder ``folder``; when the report
+    is there, add the study to its ``report.json`` and ``report.md``. Returns the study's file.
+
+    A study run again under the same ``key`` replaces its entry.
+    """
+    folder = Path(folder)
+    entry = {"key": key, "title": title, "header": list(header), "rows": [list(r) for r in rows],
+             "plots": [str(p) for p in plots], "links": {k: str(v) for k, v in (links or {}).items()}}
+    path = folder / STUDIES / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite(entry), indent=1, allow_nan=False))
+    summary = folder / "report.json"
+    if summary.is_file():
+        result = json.loads(summary.read_text())
+        result["studies"] = studies(folder)
+        summary.write_text(json.dumps(result, indent=1, allow_nan=False))
+        write_markdown(folder / "report.md", result)
     return path

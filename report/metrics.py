@@ -3,7 +3,8 @@
 Conventions: a higher score is more anomalous and an event is selected when its score is at or
 above the cut. Negative event weights (NLO generators) count as zero where a probability is
 needed (ROC curves, AUC, efficiencies, quantiles) and are kept where yields are summed
-(significances, binned means).
+(significances, binned means). A yield's MC statistical uncertainty is sqrt(sum of w^2) of the
+events summed.
 
 >>> round(auc([1.0, 2.0], [3.0, 4.0]), 3)
 1.0
@@ -18,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "weighted_quantile", "weighted_median", "roc_curve", "auc", "signal_efficiency", "region_cuts",
-    "significance", "asimov_significance", "threshold_scan", "binned_mean", "separation_matrix",
+    "weighted_quantile", "weighted_median", "roc_curve", "auc", "auc_error", "signal_efficiency", "region_cuts",
+    "significance", "asimov_significance", "background_uncertainty", "yield_summary", "threshold_scan",
+    "best_cut", "binned_mean", "separation_matrix",
 ]
 
 
@@ -62,17 +64,32 @@ def weighted_median(values, weights=None) -> float:
 def roc_curve(background, signal, w_background=None, w_signal=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted ROC curve: background and signal efficiencies of every cut ``score >= t``.
 
+    scikit-learn's :func:`sklearn.metrics.roc_curve` with every point kept, negative weights
+    counted as zero.
+
     Returns
     -------
     fpr, tpr, thresholds
-        One point per distinct score, from the highest cut down, after a first point (0, 0)
-        whose threshold is +inf. Events with equal scores enter together (a diagonal step).
+        One point per distinct score of an event with a positive weight, from the highest cut
+        down, after a first point (0, 0) whose threshold is +inf. Events with equal scores enter
+        together (a diagonal step).
 
     Raises
     ------
     ValueError
         When the background or the signal has no positive weight.
     """
+    from sklearn import metrics as skm
+
+    b, s, wb, ws = _labelled(background, signal, w_background, w_signal)
+    fpr, tpr, thresholds = skm.roc_curve(
+        np.concatenate([np.zeros(len(b)), np.ones(len(s))]), np.concatenate([b, s]),
+        sample_weight=np.concatenate([wb, ws]), drop_intermediate=False)
+    return fpr, tpr, thresholds
+
+
+def _labelled(background, signal, w_background, w_signal) -> tuple[np.ndarray, ...]:
+    """Scores and weights (negative ones as zero) of both classes, checked."""
     b = np.asarray(background, dtype=np.float64)
     s = np.asarray(signal, dtype=np.float64)
     wb = np.clip(_weights(b, w_background, "background"), 0.0, None)
@@ -81,16 +98,7 @@ def roc_curve(background, signal, w_background=None, w_signal=None) -> tuple[np.
         which = "background" if wb.sum() <= 0 else "signal"
         msg = f"roc_curve: the {which} has no event with a positive weight"
         raise ValueError(msg)
-    scores = np.concatenate([b, s])
-    order = np.argsort(-scores, kind="stable")
-    scores = scores[order]
-    cum_b = np.cumsum(np.concatenate([wb, np.zeros_like(ws)])[order])
-    cum_s = np.cumsum(np.concatenate([np.zeros_like(wb), ws])[order])
-    # The last event of each run of equal scores closes the point of that cut.
-    last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
-    fpr = np.concatenate([[0.0], cum_b[last] / wb.sum()])
-    tpr = np.concatenate([[0.0], cum_s[last] / ws.sum()])
-    return fpr, tpr, np.concatenate([[np.inf], scores[last]])
+    return b, s, wb, ws
 
 
 def auc(background, signal, w_background=None, w_signal=None) -> float:
@@ -101,6 +109,37 @@ def auc(background, signal, w_background=None, w_signal=None) -> float:
     """
     fpr, tpr, _ = roc_curve(background, signal, w_background, w_signal)
     return float(np.trapezoid(tpr, fpr))
+
+
+def auc_error(background, signal, w_background=None, w_signal=None, *, replicas: int = 200,
+              seed: int = 0) -> float:
+    """The statistical uncertainty of :func:`auc`: the standard deviation of its bootstrap replicas.
+
+    Each replica gives every event a Poisson(1) multiplicity (the bootstrap of weighted MC
+    samples), background and signal drawn independently, so that an event's weight counts as
+    often as it is drawn. For unweighted samples the result agrees with Hanley and McNeil's
+    formula (Radiology 143, 1982).
+
+    >>> round(auc_error(np.arange(200.0), np.arange(200.0) + 100.0), 2)
+    0.02
+    """
+    b, s, wb, ws = _labelled(background, signal, w_background, w_signal)
+    rng = np.random.default_rng(seed)
+    values = [_reweighted_auc(b, s, wb, ws, rng.poisson(1.0, size=len(b) + len(s))) for _ in range(replicas)]
+    return float(np.std(values, ddof=1))
+
+
+def _reweighted_auc(b: np.ndarray, s: np.ndarray, wb: np.ndarray, ws: np.ndarray, factor: np.ndarray) -> float:
+    """The AUC with every weight (background first, then signal) multiplied by ``factor``;
+    equal scores count as half a win, as in :func:`auc`."""
+    scores = np.concatenate([b, s])
+    order = np.argsort(scores, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])  # one group per distinct score
+    w = (np.concatenate([wb, ws]) * factor)[order]
+    is_signal = (np.arange(len(scores)) >= len(b))[order]
+    gb = np.add.reduceat(np.where(is_signal, 0.0, w), starts)
+    gs = np.add.reduceat(np.where(is_signal, w, 0.0), starts)
+    return float(np.sum(gs * (np.cumsum(gb) - gb + 0.5 * gb)) / (gs.sum() * gb.sum()))
 
 
 def signal_efficiency(fpr: np.ndarray, tpr: np.ndarray, background_efficiency: float) -> float:
@@ -134,18 +173,57 @@ def significance(s, b):
         return np.where(b > 0, s / np.sqrt(np.where(b > 0, b, 1.0)), np.nan)
 
 
-def asimov_significance(s, b):
-    """Z_A = sqrt(2 ((s + b) ln(1 + s / b) - s)), the median significance for small b; NaN where
-    b <= 0 or s < 0.
+def asimov_significance(s, b, sigma_b=0.0):
+    """The median discovery significance of a counting experiment (Cowan et al., Eur. Phys. J. C
+    71 (2011) 1554), with the background known to within ``sigma_b``.
+
+    Without an uncertainty, Z_A = sqrt(2 ((s + b) ln(1 + s / b) - s)); with ``sigma_b > 0`` the
+    profile-likelihood form with the background constrained by an auxiliary measurement
+    (as in pyhf and hepstats), Z_A = sqrt(2 ((s + b) ln((s + b)(b + sigma^2) / (b^2 + (s + b)
+    sigma^2)) - b^2 / sigma^2 ln(1 + sigma^2 s / (b (b + sigma^2))))), which falls to the first
+    as sigma_b -> 0. NaN where b <= 0 or s < 0.
 
     >>> round(float(asimov_significance(5.0, 1.0)), 4)
     3.3913
+    >>> round(float(asimov_significance(10.0, 100.0, 10.0)), 4)
+    0.6902
     """
     s, b = np.asarray(s, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    var = np.broadcast_to(np.asarray(sigma_b, dtype=np.float64) ** 2, np.broadcast_shapes(s.shape, b.shape))
     ok = (b > 0) & (s >= 0)
     ss, bb = np.where(ok, s, 0.0), np.where(ok, b, 1.0)
-    q = 2.0 * ((ss + bb) * np.log1p(ss / bb) - ss)
+    # Below a relative variance of 1e-9 the two forms agree to 1e-9 and the first is the stable one.
+    exact = var <= 1e-9 * bb * bb
+    vv = np.where(exact, 1.0, var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plain = (ss + bb) * np.log1p(ss / bb) - ss
+        profiled = ((ss + bb) * np.log((ss + bb) * (bb + vv) / (bb * bb + (ss + bb) * vv))
+                    - bb * bb / vv * np.log1p(vv * ss / (bb * (bb + vv))))
+    q = 2.0 * np.where(exact, plain, profiled)
     return np.where(ok, np.sqrt(np.clip(q, 0.0, None)), np.nan)
+
+
+def background_uncertainty(sumw2, b, relative: float = 0.0):
+    """sigma_b: the MC statistical uncertainty sqrt(sum of w^2) and a flat relative systematic
+    ``relative * b``, added in quadrature.
+
+    >>> float(background_uncertainty(9.0, 40.0, 0.1))
+    5.0
+    """
+    return np.sqrt(np.asarray(sumw2, dtype=np.float64) + (relative * np.asarray(b, dtype=np.float64)) ** 2)
+
+
+def yield_summary(weights) -> dict[str, float]:
+    """Expected yield, its MC statistical uncertainty sqrt(sum w^2), the effective number of MC
+    events (sum w)^2 / sum w^2 and the number of MC events.
+
+    >>> yield_summary([1.0, 1.0, 2.0])
+    {'events': 3, 'yield': 4.0, 'error': 2.449489742783178, 'n_eff': 2.6666666666666665}
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    total, sumw2 = float(w.sum()), float(np.sum(w * w))
+    return {"events": len(w), "yield": total, "error": float(np.sqrt(sumw2)),
+            "n_eff": total * total / sumw2 if sumw2 > 0 else 0.0}
 
 
 def threshold_scan(values, weights, thresholds) -> np.ndarray:
@@ -161,18 +239,39 @@ def threshold_scan(values, weights, thresholds) -> np.ndarray:
     return tail[np.searchsorted(x[order], np.asarray(thresholds, dtype=np.float64), side="left")]
 
 
+def best_cut(z, background_events, min_events: int = 10) -> int | None:
+    """The index of the largest finite significance among the cuts that keep at least
+    ``min_events`` background MC events; ``None`` when no cut does.
+
+    A cut that leaves a handful of MC events estimates b from their fluctuation: its
+    significance is refused, however large.
+
+    >>> best_cut([1.0, 2.0, 9.0], [50, 12, 1])
+    1
+    """
+    z = np.asarray(z, dtype=np.float64)
+    allowed = (np.asarray(background_events) >= min_events) & np.isfinite(z)
+    if not allowed.any():
+        return None
+    return int(np.argmax(np.where(allowed, z, -np.inf)))
+
+
 def binned_mean(x, y, weights, edges) -> np.ndarray:
-    """Weighted mean of ``y`` in each bin of ``x`` (NaN where a bin's weight is not positive).
+    """Weighted mean of ``y`` in each bin of ``x`` (hist's ``WeightedMean`` storage); NaN where a
+    bin's weight is not positive. Values outside ``edges`` are left out.
 
     >>> binned_mean([0.5, 0.5, 1.5], [10.0, 20.0, 5.0], [1.0, 3.0, 1.0], [0, 1, 2, 3]).tolist()
     [17.5, 5.0, nan]
     """
+    import hist
+
     x = np.asarray(x, dtype=np.float64)
     w = _weights(x, weights, "binned_mean")
-    sw = np.histogram(x, bins=edges, weights=w)[0]
-    swy = np.histogram(x, bins=edges, weights=w * np.asarray(y, dtype=np.float64))[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sw > 0, swy / np.where(sw > 0, sw, 1.0), np.nan)
+    h = hist.Hist(hist.axis.Variable(np.asarray(edges, dtype=np.float64), flow=False),
+                  storage=hist.storage.WeightedMean())
+    h.fill(x, sample=np.asarray(y, dtype=np.float64), weight=w)
+    view = h.view()
+    return np.where(view.sum_of_weights > 0, view.value, np.nan)
 
 
 def separation_matrix(scores: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> np.ndarray:

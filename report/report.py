@@ -3,38 +3,51 @@
 For each model, on the axis ``report.axis`` (log10 of the error by default, as the thesis
 plots it):
 
-* the error distributions of the test group stacked by channel (expected yields), each
-  signal overlaid, data as points, every model side by side (``errors.png``);
+* the error distributions of the test group stacked by channel (expected yields, with the MC
+  statistical band of their sum), each signal overlaid, data as points, every model side by
+  side (``errors.png``);
 * signal regions (thesis sec. 3.7): from the weighted median m of the *background* error on
   that axis, region i keeps the events with axis value >= m + i * step * |m|, i = 1 .. 3
   (step 1/5); MET and the mass variable (m_ll, or m_lll for a 3-lepton store) in each region
   (``regions_<model>.png``); in each region the significance of every signal against a
-  threshold on MET, Z = s / sqrt(b) and the Asimov Z (``significance_<model>.png``);
-* ROC curves, AUC, E10 and E100 (signal efficiency at 10 % and 1 % background efficiency) per
-  signal and model, Farina et al.'s Table I (``roc.png``);
+  threshold on MET: Z = s / sqrt(b), and the Asimov Z with the background's uncertainty
+  sigma_b (its MC statistics sqrt(sum w^2), and ``report.background_systematic``), over the
+  thresholds that keep at least ``report.min_background_events`` background MC events
+  (``significance_<model>.png``);
+* ROC curves, AUC with its bootstrap uncertainty, E10 and E100 (signal efficiency at 10 % and
+  1 % background efficiency) per signal and model, Farina et al.'s Table I (``roc.png``);
 * the mean mass variable in bins of the error (decorrelation check, Farina et al. fig. 10,
   ``decorrelation_<model>.png``);
 * the pairwise separation matrix, the AUC of every sample as the anomaly against every other as
   the background (``separation_<model>.png``).
 
-``report.json`` holds every number, ``report.md`` the tables and the figures.
+Every yield comes with its MC statistical uncertainty sqrt(sum w^2) and, per sample, the
+effective number of MC events (sum w)^2 / sum w^2. Every figure is a PNG with a PDF beside it,
+in the colours of :mod:`.style`. ``report.json`` holds every number; ``report.md`` the tables,
+the figures, the cut flow of every channel, the training of each model (when given), the
+configuration (``config.yaml`` beside it, with its digest) and the studies written into
+``<output>/studies/`` (:func:`megaset.report.markdown.add_study`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from megaset.config import Config, ReportConfig
 from megaset.errors import StoreError, StoreKeyError
 from megaset.report import metrics, plots
+from megaset.report.markdown import finite, studies, write_markdown
 from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable
+from megaset.report.style import DATA_COLOUR, Style
 
-__all__ = ["report", "error_axis", "axis_label", "anomaly_table"]
+__all__ = ["report", "error_axis", "axis_label", "cut_label", "anomaly_table"]
 
 _TINY = 1e-12  # errors are clipped here before the logarithm (a perfect reconstruction is 0)
 
@@ -45,20 +58,18 @@ def error_axis(errors: np.ndarray, axis: str) -> np.ndarray:
     return np.log10(np.maximum(errors, _TINY)) if axis == "log10" else errors
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as ``None``: strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def axis_label(model: str, axis: str) -> str:
     """The label of the error axis of ``model``."""
     return f"log10 reconstruction error ({model})" if axis == "log10" else f"reconstruction error ({model})"
+
+
+def cut_label(model: str, axis: str, cut: float) -> str:
+    """A cut on the error axis, in words that say which axis.
+
+    >>> cut_label("ae-deep", "log10", -2.5)
+    'log10 error (ae-deep) >= -2.5'
+    """
+    return f"{'log10 error' if axis == 'log10' else 'error'} ({model}) >= {cut:.3g}"
 
 
 def _edges(values: Sequence[np.ndarray], bins: int) -> np.ndarray:
@@ -76,11 +87,13 @@ def _components(samples: Sequence[Sample], values: dict[str, np.ndarray], mask: 
     return out
 
 
-def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sample]) -> tuple[list[dict], dict]:
-    """AUC, E10, E100 of every signal against the whole background (Farina et al. Table I).
+def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sample], *,
+                  replicas: int = 200) -> tuple[list[dict], dict]:
+    """AUC (with its bootstrap uncertainty), E10, E100 of every signal against the whole
+    background (Farina et al. Table I).
 
-    Returns the table rows (``signal, model, auc, e10, e100``) and, per signal, the ROC curve
-    ``(fpr, tpr, auc)``.
+    Returns the table rows (``signal, model, auc, auc_error, e10, e100``) and, per signal, the
+    ROC curve ``(fpr, tpr, auc, auc_error)``.
     """
     b = np.concatenate([s.scores[model] for s in background])
     wb = np.concatenate([s.weight for s in background])
@@ -88,16 +101,25 @@ def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sa
     for sig in signals:
         fpr, tpr, _ = metrics.roc_curve(b, sig.scores[model], wb, sig.weight)
         area = float(np.trapezoid(tpr, fpr))
-        rows.append({"signal": sig.name, "model": model, "auc": area,
+        error = metrics.auc_error(b, sig.scores[model], wb, sig.weight, replicas=replicas)
+        rows.append({"signal": sig.name, "model": model, "auc": area, "auc_error": error,
                      "e10": metrics.signal_efficiency(fpr, tpr, 0.1),
                      "e100": metrics.signal_efficiency(fpr, tpr, 0.01)})
-        rocs[sig.name] = (fpr, tpr, area)
+        rocs[sig.name] = (fpr, tpr, area, error)
     return rows, rocs
+
+
+def _scan(values: np.ndarray, weights: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """Yield, sum of w^2 and MC events at or above every threshold."""
+    return {"yield": metrics.threshold_scan(values, weights, thresholds),
+            "sumw2": metrics.threshold_scan(values, weights * weights, thresholds),
+            "events": metrics.threshold_scan(values, np.ones_like(weights), thresholds)}
 
 
 def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background: Sequence[Sample],
              signals: Sequence[Sample], thresholds: np.ndarray) -> tuple[dict, list]:
-    """Signal-region cuts, yields, significances and the MET scan in each region."""
+    """Signal-region cuts, yields with their MC uncertainty, significances with the background's
+    uncertainty, and the MET scan in each region (cuts with too few background MC events refused)."""
     xb = np.concatenate([x[s.name] for s in background])
     wb = np.concatenate([s.weight for s in background])
     median = metrics.weighted_median(xb, wb)
@@ -107,26 +129,39 @@ def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background:
         inside = {s.name: x[s.name] >= cut for s in (*background, *signals)}
         met_b = np.concatenate([s.met[inside[s.name]] for s in background])
         w_b = np.concatenate([s.weight[inside[s.name]] for s in background])
-        b = float(w_b.sum())
-        b_scan = metrics.threshold_scan(met_b, w_b, thresholds)
-        entry: dict[str, Any] = {"region": i, "cut": cut, "background": b, "signals": {}}
+        b = metrics.yield_summary(w_b)
+        sigma_b = float(metrics.background_uncertainty(b["error"] ** 2, b["yield"], rc.background_systematic))
+        b_scan = _scan(met_b, w_b, thresholds)
+        sigma_scan = metrics.background_uncertainty(b_scan["sumw2"], b_scan["yield"], rc.background_systematic)
+        refused = np.flatnonzero(b_scan["events"] < rc.min_background_events)
+        refused_from = float(thresholds[refused[0]]) if len(refused) else None
+        entry: dict[str, Any] = {
+            "region": i, "cut": cut, "background": b["yield"], "background_error": b["error"],
+            "background_events": b["events"], "sigma_b": sigma_b,
+            "few_mc_events": b["events"] < rc.min_background_events, "met_refused_from": refused_from,
+            "signals": {},
+        }
         curves = {}
         for sig in signals:
             keep = inside[sig.name]
-            s = float(sig.weight[keep].sum())
+            s = metrics.yield_summary(sig.weight[keep])
             s_scan = metrics.threshold_scan(sig.met[keep], sig.weight[keep], thresholds)
-            z, za = metrics.significance(s_scan, b_scan), metrics.asimov_significance(s_scan, b_scan)
-            best = int(np.nanargmax(za)) if np.isfinite(za).any() else None
+            z = metrics.significance(s_scan, b_scan["yield"])
+            za = metrics.asimov_significance(s_scan, b_scan["yield"], sigma_scan)
+            best = metrics.best_cut(za, b_scan["events"], rc.min_background_events)
             entry["signals"][sig.name] = {
-                "yield": s, "z": float(metrics.significance(s, b)),
-                "z_asimov": float(metrics.asimov_significance(s, b)),
+                "yield": s["yield"], "yield_error": s["error"], "z": float(metrics.significance(s["yield"], b["yield"])),
+                "z_asimov": float(metrics.asimov_significance(s["yield"], b["yield"], sigma_b)),
                 "best_met_cut": None if best is None else {
                     "met_min": float(thresholds[best]), "signal": float(s_scan[best]),
-                    "background": float(b_scan[best]), "z": float(z[best]), "z_asimov": float(za[best])},
+                    "background": float(b_scan["yield"][best]), "background_error": float(np.sqrt(b_scan["sumw2"][best])),
+                    "background_events": int(b_scan["events"][best]), "sigma_b": float(sigma_scan[best]),
+                    "z": float(z[best]), "z_asimov": float(za[best])},
             }
-            curves[sig.name] = (z, za)
+            allowed = b_scan["events"] >= rc.min_background_events
+            curves[sig.name] = (np.where(allowed, z, np.nan), np.where(allowed, za, np.nan))
         regions.append(entry)
-        scans.append((f"SR{i}: {model} error >= {cut:.3g}", curves))
+        scans.append((f"SR{i}: {cut_label(model, rc.axis, cut)}", curves, refused_from))
     return {"median": median, "cuts": cuts, "regions": regions}, scans
 
 
@@ -139,7 +174,7 @@ def _region_panels(model: str, rc: ReportConfig, x: dict[str, np.ndarray], regio
         values = {s.name: getattr(s, variable) for s in (*background, *signals)}
         for entry in regions:
             inside = {name: x[name] >= entry["cut"] for name in values}
-            panels.append(plots.Panel(f"SR{entry['region']} ({model} error >= {entry['cut']:.3g})", xlabel, edges,
+            panels.append(plots.Panel(f"SR{entry['region']}: {cut_label(model, rc.axis, entry['cut'])}", xlabel, edges,
                                       _components(background, values, inside), _components(signals, values, inside)))
     return panels
 
@@ -153,11 +188,11 @@ def _decorrelation(x: dict[str, np.ndarray], edges: np.ndarray, background: Sequ
     return profiles | {s.name: metrics.binned_mean(x[s.name], s.mass, s.weight, edges) for s in signals}
 
 
-def _model_section(model: str, rc: ReportConfig, samples: list[Sample], mass: str,
-                   out: Path) -> tuple[dict, plots.Panel]:
+def _model_section(model: str, rc: ReportConfig, samples: list[Sample], mass: str, out: Path,
+                   style: Style) -> tuple[dict, plots.Panel]:
     """Regions, significances, decorrelation and separation of one model, with their figures;
     and the model's panel of the error distributions."""
-    # Smallest yield at the bottom of the stacks, in every panel (colours follow the order).
+    # Smallest yield at the bottom of the stacks, in every panel.
     background = sorted((s for s in samples if s.kind == "background"), key=lambda s: float(s.weight.sum()))
     signals = [s for s in samples if s.kind == "signal"]
     data = next((s for s in samples if s.kind == "data"), None)
@@ -173,18 +208,20 @@ def _model_section(model: str, rc: ReportConfig, samples: list[Sample], mass: st
 
     region_panels = _region_panels(model, rc, x, regions["regions"], mass, background, signals)
     files = {"regions": plots.stacked_panels(out / f"regions_{model}.png", region_panels,
-                                             ncols=len(regions["regions"]))}
+                                             ncols=len(regions["regions"]), style=style)}
     if signals:
-        files["significance"] = plots.significance_curves(out / f"significance_{model}.png", thresholds, scans,
-                                                          xlabel="MET threshold [GeV]")
+        files["significance"] = plots.significance_curves(
+            out / f"significance_{model}.png", thresholds, scans, xlabel="MET threshold [GeV]",
+            min_events=rc.min_background_events, style=style)
     profiles = _decorrelation(x, edges, background, signals)
     centres = 0.5 * (edges[1:] + edges[:-1])
     files["decorrelation"] = plots.curves(out / f"decorrelation_{model}.png", centres, profiles, xlabel=label,
-                                          ylabel=f"mean {mass} [GeV]", title=f"{mass} against the error ({model})")
+                                          ylabel=f"mean {mass} [GeV]", title=f"{mass} against the error ({model})",
+                                          style=style)
     names = [s.name for s in samples]
     matrix = metrics.separation_matrix([s.scores[model] for s in samples], [s.weight for s in samples])
     files["separation"] = plots.heatmap(out / f"separation_{model}.png", names, matrix,
-                                        title=f"pairwise separation ({model})")
+                                        title=f"pairwise separation, {model}", style=style)
     section = {
         "model": model, **regions,
         "decorrelation": {"centres": centres.tolist(), "mean": {k: v.tolist() for k, v in profiles.items()}},
@@ -194,25 +231,48 @@ def _model_section(model: str, rc: ReportConfig, samples: list[Sample], mass: st
     return section, error_panel
 
 
-def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None) -> dict[str, Any]:
+def _cutflow(store_attrs: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per channel, every cut with the MC events and the expected events after it."""
+    return {name: [{"cut": cut, "events": int(raw), "yield": float(weighted)} for cut, raw, weighted in steps]
+            for name, steps in (store_attrs.get("cutflow") or {}).items()}
+
+
+def _write_config(cfg: Config, out: Path) -> dict[str, str]:
+    """``config.yaml``: the resolved configuration; its SHA-256 digest."""
+    text = yaml.safe_dump(cfg.resolved(), sort_keys=False)
+    path = out / "config.yaml"
+    path.write_text(text)
+    return {"file": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None,
+           training: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Write the report of the scored store ``cfg.store.url`` into ``out_dir``.
 
     Parameters
     ----------
     cfg
-        The configuration; ``report`` sets binning, axis, regions and ranges.
+        The configuration; ``report`` sets binning, axis, regions, ranges, the statistical
+        treatment and the figure label.
     out_dir
-        Folder of the PNGs, ``report.md`` and ``report.json``; default ``report.output``.
+        Folder of the figures, ``report.md``, ``report.json`` and ``config.yaml``; default
+        ``report.output``.
     models
         Scored models to report; default ``report.models``, else every model scored in ``test``.
+    training
+        Per model, the summary of its training (``epochs, best_epoch, best_val_loss,
+        stopped_early, loss_curve, history``), shown in the training section.
 
     Returns
     -------
     dict
-        What ``report.json`` holds: ``store, models, axis, mass_variable, yields``, ``auc_table``
-        (rows of signal, model, auc, e10, e100), ``models`` sections (median, cuts, regions with
-        yields and significances, decorrelation profiles, separation matrix, plot paths),
-        ``plots`` and the paths of ``markdown`` and ``json``.
+        What ``report.json`` holds: ``store, models, axis, mass_variable``, ``yields`` (per
+        sample ``events, yield, error, n_eff``), ``cutflow``, ``auc_table`` (rows of signal,
+        model, auc, auc_error, e10, e100), ``sections`` per model (median, cuts, regions with
+        yields, uncertainties and significances, decorrelation profiles, separation matrix, plot
+        paths), ``training``, ``config`` (file and digest), ``colours``, ``statistics`` (the
+        settings of the statistical treatment), ``studies``, ``plots`` and the paths of
+        ``markdown`` and ``json``.
 
     Raises
     ------
@@ -221,7 +281,6 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     StoreError
         No model is scored, or a scoring was interrupted.
     """
-    from megaset.report.markdown import write_markdown
     from megaset.storage.store import open_store
 
     rc = cfg.report
@@ -246,30 +305,38 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
         from megaset.report.jets import jet_report
 
         result = jet_report(cfg, store, samples, wanted, out)
-        Path(result["json"]).write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+        Path(result["json"]).write_text(json.dumps(finite(result), indent=1, allow_nan=False))
         return result
+    style = Style.from_config(cfg, store.channels)
     background = [s for s in samples if s.kind == "background"]
     signals = [s for s in samples if s.kind == "signal"]
 
     result: dict[str, Any] = {
         "store": store.url, "models": wanted, "axis": rc.axis, "mass_variable": mass,
-        "yields": [{"sample": s.name, "kind": s.kind, "events": len(s.weight), "yield": float(s.weight.sum())}
-                   for s in samples],
+        "yields": [{"sample": s.name, "kind": s.kind, **metrics.yield_summary(s.weight)} for s in samples],
+        "cutflow": _cutflow(store.attrs),
+        "statistics": {"min_background_events": rc.min_background_events,
+                       "background_systematic": rc.background_systematic, "auc_replicas": rc.auc_replicas},
         "auc_table": [], "sections": {}, "plots": {},
+        "training": {m: dict(training[m]) for m in wanted if training and m in training},
+        "config": _write_config(cfg, out),
+        "colours": {s.name: DATA_COLOUR if s.kind == "data" else style.colour(s.name) for s in samples},
     }
     error_panels, rocs = [], {}
     for model in wanted:
-        section, panel = _model_section(model, rc, samples, mass, out)
-        rows, model_rocs = anomaly_table(model, background, signals) if signals else ([], {})
+        section, panel = _model_section(model, rc, samples, mass, out, style)
+        rows, model_rocs = (anomaly_table(model, background, signals, replicas=rc.auc_replicas)
+                            if signals else ([], {}))
         result["auc_table"] += rows
         for name, curve in model_rocs.items():
             rocs.setdefault(name, {})[model] = curve
         result["sections"][model] = section
         error_panels.append(panel)
-    result["plots"]["errors"] = str(plots.stacked_panels(out / "errors.png", error_panels))
+    result["plots"]["errors"] = str(plots.stacked_panels(out / "errors.png", error_panels, style=style))
     if rocs:
-        result["plots"]["roc"] = str(plots.roc_curves(out / "roc.png", rocs))
+        result["plots"]["roc"] = str(plots.roc_curves(out / "roc.png", rocs, style=style))
+    result["studies"] = studies(out)
     result["json"] = str(out / "report.json")
     result["markdown"] = str(write_markdown(out / "report.md", result))
-    Path(result["json"]).write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
+    Path(result["json"]).write_text(json.dumps(finite(result), indent=1, allow_nan=False))
     return result

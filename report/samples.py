@@ -53,12 +53,6 @@ def _read(group: StoreGroup, columns: Sequence[str]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([p[name] for p in parts]) for name in columns}
 
 
-def _yield_factor(channel: dict, group: str) -> float:
-    sums = channel.get("sum_weights", {})
-    inside = sums.get(group, 0.0)
-    return float(sum(sums.values()) / inside) if inside else 1.0
-
-
 def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]:
     """Background channels of ``test``, then each signal, then ``data``, with the scores of ``models``.
 
@@ -97,16 +91,14 @@ def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]
                     "was interrupted; run `megaset score` again to finish it"
                 )
                 raise StoreError(msg)
+        weight = store.yield_weight(name, cols["weight"], cols["channel"])
         ids = [int(c) for c in np.unique(cols["channel"])] if kind == "background" else [None]
         for cid in ids:
             sel = cols["channel"] == cid if cid is not None else slice(None)
-            channel = channels.get(cid) if cid is not None else next(
-                (c for c in channels.values() if f"signal/{c['name']}" == name), None)
-            factor = _yield_factor(channel, name) if channel is not None and kind != "data" else 1.0
-            label = channel["name"] if cid is not None else name.removeprefix("signal/")
+            label = channels[cid]["name"] if cid is not None else name.removeprefix("signal/")
             samples.append(Sample(
                 name=label, kind=kind,
-                weight=cols["weight"][sel].astype(np.float64) * factor,
+                weight=weight[sel],
                 met=cols["met"][sel].astype(np.float64),
                 mass=cols[mass][sel].astype(np.float64),
                 scores={m: cols[score_column(m)][sel].astype(np.float64) for m in models},

@@ -3,7 +3,14 @@
 Every group of a store is a table, named by the group (``train``, ``val``, ``test``, ``data``,
 ``signal_<name>`` or quoted ``"signal/<name>"``), whose columns are
 
-* the aux columns as stored (``met``, ``m_ll``, ``m_lll``, ``ht``, ``n_jets``, ...), ``weight``;
+* the aux columns as stored (``met``, ``m_ll``, ``m_lll``, ``ht``, ``n_jets``, ...);
+* ``weight``, the event weight as stored: the expected events of the *whole* channel at the
+  store's luminosity are shared between the groups the mix put the channel in (train, val and
+  test hold about 60, 20 and 20 % of each background channel), so ``sum(weight)`` over one group
+  is that group's share, about a fifth of the report's yields for ``test``;
+* ``yield_weight``, the weight scaled to the whole sample as the report's yields are (weight x
+  the channel's sum of weights over every group / its sum in this group): ``sum(yield_weight)``
+  per channel of any group is the channel's expected yield, the number in ``report.md``;
 * ``channel`` (the integer id) and ``channel_name`` (its name, an enum);
 * the parts of the event id: ``run``, ``event``, ``file_index``, ``entry``;
 * every RMM cell by its feature name (``e_T_miss``, ``m_ele_0_muo_0``, ``h_L_ljet_0``, ...);
@@ -17,8 +24,8 @@ streaming engine, so memory holds a few chunks whatever the size of the group. T
 parsed by polars: nothing in it is evaluated as Python, and table functions that would read
 other files (``read_csv``, ``read_parquet``, ...) are refused.
 
->>> query("megaset-demo/store.zarr",
-...       "SELECT channel_name, count(*) AS n, avg(met) FROM test GROUP BY channel_name")  # doctest: +SKIP
+>>> query("megaset-demo/store.zarr",  # doctest: +SKIP
+...       "SELECT channel_name, count(*) AS n, sum(yield_weight) AS expected FROM test GROUP BY channel_name")
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ from megaset.storage.store import Store, StoreGroup, open_store
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["query", "query_lazy", "scan", "export", "sql_name", "EVENT_ID_FIELDS"]
+__all__ = ["query", "query_lazy", "scan", "export", "sql_name", "EVENT_ID_FIELDS", "YIELD_WEIGHT"]
 
+#: The column of weights scaled to the whole sample (:meth:`megaset.storage.store.Store.yield_weight`).
+YIELD_WEIGHT = "yield_weight"
 #: The parts of the ``event_id`` column, in order.
 EVENT_ID_FIELDS = ("run", "event", "file_index", "entry")
 _TABLE_FUNCTION = re.compile(r"\bread_\w+", re.IGNORECASE)
@@ -64,6 +73,7 @@ class _Column:
     array: str
     index: int | None
     dtype: Any
+    scaled: bool = False  # the yield weight: ``array`` times the yield factor of each event's channel
 
 
 def _polars_dtype(dtype: np.dtype) -> Any:
@@ -112,18 +122,22 @@ def _table_columns(store: Store, group: StoreGroup) -> dict[str, _Column]:
         if array == "channel":
             names = [c["name"] for c in sorted(store.channels, key=lambda c: c["id"])]
             add("channel_name", _Column("channel", None, pl.Enum(names)), "channel names")
+    if "weight" in out and "channel" in out:
+        add(YIELD_WEIGHT, _Column("weight", None, pl.Float64, scaled=True), "yield weights")
     return out
 
 
 def _frame(values: Mapping[str, np.ndarray], columns: Mapping[str, _Column], names: list[str],
-           channels: Mapping[int, str]) -> pl.DataFrame:
+           channels: Mapping[int, str], scale: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> pl.DataFrame:
     import polars as pl
 
     series = []
     for name in names:
         col = columns[name]
         data = values[col.array] if col.index is None else values[col.array][:, col.index]
-        if name == "channel_name":
+        if col.scaled:
+            series.append(pl.Series(name, scale(data, values["channel"]), dtype=col.dtype))
+        elif name == "channel_name":
             ids = pl.Series(name, data)
             series.append(ids.replace_strict(list(channels), list(channels.values()), return_dtype=col.dtype))
         else:
@@ -174,13 +188,14 @@ def _scan(store: Store, group: str, seen: list[str] | None = None) -> pl.LazyFra
             # A bare count(*): the height of the smallest column will do.
             needed = {"channel" if "channel" in cols else next(iter(cols))}
         names = [name for name in cols if name in needed]
-        arrays = sorted({cols[name].array for name in names})
+        arrays = sorted({cols[name].array for name in names} | ({"channel"} if YIELD_WEIGHT in names else set()))
         channels = {int(c["id"]): c["name"] for c in store.channels}
         left = n_rows
         for i in range(g.n_chunks):
             if left is not None and left <= 0:
                 return
-            frame = _frame(g.read_chunk(i, arrays), cols, names, channels)
+            frame = _frame(g.read_chunk(i, arrays), cols, names, channels,
+                           lambda weight, channel: store.yield_weight(group, weight, channel))
             if predicate is not None:
                 frame = frame.filter(predicate)
             frame = frame.select(wanted) if wanted else frame

@@ -101,6 +101,40 @@ class Store:
             raise StoreError(msg)
         return {k: np.asarray(stats[k], dtype=np.float64) for k in ("min", "max", "mean", "std")}
 
+    def yield_factors(self, group: str) -> dict[int, float]:
+        """Per channel id, the factor that turns the weights of ``group`` into yields of the
+        whole sample: the channel's sum of weights over every group / its sum in ``group``.
+
+        The mix splits a channel between groups (train, val, test; a contaminating signal
+        between ``train`` and its own group), so the events of one group carry only that group's
+        share of the channel's expected events; ``weight x factor`` summed over a group gives
+        each channel's whole expected yield at the store's luminosity. A channel held by one
+        group alone (a signal, data) has factor 1; a channel absent from ``group`` is left out.
+
+        >>> Store("s", {"channels": [{"id": 0, "sum_weights": {"train": 6.0, "test": 2.0}}]}).yield_factors("test")
+        {0: 4.0}
+        """
+        out = {}
+        for channel in self.attrs["channels"]:
+            sums = channel.get("sum_weights", {})
+            inside = sums.get(group, 0.0)
+            if inside:
+                out[int(channel["id"])] = float(sum(sums.values()) / inside)
+        return out
+
+    def yield_weight(self, group: str, weight: np.ndarray, channel: np.ndarray) -> np.ndarray:
+        """The events' ``weight`` (float64) times the :meth:`yield_factors` of their ``channel``.
+
+        >>> store = Store("s", {"channels": [{"id": 0, "sum_weights": {"train": 6.0, "test": 2.0}},
+        ...                                  {"id": 1, "sum_weights": {"test": 5.0}}]})
+        >>> store.yield_weight("test", np.array([1.0, 2.0, 0.5]), np.array([0, 1, 0])).tolist()
+        [4.0, 2.0, 2.0]
+        """
+        factors = self.yield_factors(group)
+        lookup = np.ones(max((int(c["id"]) for c in self.attrs["channels"]), default=0) + 1)
+        lookup[list(factors)] = list(factors.values())
+        return np.asarray(weight, dtype=np.float64) * lookup[np.asarray(channel, dtype=np.intp)]
+
     def group_names(self) -> list[str]:
         """``train``, ``val``, ``test``, ``signal/<name>`` ..., ``data`` (those present)."""
         return list(self.attrs["groups"])

@@ -10,8 +10,21 @@ epoch e draws the same random numbers (VAE sampling) as an uninterrupted one.
 Loss per batch: ``mean(w_i * l_i)`` with ``l_i`` the per-event objective (mean squared error
 over features, plus the KL term of a VAE) and ``w_i`` the event weight after the
 ``negative_weights`` policy, normalised so that the train group's mean weight is 1 (the step
-size does not depend on the cross-section units). Validation: the weighted mean
-``sum(w_i l_i) / sum(w_i)`` over the whole val group, summed over ranks.
+size does not depend on the cross-section units).
+
+The policy's effect on the loss: with ``keep``, an event of negative weight (NLO generators)
+*lowers* the loss by being reconstructed badly, so the gradient pushes its error up. In
+expectation such events cancel positive ones of the same phase space, but a network that can
+tell training events apart learns to mis-reconstruct the negative ones: the training loss falls
+below the error of any event and can go negative (the demo's did from about epoch 10 at
+batch 512). ``abs`` counts every event by |w| and ``zero`` leaves the negative ones out; neither
+rewards a bad reconstruction.
+
+Validation, over the whole val group and summed over ranks: ``val_loss``, the monitored metric
+(early stopping, best checkpoint), is the objective weighted by |w|, ``sum |w_i| l_i /
+sum |w_i|``, whatever the policy, so that no event can improve it by being reconstructed
+badly; ``val_loss_weighted`` is the objective with the policy's weights (what the training
+loss estimates) and ``val_error`` the |w|-weighted mean squared error alone.
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "fit", "model_inputs", "train_epoch", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
-    "checkpoint_payload", "summary", "RESUME_KEYS",
+    "checkpoint_payload", "summary", "recorded_summary", "RESUME_KEYS",
 ]
 
 #: Settings a resumed run must share with the checkpoint it continues.
@@ -53,13 +66,15 @@ def output_paths(cfg: TrainingConfig) -> dict[str, Path]:
             "scree": base / "scree.png"}
 
 
-def event_weights(weight: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
-    """Event weights as the loss uses them, before normalisation."""
+def event_weights(weight: torch.Tensor, cfg: TrainingConfig, policy: str | None = None) -> torch.Tensor:
+    """Event weights as the loss uses them, before normalisation; ``policy`` in place of
+    ``cfg.negative_weights`` (the validation metric uses ``abs``)."""
+    policy = policy or cfg.negative_weights
     if not cfg.weighted:
         return torch.ones_like(weight)
-    if cfg.negative_weights == "abs":
+    if policy == "abs":
         return weight.abs()
-    if cfg.negative_weights == "zero":
+    if policy == "zero":
         return weight.clamp(min=0)
     return weight
 
@@ -107,22 +122,26 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 def evaluate(
     model: Autoencoder, dataset: ChunkDataset, cfg: TrainingConfig, device: torch.device
-) -> tuple[float, float]:
-    """Weighted mean objective and weighted mean reconstruction error over a whole group.
+) -> dict[str, float]:
+    """The validation metrics of a whole group (see the module documentation).
 
+    Returns ``loss`` (the objective weighted by |w|, the monitored metric), ``loss_weighted``
+    (weighted as the training loss is) and ``error`` (the |w|-weighted mean squared error).
     Every rank reads its shard; the sums are added over ranks, so all ranks get the same values.
     """
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     with torch.no_grad():
         for x, weight in dataset:
             x = x.to(device, non_blocking=True)
-            w = event_weights(weight.to(device), cfg).double()
+            weight = weight.to(device)
+            w, a = event_weights(weight, cfg).double(), event_weights(weight, cfg, "abs").double()
             reconstruction, penalty = model(x)
             error = model.error(reconstruction, x).double()
-            sums += torch.stack([(w * (error + penalty)).sum(), (w * error).sum(), w.sum()])
-    loss_sum, error_sum, w_sum = _all_sum(sums.tolist(), device)
-    return loss_sum / w_sum, error_sum / w_sum
+            loss = error + penalty
+            sums += torch.stack([(a * loss).sum(), (a * error).sum(), a.sum(), (w * loss).sum(), w.sum()])
+    loss_sum, error_sum, a_sum, weighted_sum, w_sum = _all_sum(sums.tolist(), device)
+    return {"loss": loss_sum / a_sum, "loss_weighted": weighted_sum / w_sum, "error": error_sum / a_sum}
 
 
 def model_inputs(store: Any, tc: TrainingConfig) -> tuple[str, list[str], Scaling]:
@@ -213,8 +232,8 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
     resume
         Continue from ``<output>/<model>/last.pt`` when it exists, exactly where it stopped.
     report
-        Called on rank 0 after every epoch with ``epoch, loss, val_loss, val_error,
-        samples_per_s, seconds, improved``.
+        Called on rank 0 after every epoch with ``epoch, loss, val_loss, val_loss_weighted,
+        val_error, samples_per_s, seconds, improved``.
 
     Returns
     -------
@@ -267,7 +286,8 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
         loss_sum, n_seen = train_epoch(net, optimizer, train_data, tc, norm, device)
         seconds = time.perf_counter() - start
         loss_total, n_total = _all_sum([loss_sum, n_seen], device)
-        val_loss, val_error = evaluate(model, val_data, tc, device)
+        val = evaluate(model, val_data, tc, device)
+        val_loss = val["loss"]
         improved = val_loss < progress["best_val_loss"] - tc.early_stopping.min_delta
         progress = {
             "epoch": epoch + 1,
@@ -276,8 +296,8 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
             "bad_epochs": 0 if improved else progress["bad_epochs"] + 1,
         }
         entry = {"epoch": epoch + 1, "loss": loss_total / n_total, "val_loss": val_loss,
-                 "val_error": val_error, "samples_per_s": n_total / seconds, "seconds": seconds,
-                 "improved": bool(improved)}
+                 "val_loss_weighted": val["loss_weighted"], "val_error": val["error"],
+                 "samples_per_s": n_total / seconds, "seconds": seconds, "improved": bool(improved)}
         history.append(entry)
         rates.append(entry["samples_per_s"])
         if rank == 0:
@@ -310,6 +330,24 @@ def checkpoint_payload(
         "state": model.state_dict(), "rng": rng_state(), "scaling": scaling.state_dict(),
         "progress": progress, "history": history, "config": cfg.resolved(), **extra,
     }
+
+
+def recorded_summary(checkpoint: str | Path) -> dict[str, Any]:
+    """What :func:`summary` said when the training of ``checkpoint`` finished, read back from the
+    ``last.pt`` beside it (which holds every epoch), else from ``checkpoint`` itself.
+
+    Raises
+    ------
+    CheckpointError
+        When neither can be read.
+    """
+    path = Path(checkpoint)
+    last = path.with_name("last.pt")
+    ckpt = load_checkpoint(last if last.is_file() else path)
+    # Only the training section: the rest of a saved configuration may predate this version.
+    cfg = Config.model_validate({"training": ckpt["config"]["training"]})
+    rates = [h["samples_per_s"] for h in ckpt["history"] if h.get("samples_per_s")]
+    return summary(cfg, ckpt["progress"], ckpt["history"], rates, int(ckpt.get("world_size", 1)))
 
 
 def summary(

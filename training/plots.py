@@ -25,15 +25,22 @@ def _figure(width: float = 6.4, height: float = 4.2):
 
 
 def loss_curve(history: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Train and validation loss per epoch (log scale), the best epoch marked; a PNG at ``path``."""
+    """Train loss, the monitored validation loss (weights |w|) and the validation loss weighted as
+    the training loss, per epoch, the best epoch marked; a PNG at ``path``. Log scale unless a
+    loss is not positive (negative weights kept)."""
     fig = _figure()
     ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    curves = {"train": [h["loss"] for h in history], "validation, |w| (monitored)": [h["val_loss"] for h in history]}
+    if all("val_loss_weighted" in h for h in history):
+        curves["validation, training weights"] = [h["val_loss_weighted"] for h in history]
+    for (label, values), marker in zip(curves.items(), ("o-", "s-", "^:"), strict=False):
+        ax.plot(epochs, values, marker, label=label)
     best = min(history, key=lambda h: h["val_loss"])
     ax.axvline(best["epoch"], color="grey", ls=":", label=f"best (epoch {best['epoch']})")
-    ax.set(xlabel="epoch", ylabel="weighted mean loss per event", yscale="log", title=title)
+    positive = all(v > 0 for values in curves.values() for v in values)
+    ax.set(xlabel="epoch", ylabel="weighted mean loss per event", yscale="log" if positive else "linear",
+           title=title)
     ax.legend()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -52,8 +52,9 @@ def train(
         Continue from ``<training.output>/<model>/last.pt`` when it exists; the result is the
         same as that of an uninterrupted run with the same seed.
     progress
-        Called after every epoch with ``epoch, loss, val_loss, val_error, samples_per_s,
-        seconds, improved``.
+        Called after every epoch with ``epoch, loss, val_loss`` (weighted by |w|, the metric
+        early stopping and the best checkpoint follow), ``val_loss_weighted`` (weighted as the
+        training loss), ``val_error, samples_per_s, seconds, improved``.
 
     Returns
     -------
@@ -142,10 +143,11 @@ def _fit_fixed(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[
     seconds = max(time.perf_counter() - start, 1e-9)
     device = torch.device("cpu")
     train_data, val_data = datasets(store, tc.model_copy(update={"adversary": None}), column, scaling, shuffle=False)
-    loss, _ = evaluate(model, train_data, tc, device)
-    val_loss, val_error = evaluate(model, val_data, tc, device)
-    entry = {"epoch": 1, "loss": loss, "val_loss": val_loss, "val_error": val_error,
-             "samples_per_s": n_fitted / seconds, "seconds": seconds, "improved": True}
+    loss = evaluate(model, train_data, tc, device)["loss_weighted"]
+    val = evaluate(model, val_data, tc, device)
+    val_loss = val["loss"]
+    entry = {"epoch": 1, "loss": loss, "val_loss": val_loss, "val_loss_weighted": val["loss_weighted"],
+             "val_error": val["error"], "samples_per_s": n_fitted / seconds, "seconds": seconds, "improved": True}
     state = {"epoch": 1, "best_val_loss": val_loss, "best_epoch": 1, "bad_epochs": 0}
     payload = checkpoint_payload(cfg, arch, features, model, scaling, state, [entry], world_size=1,
                                  input_column=column)

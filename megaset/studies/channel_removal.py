@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from megaset.config import Config
 from megaset.errors import ConfigError
-from megaset.studies.common import anomaly_row, train_and_score
+from megaset.studies.common import anomaly_row, auc_cell, train_and_score
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -37,11 +37,13 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
     report
         Also write the full report of the derived store.
 
+    The result is added to the report in ``report.output``, with a link to the derived report.
+
     Returns
     -------
     dict
-        ``channel, model, auc, e10, e100, store``, and ``report`` (the report's summary) when
-        written.
+        ``channel, model, auc, auc_error, e10, e100, store``, and ``report`` (the report's
+        summary) when written.
 
     Raises
     ------
@@ -50,7 +52,8 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
     """
     from megaset.pipeline.ingest import ingest
     from megaset.pipeline.inputs import resolve_channels
-    from megaset.report.report import report as write_report
+    from megaset.report.markdown import add_study
+    from megaset.reporting import write_report
 
     channels = resolve_channels(cfg)
     backgrounds = [n for n, c in channels.items() if not (c.signal or c.data)]
@@ -67,7 +70,13 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
     ingest(derived, client)
     train_and_score(derived, client)
     out = {"channel": channel, "model": cfg.training.model, "store": derived.store.url,
-           **{k: v for k, v in anomaly_row(derived, channel).items() if k in ("auc", "e10", "e100")}}
+           **{k: v for k, v in anomaly_row(derived, channel).items() if k in ("auc", "auc_error", "e10", "e100")}}
+    links = {}
     if report:
         out["report"] = write_report(derived, out_dir=work / "report")
+        links = {f"report of the store without {channel} in training": out["report"]["markdown"]}
+    add_study(cfg.report.output, f"channel-removal-{channel}",
+              title=f"Channel removal: {channel} left out of training ({cfg.training.model})",
+              header=["channel", "AUC", "E10", "E100"], rows=[[channel, auc_cell(out), out["e10"], out["e100"]]],
+              plots=[out["report"]["plots"]["roc"]] if report else [], links=links)
     return out

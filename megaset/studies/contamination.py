@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from megaset.config import Config
-from megaset.studies.common import anomaly_row, train_and_score
+from megaset.studies.common import anomaly_row, auc_cell, style, train_and_score
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -30,11 +30,13 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
     The staging area of ``cfg`` (``megaset ingest``) is mixed once per fraction into
     ``<workdir>/f<fraction>/store.zarr``; fraction 0 is the uncontaminated store.
 
+    The table and the plot are added to the report in ``report.output``.
+
     Returns
     -------
     dict
-        ``signal, model, rows`` (per fraction: ``fraction, auc, e10, e100, train_signal_events``)
-        and ``plot``.
+        ``signal, model, rows`` (per fraction: ``fraction, auc, auc_error, e10, e100,
+        train_signal_events``) and ``plot``.
 
     Raises
     ------
@@ -44,6 +46,7 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
         When a fraction needs more signal events than were staged.
     """
     from megaset.report import plots
+    from megaset.report.markdown import add_study
     from megaset.storage.staging import staging_attrs
 
     staging_attrs(cfg.store.staging)
@@ -59,11 +62,21 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
         mixed = train_and_score(derived, client)["mix"]
         injected = mixed["groups"]["train"]["channels"].get(signal, 0)
         row = anomaly_row(derived, signal)
-        rows.append({"fraction": fraction, "auc": row["auc"], "e10": row["e10"], "e100": row["e100"],
-                     "train_signal_events": injected})
+        rows.append({"fraction": fraction, "auc": row["auc"], "auc_error": row["auc_error"], "e10": row["e10"],
+                     "e100": row["e100"], "train_signal_events": injected})
     x = np.array([r["fraction"] for r in rows])
+    # The signal's colour for all three, told apart by the line.
+    colour = style(cfg).colour(signal)
     plot = plots.curves(work / f"contamination_{signal}.png", x,
                         {k: np.array([r[k] for r in rows]) for k in ("auc", "e10", "e100")},
+                        errors={"auc": np.array([r["auc_error"] for r in rows])},
+                        colours=dict.fromkeys(("auc", "e10", "e100"), colour),
+                        linestyles={"auc": "-", "e10": "--", "e100": ":"},
                         xlabel="signal fraction injected into train", ylabel=f"{signal} vs test background",
-                        title=f"contamination ({cfg.training.model})", reference=0.5)
+                        title=f"contamination ({cfg.training.model})", reference=0.5, style=style(cfg))
+    add_study(cfg.report.output, f"contamination-{signal}",
+              title=f"Contamination: {signal} injected into train ({cfg.training.model})",
+              header=["fraction", "signal events in train", "AUC", "E10", "E100"],
+              rows=[[r["fraction"], r["train_signal_events"], auc_cell(r), r["e10"], r["e100"]] for r in rows],
+              plots=[plot])
     return {"signal": signal, "model": cfg.training.model, "rows": rows, "plot": str(plot)}

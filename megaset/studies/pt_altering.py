@@ -132,13 +132,14 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     model, checkpoint
         As for :func:`megaset.training.score.score`.
     out_dir
-        Where ``pt_altering_<model>.png`` and ``pt_altering_auc_<model>.png`` go; default
+        Where ``pt_altering_<model>.png`` and ``pt_altering_auc_<model>.png`` (and their PDFs)
+        go; default ``report.output``. The table and the figures are added to the report in
         ``report.output``.
 
     Returns
     -------
     dict
-        ``model, group, events, rows`` (per factor: ``factor, auc, e10, e100,
+        ``model, group, events, rows`` (per factor: ``factor, auc, auc_error, e10, e100,
         mean_error``), ``original_mean_error``, ``plots``.
 
     Raises
@@ -146,8 +147,14 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     StoreError
         When the input files no longer give the stored events (checked cell by cell at k = 1).
     """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
     from megaset.report import metrics, plots
+    from megaset.report.markdown import add_study
     from megaset.report.report import axis_label, error_axis
+    from megaset.report.style import Style
+    from megaset.studies.common import auc_cell
     from megaset.storage.store import open_store
     from megaset.training.checkpoint import load_model
     from megaset.training.score import checkpoint_path, reconstruction_errors
@@ -171,6 +178,8 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     for k in rc.pt_factors:
         fpr, tpr, _ = metrics.roc_curve(errors[1.0], errors[k], weight, weight)
         rows.append({"factor": k, "auc": float(np.trapezoid(tpr, fpr)),
+                     "auc_error": metrics.auc_error(errors[1.0], errors[k], weight, weight,
+                                                    replicas=rc.auc_replicas),
                      "e10": metrics.signal_efficiency(fpr, tpr, 0.1),
                      "e100": metrics.signal_efficiency(fpr, tpr, 0.01),
                      "mean_error": float(np.average(errors[k], weights=np.abs(weight)))})
@@ -178,17 +187,26 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     axis = {k: error_axis(e, rc.axis) for k, e in errors.items()}
     x_all = np.concatenate(list(axis.values()))
     edges = np.linspace(x_all.min(), x_all.max() + 1e-9, rc.bins + 1)
+    # The altered samples are no processes: the original in grey, the factors along one colour map.
+    ramp = colormaps["viridis"](np.linspace(0.0, 0.85, len(rc.pt_factors)))
     panel = plots.Panel(
         f"pT altering, {rc.pt_group} group", axis_label(label, rc.axis), edges,
-        [plots.Component("original", axis[1.0], weight)],
-        [plots.Component(f"leading e, mu pT x {k:g}", axis[k], weight) for k in rc.pt_factors])
+        [plots.Component("original", axis[1.0], weight, colour="grey")],
+        [plots.Component(f"leading e, mu pT x {k:g}", axis[k], weight, colour=to_hex(c))
+         for k, c in zip(rc.pt_factors, ramp, strict=True)])
+    style = Style.from_config(cfg, store.channels)
     files = {
-        "errors": plots.stacked_panels(out / f"pt_altering_{label}.png", [panel]),
+        "errors": plots.stacked_panels(out / f"pt_altering_{label}.png", [panel], style=style),
         "auc": plots.curves(out / f"pt_altering_auc_{label}.png", np.asarray(rc.pt_factors),
                             {name: np.array([r[name] for r in rows]) for name in ("auc", "e10", "e100")},
+                            errors={"auc": np.array([r["auc_error"] for r in rows])},
                             xlabel="pT factor k", ylabel="altered vs original", title=f"pT altering ({label})",
-                            reference=0.5),
+                            reference=0.5, style=style),
     }
+    add_study(rc.output, f"pt-altering-{label}", title=f"pT altering ({label}, {len(weight):,} {rc.pt_group} events)",
+              header=["factor k", "AUC", "E10", "E100", "mean error"],
+              rows=[[r["factor"], auc_cell(r), r["e10"], r["e100"], r["mean_error"]] for r in rows],
+              plots=list(files.values()))
     return {"model": label, "group": rc.pt_group, "events": len(weight), "rows": rows,
             "original_mean_error": float(np.average(errors[1.0], weights=np.abs(weight))),
             "plots": {k: str(v) for k, v in files.items()}}

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from megaset.report.metrics import (
-    asimov_significance, auc, binned_mean, region_cuts, roc_curve, separation_matrix, signal_efficiency,
-    significance, threshold_scan, weighted_median, weighted_quantile,
+    asimov_significance, auc, auc_error, background_uncertainty, best_cut, binned_mean, region_cuts, roc_curve,
+    separation_matrix, signal_efficiency, significance, threshold_scan, weighted_median, weighted_quantile,
+    yield_summary,
 )
+from megaset.report.metrics import _reweighted_auc
 
 
 def test_auc_of_perfect_reversed_identical_and_tied_samples():
@@ -102,3 +104,90 @@ def test_separation_matrix_of_shifted_and_identical_samples():
     np.testing.assert_allclose(m + m.T, 1.0)
     empty = separation_matrix([a, b], [ones, np.zeros(2)])
     assert empty[0, 0] == 0.5 and np.isnan(empty[0, 1]) and np.isnan(empty[1, 1])
+
+
+def _profile_likelihood_z(s: float, b: float, sigma: float) -> float:
+    """Z from the Asimov data set by a numerical fit: n ~ Pois(mu s + beta), m ~ Pois(tau beta),
+    tau = b / sigma^2, n = s + b, m = tau b; q0 = -2 ln(L(0, beta fitted) / L(1, b))."""
+    from scipy.optimize import minimize_scalar
+
+    tau, n = b / sigma**2, s + b
+    m = tau * b
+
+    def nll(beta: float, mu: float) -> float:
+        return -(n * math.log(mu * s + beta) - (mu * s + beta) + m * math.log(tau * beta) - tau * beta)
+
+    fit = minimize_scalar(lambda beta: nll(beta, 0.0), bounds=(1e-9, 10 * n), method="bounded",
+                          options={"xatol": 1e-12})
+    return math.sqrt(2 * (fit.fun - nll(b, 1.0)))
+
+
+@pytest.mark.parametrize(("s", "b", "sigma"), [(10.0, 100.0, 10.0), (5.0, 1.0, 0.5), (3.0, 20.0, 8.0),
+                                                (50.0, 400.0, 4.0)])
+def test_asimov_significance_with_a_background_uncertainty_is_the_profile_likelihood_fit(s, b, sigma):
+    assert asimov_significance(s, b, sigma) == pytest.approx(_profile_likelihood_z(s, b, sigma), rel=1e-6)
+    # An uncertain background lowers the significance; a vanishing one gives the plain formula.
+    assert asimov_significance(s, b, sigma) < asimov_significance(s, b)
+    assert asimov_significance(s, b, 1e-6 * b) == pytest.approx(asimov_significance(s, b), rel=1e-9)
+
+
+def test_asimov_significance_broadcasts_over_a_scan():
+    z = asimov_significance(np.array([10.0, 10.0, 1.0]), np.array([100.0, 100.0, 0.0]), np.array([0.0, 10.0, 1.0]))
+    assert z[0] == pytest.approx(0.9839916, abs=1e-7) and z[1] == pytest.approx(0.6901961, abs=1e-7)
+    assert np.isnan(z[2])
+
+
+def test_yields_carry_the_sum_of_weights_squared():
+    summary = yield_summary([2.0, 2.0, -1.0, 3.0])
+    assert summary == {"events": 4, "yield": 6.0, "error": pytest.approx(math.sqrt(18.0)),
+                       "n_eff": pytest.approx(36.0 / 18.0)}
+    # Equal weights: N_eff is the number of events and the error sqrt(N) times the weight.
+    assert yield_summary(np.full(100, 0.5)) == {"events": 100, "yield": 50.0, "error": 5.0, "n_eff": 100.0}
+    assert yield_summary([])["n_eff"] == 0.0
+    assert background_uncertainty(16.0, 30.0) == 4.0
+    assert background_uncertainty(16.0, 30.0, 0.1) == 5.0
+
+
+def test_best_cut_refuses_cuts_with_too_few_background_mc_events():
+    z = [0.5, 1.0, 1.5, 8.0, np.nan]
+    # The 8 sigma sits on 3 MC events: refused; the best cut with >= 10 is the third.
+    assert best_cut(z, [100, 40, 10, 3, 0]) == 2
+    assert best_cut(z, [100, 40, 10, 3, 0], min_events=1) == 3
+    assert best_cut(z, [9, 9, 9, 3, 0]) is None
+
+
+def _hanley_mcneil(a: float, n_s: int, n_b: int) -> float:
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    return math.sqrt((a * (1 - a) + (n_s - 1) * (q1 - a * a) + (n_b - 1) * (q2 - a * a)) / (n_s * n_b))
+
+
+def test_auc_error_agrees_with_hanley_mcneil_and_follows_the_effective_events():
+    rng = np.random.default_rng(3)
+    b, s = rng.normal(size=2000), rng.normal(1.0, size=1500)
+    a = auc(b, s)
+    expected = _hanley_mcneil(a, len(s), len(b))
+    assert auc_error(b, s, replicas=400) == pytest.approx(expected, rel=0.15)
+    # A common weight changes nothing; half the events at (almost) zero weight: sqrt(2) more.
+    assert auc_error(b, s, np.full(2000, 7.0), np.full(1500, 7.0), replicas=400) == pytest.approx(
+        auc_error(b, s, replicas=400), rel=1e-9)
+    light = np.where(np.arange(2000) % 2 == 0, 1.0, 1e-9), np.where(np.arange(1500) % 2 == 0, 1.0, 1e-9)
+    assert auc_error(b, s, *light, replicas=400) == pytest.approx(
+        _hanley_mcneil(a, len(s) // 2, len(b) // 2), rel=0.15)
+
+
+def test_auc_and_its_replicas_against_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    # Rounded scores: many ties, which both count as half.
+    b, s = np.round(rng.normal(size=300), 1), np.round(rng.normal(0.7, size=200), 1)
+    wb, ws = rng.uniform(-0.2, 2.0, 300), rng.uniform(0.0, 2.0, 200)
+    labels, scores = np.r_[np.zeros(300), np.ones(200)], np.r_[b, s]
+    weights = np.clip(np.r_[wb, ws], 0.0, None)
+    assert auc(b, s, wb, ws) == pytest.approx(roc_auc_score(labels, scores, sample_weight=weights), rel=1e-12)
+    # Each replica is the AUC of Poisson(1)-reweighted samples: the same number as scikit-learn's.
+    draws = np.random.default_rng(0)
+    for _ in range(5):
+        factor = draws.poisson(1.0, 500)
+        assert _reweighted_auc(b, s, np.clip(wb, 0, None), ws, factor) == pytest.approx(
+            roc_auc_score(labels, scores, sample_weight=weights * factor), rel=1e-12)

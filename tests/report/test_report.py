@@ -18,8 +18,10 @@ PLOTS = ("errors.png", "roc.png", "regions_ae-shallow.png", "significance_ae-sha
 
 @pytest.fixture(scope="module")
 def written(scored, tmp_path_factory):
+    from megaset.reporting import write_report
+
     out = tmp_path_factory.mktemp("written")
-    return report(scored, out_dir=out), out
+    return write_report(scored, out_dir=out), out
 
 
 def _test_group(cfg) -> dict[str, np.ndarray]:
@@ -45,6 +47,8 @@ def test_report_writes_every_plot_and_the_summaries(written):
     result, out = written
     for name in (*PLOTS, "report.md", "report.json"):
         assert (out / name).stat().st_size > 1000 or name == "report.md", name
+    for name in PLOTS:
+        assert (out / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", name
     assert (out / "report.md").stat().st_size > 200
     saved = json.loads((out / "report.json").read_text())
     assert saved["models"] == ["ae-shallow"] and saved["mass_variable"] == "m_ll" and saved["axis"] == "log10"
@@ -52,7 +56,7 @@ def test_report_writes_every_plot_and_the_summaries(written):
         ("c1n2_wz_800_50", "ae-shallow"), ("c1n2_wz_450_300", "ae-shallow")]
     md = (out / "report.md").read_text()
     assert "| signal | model | AUC | E10 | E100 |" in md and "| c1n2_wz_800_50 | ae-shallow |" in md
-    assert "![errors](errors.png)" in md and "separation_ae-shallow.png" in md
+    assert "![errors](errors.png) ([PDF](errors.pdf))" in md and "separation_ae-shallow.png" in md
     kinds = {y["sample"]: y["kind"] for y in saved["yields"]}
     assert kinds == {"zeejets": "background", "zmmjets": "background", "ttbar": "background", "diboson": "background",
                      "c1n2_wz_800_50": "signal", "c1n2_wz_450_300": "signal", "data": "data"}
@@ -142,3 +146,147 @@ def test_cli_report_with_two_models_side_by_side(scored, tmp_path):
     by_model = {(r["signal"], r["model"]): r["auc"] for r in saved["auc_table"]}
     assert by_model[("c1n2_wz_800_50", "ae-copy")] == by_model[("c1n2_wz_800_50", "ae-shallow")]
     assert (tmp_path / "out" / "separation_ae-copy.png").stat().st_size > 1000
+
+
+def _yield_weights(cfg, group: str) -> tuple[np.ndarray, np.ndarray]:
+    """Weights scaled to the whole channel, computed here from the channels' sums, and channel ids."""
+    store = open_store(cfg.store.url)
+    parts = [v for _, v in store.group(group).iter_chunks(("weight", "channel"))]
+    w = np.concatenate([p["weight"] for p in parts]).astype(np.float64)
+    ch = np.concatenate([p["channel"] for p in parts])
+    scale = {c["id"]: sum(c["sum_weights"].values()) / c["sum_weights"][group]
+             for c in store.channels if group in c["sum_weights"]}
+    return w * np.array([scale[int(c)] for c in ch]), ch
+
+
+def test_report_json_carries_yield_uncertainties_and_effective_events(scored, written):
+    result, out = written
+    saved = json.loads((out / "report.json").read_text())
+    names = {c["id"]: c["name"] for c in open_store(scored.store.url).channels}
+    w, ch = _yield_weights(scored, "test")
+    by_name = {y["sample"]: y for y in saved["yields"]}
+    for cid in np.unique(ch):
+        entry, wc = by_name[names[int(cid)]], w[ch == cid]
+        assert entry["events"] == len(wc)
+        assert entry["error"] == pytest.approx(np.sqrt(np.sum(wc**2)), rel=1e-9)
+        assert entry["n_eff"] == pytest.approx(wc.sum() ** 2 / np.sum(wc**2), rel=1e-9)
+        # Equal weights: N_eff is the number of events; NLO weights of both signs lower it.
+        assert entry["n_eff"] <= entry["events"] * (1 + 1e-9)
+    md = (out / "report.md").read_text()
+    assert "| sample | kind | MC events | expected yield | N_eff |" in md
+    zee = by_name["zeejets"]
+    assert f"| zeejets | background | {zee['events']} |" in md and " ± " in md
+
+
+def test_query_yield_weight_sums_to_the_reports_yields(scored, written):
+    from megaset.storage.query import query
+
+    result, _ = written
+    reported = {y["sample"]: y["yield"] for y in result["yields"] if y["kind"] != "data"}
+    sums = dict(query(scored.store.url, "SELECT channel_name, sum(yield_weight) AS y FROM test GROUP BY channel_name")
+                .iter_rows())
+    for name in ("c1n2_wz_800_50", "c1n2_wz_450_300"):
+        sums |= dict(query(scored.store.url, f"SELECT channel_name, sum(yield_weight) FROM signal_{name} "
+                                             "GROUP BY channel_name").iter_rows())
+    assert sums.keys() == reported.keys()
+    for name, value in reported.items():
+        assert sums[name] == pytest.approx(value, rel=1e-6), name
+    # The plain weight of the test group is its share only.
+    plain = query(scored.store.url, "SELECT sum(weight) AS w FROM test")["w"][0]
+    assert 0.1 < plain / sum(reported[n] for n in reported if not n.startswith("c1n2")) < 0.35
+
+
+def test_significances_use_the_background_mc_uncertainty_and_refuse_thin_cuts(scored, written, tmp_path):
+    from megaset.report.metrics import asimov_significance
+
+    result, _ = written
+    w, _ = _yield_weights(scored, "test")
+    bkg = _test_group(scored)
+    x = np.log10(bkg["score/ae-shallow"].astype(np.float64))
+    section = result["sections"]["ae-shallow"]
+    assert result["statistics"] == {"min_background_events": 10, "background_systematic": 0.0,
+                                    "auc_replicas": 200}
+    for region in section["regions"]:
+        inside = x >= region["cut"]
+        assert region["background_events"] == int(inside.sum())
+        assert region["background_error"] == pytest.approx(np.sqrt(np.sum(w[inside] ** 2)), rel=1e-9)
+        for sig in region["signals"].values():
+            expected = asimov_significance(sig["yield"], region["background"], region["background_error"])
+            assert sig["z_asimov"] == pytest.approx(float(expected), rel=1e-9, nan_ok=True)
+            best = sig["best_met_cut"]
+            if best is not None:
+                assert best["background_events"] >= 10
+                assert best["z_asimov"] == pytest.approx(float(asimov_significance(
+                    best["signal"], best["background"], best["background_error"])), rel=1e-9)
+
+    # Every cut refused when no cut keeps enough MC events; the page says so.
+    strict = scored.replace(report={"min_background_events": 10**9, "background_systematic": 0.2,
+                                    "auc_replicas": 20})
+    refused = report(strict, out_dir=tmp_path)
+    for region in refused["sections"]["ae-shallow"]["regions"]:
+        assert region["met_refused_from"] == 0.0 and region["few_mc_events"]
+        assert all(sig["best_met_cut"] is None for sig in region["signals"].values())
+        # A 20 % systematic on top of the MC statistics.
+        assert region["sigma_b"] == pytest.approx(np.hypot(region["background_error"], 0.2 * region["background"]))
+    md = (tmp_path / "report.md").read_text()
+    assert "MET cuts leaving fewer than 1000000000 background MC events are refused" in md
+    assert "SR1 itself keeps only" in md and "and a 20% systematic" in md
+
+
+def test_auc_uncertainty_is_the_bootstrap_spread(scored, written):
+    from megaset.report.metrics import auc_error
+
+    result, _ = written
+    bkg = _test_group(scored)
+    for row in result["auc_table"]:
+        s, ws = _signal(scored, row["signal"])
+        expected = auc_error(bkg["score/ae-shallow"], s, bkg["yield"], ws * _signal_scale(scored, row["signal"]),
+                             replicas=400, seed=1)
+        # Other draws (the report orders the background by channel): equal within the spread of
+        # a standard deviation estimated from a few hundred replicas.
+        assert row["auc_error"] == pytest.approx(expected, rel=0.25)
+        assert 0.0 < row["auc_error"] < 0.1
+    saved = json.loads(Path(result["json"]).read_text())
+    assert all("auc_error" in r for r in saved["auc_table"])
+
+
+def test_page_has_cut_flow_configuration_training_and_studies(scored, written):
+    import hashlib
+
+    from megaset.report.markdown import add_study
+
+    result, out = written
+    md = (out / "report.md").read_text()
+    cutflow = open_store(scored.store.url).attrs["cutflow"]
+    assert "## Cut flow" in md
+    for name, steps in cutflow.items():
+        assert f"| {name} | " + " | ".join(str(int(raw)) for _, raw, _ in steps) + " |" in md
+    digest = hashlib.sha256((out / "config.yaml").read_bytes()).hexdigest()
+    assert result["config"]["sha256"] == digest and f"[config.yaml](config.yaml), SHA-256 `{digest}`" in md
+    assert yaml.safe_load((out / "config.yaml").read_text()) == scored.resolved()
+    trained = result["training"]["ae-shallow"]
+    assert trained["epochs"] == len(trained["history"]) == scored.training.epochs
+    assert "| ae-shallow | 2 |" in md and "val loss (|w|)" in md and "![loss curve ae-shallow](" in md
+    assert "No study has been run" in md
+
+    plot = out / "elsewhere" / "study.png"
+    plot.parent.mkdir()
+    plot.write_bytes(b"png")
+    add_study(out, "demo-study", title="A study", header=["k", "AUC"], rows=[[1.5, "0.9 ± 0.1"]], plots=[plot])
+    md = (out / "report.md").read_text()
+    assert "### A study" in md and "| 1.5 | 0.9 ± 0.1 |" in md
+    assert "![study](elsewhere/study.png) ([PDF](elsewhere/study.pdf))" in md
+    assert json.loads((out / "report.json").read_text())["studies"][0]["key"] == "demo-study"
+    (out / "studies" / "demo-study.json").unlink()
+
+
+def test_colours_are_fixed_per_process_and_stable_across_reports(scored, written, tmp_path):
+    from megaset.report.style import PALETTE
+
+    result, _ = written
+    channels = {c["name"]: c["id"] for c in open_store(scored.store.url).channels}
+    assert result["colours"] == {name: PALETTE[channels[name]] if name != "data" else "black" for name in channels}
+    assert len(set(result["colours"].values())) == len(channels) == 7
+    again = report(scored.replace(report={"bins": 10, "auc_replicas": 20, "colors": {"ttbar": "#000080"}}),
+                   out_dir=tmp_path)
+    assert again["colours"] == {**result["colours"], "ttbar": "#000080"}

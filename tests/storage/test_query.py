@@ -114,7 +114,7 @@ def test_only_the_columns_asked_for_are_read_chunk_by_chunk(store, monkeypatch):
 def test_unknown_columns_and_groups_are_refused_with_the_known_ones(store):
     with pytest.raises(StoreKeyError, match=r"group 'test' of .* has no column 'mett'; did you mean 'met'\?; "
                                             r"its columns are: channel, channel_name, run, event, file_index, entry, .*"
-                                            r"score_ae_test, weight, and the 529 RMM cells by feature name \(e_T_miss, "):
+                                            r"score_ae_test, weight, yield_weight, and the 529 RMM cells by feature name \(e_T_miss, "):
         query(store, "SELECT mett FROM test")
     with pytest.raises(StoreKeyError, match=r"has no column 'nope'.*m_ll"):
         query(store, "SELECT met FROM val WHERE nope > 1")
@@ -159,3 +159,25 @@ def test_cli_prints_the_table_and_writes_files(store, tmp_path):
     written = runner.invoke(app, ["query", store, "SELECT met FROM test", "--output", str(tmp_path / "met.parquet")])
     assert written.exit_code == 0, written.output
     assert pl.read_parquet(tmp_path / "met.parquet").height == open_store(store).group("test").n_events
+
+
+def test_yield_weight_sums_to_each_channels_whole_expected_yield_in_every_group(store):
+    channels = open_store(store).channels
+    totals = {c["name"]: sum(c["sum_weights"].values()) for c in channels}
+    for group in ("train", "test", SIGNAL):
+        table = sql_name(group)
+        sums = query(store, f"SELECT channel_name, sum(weight) AS w, sum(yield_weight) AS y FROM {table} "
+                            "GROUP BY channel_name")
+        assert sums.height == (1 if group == SIGNAL else 4)
+        for name, w, y in sums.iter_rows():
+            assert y == pytest.approx(totals[name], rel=1e-6), (group, name)
+            # The plain weight is the group's share: the test group holds about a fifth.
+            if group == "test":
+                assert 0.1 < w / y < 0.35
+    # Event by event: the weight times the channel's total over its sum in the group.
+    a = _arrays(store, "test")
+    in_test = {c["id"]: c["sum_weights"]["test"] for c in channels if "test" in c["sum_weights"]}
+    by_id = {c["id"]: totals[c["name"]] / in_test[c["id"]] for c in channels if c["id"] in in_test}
+    expected = a["weight"].astype(np.float64) * np.array([by_id[int(c)] for c in a["channel"]])
+    np.testing.assert_allclose(query(store, "SELECT yield_weight FROM test")["yield_weight"].to_numpy(), expected,
+                               rtol=1e-12)

@@ -75,8 +75,13 @@ def test_val_loss_is_the_weighted_mean_error_of_the_best_model(tiny_store, tmp_p
     x, w, _ = _val(cfg)
     with torch.no_grad():
         recon = model(torch.from_numpy(x.astype(np.float32)))[0].double().numpy()
-    expected = np.sum(w * ((recon - x) ** 2).mean(1)) / np.sum(w)
+    error = ((recon - x) ** 2).mean(1)
+    # The monitored loss counts every event by |w|: a negative-weight event cannot lower it.
+    expected = np.sum(np.abs(w) * error) / np.sum(np.abs(w))
     assert summary["best_val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert (w < 0).any()
+    best = summary["history"][summary["best_epoch"] - 1]
+    assert best["val_loss_weighted"] == pytest.approx(np.sum(w * error) / np.sum(w), rel=1e-5)
     assert meta["progress"]["best_epoch"] == summary["best_epoch"]
     assert meta["config"]["training"]["model"] == "ae-shallow"
 
