@@ -714,16 +714,23 @@ class TrainingConfig(_Section):
     model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "jet-dense", "jet-cnn",
                    "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
     output: str = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(8192, gt=0, description="Events per step and rank (thesis: 8192).")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    epochs: int = Field(40, ge=1, description="At most this many epochs; early stopping ends most runs before.")
+    batch_size: int = Field(
+        1024, gt=0, description="Events per step and rank (thesis: 8192, for millions of events; the demo's "
+        "21 k training events need smaller steps to converge).",
+    )
+    learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
     seed: int = 0
     scaling: Literal["minmax", "standard", "none"] = Field(
         "minmax", description="none: features as stored (jet images, normalised to unit pT sum).")
     adversary: AdversaryConfig | None = Field(
         None, description="Mass decorrelation: a regressor of the jet mass behind a gradient reversal.")
     weighted: bool = Field(True, description="Weight each event's loss by its event weight.")
-    negative_weights: Literal["keep", "abs", "zero"] = "keep"
+    negative_weights: Literal["keep", "abs", "zero"] = Field(
+        "keep", description="Events of negative weight in the loss: keep (they lower it by being reconstructed "
+        "badly), abs (|w|) or zero (left out). Early stopping follows the validation loss weighted by |w| "
+        "whatever the policy.",
+    )
     architecture: ArchitectureConfig = ArchitectureConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     loader: LoaderConfig = LoaderConfig()

@@ -64,13 +64,18 @@ class Style:
         return self.colours.get(name, default)
 
     def label_axes(self, ax: Any) -> None:
-        """The experiment label above ``ax`` (mplhep)."""
-        import mplhep
-
-        # data=True: mplhep would otherwise add its own "Simulation" to the label text.
-        lumi = f"{self.lumi_ifb:g}" if self.lumi_ifb is not None else None
-        mplhep.label.exp_label(exp=self.experiment, text=self.label, data=True, lumi=lumi,
-                               com=f"{self.sqrt_s_tev:g}", loc=0, fontsize=13, ax=ax)
+        """The experiment label above ``ax``: ``experiment`` in bold, ``label`` in italics on the
+        left, luminosity and centre-of-mass energy on the right, as mplhep's ``exp_label`` draws
+        them. Placed by annotations anchored to the bold text, which need no drawing of the
+        figure: ``exp_label`` draws the whole figure once per call to measure its text, and its
+        14 labels took 53 of the 122 s of the demo's report (2-core CPU machine, shared)."""
+        bold = ax.text(0.0, 1.01, self.experiment, transform=ax.transAxes, ha="left", va="bottom",
+                       fontsize=13, fontweight="bold")
+        ax.annotate(self.label, xy=(1.0, 0.0), xycoords=bold, xytext=(4, 0), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=11, fontstyle="italic")
+        right = f"{self.lumi_ifb:g} fb$^{{-1}}$ " if self.lumi_ifb is not None else ""
+        ax.text(1.0, 1.01, f"{right}({self.sqrt_s_tev:g} TeV)", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=11)
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 90) -> Path:

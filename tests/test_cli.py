@@ -71,3 +71,27 @@ def test_simulate_ingest_mix_verify(tmp_path):
     result = megaset("verify", str(tmp_path / "store.zarr"))
     assert result.returncode == 1
     assert "FAIL" in result.stderr and "test" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
+    from typer.testing import CliRunner
+
+    from megaset.cli import app
+
+    cfg = {
+        "simulate": {"output": str(tmp_path / "ntuples"), "events": 6000, "signal_events": 500,
+                     "channels": ["zmmjets", "ttbar", "c1n2_wz_800_50"]},
+        "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
+        "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 256},
+        "report": {"output": str(tmp_path / "report"), "auc_replicas": 20},
+        "cluster": {"kind": "address", "address": cluster_client.scheduler.address},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["run", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    output = "".join(result.output.split())  # rich wraps and folds long lines
+    tail = output[output.index("finished"):]
+    assert "(Farinaetal.TableI)" in tail and all(column in tail for column in ("AUC", "E10", "E100"))
+    assert "c1n2_wz_800_50" in tail and "ae-shallow" in tail and "±" in tail

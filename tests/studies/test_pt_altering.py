@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,8 @@ def test_pt_altering_end_to_end(scored, tmp_path):
     assert all(r["mean_error"] > result["original_mean_error"] for r in result["rows"][1:])
     for path in result["plots"].values():
         assert Path(path).parent == tmp_path and Path(path).stat().st_size > 1000
+        assert Path(path).with_suffix(".pdf").is_file()
+    assert all(0.0 < r["auc_error"] < 0.2 for r in result["rows"])
 
 
 def test_events_of_unknown_files_are_refused(scored):
@@ -125,3 +128,7 @@ def test_cli_study_pt_altering_prints_the_table(scored, tmp_path):
     for factor in ("1.5", "3", "5", "7", "10"):
         assert f"│ {factor:>6} │" in result.output
     assert (tmp_path / "pt_altering_ae-shallow.png").stat().st_size > 1000
+    # Recorded for the report of the same folder: its table, and both figures.
+    recorded = json.loads((tmp_path / "studies" / "pt-altering-ae-shallow.json").read_text())
+    assert [row[0] for row in recorded["rows"]] == [1.5, 3.0, 5.0, 7.0, 10.0]
+    assert [Path(p).name for p in recorded["plots"]] == ["pt_altering_ae-shallow.png", "pt_altering_auc_ae-shallow.png"]

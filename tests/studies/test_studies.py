@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from megaset.errors import ConfigError
+from megaset.report.style import process_colours
 from megaset.studies.channel_removal import channel_removal
 from megaset.studies.contamination import contamination
 from megaset.storage.store import open_store
@@ -24,7 +26,9 @@ def test_contamination_injects_the_signal_into_train(scored, tmp_path):
     # The uncontaminated store is the reference store mixed again.
     reference = open_store(scored.store.url).group("train")
     assert reference.n_events == background
-    assert Path(result["plot"]).stat().st_size > 1000
+    assert Path(result["plot"]).stat().st_size > 1000 and Path(result["plot"]).with_suffix(".pdf").is_file()
+    recorded = json.loads(Path(scored.report.output, "studies", "contamination-c1n2_wz_450_300.json").read_text())
+    assert [r[0] for r in recorded["rows"]] == [0.0, 0.05] and recorded["plots"] == [result["plot"]]
 
 
 @pytest.mark.slow
@@ -37,6 +41,11 @@ def test_channel_removal_scores_the_left_out_channel_as_a_signal(scored, tmp_pat
     for group in ("train", "val", "test"):
         assert ttbar["id"] not in derived.group(group).channel_counts
     assert 0.0 <= result["e100"] <= result["e10"] <= 1.0 and 0.5 < result["auc"] <= 1.0
+    # ttbar, now a signal, keeps the colour it has in the background stack of the full report.
+    assert process_colours(derived.channels) == process_colours(open_store(scored.store.url).channels)
+    recorded = json.loads(Path(scored.report.output, "studies", "channel-removal-ttbar.json").read_text())
+    assert recorded["rows"] == [["ttbar", f"{result['auc']:.3f} ± {result['auc_error']:.3f}", result["e10"],
+                                 result["e100"]]]
     with pytest.raises(ConfigError, match=r"needs a background channel, got 'c1n2_wz_800_50'; the inputs have "
                                           r"zeejets, zmmjets, ttbar, diboson"):
         channel_removal(scored, None, "c1n2_wz_800_50", workdir=tmp_path)
