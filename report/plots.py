@@ -230,7 +230,8 @@ def heatmap(fig, names: Sequence[str], matrix: np.ndarray, *, style: Style, titl
     """The pairwise separation matrix: AUC of the row sample (anomaly) against the column sample
     (background); blue for a separation, white for none, red for the opposite ordering."""
     n = len(names)
-    fig.set_size_inches(1.5 + 0.75 * n, 1.2 + 0.65 * n)
+    # Wide enough for the experiment label above a matrix of few samples.
+    fig.set_size_inches(max(6.5, 1.5 + 0.75 * n), max(4.8, 1.2 + 0.65 * n))
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="RdBu", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=9)
@@ -239,7 +240,8 @@ def heatmap(fig, names: Sequence[str], matrix: np.ndarray, *, style: Style, titl
         for j in range(n):
             if np.isfinite(matrix[i, j]):
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    ax.set(xlabel="as background", ylabel=f"as anomaly ({title})")
+    ax.set(xlabel="as background", ylabel="as anomaly")
+    fig.suptitle(title, fontsize=10)
     ax.minorticks_off()
     fig.colorbar(image, ax=ax, label="AUC")
     style.label_axes(ax)
