@@ -93,7 +93,8 @@ def main() -> None:
     })
     t0 = time.perf_counter()
     written = simulate(cfg.simulate, tree=cfg.inputs.tree)
-    print(f"simulated {args.events:,} events in {sum(map(len, written.values()))} files: {time.perf_counter() - t0:.1f} s")
+    n_files = sum(map(len, written.values()))
+    print(f"simulated {args.events:,} events in {n_files} files: {time.perf_counter() - t0:.1f} s")
     branches = cfg.schema.branches()
 
     # The cluster a user gets from the config (worker environment included), for both sides.

@@ -50,8 +50,9 @@ def build_staging(url: str, events: int, signal_events: int, piece_events: int, 
             index, path = len(files), f"sim/{c['name']}_{first}.root"
             branches = generate(c["name"], n, seed=index, first_event=first)
             sel = select(read_events(branches, cfg.schema, path), cfg.selection, path)
-            rmm = build_rmm([sel.objects[o.source] for o in cfg.rmm.objects], sel.aux["met"], sel.aux["met_phi"], cfg.rmm,
-                            sparse=True)  # as the ingest stages it
+            objects = [sel.objects[o.source] for o in cfg.rmm.objects]
+            # staged sparse, as the ingest stages it
+            rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm, sparse=True)
             write_piece(url, c["name"], piece_key(f"f{index:05d}", 0, n), piece_columns(sel, rmm, c["id"], index, 1.0),
                         {"filename": path, "file_index": index, "n_read": n,
                          "cutflow": [[step, int(raw), float(w)] for step, raw, w in sel.cutflow]},
@@ -179,7 +180,8 @@ def codec_survey(rows: np.ndarray, chunk_len: int, work: Path) -> None:
                          ("zstd", 1), ("zstd", 3), ("zstd", 6)):
         target = work / f"codec-{codec}-{level}.zarr"
         shutil.rmtree(target, ignore_errors=True)
-        array = zarr.create_array(store=str(target), shape=rows.shape, dtype=rows.dtype, chunks=(chunk_len, rows.shape[1]),
+        array = zarr.create_array(store=str(target), shape=rows.shape, dtype=rows.dtype,
+                                  chunks=(chunk_len, rows.shape[1]),
                                   compressors=compressors(CompressorConfig(codec=codec, level=level)))
         t0 = time.perf_counter()
         array[...] = rows

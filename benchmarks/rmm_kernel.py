@@ -77,8 +77,8 @@ def _padded(jagged, count: int) -> tuple[np.ndarray, ...]:
 def numpy_rmm(objects, met_et: np.ndarray, met_phi: np.ndarray, cfg, block: int = 8192) -> np.ndarray:
     """The same cells as ``build_rmm``, in numpy with the textbook four-vector formulas."""
     size = cfg.size
-    padded = [_padded(j, o.count) for j, o in zip(objects, cfg.objects)]
-    pt, eta, phi, mass, present = (np.concatenate(parts, axis=1) for parts in zip(*padded))
+    padded = [_padded(j, o.count) for j, o in zip(objects, cfg.objects, strict=True)]
+    pt, eta, phi, mass, present = (np.concatenate(parts, axis=1) for parts in zip(*padded, strict=True))
     first = np.concatenate([np.arange(o.count) == 0 for o in cfg.objects])
     scale = cfg.sqrt_s_gev if cfg.normalize == "sqrt_s" else 1.0
     chekanov = cfg.convention == "chekanov"
@@ -149,7 +149,7 @@ def main() -> None:
     # Batch by batch, results dropped after the comparison: memory stays at a few batches, as
     # in ingest, where each chunk's matrix is written out and freed.
     kernel_s = numpy_s = 0.0
-    for objects, (met_et, met_phi) in zip(batches, met_batches):
+    for objects, (met_et, met_phi) in zip(batches, met_batches, strict=True):
         t0 = time.perf_counter()
         got = build_rmm(objects, met_et, met_phi, cfg)
         t1 = time.perf_counter()

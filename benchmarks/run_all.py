@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ingest import read_vs_ingest
 from mix import mix_vs_copy
 from training import alternate, isolated, peak_rss_mib
@@ -154,9 +155,9 @@ def _forward(cfg, threads: int, repeat: int) -> dict[str, Any]:
     """Plain forward pass: every event of the store, scaled, in memory; the model on ``threads``."""
     import torch
 
+    from megaset.storage.scores import score_column
     from megaset.storage.store import open_store
     from megaset.training.checkpoint import load_model
-    from megaset.storage.scores import score_column
     from megaset.training.score import checkpoint_path, reconstruction_errors
 
     torch.set_num_threads(threads)
@@ -314,7 +315,7 @@ def _memory_lines(runs: list[dict[str, Any]], flat: dict[str, Any] | None) -> li
     if flat:
         lines.append(f"  flatness: peak at {runs[-1]['events']:,} / peak at {runs[0]['events']:,}, "
                      f"PASS when <= {FLATNESS_LIMIT}")
-    return lines + [""] + _stage_memory_lines(runs)
+    return [*lines, "", *_stage_memory_lines(runs)]
 
 
 def _stage_memory_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -324,8 +325,8 @@ def _stage_memory_lines(runs: list[dict[str, Any]]) -> list[str]:
              _row(["", *(c for _ in runs for c in ("driver", "worker"))], widths)]
     for stage in runs[-1]["seconds"]:
         peaks = [r["stage_peaks_mib"][stage] for r in runs]
-        lines.append(_row([stage, *(c for p in peaks for c in (f"{p['driver']:,.0f}", f"{max(p['workers'].values()):,.0f}"))],
-                          widths))
+        cells = (c for p in peaks for c in (f"{p['driver']:,.0f}", f"{max(p['workers'].values()):,.0f}"))
+        lines.append(_row([stage, *cells], widths))
     lines.append("  peak RSS, MiB, within each stage: what a process still holds from earlier stages included")
     return lines
 
@@ -431,8 +432,10 @@ def _report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     """The table on the terminal and, with --json, the same figures in a file."""
     runs, flat = results["pipeline"], results["flatness"]
     title = (f"megaset benchmarks: {args.workers} workers, {os.cpu_count()} cores, store chunks of "
-             f"{args.chunk_len:,} events, input chunks of {args.input_chunk:,}, model {TRAINING['model']} ({TRAINING['epochs']} epochs), {results['wall_s']:,.0f} s in all")
-    lines = [title, ""] + _pipeline_lines(runs) + [""] + _memory_lines(runs, flat) + [""] + _side_lines(results["side_by_side"])
+             f"{args.chunk_len:,} events, input chunks of {args.input_chunk:,}, model {TRAINING['model']} "
+             f"({TRAINING['epochs']} epochs), {results['wall_s']:,.0f} s in all")
+    lines = [title, "", *_pipeline_lines(runs), "", *_memory_lines(runs, flat), "",
+             *_side_lines(results["side_by_side"])]
     print("\n" + "\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -349,8 +349,9 @@ def main() -> None:
     train_group = store.group("train")
     n, f = train_group.n_events, len(store.feature_names)
     if train_group.n_chunks < N_MEGASETS:
-        raise SystemExit(f"the train group has {train_group.n_chunks} chunks, fewer than {N_MEGASETS} "
-                         "megasets: simulate more events or lower --chunk-len")
+        msg = (f"the train group has {train_group.n_chunks} chunks, fewer than {N_MEGASETS} "
+               "megasets: simulate more events or lower --chunk-len")
+        raise SystemExit(msg)
     print(f"store {url}: train {n:,} events x {f} features in {train_group.n_chunks} chunks; "
           f"model {args.model}, batch {args.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores\n")
     cfg = _config(url, work / "models", args)

@@ -88,7 +88,8 @@ class ChannelInput(_Section):
     @model_validator(mode="after")
     def _not_both(self) -> ChannelInput:
         if self.signal and self.data:
-            raise ValueError("a channel cannot be both signal: true and data: true")
+            msg = "a channel cannot be both signal: true and data: true"
+            raise ValueError(msg)
         return self
 
 
@@ -161,9 +162,8 @@ class CollectionSchema(_Section):
             return self
         if all(cart) and not any((*polar, self.mass)):
             return self
-        raise ValueError(
-            "give either pt, eta, phi and one of mass / energy, or px, py, pz and energy"
-        )
+        msg = "give either pt, eta, phi and one of mass / energy, or px, py, pz and energy"
+        raise ValueError(msg)
 
     @property
     def cartesian(self) -> bool:
@@ -194,7 +194,8 @@ class MetSchema(_Section):
         cartesian = bool(self.px and self.py) and not (self.et or self.phi)
         polar = bool(self.et and self.phi) and not (self.px or self.py)
         if not (cartesian or polar):
-            raise ValueError("give MET either as et and phi, or as px and py")
+            msg = "give MET either as et and phi, or as px and py"
+            raise ValueError(msg)
         return self
 
     def branches(self) -> list[str]:
@@ -252,7 +253,8 @@ class JetSelection(_Section):
     @model_validator(mode="after")
     def _ordered(self) -> JetSelection:
         if self.light_max > self.b_min:
-            raise ValueError(f"light_max ({self.light_max}) must not exceed b_min ({self.b_min})")
+            msg = f"light_max ({self.light_max}) must not exceed b_min ({self.b_min})"
+            raise ValueError(msg)
         return self
 
 
@@ -320,7 +322,8 @@ class RMMConfig(_Section):
     def _unique(cls, objects: list[RMMObject]) -> list[RMMObject]:
         names = [o.name for o in objects]
         if len(set(names)) != len(names):
-            raise ValueError(f"object names must be unique, got {names}")
+            msg = f"object names must be unique, got {names}"
+            raise ValueError(msg)
         return objects
 
     @property
@@ -346,7 +349,8 @@ class SplitsConfig(_Section):
     def _sum_to_one(self) -> SplitsConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-9:
-            raise ValueError(f"train + val + test must be 1, got {total:.6g}")
+            msg = f"train + val + test must be 1, got {total:.6g}"
+            raise ValueError(msg)
         return self
 
 
@@ -381,7 +385,7 @@ class StoreConfig(_Section):
         if self.staging_url:
             return self.staging_url
         base = self.url.rstrip("/")
-        return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + ".staging.zarr"
+        return base.removesuffix(".zarr") + ".staging.zarr"
 
 
 # ---------------------------------------------------------------------------- cluster
@@ -394,7 +398,8 @@ class AdaptConfig(_Section):
     @model_validator(mode="after")
     def _ordered(self) -> AdaptConfig:
         if self.minimum > self.maximum:
-            raise ValueError(f"adapt.minimum ({self.minimum}) exceeds adapt.maximum ({self.maximum})")
+            msg = f"adapt.minimum ({self.minimum}) exceeds adapt.maximum ({self.maximum})"
+            raise ValueError(msg)
         return self
 
 
@@ -407,7 +412,8 @@ def _size(value: str | None) -> str | None:
     try:
         parse_bytes(value)
     except ValueError as err:
-        raise ValueError(f"cannot read {value!r} as a size (e.g. '4 GiB')") from err
+        msg = f"cannot read {value!r} as a size (e.g. '4 GiB')"
+        raise ValueError(msg) from err
     return value
 
 
@@ -477,9 +483,8 @@ class HTCondorConfig(_Section):
         items = value.items() if isinstance(value, dict) else ()
         flags = [str(key) for key, v in items if isinstance(v, bool)]
         if flags:
-            raise ValueError(
-                f"{', '.join(flags)}: write HTCondor values as quoted strings, e.g. 'YES' or 'True'"
-            )
+            msg = f"{', '.join(flags)}: write HTCondor values as quoted strings, e.g. 'YES' or 'True'"
+            raise ValueError(msg)
         return value
 
 
@@ -508,9 +513,11 @@ class ClusterConfig(_Section):
     @model_validator(mode="after")
     def _kind_needs(self) -> ClusterConfig:
         if self.kind == "address" and not self.address:
-            raise ValueError("kind: address needs address: tcp://host:port")
+            msg = "kind: address needs address: tcp://host:port"
+            raise ValueError(msg)
         if self.kind != "address" and self.workers is None and self.adapt is None:
-            raise ValueError(f"kind: {self.kind} needs workers: N or adapt: {{minimum, maximum}}")
+            msg = f"kind: {self.kind} needs workers: N or adapt: {{minimum, maximum}}"
+            raise ValueError(msg)
         return self
 
 
@@ -806,7 +813,7 @@ class Config(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @property
-    def schema(self) -> SchemaConfig:  # noqa: D401 - a field named "schema" shadows BaseModel.schema
+    def schema(self) -> SchemaConfig:  # type: ignore[override]  # the field "schema" shadows BaseModel.schema
         return self.schema_
 
     @property

@@ -254,6 +254,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         "files": [i.to_dict() for i in infos if not i.error],
         "skipped": skipped,
         "cutflow": {name: c["cutflow"] for name, c in summary.channels.items()},
-        "summary": {name: {k: c[k] for k in ("n_read", "n_selected", "nonfinite")} for name, c in summary.channels.items()},
+        "summary": {name: {k: c[k] for k in ("n_read", "n_selected", "nonfinite")}
+                    for name, c in summary.channels.items()},
     })
     return summary

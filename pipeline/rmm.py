@@ -134,7 +134,7 @@ def build_rmm(
     _kernel()(
         offsets, pt, eta, phi, mass, met_et, met_phi, counts,
         cfg.convention == "chekanov", float(cfg.C), float(scale), indptr, cells, values,
-    )  # fmt: skip
+    )
     rmm = csr_array((values, cells, indptr), shape=(len(met_et), cfg.size * cfg.size))
     return rmm if sparse else rmm.toarray()
 
@@ -155,7 +155,7 @@ def _flatten(
         raise ValueError(msg)
     offsets = np.empty((len(objects), n_met + 1), dtype=np.int64)
     base = 0
-    for t, (jagged, spec) in enumerate(zip(objects, cfg.objects)):
+    for t, (jagged, spec) in enumerate(zip(objects, cfg.objects, strict=True)):
         missing = [c for c in _KINEMATICS if c not in jagged.columns]
         if missing:
             msg = (
@@ -191,7 +191,8 @@ def _kernel() -> Callable[..., None]:
     return numba.njit(cache=True, nogil=True, error_model="numpy")(rmm._fill)
 
 
-def _fill(offsets, pt, eta, phi, mass, met_et, met_phi, counts, chekanov, C, scale, indptr, cells, values):
+def _fill(offsets, pt, eta, phi, mass, met_et, met_phi, counts, chekanov,
+          C, scale, indptr, cells, values):  # noqa: N803 - C as the RMM papers name it
     """Write the cells of every event's RMM that its present objects reach, as (cell, value)
     pairs from ``indptr[i]`` on: (n + 1)^2 of them for an event with n objects in its slots.
 

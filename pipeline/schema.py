@@ -121,10 +121,11 @@ def check_branches(available: Mapping[str, str], schema: SchemaConfig, filename:
         For the first missing branch (with the closest available names), or a branch that is
         jagged where one value per event is expected, or the reverse, or not numeric.
 
-    >>> check_branches({"met_Et": "float"}, SchemaConfig(), "a.root")
+    >>> check_branches({"met_Et": "float"}, SchemaConfig(), "a.root")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    megaset.errors.BranchError: a.root: branch 'jetPt' (schema.collections.jet.pt) not found (closest: met_Et); map schema.collections.jet.pt to an existing branch
+    megaset.errors.BranchError: a.root: branch 'jetPt' (schema.collections.jet.pt) not found (closest: met_Et);
+    map schema.collections.jet.pt to an existing branch
     """
     names = list(available)
     for key, branch, jagged in _roles(schema):
@@ -210,7 +211,7 @@ def _collection(source: Any, name: str, schema: SchemaConfig, filename: str) -> 
             raise BranchError(filename, msg, branch)
         raw[col] = values
 
-    labels = {role: branch for role, branch in coll.fields.items()}
+    labels = dict(coll.fields)
     if coll.cartesian:
         columns = _from_cartesian(raw["px"], raw["py"], raw["pz"], raw["energy"])
         xy, xyz = f"{coll.px}, {coll.py}", f"{coll.px}, {coll.py}, {coll.pz}"

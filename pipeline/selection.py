@@ -127,7 +127,9 @@ def _picked_offsets(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return kept[offsets]
 
 
-def _leading_masses(leptons: list[tuple[Jagged, np.ndarray]], rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _leading_masses(
+    leptons: list[tuple[Jagged, np.ndarray]], rows: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Invariant masses of the two and of the three leading leptons (by pT) of each of ``n``
     events, computed for the events ``rows`` only (the others, and events with fewer leptons,
     get 0).

@@ -40,7 +40,9 @@ from megaset.pipeline import _processes as truth
 if TYPE_CHECKING:
     import awkward as ak
 
-__all__ = ["CHANNELS", "ChannelSpec", "simulate", "is_simulated", "demo_inputs", "generate", "write_ntuple", "event_counts"]
+__all__ = [
+    "CHANNELS", "ChannelSpec", "simulate", "is_simulated", "demo_inputs", "generate", "write_ntuple", "event_counts",
+]
 
 # ---------------------------------------------------------------------------- detector constants
 _M_ELECTRON, _M_MUON = 0.000511, 0.10566

@@ -242,7 +242,7 @@ def _contamination(cfg: StoreConfig, channels: list[dict], n_train: int,
         )
         raise ConfigError(msg)
     cid = signals[name]
-    n_inject = int(round(cfg.contamination.fraction * n_train))
+    n_inject = round(cfg.contamination.fraction * n_train)
     available = sequences[cid].n_events
     if n_inject > available:
         msg = (

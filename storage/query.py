@@ -251,7 +251,7 @@ def _unknown_column(err: Exception, store: Store, seen: list[str]) -> StoreKeyEr
 def _unknown_group(err: Exception, store: Store) -> StoreKeyError:
     found = re.search(r"relation '([^']+)'", str(err))
     table = found.group(1) if found else str(err)
-    names = [f"{sql_name(n)} (or \"{n}\")" if "/" in n else n for n in store.group_names()]
+    names = [f'{sql_name(n)} (or "{n}")' if "/" in n else n for n in store.group_names()]
     msg = f"store {store.url!r} has no group {table!r}; its groups are: {', '.join(names)}"
     return StoreKeyError(msg)
 

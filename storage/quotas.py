@@ -92,7 +92,7 @@ def chunk_quotas(counts: Sequence[int] | np.ndarray, chunk_len: int) -> np.ndarr
     if total == 0:
         return quotas
     # Integer numerators of the shares: x_kc = s_k * n_c / total.
-    full_floor, full_rem = np.divmod(chunk_len * counts, total)
+    full_floor = (chunk_len * counts) // total
     n_full = int((sizes == chunk_len).sum())
     extras = counts - n_full * full_floor
     if n_full < len(sizes):

@@ -251,7 +251,8 @@ class StoreGroup:
         from megaset.storage.codecs import compressors
 
         if name in self.attrs["base_columns"]:
-            msg = f"column {name!r} of group {self.name!r} in {self.url!r} is written by `megaset mix`; pick another name, e.g. 'score/{name}'"
+            msg = (f"column {name!r} of group {self.name!r} in {self.url!r} is written by `megaset mix`; "
+                   f"pick another name, e.g. 'score/{name}'")
             raise StoreError(msg)
         dtype = np.dtype(dtype)
         shape = (self.n_events, *shape_tail)

@@ -130,7 +130,8 @@ def _check_sums(group: str, ids: np.ndarray, sums: np.ndarray, listed: Any,
 def _event_keys(event_id: np.ndarray) -> np.ndarray:
     """One sortable key per event id: (file index, entry) packed when they fit, else all four fields."""
     file_index, entry = event_id[:, 2], event_id[:, 3]
-    if len(event_id) and file_index.min() >= 0 and entry.min() >= 0 and file_index.max() < 2**23 and entry.max() < 2**40:
+    if (len(event_id) and file_index.min() >= 0 and entry.min() >= 0
+            and file_index.max() < 2**23 and entry.max() < 2**40):
         return (file_index << 40) | entry
     return np.ascontiguousarray(event_id).view(np.dtype((np.void, event_id.itemsize * 4))).ravel()
 

@@ -186,7 +186,7 @@ def assert_refused(result: subprocess.CompletedProcess, url: Path, cause: str, f
     assert "Traceback (most recent call last)" not in result.stderr
 
 
-class _Stop(Exception):
+class _Stop(Exception):  # noqa: N818 - a signal to stop, not an error
     pass
 
 

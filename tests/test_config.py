@@ -32,7 +32,8 @@ def test_file_overrides_and_keeps_other_defaults(tmp_path):
 
 def test_unknown_key_names_key_file_and_closest_spelling(tmp_path):
     path = write(tmp_path, "store:\n  chunk_lenn: 5\n")
-    with pytest.raises(ConfigError, match=r"megaset\.yaml.*\n.*store\.chunk_lenn: unknown key; did you mean 'chunk_len'"):
+    with pytest.raises(ConfigError,
+                       match=r"megaset\.yaml.*\n.*store\.chunk_lenn: unknown key; did you mean 'chunk_len'"):
         load_config(path)
 
 

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    rank = int(os.environ.get("RANK", 0))
+    rank = int(os.environ.get("RANK", "0"))
 
     def show(entry: dict[str, Any]) -> None:
         print(json.dumps({"progress": entry}), flush=True)

@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(msg)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError here
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError and more here
         # torch's message advises weights_only=False; keep only the reason, never that advice.
         found = re.search(r"WeightsUnpickler error: ([^.]*)", str(err))
         reason = found.group(1) if found else str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -224,8 +224,7 @@ def _watch(client: Client, futures: list, workers: list[str], queue: Any, progre
 
 def _failure_message(futures: list, workers: list[str], dead: list[int], errors: list[int]) -> str:
     lines = [f"distributed training failed ({len(workers)} ranks):"]
-    for r in dead:
-        lines.append(f"  rank {r}: its worker {workers[r]} died or left the cluster")
+    lines.extend(f"  rank {r}: its worker {workers[r]} died or left the cluster" for r in dead)
     for r in errors:
         if r in dead:
             continue

@@ -340,9 +340,9 @@ def _in_background(items: Generator, depth: int) -> Iterator:
         while not stop.is_set():
             try:
                 ready.put(item, timeout=0.05)
-                return True
             except queue.Full:
-                pass
+                continue
+            return True
         return False
 
     def produce() -> None:

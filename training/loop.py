@@ -110,7 +110,7 @@ def _device() -> torch.device:
     )
     if not on_gpu:
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:

@@ -31,6 +31,8 @@ The registry (:mod:`megaset.training.registry`) builds them by name from these d
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -172,7 +174,7 @@ class ConvAE(Autoencoder):
             nn.Unflatten(1, (channels[-1], inner, inner)),
         ]
         rev = list(reversed(channels))
-        for c_in, c_out in zip(rev[:-1], rev[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(rev):
             dec += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2)]
         dec.append(nn.Conv2d(rev[-1], 1, 3, padding=1))
         self.decoder = nn.Sequential(*dec)

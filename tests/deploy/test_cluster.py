@@ -32,9 +32,8 @@ MALLOC_ENV = {"name": "MALLOC_MMAP_THRESHOLD_", "value": str(256 * 2**20)}
 def refused_within(cfg: ClusterConfig, seconds: float, match: str) -> None:
     """``open_client(cfg)`` fails with a ConfigError matching ``match`` in under ``seconds``."""
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=match):
-        with open_client(cfg):
-            pass
+    with pytest.raises(ConfigError, match=match), open_client(cfg):
+        pass
     assert time.perf_counter() - t0 < seconds
 
 
@@ -204,9 +203,8 @@ def test_htcondor_without_disk_names_the_key():
 def test_htcondor_without_condor_submit_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     cfg = ClusterConfig(kind="htcondor", htcondor={"disk": "1 GiB"})
-    with pytest.raises(ConfigError, match="condor_submit is not on PATH.*submit node"):
-        with open_client(cfg):
-            pass
+    with pytest.raises(ConfigError, match=r"condor_submit is not on PATH.*submit node"), open_client(cfg):
+        pass
 
 
 def test_htcondor_cluster_submits_the_rendered_script(tmp_path, monkeypatch):
@@ -346,9 +344,9 @@ def test_address_gpu_workers(tmp_path):
         with open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=2)) as client:
             assert cluster_size(client) == ClusterSize(workers=1, threads=1, memory=2**30, gpus=2)
             assert client.submit(lambda: "placed", resources={"GPU": 2}).result(timeout=30) == "placed"
-        with pytest.raises(ConfigError, match="gpus_per_worker=3, but no worker.*GPU=2"):
-            with open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=3)):
-                pass
+        with (pytest.raises(ConfigError, match=r"gpus_per_worker=3, but no worker.*GPU=2"),
+              open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=3))):
+            pass
 
 
 @pytest.mark.slow

@@ -206,11 +206,11 @@ def test_dockerfile_installs_torch_first_then_every_layer_as_non_root():
     assert torch < package
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in text
     pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
-    folders = set(re.findall(r'^"megaset(?:\.\w+)?" = "(\w+)"$', pyproject, flags=re.M))
+    folders = set(re.findall(r'^"megaset(?:\.\w+)?" = "(\w+)"$', pyproject, flags=re.MULTILINE))
     assert {"megaset", "pipeline", "storage", "training", "deploy", "report"} <= folders
-    copied = {m for m in re.findall(r"^COPY (\w+)/ ", text, flags=re.M)}
+    copied = set(re.findall(r"^COPY (\w+)/ ", text, flags=re.MULTILINE))
     assert folders <= copied, f"not copied into the image: {folders - copied}"
-    (user,) = re.findall(r"^USER (\S+)$", text, flags=re.M)
+    (user,) = re.findall(r"^USER (\S+)$", text, flags=re.MULTILINE)
     assert user.split(":")[0] == str(KubernetesConfig().run_as_user) != "0"
     assert lines.index(f"USER {user}") > package
 
@@ -262,7 +262,7 @@ def test_driver_submit_file_runs_megaset_on_the_submit_node():
     default = re.fullmatch(r"run --config \$\(config:([\w.-]+)\)", sub["arguments"])
     assert default and (CONDOR / default.group(1)).is_file()
     assert sub["getenv"] == "true"
-    assert re.search(r"^queue\s*$", (CONDOR / "driver.sub").read_text(), flags=re.M)
+    assert re.search(r"^queue\s*$", (CONDOR / "driver.sub").read_text(), flags=re.MULTILINE)
 
 
 @pytest.mark.parametrize("name", ["config-shared-fs.yaml", "config-object-store.yaml"])

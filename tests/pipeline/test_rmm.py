@@ -64,7 +64,7 @@ def _reference(event: list[list[Obj]], met: float, met_phi: float, cfg: RMMConfi
     scale = SQRT_S if cfg.normalize == "sqrt_s" else 1.0
     slots = []
     k = 1
-    for spec, objs in zip(cfg.objects, event):
+    for spec, objs in zip(cfg.objects, event, strict=True):
         leading = sorted(objs, key=lambda o: -o[0])[: spec.count]
         slots += [(k + r, _vec(o), r) for r, o in enumerate(leading)]
         k += spec.count
@@ -230,7 +230,7 @@ def test_other_types_and_multiplicities():
         RMMObject(name=name, source=source, count=10)
         for name, source in (("jet", "jets"), ("bjet", "b_jets"), ("muo", "muons"),
                              ("ele", "electrons"), ("pho", "photons"))
-    ]  # fmt: skip
+    ]
     cfg = RMMConfig(objects=objects)
     assert cfg.size == 51
     names = feature_names(cfg)
@@ -251,7 +251,7 @@ def test_feature_names_default_layout():
     names = feature_names(cfg)
     assert len(names) == 529 and len(set(names)) == 529
     slot = {f"{o.name}_{r}": 1 + sum(p.count for p in cfg.objects[:t]) + r
-            for t, o in enumerate(cfg.objects) for r in range(o.count)}  # fmt: skip
+            for t, o in enumerate(cfg.objects) for r in range(o.count)}
     assert slot["ele_1"] == 14 and slot["muo_0"] == 18
     assert names[0] == "e_T_miss"
     assert names[1] == "m_T_ljet_0"

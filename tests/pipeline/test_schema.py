@@ -131,7 +131,7 @@ def test_flat_file_gives_the_hand_made_events(polar_file):
     jets, leps = ev.collections["jet"], ev.collections["lepton"]
     assert jets.counts().tolist() == [2, 0, 1, 3]
     assert leps.counts().tolist() == [2, 1, 0, 2]
-    f32 = lambda rows, i: np.array([o[i] for r in rows for o in r], dtype=np.float32)  # noqa: E731
+    f32 = lambda rows, i: np.array([o[i] for r in rows for o in r], dtype=np.float32)  # noqa: E731 - a one-line helper
     for i, col in enumerate(("pt", "eta", "phi", "mass")):
         np.testing.assert_array_equal(jets[col], f32(JETS, i))
         np.testing.assert_array_equal(leps[col], f32(LEPTONS, i))
@@ -187,7 +187,8 @@ def test_cut_out_branches_read_like_freshly_built_ones(cut):
     by index (a ListArray) give the objects of the same events built afresh."""
     pick = slice(1, None) if cut == "slice" else np.array([3, 0, 2])
     branches = {name: values[pick] for name, values in polar_branches().items()}
-    fresh = {name: ak.to_packed(values) if isinstance(values, ak.Array) else values for name, values in branches.items()}
+    fresh = {name: ak.to_packed(values) if isinstance(values, ak.Array) else values
+             for name, values in branches.items()}
     got, want = read_events(branches, SchemaConfig(), "mem.root"), read_events(fresh, SchemaConfig(), "mem.root")
     for name in ("jet", "lepton"):
         np.testing.assert_array_equal(got.collections[name].offsets, want.collections[name].offsets)

@@ -200,7 +200,7 @@ def test_masses_and_ht_against_vector():
 
 def _is_signal(lep) -> bool:
     pt, eta, _, _, flavor, tight, iso, d0sig = lep
-    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    f32 = lambda x: float(np.float32(x))  # noqa: E731 - a one-line helper of this test
     if flavor == 1:
         return f32(pt) >= 10 and abs(f32(eta)) <= f32(2.47) and tight and iso and abs(f32(d0sig)) <= 5
     return f32(pt) >= 10 and abs(f32(eta)) <= f32(2.7) and iso and abs(f32(d0sig)) <= 3

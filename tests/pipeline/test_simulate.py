@@ -113,7 +113,7 @@ def test_files_have_the_flat_ntuple_branches_and_shared_counters(sample):
     _, written, _ = sample
     with uproot.open(written["ttbar"][0]) as f:
         tree = f["mini"]
-        assert {name: tree[name].typename for name in tree.keys()} == EXPECTED_BRANCHES
+        assert {name: tree[name].typename for name in tree.keys()} == EXPECTED_BRANCHES  # noqa: SIM118 - uproot's keys
         # Every jagged branch of a collection is counted by the one counter branch.
         assert tree["jetPt"].count_branch.name == tree["jetdl1r"].count_branch.name == "njet"
         assert tree["lepPt"].count_branch.name == tree["lepIsoLoose_VarRad"].count_branch.name == "nlep"
@@ -173,7 +173,8 @@ def test_rerun_with_fewer_events_removes_leftover_files(tmp_path):
 
 def test_unknown_channel_names_list_the_valid_ones(tmp_path):
     cfg = small_config(tmp_path, channels=["ttbar", "zeejet"])
-    with pytest.raises(ConfigError, match=r"simulate.channels: unknown channel\(s\) 'zeejet'; valid channels: zeejets, zmmjets"):
+    with pytest.raises(ConfigError,
+                       match=r"simulate.channels: unknown channel\(s\) 'zeejet'; valid channels: zeejets, zmmjets"):
         simulate(cfg)
     with pytest.raises(ConfigError, match=r"unknown channel\(s\) 'zeejet'.*c1n2_wz_800_50"):
         demo_inputs(cfg)

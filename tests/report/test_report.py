@@ -44,7 +44,7 @@ def _signal(cfg, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_report_writes_every_plot_and_the_summaries(written):
-    result, out = written
+    _, out = written
     for name in (*PLOTS, "report.md", "report.json"):
         assert (out / name).stat().st_size > 1000 or name == "report.md", name
     for name in PLOTS:

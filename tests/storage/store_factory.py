@@ -63,7 +63,8 @@ def make_staging(url: str, pieces: dict[str, list[int]] = PIECES, *, n_features:
                           "checksum": f"adler32:{index:08x}", "entries": 2 * n})
             cols = piece_columns(rng, n, c["id"], index, 0, n_features)
             # staged sparse, as the ingest stages the RMM
-            write_piece(url, c["name"], piece_key(f"uuid{index:03d}", 0, 2 * n), {**cols, "rmm": csr_array(cols["rmm"])}, {
+            key = piece_key(f"uuid{index:03d}", 0, 2 * n)
+            write_piece(url, c["name"], key, {**cols, "rmm": csr_array(cols["rmm"])}, {
                 "filename": path, "file_index": index, "fileuuid": f"uuid{index:03d}", "entrystart": 0,
                 "entrystop": 2 * n, "n_read": 2 * n, "cutflow": [["all", 2 * n, 2.0 * n], ["2lep", n, float(n)]],
             }, CompressorConfig(codec="blosc-lz4", level=5))

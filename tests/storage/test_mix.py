@@ -74,7 +74,7 @@ def test_chunks_hold_the_group_mixture(mixed_store):
 
 
 def test_rows_are_shuffled_inside_chunks(mixed_store):
-    cfg, staged, _ = mixed_store
+    cfg, _, _ = mixed_store
     channel = open_store(cfg.store.url).group("train").read_chunk(0, ("channel",))["channel"]
     # Channels interleave (not sorted in blocks) ...
     assert (np.diff(channel) != 0).sum() > 20
@@ -224,7 +224,8 @@ def test_contamination_moves_signal_into_train(tmp_path):
     mix(cfg, None)
     store = open_store(cfg.store.url)
     train = store.group("train")
-    n_background = sum(split_counts(len(staged[c]["weight"]), (0.6, 0.2, 0.2))[0] for c in ("zjets", "ttbar", "diboson"))
+    n_background = sum(split_counts(len(staged[c]["weight"]), (0.6, 0.2, 0.2))[0]
+                       for c in ("zjets", "ttbar", "diboson"))
     injected = round(0.05 * n_background)
     assert train.channel_counts[3] == injected
     assert train.n_events == n_background + injected
@@ -234,8 +235,8 @@ def test_contamination_moves_signal_into_train(tmp_path):
     quotas = chunk_quotas(train.attrs["counts"], 256)
     for i, values in train.iter_chunks(("channel",)):
         assert int((values["channel"] == 3).sum()) == quotas[i][-1]
-    susy = np.concatenate([read_group(cfg.store.url, "train")["event_id"][read_group(cfg.store.url, "train")["channel"] == 3],
-                           read_group(cfg.store.url, "signal/susy")["event_id"]])
+    rows, rest = read_group(cfg.store.url, "train"), read_group(cfg.store.url, "signal/susy")
+    susy = np.concatenate([rows["event_id"][rows["channel"] == 3], rest["event_id"]])
     assert sorted(event_keys(susy).tolist()) == sorted(event_keys(staged["susy"]["event_id"]).tolist())
     assert verify(cfg.store.url) == []
 
@@ -254,7 +255,7 @@ def test_pieces_of_skipped_files_are_left_out(tmp_path):
 def test_unfinished_staging_is_refused(tmp_path):
     cfg = make_config(tmp_path)
     make_staging(cfg.store.staging, {"zjets": [30]}, finish=False)
-    with pytest.raises(IncompleteStoreError, match="ingest was interrupted. Run `megaset ingest` again"):
+    with pytest.raises(IncompleteStoreError, match=r"ingest was interrupted\. Run `megaset ingest` again"):
         mix(cfg, None)
 
 
@@ -270,7 +271,7 @@ def test_store_of_other_settings_is_not_overwritten(mixed_store, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(cfg.store.url, copy)
     other = cfg.replace(store={"url": str(copy), "seed": 7})
-    with pytest.raises(StoreError, match="with other store settings.*delete it or set store.url"):
+    with pytest.raises(StoreError, match=r"with other store settings.*delete it or set store\.url"):
         mix(other, None)
     foreign = tmp_path / "foreign.zarr"
     zarr.create_group(store=str(foreign))
@@ -281,7 +282,8 @@ def test_store_of_other_settings_is_not_overwritten(mixed_store, tmp_path):
 def test_contamination_larger_than_the_signal_is_refused(tmp_path):
     cfg = make_config(tmp_path, contamination={"signal": "susy", "fraction": 1.0})
     make_staging(cfg.store.staging)
-    with pytest.raises(ConfigError, match=r"asks for 1,860 susy events in train \(1,860 background events\), but only 740 are staged"):
+    with pytest.raises(ConfigError, match=r"asks for 1,860 susy events in train \(1,860 background events\), "
+                                          r"but only 740 are staged"):
         mix(cfg, None)
 
 
@@ -294,7 +296,7 @@ def test_signal_only_staging_gives_empty_background_groups(tmp_path):
     store = open_store(cfg.store.url)
     assert store.group("train").n_chunks == 0
     with pytest.raises(StoreError, match="has no scaler statistics: its train group is empty"):
-        store.scaler
+        _ = store.scaler
     assert verify(cfg.store.url) == []
 
 

@@ -111,7 +111,8 @@ def test_sparse_column_is_stored_sparse_and_reads_back_dense(tmp_path, rows):
 def test_a_sparse_column_in_another_format_is_stored_as_its_rows(tmp_path):
     url = str(tmp_path / "staging.zarr")
     rmm = _sparse_rmm(BLOCK_ROWS + 9)
-    write_piece(url, "c", "k", {"rmm": rmm.tocsc(), "weight": np.zeros(rmm.shape[0], np.float32)}, {}, CompressorConfig())
+    columns = {"rmm": rmm.tocsc(), "weight": np.zeros(rmm.shape[0], np.float32)}
+    write_piece(url, "c", "k", columns, {}, CompressorConfig())
     np.testing.assert_array_equal(read_piece(url, "c", "k")["rmm"], rmm.toarray())
 
 

@@ -42,7 +42,8 @@ def test_incomplete_store_is_refused(store_copy):
 
 def test_unknown_group_lists_the_groups(mixed_store):
     store = open_store(mixed_store[0].store.url)
-    with pytest.raises(StoreKeyError, match="has no group 'signal/nope'; its groups are: train, val, test, signal/susy, data"):
+    with pytest.raises(StoreKeyError,
+                       match="has no group 'signal/nope'; its groups are: train, val, test, signal/susy, data"):
         store.group("signal/nope")
     with pytest.raises(KeyError):
         store.group("training")
@@ -63,7 +64,7 @@ def test_chunks_and_slices(mixed_store):
     assert train.n_events == 1860 and train.chunk_len == 256 and train.n_chunks == 8
     assert train.chunk_slice(0) == slice(0, 256)
     assert train.chunk_slice(7) == slice(1792, 1860)
-    with pytest.raises(IndexError, match="chunk 8 is out of range for group 'train'.*8 chunks"):
+    with pytest.raises(IndexError, match=r"chunk 8 is out of range for group 'train'.*8 chunks"):
         train.chunk_slice(8)
     last = train.read_chunk(7, ("rmm", "weight", "event_id"))
     assert last["rmm"].shape == (68, 9) and last["rmm"].dtype == np.float32
@@ -78,7 +79,8 @@ def test_chunks_and_slices(mixed_store):
 
 def test_unknown_column_lists_the_columns(mixed_store):
     train = open_store(mixed_store[0].store.url).group("train")
-    with pytest.raises(StoreKeyError, match=r"group 'train' of .* has no column 'rmmm'; its columns are: channel, event_id"):
+    with pytest.raises(StoreKeyError,
+                       match=r"group 'train' of .* has no column 'rmmm'; its columns are: channel, event_id"):
         train.read_chunk(0, ("rmmm",))
 
 
@@ -113,7 +115,7 @@ def test_all_zero_integer_chunk_counts_as_written(store_copy):
 
 def test_column_errors(store_copy):
     test = open_store(store_copy).group("test")
-    with pytest.raises(StoreError, match="column 'rmm' of group 'test'.*is written by `megaset mix`"):
+    with pytest.raises(StoreError, match=r"column 'rmm' of group 'test'.*is written by `megaset mix`"):
         test.create_column("rmm", "f4")
     test.create_column("score/x", "f4")
     with pytest.raises(StoreError, match=r"exists as float32 \(620,\), not float64 \(620,\); pass overwrite=True"):

@@ -45,15 +45,17 @@ def test_tampered_chunk_mixture_is_found(url):
     channel = group["channel"][:]
     a = int(np.flatnonzero(channel[:256] == 0)[0])
     b = 256 + int(np.flatnonzero(channel[256:512] == 1)[0])
-    for name, array in group.arrays():
+    for _, array in group.arrays():
         values = array[:]
         values[[a, b]] = values[[b, a]]
         array[:] = values
     quotas = chunk_quotas(open_store(url).group("train").attrs["counts"], 256)
     (z0, t0, d0), (z1, t1, d1) = quotas[0].tolist(), quotas[1].tolist()
     assert verify(url) == [
-        f"train chunk 0: mixture {{zjets={z0 - 1}, ttbar={t0 + 1}, diboson={d0}}} differs from its quota {{zjets={z0}, ttbar={t0}, diboson={d0}}}",
-        f"train chunk 1: mixture {{zjets={z1 + 1}, ttbar={t1 - 1}, diboson={d1}}} differs from its quota {{zjets={z1}, ttbar={t1}, diboson={d1}}}",
+        (f"train chunk 0: mixture {{zjets={z0 - 1}, ttbar={t0 + 1}, diboson={d0}}} "
+         f"differs from its quota {{zjets={z0}, ttbar={t0}, diboson={d0}}}"),
+        (f"train chunk 1: mixture {{zjets={z1 + 1}, ttbar={t1 - 1}, diboson={d1}}} "
+         f"differs from its quota {{zjets={z1}, ttbar={t1}, diboson={d1}}}"),
     ]
 
 
@@ -63,7 +65,8 @@ def test_duplicated_event_is_found(url):
     problems = verify(url)
     run, event, file_index, entry = original.tolist()
     assert problems == [
-        f"event (run {run}, event {event}, file {file_index}, entry {entry}) appears 2 times: train chunk 0, data chunk 0"
+        (f"event (run {run}, event {event}, file {file_index}, entry {entry}) appears 2 times: "
+         "train chunk 0, data chunk 0")
     ]
 
 
@@ -105,6 +108,6 @@ def test_scores_must_be_aligned_and_finite(url):
     zarr.open_group(f"{url}/test", mode="r+").create_array("score/vae", shape=(620,), chunks=(100,), dtype="f4",
                                                           fill_value=0.0, overwrite=True)
     assert verify(url) == [
-        "test/score/vae: 620 rows in chunks of 100, the group has 620 events in chunks of 256 "
-        "(rerun the scoring with overwrite)"
+        ("test/score/vae: 620 rows in chunks of 100, the group has 620 events in chunks of 256 "
+         "(rerun the scoring with overwrite)")
     ]

@@ -11,8 +11,8 @@ import vector
 from megaset.errors import StoreError
 from megaset.pipeline.schema import read_events
 from megaset.pipeline.selection import select
-from megaset.studies.pt_altering import altered_rmms, pt_altering, scale_leading
 from megaset.storage.store import open_store
+from megaset.studies.pt_altering import altered_rmms, pt_altering, scale_leading
 
 K = 3.0
 

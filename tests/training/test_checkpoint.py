@@ -54,7 +54,8 @@ class _Callable:
 def test_a_checkpoint_holding_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "state": _Callable()}, path)
-    with pytest.raises(CheckpointError, match=r"evil.pt.*weights_only=True\): Unsupported global: GLOBAL print .*never loads"):
+    with pytest.raises(CheckpointError,
+                       match=r"evil.pt.*weights_only=True\): Unsupported global: GLOBAL print .*never loads"):
         load_checkpoint(path)
     assert "code ran" not in capsys.readouterr().out
 

@@ -5,12 +5,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+from recording import Recording
 
 from megaset.errors import CheckpointError, ConfigError
 from megaset.storage.store import open_store
 from megaset.training.loader import ChunkDataset
 from megaset.training.scaling import Scaling
-from recording import Recording
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,8 @@ def test_read_ahead_is_bounded_and_runs_in_reader_threads(train):
 class _Failing(Recording):
     def read_chunk(self, i, columns=("rmm", "weight")):
         if i == 5:
-            raise OSError(f"chunk {i} of group 'train' cannot be read")
+            msg = f"chunk {i} of group 'train' cannot be read"
+            raise OSError(msg)
         return super().read_chunk(i, columns)
 
 
@@ -161,7 +162,7 @@ def test_resume_mid_epoch_continues_exactly_without_rereading(train):
 
 
 def test_load_state_dict_says_what_it_found(train):
-    group, scaling, _, _ = train
+    group, _, _, _ = train
     state = ChunkDataset(group, batch_size=32, seed=1).state_dict()
     with pytest.raises(CheckpointError, match=r"batch_size is 32 in the saved state, found 64 instead"):
         ChunkDataset(group, batch_size=64, seed=1).load_state_dict(state)
@@ -171,7 +172,7 @@ def test_load_state_dict_says_what_it_found(train):
 
 
 def test_resuming_mid_epoch_with_another_world_size_is_refused(train):
-    group, scaling, _, _ = train
+    group, _, _, _ = train
     ds = ChunkDataset(group, batch_size=32, seed=1)
     it = ds.iter_shard(0, 2)
     next(it)

@@ -14,11 +14,11 @@ from megaset.config import Config
 from megaset.errors import CheckpointError, ConfigError
 from megaset.pipeline.ingest import ingest
 from megaset.pipeline.simulate import simulate
+from megaset.storage.layout import BLOCKS
 from megaset.storage.mix import mix
 from megaset.storage.store import open_store
 from megaset.storage.verify import verify
 from megaset.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from megaset.storage.layout import BLOCKS
 from megaset.training.score import score
 from megaset.training.trainer import train
 
@@ -237,7 +237,7 @@ def test_scoring_a_store_without_write_permission_leaves_it_untouched(trained, t
 
 def test_a_checkpoint_of_other_features_is_refused(trained, tmp_path):
     ckpt = load_checkpoint(f"{trained.training.output}/ae-shallow/best.pt")
-    ckpt["feature_names"] = ckpt["feature_names"][:-1] + ["something_else"]
+    ckpt["feature_names"] = [*ckpt["feature_names"][:-1], "something_else"]
     path = save_checkpoint(tmp_path / "foreign.pt", ckpt)
     with pytest.raises(CheckpointError, match=r"foreign.pt' was not trained on the features of store .*: found "
                                               r"feature 528 is 'something_else' there, 'delta_e_T_muo_4' in the store"):
@@ -257,7 +257,8 @@ def test_cli_score_summarises_the_run(trained, tmp_path):
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**trained.resolved(), "cluster": {"workers": 1}}, sort_keys=False))
-    args = ["score", "-c", str(path), "--model", "ae-cli", "--checkpoint", f"{trained.training.output}/ae-shallow/best.pt"]
+    checkpoint = f"{trained.training.output}/ae-shallow/best.pt"
+    args = ["score", "-c", str(path), "--model", "ae-cli", "--checkpoint", checkpoint]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # rich wraps long lines

@@ -71,7 +71,7 @@ def test_every_model_learns_better_than_the_per_feature_mean(tiny_store, tmp_pat
 def test_val_loss_is_the_weighted_mean_error_of_the_best_model(tiny_store, tmp_path):
     cfg = _config(tiny_store, tmp_path, model="ae-shallow", learning_rate=1e-2, epochs=2)
     summary = train(cfg)
-    model, scaling, meta = load_model(summary["checkpoints"]["best"])
+    model, _, meta = load_model(summary["checkpoints"]["best"])
     x, w, _ = _val(cfg)
     with torch.no_grad():
         recon = model(torch.from_numpy(x.astype(np.float32)))[0].double().numpy()
