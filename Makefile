@@ -1,4 +1,4 @@
-# Entry points for a fresh machine: `make demo`, `make test` and `make bench`.
+# Entry points for a fresh machine: `make demo`, `make test`, `make lint` and `make bench`.
 # Each builds a local virtual environment first: torch 2.13.0 (CPU build) is installed on its
 # own before the project, so that no other requirement re-resolves it to a CUDA build.
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint typecheck bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,14 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+
+# ruff (rules in pyproject.toml) and mypy over the package as it is installed.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(MAKE) typecheck
+
+typecheck: venv
+	$(PY) .ci/typecheck.py
 
 # The whole-pipeline benchmark at sizes that take a few minutes; pass larger ones explicitly:
 # $(PY) benchmarks/run_all.py --events 8000000 --compare 1000000
