@@ -7,6 +7,11 @@ branch, config key or store path at fault and say what would fix it.
 
 from __future__ import annotations
 
+__all__ = [
+    "MegasetError", "ConfigError", "InputFileError", "BranchError", "NonFiniteInputError", "StoreError",
+    "IncompleteStoreError", "StoreKeyError", "TrainingError", "CheckpointError",
+]
+
 
 class MegasetError(Exception):
     """Base class of every error raised on purpose by megaset."""

@@ -1,0 +1,142 @@
+"""The package as installed: the public API (the ``__all__`` of every public module, pinned here
+so that a change of what a module exports is a deliberate change of this file) and the examples
+in the docstrings, run as doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def _modules() -> dict[str, bool]:
+    """``{installed name: is a package}`` for every module pyproject installs. The layer folders
+    are mapped to ``megaset.*``: they are walked through the imported packages, never collected as
+    folders, which would import ``pipeline/x.py`` a second time as ``pipeline.x``."""
+    packages = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"]
+    found = dict.fromkeys(packages, True)
+    for package in packages:
+        path = importlib.import_module(package).__path__
+        found |= {f"{package}.{m.name}": False for m in pkgutil.iter_modules(path) if not m.ispkg}
+    return dict(sorted(found.items()))
+
+
+MODULES = _modules()
+PUBLIC_MODULES = [name for name, is_package in MODULES.items()
+                  if not is_package and not any(part.startswith("_") for part in name.split("."))]
+WITH_ALL = [name for name in MODULES if hasattr(importlib.import_module(name), "__all__")]
+WITH_EXAMPLES = [name for name in MODULES
+                 if any(t.examples for t in doctest.DocTestFinder().find(importlib.import_module(name)))]
+
+PUBLIC_API = {
+    "megaset.cli": ["app", "main"],
+    "megaset.config": [
+        "AdaptConfig", "ArchitectureConfig", "ChannelInput", "ClusterConfig", "CollectionSchema", "CompressorConfig",
+        "Config", "ContaminationConfig", "DDPConfig", "EarlyStoppingConfig", "HTCondorConfig", "InputsConfig",
+        "JetSelection", "KubernetesConfig", "LeptonSelection", "LoaderConfig", "MetSchema", "OBJECT_SOURCES",
+        "PhotonSelection", "RMMConfig", "RMMObject", "ReportConfig", "SchemaConfig", "ScoringConfig",
+        "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TrainingConfig", "load_config",
+    ],
+    "megaset.deploy.cluster": ["ClusterSize", "cluster_size", "describe", "open_client", "release_memory"],
+    "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
+    "megaset.deploy.kube": ["kube_cluster_spec", "quantity", "start_kube_cluster"],
+    "megaset.deploy.render": ["main", "render"],
+    "megaset.deploy.worker_env": ["WORKER_MALLOC_ENV"],
+    "megaset.errors": [
+        "BranchError", "CheckpointError", "ConfigError", "IncompleteStoreError", "InputFileError", "MegasetError",
+        "NonFiniteInputError", "StoreError", "StoreKeyError", "TrainingError",
+    ],
+    "megaset.pipeline.ingest": ["IngestSummary", "ingest"],
+    "megaset.pipeline.inputs": ["FileInfo", "expand_files", "inspect_file", "inspect_files", "resolve_channels"],
+    "megaset.pipeline.objects": ["EventArrays", "Jagged"],
+    "megaset.pipeline.processor": ["RMMProcessor", "piece_columns"],
+    "megaset.pipeline.rmm": ["build_rmm", "feature_names"],
+    "megaset.pipeline.schema": ["check_branches", "nonfinite_events", "read_events", "required_branches"],
+    "megaset.pipeline.selection": ["Selection", "cutflow_steps", "select"],
+    "megaset.pipeline.simulate": [
+        "CHANNELS", "ChannelSpec", "demo_inputs", "event_counts", "generate", "is_simulated", "simulate",
+        "write_ntuple",
+    ],
+    "megaset.report.markdown": ["table", "write_markdown"],
+    "megaset.report.metrics": [
+        "asimov_significance", "auc", "binned_mean", "region_cuts", "roc_curve", "separation_matrix",
+        "signal_efficiency", "significance", "threshold_scan", "weighted_median", "weighted_quantile",
+    ],
+    "megaset.report.plots": [
+        "Component", "Panel", "curves", "heatmap", "roc_curves", "significance_curves", "stacked_panels",
+    ],
+    "megaset.report.report": ["anomaly_table", "axis_label", "error_axis", "report"],
+    "megaset.report.samples": ["BACKGROUND_GROUP", "Sample", "load_samples", "mass_variable"],
+    "megaset.run": ["STAGES", "run"],
+    "megaset.storage.backend": ["chunk_exists", "float_fill", "open_group", "stored_bytes", "writing"],
+    "megaset.storage.codecs": ["compressors"],
+    "megaset.storage.layout": ["BLOCKS", "block_masks", "matrix_side"],
+    "megaset.storage.mix": ["MixJob", "mix", "prepare_mix"],
+    "megaset.storage.mix_chunk": ["build_chunk"],
+    "megaset.storage.plan": [
+        "BACKGROUND_GROUPS", "ChannelSequence", "ChunkTask", "GroupPlan", "MixPlan", "Segment", "Stream", "make_plan",
+        "rng", "split_counts",
+    ],
+    "megaset.storage.query": ["EVENT_ID_FIELDS", "export", "query", "query_lazy", "scan", "sql_name"],
+    "megaset.storage.quotas": ["chunk_quotas", "chunk_sizes"],
+    "megaset.storage.scores": ["SCORE_GROUP", "is_score_column", "score_column", "scored_models"],
+    "megaset.storage.staging": [
+        "BLOCK_ROWS", "LAYOUT_VERSION", "finish_staging", "init_staging", "is_sparse", "list_pieces", "open_piece",
+        "piece_attrs", "piece_key", "piece_schema", "piece_selections", "read_piece", "staging_attrs", "unpack",
+        "write_piece",
+    ],
+    "megaset.storage.stats": ["N_ROWS", "PASS_ROWS", "combine", "finalize", "partial_stats"],
+    "megaset.storage.store": ["MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "open_store"],
+    "megaset.storage.tasks": ["map_chunks"],
+    "megaset.storage.verify": ["verify"],
+    "megaset.studies.channel_removal": ["channel_removal"],
+    "megaset.studies.common": ["anomaly_row", "train_and_score"],
+    "megaset.studies.contamination": ["contamination"],
+    "megaset.studies.pt_altering": ["altered_rmms", "pt_altering", "scale_leading"],
+    "megaset.training.checkpoint": [
+        "FORMAT", "load_checkpoint", "load_model", "rng_state", "save_checkpoint", "set_rng_state",
+    ],
+    "megaset.training.ddp": ["choose_backend", "process_group", "run_on_dask"],
+    "megaset.training.loader": ["ChunkDataset", "current_shard"],
+    "megaset.training.loop": [
+        "RESUME_KEYS", "check_resumable", "checkpoint_payload", "evaluate", "event_weights", "fit", "output_paths",
+        "summary", "train_epoch", "weight_norm",
+    ],
+    "megaset.training.models": ["Autoencoder", "ConvAE", "DenseAE", "DenseVAE", "per_event_loss"],
+    "megaset.training.pca": ["PCAModel", "fit_pca", "suggest_latent"],
+    "megaset.training.plots": ["loss_curve", "scree_plot"],
+    "megaset.training.registry": ["MODELS", "build_model", "resolve_architecture"],
+    "megaset.training.scaling": ["Scaling"],
+    "megaset.training.score": ["checkpoint_path", "reconstruction_errors", "score"],
+    "megaset.training.trainer": ["train"],
+}
+
+
+def test_every_public_module_is_pinned():
+    assert sorted(PUBLIC_API) == PUBLIC_MODULES
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_api(name):
+    assert sorted(importlib.import_module(name).__all__) == PUBLIC_API[name]
+
+
+@pytest.mark.parametrize("name", WITH_ALL)
+def test_every_exported_name_exists_once(name):
+    module = importlib.import_module(name)
+    assert [n for n in module.__all__ if not hasattr(module, n)] == []
+    assert len(set(module.__all__)) == len(module.__all__)
+
+
+@pytest.mark.parametrize("name", WITH_EXAMPLES)
+def test_docstring_examples(name):
+    runner, report = doctest.DocTestRunner(), []
+    for test in doctest.DocTestFinder().find(importlib.import_module(name)):
+        runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
