@@ -53,7 +53,7 @@ def _config(path: Path | None, demo: str | None = None):
 
 
 DemoOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--demo", help="A built-in demo instead of a config file: events (the default run) or jets."),
 ]
 

@@ -558,7 +558,8 @@ class JetSelectionConfig(_Section):
     @model_validator(mode="after")
     def _ordered(self) -> JetSelectionConfig:
         if self.pt_min >= self.pt_max:
-            raise ValueError(f"pt_min ({self.pt_min}) must be below pt_max ({self.pt_max})")
+            msg = f"pt_min ({self.pt_min}) must be below pt_max ({self.pt_max})"
+            raise ValueError(msg)
         return self
 
 
@@ -573,7 +574,8 @@ class JetImageConfig(_Section):
     @model_validator(mode="after")
     def _fits(self) -> JetImageConfig:
         if self.padded < self.pixels:
-            raise ValueError(f"padded ({self.padded}) must be at least pixels ({self.pixels})")
+            msg = f"padded ({self.padded}) must be at least pixels ({self.pixels})"
+            raise ValueError(msg)
         return self
 
 
@@ -592,9 +594,11 @@ class JetSimulateConfig(_Section):
     def _known(self) -> JetSimulateConfig:
         unknown = [s for s in [self.background, *(self.samples or [])] if s not in JET_SAMPLES]
         if unknown:
-            raise ValueError(f"unknown jet samples {unknown}; choose from {', '.join(JET_SAMPLES)}")
+            msg = f"unknown jet samples {unknown}; choose from {', '.join(JET_SAMPLES)}"
+            raise ValueError(msg)
         if self.samples is not None and self.background not in self.samples:
-            raise ValueError(f"samples must include the background {self.background!r}")
+            msg = f"samples must include the background {self.background!r}"
+            raise ValueError(msg)
         return self
 
 
@@ -633,15 +637,15 @@ class JetsConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @property
-    def schema(self) -> SchemaConfig:  # noqa: D401 - a field named "schema" shadows BaseModel.schema
+    def schema(self) -> SchemaConfig:  # type: ignore[override]  # the field "schema" shadows BaseModel.schema
         return self.schema_
 
     @model_validator(mode="after")
     def _collection_mapped(self) -> JetsConfig:
         if self.collection not in self.schema_.collections:
-            raise ValueError(
-                f"collection {self.collection!r} is not in schema.collections "
-                f"({', '.join(self.schema_.collections)})")
+            msg = (f"collection {self.collection!r} is not in schema.collections "
+                   f"({', '.join(self.schema_.collections)})")
+            raise ValueError(msg)
         return self
 
 

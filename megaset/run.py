@@ -124,7 +124,7 @@ def _run_jets(cfg: Config, client: Client | None, stage: Callable[[str, bool, Ca
                                     "adversary": adversary.model_dump(mode="json")})
         label = f"{model}-adv"
         stage(f"train {label}", False, lambda adv=adv: train(adv, client, resume=True))
-        stage(f"score {label}", False, lambda adv=adv, label=label: score(
+        stage(f"score {label}", False, lambda adv=adv, label=label, model=model: score(
             adv, client, model=label, checkpoint=Path(adv.training.output) / model / "best.pt"))
     report_dir = Path(cfg.report.output)
     report_dir.mkdir(parents=True, exist_ok=True)

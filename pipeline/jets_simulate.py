@@ -337,7 +337,7 @@ def _generate(code, n_jets, gluon_fraction, pt_lo, pt_hi, seed, max_per_jet):
                 theta = _R
                 for k in range(n_q):
                     if k != i:
-                        kpt, keta, kphi = _polar(quarks[k])
+                        _, keta, kphi = _polar(quarks[k])
                         theta = min(theta, math.sqrt((qeta - keta) ** 2 + _wrap(qphi - kphi) ** 2))
                 n_partons = _shower(qpt, qeta, qphi, flavours[i], max(theta, 0.05), parton_pt, parton_eta,
                                     parton_phi, n_partons)

@@ -143,9 +143,8 @@ class RMMProcessor(processor.ProcessorABC):
         sel = select(ev, self.cfg.selection, filename)
         objects = [sel.objects[o.source] for o in self.cfg.rmm.objects]
         rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm, sparse=True)
-        columns = piece_columns(
-            sel, rmm, self.channel_ids[events.metadata["dataset"]], self.file_index[filename], self.weight_scale[filename]
-        )
+        columns = piece_columns(sel, rmm, self.channel_ids[events.metadata["dataset"]], self.file_index[filename],
+                                self.weight_scale[filename])
         return columns, sel.cutflow, sel.nonfinite
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:

@@ -14,21 +14,21 @@ plan is deterministic, so a redone or retried chunk is rewritten with the same b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from megaset import __version__
-from megaset.config import Config, CompressorConfig
+from megaset.config import CompressorConfig, Config
 from megaset.errors import StoreError
 from megaset.storage import stats
-from megaset.storage.mix_chunk import build_chunk
-from megaset.storage.tasks import map_chunks
 from megaset.storage.backend import open_group, stored_bytes, writing
+from megaset.storage.mix_chunk import build_chunk
 from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, channel_roles, make_plan
 from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION
+from megaset.storage.tasks import map_chunks
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -165,7 +165,8 @@ def _check_features(sattrs: Mapping[str, Any], columns: ColumnSpecs) -> None:
     name = feature_column(sattrs)
     names, width = sattrs["feature_names"], _width(columns[name][1])
     if len(names) != width:
-        msg = f"staging area lists {len(names)} feature names but its {name} rows have {width} cells; rerun `megaset ingest`"
+        msg = (f"staging area lists {len(names)} feature names but its {name} rows have {width} cells; "
+               "rerun `megaset ingest`")
         raise StoreError(msg)
 
 
@@ -291,7 +292,8 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
     root = open_group(url, mode="r+")
     weights: dict[str, np.ndarray] = {}
     for g in plan.groups:
-        weights[g.name] = root[f"{MIX_PREFIX}/{g.name}/weights"][:].sum(axis=0) if g.n_chunks else np.zeros(len(g.channel_ids))
+        weights[g.name] = (root[f"{MIX_PREFIX}/{g.name}/weights"][:].sum(axis=0) if g.n_chunks
+                           else np.zeros(len(g.channel_ids)))
         root[g.name].attrs["sum_weights"] = weights[g.name].tolist()
     scaler = _fold_scaler(root[f"{MIX_PREFIX}/train"], plan.group("train").n_chunks)
     root.update_attributes({

@@ -262,7 +262,8 @@ def channel_roles(cfg: StoreConfig, channels: list[dict]) -> list[dict]:
     names = [c["name"] for c in channels]
     unknown = [b for b in cfg.background if b not in names]
     if unknown:
-        msg = f"store.background names {unknown}, which the staging area does not hold; its channels: {', '.join(names)}"
+        msg = (f"store.background names {unknown}, which the staging area does not hold; "
+               f"its channels: {', '.join(names)}")
         raise ConfigError(msg)
     return [{**c, "signal": c["name"] not in cfg.background and not c.get("data")} for c in channels]
 

@@ -105,7 +105,8 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
         arch.update(latent=cfg.latent or n_features, variance=cfg.pca_variance)
     if adversary is not None:
         if name in CUTS or name in ("pca", "oneoff") or name.startswith("vae"):
-            msg = f"training.adversary needs a trained autoencoder with a latent space; {name!r} has none to decorrelate"
+            msg = (f"training.adversary needs a trained autoencoder with a latent space; "
+                   f"{name!r} has none to decorrelate")
             raise ConfigError(msg)
         arch["adversary"] = adversary.model_dump(mode="json")
     return arch

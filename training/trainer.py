@@ -72,7 +72,6 @@ def train(
     """
     from megaset.training.ddp import choose_backend, process_group, run_on_dask
     from megaset.training.loop import fit
-
     from megaset.training.registry import CUTS
 
     tc = cfg.training
@@ -84,7 +83,7 @@ def train(
             backend=tc.ddp.backend, timeout_s=tc.ddp.timeout_s, progress=progress,
         )
         return results[0]
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         import torch
 
@@ -110,7 +109,13 @@ def _fit_fixed(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[
     from megaset.storage.store import open_store
     from megaset.training.checkpoint import load_checkpoint, save_checkpoint
     from megaset.training.loop import (
-        check_resumable, checkpoint_payload, datasets, evaluate, model_inputs, output_paths, summary,
+        check_resumable,
+        checkpoint_payload,
+        datasets,
+        evaluate,
+        model_inputs,
+        output_paths,
+        summary,
     )
     from megaset.training.pca import fit_pca
     from megaset.training.plots import loss_curve, scree_plot

@@ -78,21 +78,22 @@ def _dr2(a, b):
 
 def _brute_taus(pt, eta, phi, n_max):
     """Exclusive kT written out: recompute every pairwise distance, merge the closest pair (E-scheme)."""
-    parts = [(p * math.cosh(y), p * math.cos(f), p * math.sin(f), p * math.sinh(y)) for p, y, f in zip(pt, eta, phi)]
+    parts = [(p * math.cosh(y), p * math.cos(f), p * math.sin(f), p * math.sinh(y))
+             for p, y, f in zip(pt, eta, phi, strict=True)]
     jets = list(parts)
     taus = {}
     while True:
         if len(jets) <= n_max:
             axes = [_rap_phi(j) for j in jets]
             taus[len(jets)] = sum(p * min(math.sqrt(_dr2((y, f), a)) for a in axes)
-                                  for p, y, f in zip(pt, eta, phi)) / sum(pt)
+                                  for p, y, f in zip(pt, eta, phi, strict=True)) / sum(pt)
         if len(jets) == 1:
             break
         best = min(itertools.combinations(range(len(jets)), 2), key=lambda ij: min(
             jets[ij[0]][1] ** 2 + jets[ij[0]][2] ** 2, jets[ij[1]][1] ** 2 + jets[ij[1]][2] ** 2)
             * _dr2(_rap_phi(jets[ij[0]]), _rap_phi(jets[ij[1]])))
         i, j = best
-        merged = tuple(a + b for a, b in zip(jets[i], jets[j]))
+        merged = tuple(a + b for a, b in zip(jets[i], jets[j], strict=True))
         jets = [x for k, x in enumerate(jets) if k not in (i, j)] + [merged]
     return [taus.get(n, 0.0) for n in range(1, n_max + 1)]
 

@@ -68,7 +68,7 @@ def test_width_normalisation_gives_every_jet_unit_width():
     x = np.zeros((5, 8, 4), dtype=np.float32)
     x[:, :, 0] = rng.uniform(1, 10, (5, 8))
     x[:, :, 1:3] = rng.normal(0, 1, (5, 8, 2)) * np.array([0.05, 0.1, 0.2, 0.4, 0.8])[:, None, None]
-    feats, mask = node_features(torch.from_numpy(x.reshape(5, -1)))
+    feats, _ = node_features(torch.from_numpy(x.reshape(5, -1)))
     width = torch.sqrt((feats[..., 0] * (feats[..., 1:] ** 2).sum(2)).sum(1))
     np.testing.assert_allclose(width.numpy(), 1.0, rtol=1e-5)
     raw, _ = node_features(torch.from_numpy(x.reshape(5, -1)), normalise=False)
