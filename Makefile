@@ -1,4 +1,4 @@
-# Entry points for a fresh machine: `make demo`, `make test`, `make lint` and `make bench`.
+# Entry points for a fresh machine: `make demo`, `make test`, `make test-slow`, `make lint` and `make bench`.
 # Each builds a local virtual environment first: torch 2.13.0 (CPU build) is installed on its
 # own before the project, so that no other requirement re-resolves it to a CUDA build.
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench clean
+.PHONY: venv demo test test-slow lint typecheck bench clean
 
 venv: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/megaset run
 
+# The suite in two halves that CI runs one after the other: the tests of the modules, then the
+# end-to-end ones marked slow (whole commands, clusters of their own, faults injected).
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -m slow
 
 # ruff (rules in pyproject.toml) and mypy over the package as it is installed.
 lint: venv

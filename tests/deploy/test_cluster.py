@@ -429,6 +429,7 @@ def _leave_freed_heap() -> int:
     return _rss_mib()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_release_memory_hands_the_workers_freed_heap_back():
     with open_client(ClusterConfig(kind="local", workers=1)) as client:
