@@ -127,7 +127,8 @@ def _kind(cfg: Config) -> tuple[type, dict[str, Any]]:
     """The processor of the input kind, and what the staging area records about its features:
     their names, the feature column (the one the mix keeps train statistics of) and its settings."""
     if cfg.inputs.kind == "jets":
-        from megaset.pipeline.jet_processor import JetProcessor, feature_names as jet_feature_names
+        from megaset.pipeline.jet_processor import JetProcessor
+        from megaset.pipeline.jet_processor import feature_names as jet_feature_names
 
         return JetProcessor, {"kind": "jets", "feature_column": cfg.jets.feature,
                               "feature_names": jet_feature_names(cfg.jets),
@@ -229,8 +230,9 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         skip_bad=cfg.inputs.on_bad_file == "skip",
     )
     options = uproot_options(cfg.inputs.remote, tuple(i.path for i in good if i.whole_file))
+    branches = {"filter_name": cfg.input_schema.branches()}
     out = _runner(client, cfg, good, status)(fileset, proc, treename=None, uproot_options=options,
-                                            iteritems_options={"filter_name": cfg.input_schema.branches()}) if fileset else {}
+                                            iteritems_options=branches) if fileset else {}
 
     errors = out.pop("errors", {})
     if errors:

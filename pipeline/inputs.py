@@ -118,8 +118,9 @@ def _inspect(info: FileInfo, branches: list[str], weight_branch: str | None, sum
     whole = access.reads_whole(info.path, remote.timeout)
     with uproot.open(info.path, **access.uproot_options(remote, (info.path,) if whole else ())) as f:
         if info.tree not in f:
-            available = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"
-            return _bad(info, f"no tree {info.tree!r} (objects in file: {available}); set inputs.tree or the channel's tree")
+            available = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"  # noqa: SIM118 - uproot keys
+            return _bad(info, f"no tree {info.tree!r} (objects in file: {available}); "
+                              "set inputs.tree or the channel's tree")
         tree = f[info.tree]
         # Types of the schema's branches only: a production ntuple has hundreds.
         available = dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches)
@@ -153,7 +154,7 @@ def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None,
                             info.path, remote)
     except InputFileError as err:
         return _bad(info, err.reason)
-    except Exception as err:  # a corrupt file can fail in many ways; report, never crash the check
+    except Exception as err:  # noqa: BLE001 - a corrupt file can fail in many ways; report, never crash the check
         detail = " ".join(str(err).split())  # one line: it is listed among the skipped files
         return _bad(info, f"cannot be read as a ROOT file: {type(err).__name__}: {detail}")
 

@@ -65,7 +65,8 @@ def require_client(url: str) -> None:
         import fsspec_xrootd  # noqa: F401
         from XRootD import client  # noqa: F401
     except ImportError as err:
-        raise MissingExtraError(f"{url}: {XROOTD_EXTRA} ({err.name or err} is not installed)") from None
+        msg = f"{url}: {XROOTD_EXTRA} ({err.name or err} is not installed)"
+        raise MissingExtraError(msg) from None
 
 
 def storage_options(url: str, timeout: float) -> dict[str, Any]:
@@ -204,4 +205,5 @@ def uproot_options(remote: RemoteConfig, whole_files: tuple[str, ...] = ()) -> d
         max_request_ranges=remote.max_request_ranges,
         max_request_bytes=parse_bytes(remote.max_request_bytes),
     )
-    return {"handler": Source, "timeout": remote.timeout, "coalesce_config": coalesce, "whole_files": tuple(whole_files)}
+    return {"handler": Source, "timeout": remote.timeout, "coalesce_config": coalesce,
+            "whole_files": tuple(whole_files)}

@@ -154,9 +154,8 @@ def _classify_one(err: BaseException) -> Failure | None:
         return Failure("permission", False, cause)
     if isinstance(err, OSError) and ("[ERROR]" in cause or "[FATAL]" in cause):
         said = cause[cause.index("["):]  # the XRootD client's words, without fsspec-xrootd's
-        if code := _XRD_CODE.search(said):
-            if code.group(1) in _XRD_CODES:
-                return Failure(*_XRD_CODES[code.group(1)], said)
+        if (code := _XRD_CODE.search(said)) and code.group(1) in _XRD_CODES:
+            return Failure(*_XRD_CODES[code.group(1)], said)
         lowered = said.lower()
         for words, kind, transient in _XRD_WORDS:
             if words in lowered:
@@ -235,7 +234,7 @@ class _Retrying:
     skip: bool = False
 
     def __call__(self, items, function, accumulator):
-        return super().__call__(items, RetryingWork(function, self.remote, self.skip), accumulator)  # type: ignore[misc]
+        return super().__call__(items, RetryingWork(function, self.remote, self.skip), accumulator)
 
 
 @dataclass

@@ -56,13 +56,16 @@ def _wait_for(port: int, process: subprocess.Popen, log: Path, seconds: float = 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"xrootd exited with status {process.returncode}:\n{log.read_text()[-2000:]}")
+            msg = f"xrootd exited with status {process.returncode}:\n{log.read_text()[-2000:]}"
+            raise RuntimeError(msg)
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"xrootd did not listen on port {port} within {seconds:g} s:\n{log.read_text()[-2000:]}")
+        else:
+            return
+    msg = f"xrootd did not listen on port {port} within {seconds:g} s:\n{log.read_text()[-2000:]}"
+    raise RuntimeError(msg)
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ class XRootDServer:
 
     def opens(self, path: str) -> int:
         """How many times the file at ``path`` (under ``data``, e.g. ``/a/x.root``) was opened."""
-        return sum(1 for line in self.log.read_text().splitlines() if line.endswith(f" open r {path}")
-                   or line.endswith(f" open rt {path}"))
+        opened = (f" open r {path}", f" open rt {path}")
+        return sum(1 for line in self.log.read_text().splitlines() if line.endswith(opened))
 
 
 @contextmanager
@@ -125,11 +128,11 @@ def xrootd_server() -> Iterator[XRootDServer]:
 class _Handler(http.server.SimpleHTTPRequestHandler):
     gets: Counter[str]
 
-    def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+    def do_GET(self):  # the name http.server dispatches to
         self.gets[self.path] += 1
         super().do_GET()
 
-    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+    def log_message(self, format, *args):  # http.server's signature
         pass
 
 

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from servers import XROOTD_MISSING, http_server, s3_server, xrootd_server
+from servers import http_server, s3_server, xrootd_server
 
 from megaset.config import Config
 from megaset.errors import ConfigError, InputFileError, MissingExtraError
@@ -227,7 +227,7 @@ def test_unreachable_server_is_one_line_retried(scheme, tmp_path):
     port = _closed_port()
     url = f"root://127.0.0.1:{port}//x.root" if scheme == "root" else f"http://127.0.0.1:{port}/x.root"
     message = _one_line_failure(url, tmp_path)
-    assert f"cannot reach 127.0.0.1 (" in message
+    assert "cannot reach 127.0.0.1 (" in message
     assert "check that the server is up" in message and "(failed 2 times, retried with backoff)" in message
 
 

@@ -33,18 +33,20 @@ def test_client_errors_are_classified_through_the_causes_coffea_wraps_them_in():
     from yarl import URL
 
     def wrapped(cause: Exception) -> Exception:
+        # Raised and chained as coffea does it, with the bare Exception it uses.
         try:
             try:
-                raise cause
+                raise cause  # noqa: TRY301 - raised here to be chained
             except Exception as err:
-                raise Exception("Failed to open file: WorkItem(...)") from err
-        except Exception as outer:
+                raise Exception("Failed to open file: WorkItem(...)") from err  # noqa: TRY002, EM101 - coffea's
+        except Exception as outer:  # noqa: BLE001 - the bare Exception above
             return outer
 
     xrootd = OSError("Failed to open file: [ERROR] Server responded with an error: [3011] Unable to open /x.root; "
                      "no such file or directory\n")
     assert classify(wrapped(xrootd)) == Failure(
-        "missing", False, "[ERROR] Server responded with an error: [3011] Unable to open /x.root; no such file or directory")
+        "missing", False,
+        "[ERROR] Server responded with an error: [3011] Unable to open /x.root; no such file or directory")
     assert classify(wrapped(OSError("Failed to open file: [ERROR] Operation expired"))).kind == "timeout"
     url = URL("https://host/x.root")
     request = aiohttp.RequestInfo(url, "GET", CIMultiDictProxy(CIMultiDict()), url)
@@ -63,8 +65,9 @@ def test_transient_failures_are_retried_until_they_pass():
 
 def test_transient_failures_stop_after_the_last_retry():
     work, calls = failing(5, TimeoutError())
-    with pytest.raises(InputFileError, match=r"^root://host//x\.root: host did not answer within 60 s \(timed out\); "
-                                             r"raise inputs\.remote\.timeout.*\(failed 3 times, retried with backoff\)$"):
+    with pytest.raises(InputFileError,
+                       match=r"^root://host//x\.root: host did not answer within 60 s \(timed out\); "
+                             r"raise inputs\.remote\.timeout.*\(failed 3 times, retried with backoff\)$"):
         with_retries(work, "root://host//x.root", FAST)
     assert len(calls) == 3
 
@@ -84,7 +87,8 @@ def test_a_chunk_that_cannot_be_reached_fails_or_is_skipped():
     item = WorkItem("ttbar", "http://host/ttbar.root", "mini", 500, 1000, "uuid")
 
     def vanished(_):
-        raise FileNotFoundError("http://host/ttbar.root")
+        msg = "http://host/ttbar.root"
+        raise FileNotFoundError(msg)
 
     with pytest.raises(InputFileError, match=r"http://host/ttbar\.root: no such file"):
         RetryingWork(vanished, FAST, skip=False)(item)
