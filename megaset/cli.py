@@ -8,13 +8,15 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from megaset.errors import MegasetError
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     help="megaset: ntuples -> Rapidity-Mass Matrices -> channel-mixed Zarr stores -> anomaly scores.",
@@ -25,7 +27,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 ConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", "-c", help="YAML configuration; the built-in demo config when omitted."),
 ]
 
@@ -156,7 +158,7 @@ def mix(config: ConfigOption = None) -> None:
 
 @app.command()
 def verify(
-    store: Annotated[Optional[str], typer.Argument(help="Store URL; default: store.url of the config.")] = None,
+    store: Annotated[str | None, typer.Argument(help="Store URL; default: store.url of the config.")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Re-check the store invariants: chunk mixtures, counts, unique event ids, finite values, scores."""
@@ -265,7 +267,7 @@ def study_channel_removal(
 
 @study.command("pt-altering")
 def study_pt_altering(
-    model: Annotated[Optional[str], typer.Option(help="Scored model; default training.model.")] = None,
+    model: Annotated[str | None, typer.Option(help="Scored model; default training.model.")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Scale the leading electron and muon pT by report.pt_factors and score the altered events."""
@@ -312,8 +314,10 @@ def main() -> None:
 @app.command()
 def score(
     config: ConfigOption = None,
-    model: Annotated[Optional[str], typer.Option(help="Name of the score columns; default training.model.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint; default <training.output>/<model>/best.pt.")] = None,
+    model: Annotated[str | None, typer.Option(help="Name of the score columns; default training.model.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint; default <training.output>/<model>/best.pt.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Score every chunk again.")] = False,
 ) -> None:
     """Write the reconstruction error of every event of the store, one Dask task per chunk."""
@@ -349,11 +353,14 @@ _QUERY_HELP = "\n\n".join([
 def query(
     store: Annotated[str, typer.Argument(help="Store URL.")],
     sql: Annotated[str, typer.Argument(help='One SELECT over a group, e.g. "SELECT met FROM test WHERE met > 200".')],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the result to a .parquet or .csv file.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the result to a .parquet or .csv file.")
+    ] = None,
     rows: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 20,
 ) -> None:
     """SQL over one group of a store; see ``_QUERY_HELP``."""
-    from megaset.storage.query import export, query as run_query
+    from megaset.storage.query import export
+    from megaset.storage.query import query as run_query
 
     if output is not None:
         path = export(store, sql, output)
@@ -372,8 +379,8 @@ def query(
 @app.command()
 def report(
     config: ConfigOption = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder; default report.output.")] = None,
-    model: Annotated[Optional[list[str]], typer.Option(help="A scored model to report (repeatable); default all.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder; default report.output.")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="A scored model to report (repeatable); default all.")] = None,
 ) -> None:
     """Plots, tables and significances of the scored store: report.md, report.json and PNGs."""
     from megaset.reporting import write_report

@@ -33,8 +33,8 @@ import numpy as np
 from megaset.config import Config
 from megaset.report import metrics, plots
 from megaset.report.markdown import table
-from megaset.report.style import Style
 from megaset.report.samples import Sample
+from megaset.report.style import Style
 
 __all__ = ["jet_report", "FARINA_TABLE_I", "separated_cells", "mass_sculpting", "PAIRWISE_FILE"]
 

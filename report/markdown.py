@@ -66,9 +66,9 @@ def _pm(value: float | None, error: float | None) -> str:
         return _cell(value)
     if error <= 0:
         return f"{value:.4g} ± 0"
-    exponent = int(math.floor(math.log10(abs(value)))) if abs(value) >= 1e5 else 0
+    exponent = math.floor(math.log10(abs(value))) if abs(value) >= 1e5 else 0
     v, e = value / 10**exponent, error / 10**exponent
-    digits = min(6, max(0, 1 - int(math.floor(math.log10(e)))))
+    digits = min(6, max(0, 1 - math.floor(math.log10(e))))
     text = f"{v:.{digits}f} ± {e:.{digits}f}"
     return f"({text})e{exponent}" if exponent else text
 

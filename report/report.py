@@ -150,11 +150,13 @@ def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background:
             za = metrics.asimov_significance(s_scan, b_scan["yield"], sigma_scan)
             best = metrics.best_cut(za, b_scan["events"], rc.min_background_events)
             entry["signals"][sig.name] = {
-                "yield": s["yield"], "yield_error": s["error"], "z": float(metrics.significance(s["yield"], b["yield"])),
+                "yield": s["yield"], "yield_error": s["error"],
+                "z": float(metrics.significance(s["yield"], b["yield"])),
                 "z_asimov": float(metrics.asimov_significance(s["yield"], b["yield"], sigma_b)),
                 "best_met_cut": None if best is None else {
                     "met_min": float(thresholds[best]), "signal": float(s_scan[best]),
-                    "background": float(b_scan["yield"][best]), "background_error": float(np.sqrt(b_scan["sumw2"][best])),
+                    "background": float(b_scan["yield"][best]),
+                    "background_error": float(np.sqrt(b_scan["sumw2"][best])),
                     "background_events": int(b_scan["events"][best]), "sigma_b": float(sigma_scan[best]),
                     "z": float(z[best]), "z_asimov": float(za[best])},
             }

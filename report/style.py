@@ -33,7 +33,9 @@ DATA_COLOUR = "black"
 EVENTS_PER_BIN = "Events / bin"
 
 
-def process_colours(channels: Iterable[Mapping[str, Any]], overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def process_colours(
+    channels: Iterable[Mapping[str, Any]], overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Colour of every channel (``{"id", "name"}`` as in a store's ``channels``), by its id."""
     overrides = overrides or {}
     return {c["name"]: overrides.get(c["name"], PALETTE[int(c["id"]) % len(PALETTE)]) for c in channels}

@@ -10,6 +10,8 @@ from megaset.config import Config
 if TYPE_CHECKING:
     from distributed import Client
 
+    from megaset.report.style import Style
+
 __all__ = ["train_and_score", "anomaly_row", "style", "auc_cell"]
 
 
@@ -25,7 +27,7 @@ def train_and_score(cfg: Config, client: Client | None) -> dict[str, Any]:
     return {"mix": mixed, "train": trained, "score": scored}
 
 
-def style(cfg: Config):
+def style(cfg: Config) -> Style:
     """The figure style of ``cfg``'s report, with the process colours of its store."""
     from megaset.report.style import Style
     from megaset.storage.store import open_store

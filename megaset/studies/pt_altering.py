@@ -154,8 +154,8 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     from megaset.report.markdown import add_study
     from megaset.report.report import axis_label, error_axis
     from megaset.report.style import Style
-    from megaset.studies.common import auc_cell
     from megaset.storage.store import open_store
+    from megaset.studies.common import auc_cell
     from megaset.training.checkpoint import load_model
     from megaset.training.score import checkpoint_path, reconstruction_errors
 

@@ -6,11 +6,23 @@ import numpy as np
 import pytest
 
 from megaset.report.metrics import (
-    asimov_significance, auc, auc_error, background_uncertainty, best_cut, binned_mean, region_cuts, roc_curve,
-    separation_matrix, signal_efficiency, significance, threshold_scan, weighted_median, weighted_quantile,
+    _reweighted_auc,
+    asimov_significance,
+    auc,
+    auc_error,
+    background_uncertainty,
+    best_cut,
+    binned_mean,
+    region_cuts,
+    roc_curve,
+    separation_matrix,
+    signal_efficiency,
+    significance,
+    threshold_scan,
+    weighted_median,
+    weighted_quantile,
     yield_summary,
 )
-from megaset.report.metrics import _reweighted_auc
 
 
 def test_auc_of_perfect_reversed_identical_and_tied_samples():

@@ -17,10 +17,10 @@ def _axes():
 
 
 def test_roc_random_reference_is_the_diagonal_everywhere_on_the_log_axis():
-    fig, ax = _axes()
+    _, ax = _axes()
     fpr = np.array([0.0, 1e-3, 0.1, 1.0])
     plots._draw_roc(ax, "sig", {"m": (fpr, np.array([0.0, 0.2, 0.7, 1.0]), 0.9, 0.01)}, Style())
-    line = next(l for l in ax.get_lines() if l.get_label().startswith("random"))
+    line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("random"))
     x, y = line.get_xdata(), line.get_ydata()
     lo, hi = ax.get_xlim()
     assert ax.get_xscale() == "log" and x.min() == pytest.approx(lo) and x.max() == pytest.approx(hi)
@@ -44,7 +44,7 @@ def test_every_figure_is_a_png_and_a_pdf_with_the_label(tmp_path):
 
 
 def test_stack_carries_the_mc_statistical_band_and_events_per_bin():
-    fig, ax = _axes()
+    _, ax = _axes()
     edges = np.array([0.0, 1.0, 2.0])
     a = plots.Component("a", np.array([0.5, 0.5, 1.5]), np.array([2.0, 1.0, 3.0]))
     b = plots.Component("b", np.array([0.5]), np.array([4.0]))

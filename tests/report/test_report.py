@@ -160,7 +160,7 @@ def _yield_weights(cfg, group: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_report_json_carries_yield_uncertainties_and_effective_events(scored, written):
-    result, out = written
+    _, out = written
     saved = json.loads((out / "report.json").read_text())
     names = {c["id"]: c["name"] for c in open_store(scored.store.url).channels}
     w, ch = _yield_weights(scored, "test")

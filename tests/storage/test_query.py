@@ -114,7 +114,8 @@ def test_only_the_columns_asked_for_are_read_chunk_by_chunk(store, monkeypatch):
 def test_unknown_columns_and_groups_are_refused_with_the_known_ones(store):
     with pytest.raises(StoreKeyError, match=r"group 'test' of .* has no column 'mett'; did you mean 'met'\?; "
                                             r"its columns are: channel, channel_name, run, event, file_index, entry, .*"
-                                            r"score_ae_test, weight, yield_weight, and the 529 RMM cells by feature name \(e_T_miss, "):
+                                            r"score_ae_test, weight, yield_weight, and the 529 RMM cells by feature "
+                                            r"name \(e_T_miss, "):
         query(store, "SELECT mett FROM test")
     with pytest.raises(StoreKeyError, match=r"has no column 'nope'.*m_ll"):
         query(store, "SELECT met FROM val WHERE nope > 1")

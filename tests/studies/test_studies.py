@@ -7,9 +7,9 @@ import pytest
 
 from megaset.errors import ConfigError
 from megaset.report.style import process_colours
+from megaset.storage.store import open_store
 from megaset.studies.channel_removal import channel_removal
 from megaset.studies.contamination import contamination
-from megaset.storage.store import open_store
 
 
 @pytest.mark.slow
