@@ -16,8 +16,10 @@
     in memory, on as many cores (the Dask overhead);
     an SQL query (the 1 % highest scores above a MET cut) vs reading the same columns with
     zarr and numpy: time and peak memory, each in a fresh process.
-Every ratio is measured / baseline, both taken in this run. The exit status is 1 when a
-flatness check fails or a worker was restarted during a pipeline run.
+Every ratio is measured / baseline, both taken in this run, and is printed with its target
+(TARGETS) and PASS or FAIL. The exit status is 1 when a flatness check or a target fails, the
+forward pass's scores or the query's rows differ from the stored ones or the plain read's, or
+a worker was restarted during a pipeline run.
 
     python benchmarks/run_all.py --events 8000000 --compare 1000000 --json bench.json
 """
@@ -47,6 +49,17 @@ TRAINING = {"model": "ae-shallow", "epochs": 2, "early_stopping": {"patience": 1
 TRAIN_SHARE = 0.021
 FLATNESS_LIMIT = 1.3
 MET_CUT = 50.0  # GeV, the cut of the query
+#: Side-by-side targets: key -> (the least measured / baseline ratio that passes, or with
+#: ``at_most`` the largest).
+TARGETS = {
+    "ingest": 0.8,
+    "mix": 0.8,
+    "train": 0.95,
+    "score": 0.8,
+    "query": 0.8,
+    "query_memory": 2.0,
+}
+AT_MOST = {"query_memory"}
 
 
 def pipeline_config(work: Path, events: int, workers: int, chunk_len: int, input_chunk: int):
@@ -331,25 +344,42 @@ def _stage_memory_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def side_ratios(side: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every side-by-side ratio with its target and whether it passes."""
+    q = side["query"]
+    ratios = {"ingest": side["ingest"]["ratio"], "mix": side["mix"]["ratio"], "train": side["train"]["ratio"],
+              "score": side["score"]["ratio"], "query": q["ratio"],
+              "query_memory": q["sql_added_mib"] / max(q["numpy_added_mib"], 1.0)}
+    return {key: {"ratio": r, "target": TARGETS[key], "at_most": key in AT_MOST,
+                  "pass": r <= TARGETS[key] if key in AT_MOST else r >= TARGETS[key]}
+            for key, r in ratios.items()}
+
+
 def _side_lines(side: dict[str, Any]) -> list[str]:
-    widths = [52, 14, 14, 8]
+    widths = [52, 14, 14, 8, 10, 6]
     i, m, t, s, q = side["ingest"], side["mix"], side["train"], side["score"], side["query"]
     rows = [
-        ("ingest vs uproot read, input events/s", i["events"] / i["ingest_s"], i["events"] / i["uproot_read_s"],
-         i["ratio"]),
-        ("mix vs plain chunk copy, MB/s of RMM data", m["rmm_mb"] / m["mix_s"], m["rmm_mb"] / m["copy_s"], m["ratio"]),
-        (f"training steps ({t['steps']} x {t['batch_size']}): stream vs memory, /s", t["stream_per_s"],
-         t["memory_per_s"], t["ratio"]),
-        (f"scoring: Dask vs forward pass on {s['cores']} cores, events/s", s["dask_per_s"], s["plain_per_s"],
-         s["ratio"]),
-        ("query: polars SQL vs zarr + numpy, events/s", q["events"] / q["sql_s"], q["events"] / q["numpy_s"],
-         q["ratio"]),
-        ("query peak RSS, MiB", q["sql_peak_mib"], q["numpy_peak_mib"], q["sql_peak_mib"] / q["numpy_peak_mib"]),
-        ("query peak RSS above imports, MiB", q["sql_added_mib"], q["numpy_added_mib"],
-         q["sql_added_mib"] / max(q["numpy_added_mib"], 1.0)),
+        ("ingest", "ingest vs uproot read, input events/s", i["events"] / i["ingest_s"],
+         i["events"] / i["uproot_read_s"]),
+        ("mix", "mix vs plain chunk copy, MB/s of RMM data", m["rmm_mb"] / m["mix_s"], m["rmm_mb"] / m["copy_s"]),
+        ("train", f"training steps ({t['steps']} x {t['batch_size']}): stream vs memory, /s", t["stream_per_s"],
+         t["memory_per_s"]),
+        ("score", f"scoring: Dask vs forward pass on {s['cores']} cores, events/s", s["dask_per_s"],
+         s["plain_per_s"]),
+        ("query", "query: polars SQL vs zarr + numpy, events/s", q["events"] / q["sql_s"], q["events"] / q["numpy_s"]),
+        (None, "query peak RSS, MiB", q["sql_peak_mib"], q["numpy_peak_mib"]),
+        ("query_memory", "query peak RSS above imports, MiB", q["sql_added_mib"], q["numpy_added_mib"]),
     ]
-    lines = [_row(["side by side", "measured", "baseline", "ratio"], widths)]
-    lines += [_row([label, f"{a:,.0f}", f"{b:,.0f}", f"{r:.2f}"], widths) for label, a, b, r in rows]
+    checks = side_ratios(side)
+    lines = [_row(["side by side", "measured", "baseline", "ratio", "target", ""], widths)]
+    for key, label, a, b in rows:
+        if key is None:
+            cells = [f"{a / b:.2f}", "", ""]
+        else:
+            c = checks[key]
+            cells = [f"{c['ratio']:.2f}", ("<= " if c["at_most"] else ">= ") + f"{c['target']:g}",
+                     "PASS" if c["pass"] else "FAIL"]
+        lines.append(_row([label, f"{a:,.0f}", f"{b:,.0f}", *cells], widths))
     lines.append(f"  scores of the forward pass equal the stored ones: {s['agrees']}; "
                  f"query rows equal: {q['same_rows']} ({q['rows']:,} rows)")
     lines.append(f"  query: {q['sql']}")
@@ -459,13 +489,16 @@ def main() -> None:
     _report(args, {"workers": args.workers, "cores": os.cpu_count(), "chunk_len": args.chunk_len,
                    "input_chunk": args.input_chunk,
                    "training": TRAINING, "wall_s": time.perf_counter() - t0, "pipeline": runs,
-                   "flatness": flat, "side_by_side": side})
+                   "flatness": flat, "side_by_side": side, "targets": side_ratios(side)})
     if not args.keep:
         for r in runs:
             shutil.rmtree(work / f"pipeline-{r['events']}", ignore_errors=True)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    failed = any(not f["pass"] for f in (flat or {}).values()) or any(r["workers_restarted"] for r in runs)
+    checks = side_ratios(side)
+    failed = (any(not f["pass"] for f in (flat or {}).values()) or any(r["workers_restarted"] for r in runs)
+              or any(not c["pass"] for c in checks.values())
+              or not (side["score"]["agrees"] and side["query"]["same_rows"]))
     raise SystemExit(1 if failed else 0)
 
 
