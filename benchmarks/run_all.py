@@ -15,7 +15,9 @@
     scoring on the cluster vs a plain forward pass of the same model over the same events held
     in memory, on as many cores (the Dask overhead);
     an SQL query (the 1 % highest scores above a MET cut) vs reading the same columns with
-    zarr and numpy: time and peak memory, each in a fresh process.
+    zarr and numpy, each in a fresh process: time, and peak memory above the imports (the first
+    run included: for polars that is mostly its library's code paged in) and above a warmed
+    engine (the memory the query holds for its data; the target is on this one).
 Every ratio is measured / baseline, both taken in this run, and is printed with its target
 (TARGETS) and PASS or FAIL. The exit status is 1 when a flatness check or a target fails, the
 forward pass's scores or the query's rows differ from the stored ones or the plain read's, or
@@ -198,14 +200,28 @@ def top_scores_sql(cfg, k: int) -> str:
             f"ORDER BY {score} DESC LIMIT {k}")
 
 
+def _measured_query(run, repeat: int) -> dict[str, Any]:
+    """Time ``run`` (best of ``repeat``) in this fresh process, and its peak memory twice: above
+    the imports, first run included, and above a warmed engine (imports and one run done, the
+    peak started anew), which is what the query holds for its data."""
+    imports = peak_rss_mib()
+    run()
+    first = peak_rss_mib(reset=True)
+    warm = peak_rss_mib()  # the resident memory at the reset
+    seconds, result = _best_of(repeat, run)
+    return {"seconds": seconds, "result": result, "imports_mib": imports, "first_mib": first, "warm_mib": warm,
+            "peak_mib": peak_rss_mib()}
+
+
 def _query_sql(cfg, k: int, repeat: int) -> dict[str, Any]:
-    import polars  # noqa: F401 - imported by the query on first use: count it with the imports
+    import polars  # noqa: F401 - what the query imports on first use counts with the imports
+    import zarr  # noqa: F401
 
     from megaset.storage.query import query
 
-    imports = peak_rss_mib()
-    seconds, frame = _best_of(repeat, lambda: query(cfg.store.url, top_scores_sql(cfg, k)))
-    return {"seconds": seconds, "imports_mib": imports, "scores": frame[frame.columns[-1]].to_numpy()}
+    out = _measured_query(lambda: query(cfg.store.url, top_scores_sql(cfg, k)), repeat)
+    frame = out.pop("result")
+    return {**out, "scores": frame[frame.columns[-1]].to_numpy()}
 
 
 def _query_numpy(cfg, k: int, repeat: int) -> dict[str, Any]:
@@ -222,9 +238,8 @@ def _query_numpy(cfg, k: int, repeat: int) -> dict[str, Any]:
         rows = keep[np.argsort(-score[keep], kind="stable")[:k]]
         return score[rows]
 
-    imports = peak_rss_mib()
-    seconds, scores = _best_of(repeat, top)
-    return {"seconds": seconds, "imports_mib": imports, "scores": scores}
+    out = _measured_query(top, repeat)
+    return {**out, "scores": out.pop("result")}
 
 
 def _on_cluster(cfg, work: Path, repeat: int) -> dict[str, Any]:
@@ -270,12 +285,15 @@ def _training(cfg, n_train: int, repeat: int, train_steps: int) -> dict[str, Any
 
 def _query(cfg, n_train: int, repeat: int) -> dict[str, Any]:
     k = max(1, n_train // 100)
-    sql, sql_peak = isolated(_query_sql, cfg, k, repeat)
-    plain, plain_peak = isolated(_query_numpy, cfg, k, repeat)
+    sql = isolated(_query_sql, cfg, k, repeat)[0]
+    plain = isolated(_query_numpy, cfg, k, repeat)[0]
     return {"sql": top_scores_sql(cfg, k), "events": n_train, "rows": len(sql["scores"]),
             "sql_s": sql["seconds"], "numpy_s": plain["seconds"], "ratio": plain["seconds"] / sql["seconds"],
-            "sql_peak_mib": sql_peak, "numpy_peak_mib": plain_peak,
-            "sql_added_mib": sql_peak - sql["imports_mib"], "numpy_added_mib": plain_peak - plain["imports_mib"],
+            "sql_peak_mib": max(sql["first_mib"], sql["peak_mib"]),
+            "numpy_peak_mib": max(plain["first_mib"], plain["peak_mib"]),
+            "sql_added_mib": sql["first_mib"] - sql["imports_mib"],
+            "numpy_added_mib": plain["first_mib"] - plain["imports_mib"],
+            "sql_data_mib": sql["peak_mib"] - sql["warm_mib"], "numpy_data_mib": plain["peak_mib"] - plain["warm_mib"],
             "same_rows": bool(np.allclose(np.sort(sql["scores"]), np.sort(plain["scores"])))}
 
 
@@ -349,7 +367,7 @@ def side_ratios(side: dict[str, Any]) -> dict[str, dict[str, Any]]:
     q = side["query"]
     ratios = {"ingest": side["ingest"]["ratio"], "mix": side["mix"]["ratio"], "train": side["train"]["ratio"],
               "score": side["score"]["ratio"], "query": q["ratio"],
-              "query_memory": q["sql_added_mib"] / max(q["numpy_added_mib"], 1.0)}
+              "query_memory": q["sql_data_mib"] / max(q["numpy_data_mib"], 1.0)}
     return {key: {"ratio": r, "target": TARGETS[key], "at_most": key in AT_MOST,
                   "pass": r <= TARGETS[key] if key in AT_MOST else r >= TARGETS[key]}
             for key, r in ratios.items()}
@@ -368,13 +386,14 @@ def _side_lines(side: dict[str, Any]) -> list[str]:
          s["plain_per_s"]),
         ("query", "query: polars SQL vs zarr + numpy, events/s", q["events"] / q["sql_s"], q["events"] / q["numpy_s"]),
         (None, "query peak RSS, MiB", q["sql_peak_mib"], q["numpy_peak_mib"]),
-        ("query_memory", "query peak RSS above imports, MiB", q["sql_added_mib"], q["numpy_added_mib"]),
+        (None, "query peak RSS above imports, first run, MiB", q["sql_added_mib"], q["numpy_added_mib"]),
+        ("query_memory", "query peak RSS above a warmed engine, MiB", q["sql_data_mib"], q["numpy_data_mib"]),
     ]
     checks = side_ratios(side)
     lines = [_row(["side by side", "measured", "baseline", "ratio", "target", ""], widths)]
     for key, label, a, b in rows:
         if key is None:
-            cells = [f"{a / b:.2f}", "", ""]
+            cells = [f"{a / max(b, 1.0):.2f}", "", ""]
         else:
             c = checks[key]
             cells = [f"{c['ratio']:.2f}", ("<= " if c["at_most"] else ">= ") + f"{c['target']:g}",

@@ -1,4 +1,4 @@
-"""SQL over the columns of one store group, streamed chunk by chunk (polars SQL).
+"""SQL over the columns of one store group, streamed in runs of chunks (polars SQL).
 
 Every group of a store is a table, named by the group (``train``, ``val``, ``test``, ``data``,
 ``signal_<name>`` or quoted ``"signal/<name>"``), whose columns are
@@ -17,10 +17,12 @@ Every group of a store is a table, named by the group (``train``, ``val``, ``tes
 * the scores, ``score/<model>`` as ``score_<model>`` and ``score/<model>.<block>`` as
   ``score_<model>_<block>`` (every character that cannot be in an SQL identifier becomes ``_``).
 
-The table is a polars ``LazyFrame`` over an IO source that yields one DataFrame per store chunk
-and reads only the arrays behind the columns the query uses (projection pushdown); filters are
-applied to each chunk as it is read (predicate pushdown), and the query runs on polars'
-streaming engine, so memory holds a few chunks whatever the size of the group. The SQL is
+The table is a polars ``LazyFrame`` over an IO source that reads the group in runs of chunks
+(about 16 MB of the arrays read, read and decoded at once) and yields one DataFrame per run. It
+reads only the arrays behind the columns the query uses (projection pushdown); a filter is
+applied to each run as it is read (predicate pushdown): its own columns are read first, and the
+other columns only for the runs where rows pass, kept for those rows only. The query runs on
+polars' streaming engine, so memory holds a few runs whatever the size of the group. The SQL is
 parsed by polars: nothing in it is evaluated as Python, and table functions that would read
 other files (``read_csv``, ``read_parquet``, ...) are refused.
 
@@ -82,8 +84,10 @@ def _polars_dtype(dtype: np.dtype) -> Any:
     return pl.Series(np.empty(0, dtype=dtype)).dtype
 
 
-def _table_columns(store: Store, group: StoreGroup) -> dict[str, _Column]:
-    """SQL column name -> where its values come from, for one group.
+def _table_columns(store: Store, group: StoreGroup, infos: Mapping[str, dict[str, Any]] | None = None
+                   ) -> dict[str, _Column]:
+    """SQL column name -> where its values come from, for one group (``infos``: its
+    :meth:`~megaset.storage.store.StoreGroup.column_infos`, if already read).
 
     Raises
     ------
@@ -103,8 +107,7 @@ def _table_columns(store: Store, group: StoreGroup) -> dict[str, _Column]:
             raise StoreError(msg)
         out[name] = column
 
-    for array in group.columns():
-        info = group.column_info(array)
+    for array, info in (group.column_infos() if infos is None else infos).items():
         dtype = _polars_dtype(info["dtype"])
         if len(info["shape"]) > 2:
             continue  # e.g. a jet's constituent list: no single SQL column per cell
@@ -145,6 +148,23 @@ def _frame(values: Mapping[str, np.ndarray], columns: Mapping[str, _Column], nam
     return pl.DataFrame(series)
 
 
+#: Uncompressed bytes of the columns a query reads, per batch of chunks it reads at once.
+_BATCH_BYTES = 16 << 20
+#: At most this many events per batch, whatever their width.
+_BATCH_EVENTS = 1 << 18
+
+
+def _batches(group: StoreGroup, infos: Mapping[str, dict[str, Any]], arrays: list[str]) -> Iterator[range]:
+    """The group's chunks in runs read at once: as many as hold ``_BATCH_BYTES`` of ``arrays``
+    (``infos`` gives their shapes; at least one chunk, at most ``_BATCH_EVENTS`` events), so
+    that the reads and decodes of a run overlap while memory holds one run."""
+    width = sum(infos[a]["dtype"].itemsize * int(np.prod(infos[a]["shape"][1:], dtype=np.int64)) for a in arrays)
+    events = min(_BATCH_BYTES // max(width, 1), _BATCH_EVENTS)
+    step = max(1, events // group.chunk_len)
+    for first in range(0, group.n_chunks, step):
+        yield range(first, min(first + step, group.n_chunks))
+
+
 def scan(url: str | Store, group: str) -> pl.LazyFrame:
     """A lazy table over one group, read chunk by chunk (the table of :func:`query`).
 
@@ -158,52 +178,64 @@ def scan(url: str | Store, group: str) -> pl.LazyFrame:
     return _scan(url if isinstance(url, Store) else open_store(url), group)
 
 
-def _scan(store: Store, group: str, seen: list[str] | None = None) -> pl.LazyFrame:
-    """:func:`scan`; ``seen`` collects the groups whose columns a query resolved (for errors)."""
+def _scan(store: Store, group: str) -> pl.LazyFrame:
+    """:func:`scan` of an opened store."""
     import polars as pl
     from polars.io.plugins import register_io_source
 
     g = store.group(group)
-    state: dict[str, Any] = {}
-
-    def columns() -> dict[str, _Column]:
-        # Resolved on first use: registering every group of a store costs nothing.
-        if "columns" not in state:
-            state["columns"] = _table_columns(store, g)
-            if seen is not None:
-                seen.append(group)
-        return state["columns"]
-
-    def schema() -> pl.Schema:
-        return pl.Schema({name: col.dtype for name, col in columns().items()})
+    infos = g.column_infos()
+    cols = _table_columns(store, g, infos)
 
     def chunks(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
                batch_size: int | None) -> Iterator[pl.DataFrame]:
-        cols = columns()
         wanted = list(cols) if with_columns is None else list(with_columns)
-        needed = set(wanted)
-        if predicate is not None:
-            needed |= set(predicate.meta.root_names())
+        filtered = set(predicate.meta.root_names()) if predicate is not None else set()
+        needed = set(wanted) | filtered
         if not needed:
             # A bare count(*): the height of the smallest column will do.
             needed = {"channel" if "channel" in cols else next(iter(cols))}
         names = [name for name in cols if name in needed]
-        arrays = sorted({cols[name].array for name in names} | ({"channel"} if YIELD_WEIGHT in names else set()))
+
+        def arrays_of(chosen: list[str]) -> set[str]:
+            # The yield weight is computed from the weight and the channel.
+            return {cols[name].array for name in chosen} | ({"channel"} if YIELD_WEIGHT in chosen else set())
+
+        tested = [name for name in names if name in filtered]
+        first_read = sorted(arrays_of(tested))
+        then_read = sorted(arrays_of(names) - set(first_read))
+
+        def scale(weight: np.ndarray, channel: np.ndarray) -> np.ndarray:
+            return store.yield_weight(group, weight, channel)
+
         channels = {int(c["id"]): c["name"] for c in store.channels}
         left = n_rows
-        for i in range(g.n_chunks):
+        for span in _batches(g, infos, [*first_read, *then_read]):
             if left is not None and left <= 0:
                 return
-            frame = _frame(g.read_chunk(i, arrays), cols, names, channels,
-                           lambda weight, channel: store.yield_weight(group, weight, channel))
+            values = g.read_chunks(span, first_read or then_read)
             if predicate is not None:
-                frame = frame.filter(predicate)
+                # The predicate first, on its own columns: the other columns are read only for
+                # batches with rows that pass, and kept only for those rows.
+                keep = _frame(values, cols, tested, channels, scale).select(predicate.fill_null(False)).to_series()
+                rows = np.flatnonzero(keep.to_numpy())
+                if not len(rows):
+                    continue
+                values = {a: v[rows] for a, v in values.items()}
+                if then_read:
+                    values |= {a: v[rows] for a, v in g.read_chunks(span, then_read).items()}
+            elif then_read and first_read:
+                values |= g.read_chunks(span, then_read)
+            frame = _frame(values, cols, names, channels, scale)
             frame = frame.select(wanted) if wanted else frame
             if left is not None:
                 frame = frame.head(left)
                 left -= frame.height
             yield frame
 
+    # The schema as a mapping, not a function: polars turns a function's schema into an empty
+    # frame of every column (some 550 here) each time it plans, which cost more than the reads.
+    schema = pl.Schema({name: col.dtype for name, col in cols.items()})
     return register_io_source(chunks, schema=schema, explain_name="megaset",
                               explain_detail=f"{store.url} group {group}")
 
@@ -223,12 +255,16 @@ def _check_sql(sql: str) -> None:
         raise ConfigError(msg)
 
 
-def _tables(store: Store, seen: list[str]) -> dict[str, pl.LazyFrame]:
+def _tables(store: Store, sql: str, seen: list[str]) -> dict[str, pl.LazyFrame]:
+    """The groups named anywhere in ``sql`` (by either name), as tables; ``seen`` lists them."""
     tables = {}
     for name in store.group_names():
-        frame = _scan(store, name, seen)
-        tables[name] = frame
-        tables.setdefault(sql_name(name), frame)
+        aliases = dict.fromkeys((name, sql_name(name)))
+        if not any(re.search(rf"(?<![\w/]){re.escape(alias)}(?![\w/])", sql, re.IGNORECASE) for alias in aliases):
+            continue
+        frame = _scan(store, name)
+        seen.append(name)
+        tables.update({alias: frame for alias in aliases})
     return tables
 
 
@@ -271,7 +307,7 @@ def _run(url: str | Store, sql: str, action: Callable[[pl.LazyFrame], Any]) -> A
     _check_sql(sql)
     store = url if isinstance(url, Store) else open_store(url)
     seen: list[str] = []
-    context = pl.SQLContext(frames=_tables(store, seen))
+    context = pl.SQLContext(frames=_tables(store, sql, seen))
     try:
         return action(context.execute(sql, eager=False))
     except pl.exceptions.ColumnNotFoundError as err:

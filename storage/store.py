@@ -193,11 +193,15 @@ class StoreGroup:
 
     def columns(self) -> list[str]:
         """Every array of the group, ``score/<model>`` columns included, sorted."""
+        return list(self.column_infos())
+
+    def column_infos(self) -> dict[str, dict[str, Any]]:
+        """:meth:`column_info` of every column, sorted by name, from one listing of the group."""
         group = self._group(write=False)
-        out = [name for name, _ in group.arrays()]
+        found = list(group.arrays())
         for sub, members in group.groups():
-            out += [f"{sub}/{name}" for name, _ in members.arrays()]
-        return sorted(out)
+            found += [(f"{sub}/{name}", array) for name, array in members.arrays()]
+        return {name: _info(array) for name, array in sorted(found, key=lambda item: item[0])}
 
     def scored_models(self) -> list[str]:
         """The models with a ``score/<model>`` column in this group."""
@@ -213,8 +217,7 @@ class StoreGroup:
 
     def column_info(self, name: str) -> dict[str, Any]:
         """``shape``, ``chunks`` and ``dtype`` of one column."""
-        array = self._array(name)
-        return {"shape": tuple(array.shape), "chunks": tuple(array.chunks), "dtype": np.dtype(array.dtype)}
+        return _info(self._array(name))
 
     def chunk_slice(self, i: int) -> slice:
         """The events of chunk ``i``."""
@@ -225,12 +228,19 @@ class StoreGroup:
 
     def read_chunk(self, i: int, columns: Sequence[str] = ("rmm", "weight")) -> dict[str, np.ndarray]:
         """The values of ``columns`` in chunk ``i``."""
+        return self.read_chunks(range(i, i + 1), columns)
+
+    def read_chunks(self, indices: range, columns: Sequence[str] = ("rmm", "weight")) -> dict[str, np.ndarray]:
+        """The values of ``columns`` in the consecutive chunks ``indices``, one array per column."""
         from zarr.core.sync import sync
 
-        rows = self.chunk_slice(i)
+        if not indices or indices.step != 1:
+            msg = f"read_chunks takes a non-empty range of consecutive chunks, not {indices}"
+            raise ValueError(msg)
+        first, last = self.chunk_slice(indices[0]), self.chunk_slice(indices[-1])
         arrays = [self._array(name) for name in columns]
-        # All columns at once: on an object store the requests overlap.
-        values = sync(_read_all(arrays, rows))
+        # All columns and chunks at once: the reads and decodes overlap.
+        values = sync(_read_all(arrays, slice(first.start, last.stop)))
         return dict(zip(columns, values, strict=True))
 
     def iter_chunks(self, columns: Sequence[str] = ("rmm", "weight"),
@@ -310,6 +320,10 @@ class StoreGroup:
             # Every chunk written is stored, even all zeros, so chunk_written sees it.
             self._handles[key] = array.with_config({"write_empty_chunks": True}) if write else array
         return self._handles[key]
+
+
+def _info(array: Any) -> dict[str, Any]:
+    return {"shape": tuple(array.shape), "chunks": tuple(array.chunks), "dtype": np.dtype(array.dtype)}
 
 
 async def _read_all(arrays: Sequence[Any], rows: slice) -> list[np.ndarray]:

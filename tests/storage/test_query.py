@@ -94,21 +94,41 @@ def test_signal_groups_by_either_name(store):
     np.testing.assert_array_equal(quoted["event"].to_numpy(), a["event_id"][order, 1])
 
 
-def test_only_the_columns_asked_for_are_read_chunk_by_chunk(store, monkeypatch):
+def test_only_the_columns_asked_for_are_read_run_by_run(store, monkeypatch):
+    from megaset.storage import query as query_module
+
     reads = []
-    original = StoreGroup.read_chunk
+    original = StoreGroup.read_chunks
 
-    def spy(self, i, columns=("rmm", "weight")):
-        reads.append((self.name, i, tuple(sorted(columns))))
-        return original(self, i, columns)
+    def spy(self, indices, columns=("rmm", "weight")):
+        reads.append((self.name, indices, tuple(sorted(columns))))
+        return original(self, indices, columns)
 
-    monkeypatch.setattr(StoreGroup, "read_chunk", spy)
-    n_chunks = open_store(store).group("test").n_chunks
-    query(store, "SELECT met FROM test WHERE score_ae_test > 1.5")
-    assert reads == [("test", i, ("met", "score/ae-test")) for i in range(n_chunks)]
+    group = open_store(store).group("test")
+    # Runs of one chunk of the met and score columns (8 bytes an event).
+    monkeypatch.setattr(query_module, "_BATCH_BYTES", group.chunk_len * 8)
+    runs = [range(i, i + 1) for i in range(group.n_chunks)]
+    a = _arrays(store, "test")
+    bounds = [group.chunk_slice(i) for i in range(group.n_chunks)]
+    cut = min(float(a["score/ae-test"][b].max()) for b in bounds)  # no row of one run passes
+    passing = [bool((a["score/ae-test"][b] > cut).any()) for b in bounds]
+    assert 0 < sum(passing) < len(runs)
+
+    monkeypatch.setattr(StoreGroup, "read_chunks", spy)
+    result = query(store, f"SELECT met FROM test WHERE score_ae_test > {cut}")
+    # The filter's column first, every run; the other column only for runs where rows pass.
+    expected = []
+    for r, passed in zip(runs, passing, strict=True):
+        expected.append(("test", r, ("score/ae-test",)))
+        if passed:
+            expected.append(("test", r, ("met",)))
+    assert reads == expected
+    np.testing.assert_array_equal(np.sort(result["met"].to_numpy()), np.sort(a["met"][a["score/ae-test"] > cut]))
+
     reads.clear()
     limited = query(store, "SELECT e_T_miss FROM test LIMIT 5")
-    assert limited.height == 5 and reads == [("test", 0, ("rmm",))]
+    # One run of the rmm rows, however wide: at least a chunk.
+    assert limited.height == 5 and reads == [("test", range(0, 1), ("rmm",))]
 
 
 def test_unknown_columns_and_groups_are_refused_with_the_known_ones(store):
