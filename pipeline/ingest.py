@@ -18,6 +18,7 @@ from megaset import __version__
 from megaset.config import Config
 from megaset.errors import InputFileError
 from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
+from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.remote import uproot_options
 from megaset.storage.staging import LAYOUT_VERSION
 
@@ -212,27 +213,25 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         "code_version": __version__,
     })
 
-    fileset = {
-        name: {
-            "files": {i.path: i.tree for i in good if i.channel == name},
-            "preload": cfg.input_schema.branches(),
-        }
-        for name in channels
-    }
+    # Nothing preloaded: the processor reads the branches itself, from the same tree.
+    fileset = {name: {"files": {i.path: i.tree for i in good if i.channel == name}} for name in channels}
     fileset = {name: spec for name, spec in fileset.items() if spec["files"]}
     # treename=None below: coffea then reads each file's own tree (a channel's ``tree``)
     # instead of forcing inputs.tree onto every file.
+    options = uproot_options(cfg.inputs.remote, tuple(i.path for i in good if i.whole_file))
     proc = processor_class(
         cfg,
         channel_ids={c["name"]: c["id"] for c in table},
         file_index={i.path: i.index for i in infos},
         weight_scale=_weight_scales(cfg, channels, good),
         skip_bad=cfg.inputs.on_bad_file == "skip",
+        uproot_options=options,
     )
-    options = uproot_options(cfg.inputs.remote, tuple(i.path for i in good if i.whole_file))
-    branches = {"filter_name": cfg.input_schema.branches()}
-    out = _runner(client, cfg, good, status)(fileset, proc, treename=None, uproot_options=options,
-                                            iteritems_options=branches) if fileset else {}
+    out = _runner(client, cfg, good, status)(
+        fileset, proc, treename=None, iteritems_options={"filter_name": cfg.input_schema.branches()},
+        # The tree coffea reads for a chunk is the one the processor reads the chunk from.
+        uproot_options={**options, "object_cache": OPEN_TREES},
+    ) if fileset else {}
 
     errors = out.pop("errors", {})
     if errors:
@@ -240,7 +239,10 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     for filename, reason in sorted(out.pop("skipped", {}).items()):
         log(f"skipping {filename}: {reason}")
         skipped.append({"file": filename, "reason": reason})
-    summary = IngestSummary(skipped=skipped, files=len(good), seconds_inspect=t_inspect)
+    # Files found bad by the processor (their branches) are skipped like those of the check.
+    left_out = {entry["file"] for entry in skipped}
+    summary = IngestSummary(skipped=skipped, files=len([i for i in good if i.path not in left_out]),
+                            seconds_inspect=t_inspect)
     for name in channels:
         acc = out.get(name, {"n_read": 0, "n_selected": 0, "chunks": 0, "resumed": 0, "cutflow": {}, "nonfinite": {}})
         summary.channels[name] = {
@@ -253,7 +255,7 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         }
     summary.seconds = time.perf_counter() - t0
     finish_staging(staging, {
-        "files": [i.to_dict() for i in infos if not i.error],
+        "files": [i.to_dict() for i in good if i.path not in left_out],
         "skipped": skipped,
         "cutflow": {name: c["cutflow"] for name, c in summary.channels.items()},
         "summary": {name: {k: c[k] for k in ("n_read", "n_selected", "nonfinite")}

@@ -1,9 +1,10 @@
 """Input files: resolving the configured channels to files, and checking each file once.
 
-The check opens every file (in parallel on the cluster), finds the tree, verifies every
-branch the schema needs, and records size, checksum, ROOT file UUID, entry count and the sum of
-the weight branch (for cross-section normalisation); the ingest chunks files from these
-records instead of opening them again. A bad file is an error naming the file and what is
+The check opens every file (in parallel on the cluster), finds the tree, and records size,
+checksum, ROOT file UUID and entry count; for a channel normalised to its cross-section it also
+verifies every branch the schema needs and sums the weight branch, which needs the metadata of
+every branch. The ingest chunks files from these records; the processor checks the branches of
+the other files on the tree it reads for each chunk. A bad file is an error naming the file and what is
 wrong with it, or, with ``on_bad_file: skip``, an entry in the list of skipped files.
 
 Files may be local or remote (``root://``, ``http(s)://``, ``s3://``; see
@@ -109,25 +110,32 @@ def _checksum(path: str, **storage_options) -> tuple[int, str]:
 
 
 def _inspect(info: FileInfo, branches: list[str], weight_branch: str | None, sum_weights: bool, schema,
-             remote: RemoteConfig) -> FileInfo:
+             remote: RemoteConfig, check_branches: bool) -> FileInfo:
     import uproot
 
     from megaset.pipeline import remote as access
-    from megaset.pipeline.schema import check_branches
+    from megaset.pipeline.schema import check_branches as check
 
     whole = access.reads_whole(info.path, remote.timeout)
-    with uproot.open(info.path, **access.uproot_options(remote, (info.path,) if whole else ())) as f:
+    # Without the branch check, uproot's reader of a tree's entry count alone (what
+    # uproot.num_entries uses) instead of the metadata of every branch.
+    light = {} if check_branches else {"custom_classes": {"TTree": _entries_only()}}
+    with uproot.open(info.path, **access.uproot_options(remote, (info.path,) if whole else ()), **light) as f:
         if info.tree not in f:
             available = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"  # noqa: SIM118 - uproot keys
             return _bad(info, f"no tree {info.tree!r} (objects in file: {available}); "
                               "set inputs.tree or the channel's tree")
         tree = f[info.tree]
-        # Types of the schema's branches only: a production ntuple has hundreds.
-        available = dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches)
-        check_branches(available, schema, info.path)
-        total = float(tree[weight_branch].array(library="np").sum(dtype="f8")) if sum_weights else 0.0
-        entries = int(tree.num_entries)
         uuid = str(f.file.uuid)
+        total = 0.0
+        if check_branches:
+            # Types of the schema's branches only: a production ntuple has hundreds.
+            available = dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches)
+            check(available, schema, info.path)
+            total = float(tree[weight_branch].array(library="np").sum(dtype="f8")) if sum_weights else 0.0
+            entries = int(tree.num_entries)
+        else:
+            entries = int(tree.member("fEntries")[0])  # one field, as uproot.num_entries reads it
     # What the server keeps about the content, else the bytes read once (from the whole-file
     # copy just made, where there is one).
     stored = access.stored_checksum(info.path, remote.timeout)
@@ -140,9 +148,13 @@ def _inspect(info: FileInfo, branches: list[str], weight_branch: str | None, sum
 
 
 def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None, sum_weights: bool, schema,
-                 remote: RemoteConfig | None = None) -> FileInfo:
-    """Open one file and check it against the schema; never raises for a bad file.
+                 remote: RemoteConfig | None = None, check_branches: bool = True) -> FileInfo:
+    """Open one file and check it; never raises for a bad file.
 
+    With ``check_branches`` the tree is read and its branches checked against the schema (and
+    the weight branch summed with ``sum_weights``). Without, only what the chunking needs is
+    read: the file's UUID and the tree's entry count, not the metadata of every branch (a
+    fifteenth of the time); the processor then checks the branches of the tree it reads anyway.
     A file that cannot be reached is retried as ``remote`` says when the cause may pass, and
     reported in one line (URL, cause, fix) when it does not.
     """
@@ -150,13 +162,19 @@ def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None,
 
     remote = remote or RemoteConfig()
     try:
-        return with_retries(lambda: _inspect(info, branches, weight_branch, sum_weights, schema, remote),
+        return with_retries(lambda: _inspect(info, branches, weight_branch, sum_weights, schema, remote, check_branches),
                             info.path, remote)
     except InputFileError as err:
         return _bad(info, err.reason)
     except Exception as err:  # noqa: BLE001 - a corrupt file can fail in many ways; report, never crash the check
         detail = " ".join(str(err).split())  # one line: it is listed among the skipped files
         return _bad(info, f"cannot be read as a ROOT file: {type(err).__name__}: {detail}")
+
+
+def _entries_only() -> type:
+    from uproot.models.TTree import Model_TTree_NumEntries
+
+    return Model_TTree_NumEntries
 
 
 def _bad(info: FileInfo, reason: str) -> FileInfo:
@@ -175,11 +193,16 @@ def inspect_files(cfg: Config, channels: dict[str, ChannelInput], client: Client
     todo = [FileInfo(**{**t.to_dict(), "index": i}) for i, t in enumerate(todo)]
     schema = cfg.input_schema
     args = (schema.branches(), schema.weight)
-    needs_sum = {name: ch.xsec_pb is not None and schema.weight is not None for name, ch in channels.items()}
+    # A channel normalised to its cross-section needs its good files' entries or weights
+    # before any chunk runs: its files are checked whole here. Other files' branches are
+    # checked by the processor, on the tree it reads anyway.
+    whole = {name: ch.xsec_pb is not None for name, ch in channels.items()}
+    sums = {name: whole[name] and schema.weight is not None for name in channels}
     if client is None:
-        return [inspect_file(t, *args, needs_sum[t.channel], schema, remote) for t in todo]
+        return [inspect_file(t, *args, sums[t.channel], schema, remote, whole[t.channel]) for t in todo]
     futures = client.map(
         inspect_file, todo, [args[0]] * len(todo), [args[1]] * len(todo),
-        [needs_sum[t.channel] for t in todo], [schema] * len(todo), [remote] * len(todo), pure=False,
+        [sums[t.channel] for t in todo], [schema] * len(todo), [remote] * len(todo),
+        [whole[t.channel] for t in todo], pure=False,
     )
     return client.gather(futures)

@@ -92,12 +92,12 @@ def jet_columns(pt, eta, phi, energy, offsets, jets: JetsConfig) -> dict[str, An
 class JetProcessor(RMMProcessor):
     """Turns chunks of jet constituents into staging pieces (parameters as :class:`RMMProcessor`)."""
 
-    def build(self, events, filename: str, start: int) -> tuple[dict[str, Any], list, dict[str, int]]:
+    def build(self, source, channel: str, filename: str, start: int) -> tuple[dict[str, Any], list, dict[str, int]]:
         from megaset.pipeline.jet_features import jet_kinematics
         from megaset.pipeline.schema import nonfinite_events, read_events
 
         jets = self.cfg.jets
-        ev = read_events(events, jets.schema, filename, entry_start=start)
+        ev = read_events(source, jets.schema, filename, entry_start=start)
         bad, nonfinite = nonfinite_events(ev)
         const = ev.collections[jets.collection]
         pt, eta, phi, mass = (np.asarray(const[c], dtype=np.float64) for c in ("pt", "eta", "phi", "mass"))
@@ -109,6 +109,6 @@ class JetProcessor(RMMProcessor):
         take = np.repeat(keep, const.counts())
         columns = jet_columns(pt[take], eta[take], phi[take], energy[take], kept.offsets, jets)
         ids = base_columns(ev.weight[keep], ev.run[keep], ev.event[keep], ev.entry[keep],
-                           self.channel_ids[events.metadata["dataset"]], self.file_index[filename],
+                           self.channel_ids[channel], self.file_index[filename],
                            self.weight_scale[filename])
         return {**columns, **ids}, cutflow, nonfinite

@@ -253,6 +253,24 @@ def test_missing_branch_names_branch_and_file(tmp_path):
         ingest(cfg)
 
 
+def test_missing_branch_is_skipped_with_the_branch_named(sample, tmp_path):
+    """Found by the processor (files not normalised to a cross-section are checked whole only
+    when their tree is read for a chunk): skipped, listed, left out of the staged files."""
+    branches = generate("zmmjets", 200, seed=3)
+    del branches["lepD0Sig"]
+    path = tmp_path / "nod0.root"
+    write_ntuple(path, branches, "mini")
+    channels = {"zmmjets": {"files": [str(sample / "zmmjets" / "*.root"), str(path)]}}
+    cfg = Config.model_validate({"inputs": {"channels": channels, "on_bad_file": "skip"},
+                                 "store": {"url": str(tmp_path / "s.zarr")}})
+    summary = ingest(cfg)
+    assert [s["file"] for s in summary.skipped] == [str(path)]
+    assert "lepD0Sig" in summary.skipped[0]["reason"]
+    assert summary.channels["zmmjets"]["n_read"] == 3000 and summary.files == 2
+    attrs = staging_attrs(cfg.store.staging)
+    assert str(path) not in {f["path"] for f in attrs["files"]} and attrs["skipped"][0]["file"] == str(path)
+
+
 def test_nan_values_are_counted_and_dropped_or_fatal(tmp_path):
     branches = generate("zmmjets", 400, seed=4)
     met = np.asarray(branches["met_Et"], dtype=np.float32).copy()
