@@ -234,12 +234,11 @@ def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorCon
     return {g.name: np.zeros(g.n_chunks, dtype=bool) for g in plan.groups}
 
 
-def _array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, codecs: list, fill: Any,
-                    dimensions: tuple[str, ...] | None = None):
-    """Zarr v3 metadata of an array, without touching the store."""
+def _new_metadata(chunks: tuple[int, ...], dtype: str, codecs: list, fill: Any, dimensions: tuple[str, ...] | None):
+    """Zarr v3 metadata of an array of one chunk, without touching the store."""
     import zarr
 
-    template = zarr.create_array(store={}, shape=shape, chunks=chunks, dtype=dtype, compressors=codecs,
+    template = zarr.create_array(store={}, shape=chunks, chunks=chunks, dtype=dtype, compressors=codecs,
                                  fill_value=fill, dimension_names=dimensions)
     return template.metadata
 
@@ -254,6 +253,17 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
     codecs = compressors(codec)
     width = _width(columns[feature][1])
     nodes: dict[str, Any] = {}
+    templates: dict[tuple, Any] = {}
+
+    def _array_metadata(shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, codecs: list, fill: Any,
+                        dimensions: tuple[str, ...] | None = None):
+        # One template per kind of array, given each shape: building zarr's metadata is the
+        # costly part of planning, once per array of every group.
+        key = (chunks, dtype, bool(codecs), repr(fill), dimensions)
+        if key not in templates:
+            templates[key] = _new_metadata(chunks, dtype, codecs, fill, dimensions)
+        return templates[key].update_shape(shape)
+
     for g in plan.groups:
         nodes[g.name] = GroupMetadata(zarr_format=3, attributes={
             "kind": g.kind, "n_events": g.n_events, "chunk_len": g.chunk_len,

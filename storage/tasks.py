@@ -75,9 +75,11 @@ def map_chunks(
     where = dict(zip(keys, names, strict=True))
     results = []
     try:
-        for n, future in enumerate(as_completed(futures), 1):
+        # The results come with the completions, in batches: a result fetched future by future
+        # costs a round trip each, on a driver that shares the cores with the workers.
+        for n, (future, result) in enumerate(as_completed(futures, with_results=True, raise_errors=False), 1):
             try:
-                results.append(future.result())
+                results.append(future.result() if future.status == "error" else result)
             except KilledWorker as err:
                 msg = (
                     f"{stage}: the workers running chunk {where[future.key]} died {retries + 1} times "
