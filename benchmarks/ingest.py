@@ -30,9 +30,16 @@ def _read_file(path: str, tree: str, branches: list[str]) -> int:
     return len(next(iter(arrays.values())))
 
 
+def cluster_cpu(client) -> float:
+    """CPU seconds used so far by this process (a LocalCluster's scheduler runs in it) and by
+    every worker: unlike wall time, other jobs on the machine leave it comparable."""
+    return time.process_time() + sum(client.run(time.process_time).values())
+
+
 def read_vs_ingest(cfg, client, files: dict[str, list[str]], work: Path,
-                   repeat: int = 3) -> tuple[int, float, Any, float]:
-    """(a) and (c) on the same files and workers: ``(events read, read s, ingest summary, ingest s)``.
+                   repeat: int = 3) -> tuple[int, float, Any, float, dict[str, float]]:
+    """(a) and (c) on the same files and workers: ``(events read, read s, ingest summary, ingest
+    s, the least CPU s of each side: {"read", "ingest"})``.
 
     ``files`` maps each channel to its files. Both sides are first warmed on the first file of
     every channel: the once-per-process costs (imports, the numba kernels of every event kind
@@ -55,15 +62,18 @@ def read_vs_ingest(cfg, client, files: dict[str, list[str]], work: Path,
     ingest(warm, client)
 
     t_read = t_ingest = float("inf")
+    cpu = {"read": float("inf"), "ingest": float("inf")}
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = cluster_cpu(client), time.perf_counter()
         n_read = sum(client.gather(client.map(_read_file, everything, tree=tree, branches=branches, pure=False)))
         t_read = min(t_read, time.perf_counter() - t0)
+        cpu["read"] = min(cpu["read"], cluster_cpu(client) - c0)
         shutil.rmtree(cfg.store.staging, ignore_errors=True)
-        t0 = time.perf_counter()
+        c0, t0 = cluster_cpu(client), time.perf_counter()
         summary = ingest(cfg, client)
         t_ingest = min(t_ingest, time.perf_counter() - t0)
-    return n_read, t_read, summary, t_ingest
+        cpu["ingest"] = min(cpu["ingest"], cluster_cpu(client) - c0)
+    return n_read, t_read, summary, t_ingest, cpu
 
 
 def main() -> None:
@@ -99,7 +109,7 @@ def main() -> None:
 
     # The cluster a user gets from the config (worker environment included), for both sides.
     with open_client(cfg.cluster) as client:
-        n_read, t_read, summary, t_ingest = read_vs_ingest(cfg, client, written, work, args.repeat)
+        n_read, t_read, summary, t_ingest, cpu = read_vs_ingest(cfg, client, written, work, args.repeat)
 
     # (b) and (d): one file's selected events, in this process, one core.
     import uproot
@@ -128,8 +138,10 @@ def main() -> None:
     print(f"{'(a) uproot read, ' + str(args.workers) + ' workers':<46}{read_rate:>14,.0f}{1.0:>10.2f}")
     print(f"{'(c) whole ingest, ' + str(args.workers) + ' workers (input events)':<46}{ingest_rate:>14,.0f}"
           f"{ingest_rate / read_rate:>10.2f}")
-    print(f"    of which checking the files (open, branches, checksum): {summary.seconds_inspect:.1f} s "
+    print(f"    of which checking the files (open, checksum, entries): {summary.seconds_inspect:.1f} s "
           f"of {t_ingest:.1f} s")
+    print(f"    CPU s (driver and workers): read {cpu['read']:.2f}, ingest {cpu['ingest']:.2f}, "
+          f"ratio {cpu['read'] / cpu['ingest']:.2f}")
     for form, seconds in kernel.items():
         print(f"{'(b) RMM kernel alone, 1 core, ' + form + ' rows':<46}{n_sel / seconds:>14,.0f}")
     print(f"selected fraction: {summary.n_selected / summary.n_read:.3f}; "

@@ -106,8 +106,9 @@ def plain_copy(client, staging: str, url: str, chunk_len: int, codec) -> float:
     return time.perf_counter() - t0
 
 
-def mix_vs_copy(cfg, client, work: Path, repeat: int) -> tuple[int, int, float, float, float]:
-    """(b) and (c) from ``cfg.store.staging``: ``(rows, RMM bytes, mix s, copy s, compression ratio)``.
+def mix_vs_copy(cfg, client, work: Path, repeat: int) -> tuple[int, int, float, float, float, dict[str, float]]:
+    """(b) and (c) from ``cfg.store.staging``: ``(rows, RMM bytes, mix s, copy s, compression
+    ratio, the least CPU s of each side, driver and workers: {"mix", "copy"})``.
 
     The mix writes ``cfg.store.url`` and the copy a scratch store under ``work``, alternately,
     best of ``repeat`` each: other load on the machine hits both alike.
@@ -115,18 +116,25 @@ def mix_vs_copy(cfg, client, work: Path, repeat: int) -> tuple[int, int, float, 
     from megaset.storage.mix import mix
     from megaset.storage.store import open_store
 
+    from ingest import cluster_cpu
+
     t_mix, t_copy = [], []
+    cpu = {"mix": float("inf"), "copy": float("inf")}
     for _ in range(repeat):
         shutil.rmtree(cfg.store.url, ignore_errors=True)
+        c0 = cluster_cpu(client)
         t_mix.append(mix(cfg, client)["seconds"])
+        cpu["mix"] = min(cpu["mix"], cluster_cpu(client) - c0)
+        c0 = cluster_cpu(client)  # the copy's CPU includes its setup, which its time leaves out
         t_copy.append(plain_copy(client, cfg.store.staging, str(work / "copy.zarr"), cfg.store.chunk_len,
                                  cfg.store.compressor))
+        cpu["copy"] = min(cpu["copy"], cluster_cpu(client) - c0)
         shutil.rmtree(work / "copy.zarr", ignore_errors=True)
     store = open_store(cfg.store.url)
     n_rows = sum(store.group(g).n_events for g in store.group_names())
     rmm_raw = n_rows * len(store.feature_names) * 4
     rmm_stored = sum(_stored(Path(cfg.store.url) / g / "rmm") for g in store.group_names())
-    return n_rows, rmm_raw, min(t_mix), min(t_copy), rmm_raw / rmm_stored
+    return n_rows, rmm_raw, min(t_mix), min(t_copy), rmm_raw / rmm_stored, cpu
 
 
 def per_chunk(cfg, work: Path, n_chunks: int = 12) -> tuple[float, float]:
@@ -233,9 +241,10 @@ def main() -> None:
     print(f"\n{args.workers} workers, codec {codec.codec} level {codec.level}; MB/s of uncompressed RMM data, "
           f"best of {args.repeat}")
     print(f"{'chunk_len':>10}{'events':>12}{'RMM MB':>10}{'(b) mix':>10}{'(c) copy':>10}{'ratio':>8}{'compr.':>8}")
-    for chunk_len, n_rows, raw, t_mix, t_copy, ratio in runs:
+    for chunk_len, n_rows, raw, t_mix, t_copy, ratio, cpu in runs:
         print(f"{chunk_len:>10,}{n_rows:>12,}{raw / 1e6:>10,.0f}{raw / t_mix / 1e6:>10,.0f}"
-              f"{raw / t_copy / 1e6:>10,.0f}{t_copy / t_mix:>8.2f}{ratio:>8.1f}")
+              f"{raw / t_copy / 1e6:>10,.0f}{t_copy / t_mix:>8.2f}{ratio:>8.1f}"
+              f"   CPU s: mix {cpu['mix']:.2f}, copy {cpu['copy']:.2f}")
     print("(b) includes planning, layout creation, metadata and the completion mark.")
 
     print(f"\n(e) one core, train chunks of {cfg.store.chunk_len}, alternating, median per chunk:")

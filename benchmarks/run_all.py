@@ -252,15 +252,15 @@ def _on_cluster(cfg, work: Path, repeat: int) -> dict[str, Any]:
     bench = cfg.replace(store={"url": str(work / "store.zarr")})
     with open_client(cfg.cluster) as client:
         client.wait_for_workers(cfg.cluster.workers)
-        n_read, t_read, summary, t_ingest = read_vs_ingest(bench, client, files, work, repeat)
-        n_rows, raw, t_mix, t_copy, compression = mix_vs_copy(bench, client, work, repeat)
+        n_read, t_read, summary, t_ingest, ingest_cpu = read_vs_ingest(bench, client, files, work, repeat)
+        n_rows, raw, t_mix, t_copy, compression, mix_cpu = mix_vs_copy(bench, client, work, repeat)
         t_score, scored = _best_of(repeat, lambda: score(cfg, client, overwrite=True))
     shutil.rmtree(work, ignore_errors=True)
     return {
         "ingest": {"events": n_read, "ingest_s": t_ingest, "uproot_read_s": t_read, "ratio": t_read / t_ingest,
-                   "checked_s": summary.seconds_inspect},
+                   "checked_s": summary.seconds_inspect, "cpu_s": ingest_cpu},
         "mix": {"events": n_rows, "rmm_mb": raw / 1e6, "mix_s": t_mix, "copy_s": t_copy, "ratio": t_copy / t_mix,
-                "compression": compression},
+                "compression": compression, "cpu_s": mix_cpu},
         "score": {"events": scored["events_scored"], "dask_s": t_score},
     }
 
@@ -399,6 +399,11 @@ def _side_lines(side: dict[str, Any]) -> list[str]:
             cells = [f"{c['ratio']:.2f}", ("<= " if c["at_most"] else ">= ") + f"{c['target']:g}",
                      "PASS" if c["pass"] else "FAIL"]
         lines.append(_row([label, f"{a:,.0f}", f"{b:,.0f}", *cells], widths))
+    ic, mc = i.get("cpu_s"), m.get("cpu_s")
+    if ic and mc:
+        lines.append(f"  CPU s of driver and workers (steadier on a shared machine): ingest {ic['ingest']:.1f} vs read "
+                     f"{ic['read']:.1f} ({ic['read'] / ic['ingest']:.2f}); mix {mc['mix']:.1f} vs copy {mc['copy']:.1f} "
+                     f"({mc['copy'] / mc['mix']:.2f}, the copy's setup included)")
     lines.append(f"  scores of the forward pass equal the stored ones: {s['agrees']}; "
                  f"query rows equal: {q['same_rows']} ({q['rows']:,} rows)")
     lines.append(f"  query: {q['sql']}")
