@@ -25,10 +25,13 @@ def test_results_of_every_item_come_back_with_progress(cluster_client):
 
 
 def test_a_chunk_whose_workers_die_on_every_try_is_named():
+    import dask
     from distributed import Client, LocalCluster
 
-    # A cluster of its own: the shared one keeps its workers.
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    # A cluster of its own, whose scheduler gives up on the first death (no worker restarts to
+    # wait for on a busy machine): the shared one keeps its workers.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client, pytest.raises(
                 StoreError, match=r"megaset test: the workers running chunk train-7 died 1 times.*rerun `megaset test`"):
         map_chunks(client, _die, [7], names=["train-7"], stage="megaset test", retries=0)
