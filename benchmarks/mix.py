@@ -113,10 +113,9 @@ def mix_vs_copy(cfg, client, work: Path, repeat: int) -> tuple[int, int, float, 
     The mix writes ``cfg.store.url`` and the copy a scratch store under ``work``, alternately,
     best of ``repeat`` each: other load on the machine hits both alike.
     """
+    from ingest import cluster_cpu
     from megaset.storage.mix import mix
     from megaset.storage.store import open_store
-
-    from ingest import cluster_cpu
 
     t_mix, t_copy = [], []
     cpu = {"mix": float("inf"), "copy": float("inf")}

@@ -402,8 +402,8 @@ def _side_lines(side: dict[str, Any]) -> list[str]:
     ic, mc = i.get("cpu_s"), m.get("cpu_s")
     if ic and mc:
         lines.append(f"  CPU s of driver and workers (steadier on a shared machine): ingest {ic['ingest']:.1f} vs read "
-                     f"{ic['read']:.1f} ({ic['read'] / ic['ingest']:.2f}); mix {mc['mix']:.1f} vs copy {mc['copy']:.1f} "
-                     f"({mc['copy'] / mc['mix']:.2f}, the copy's setup included)")
+                     f"{ic['read']:.1f} ({ic['read'] / ic['ingest']:.2f}); mix {mc['mix']:.1f} vs copy "
+                     f"{mc['copy']:.1f} ({mc['copy'] / mc['mix']:.2f}, the copy's setup included)")
     lines.append(f"  scores of the forward pass equal the stored ones: {s['agrees']}; "
                  f"query rows equal: {q['same_rows']} ({q['rows']:,} rows)")
     lines.append(f"  query: {q['sql']}")

@@ -162,7 +162,8 @@ def inspect_file(info: FileInfo, branches: list[str], weight_branch: str | None,
 
     remote = remote or RemoteConfig()
     try:
-        return with_retries(lambda: _inspect(info, branches, weight_branch, sum_weights, schema, remote, check_branches),
+        return with_retries(lambda: _inspect(info, branches, weight_branch, sum_weights, schema, remote,
+                                             check_branches),
                             info.path, remote)
     except InputFileError as err:
         return _bad(info, err.reason)

@@ -264,7 +264,7 @@ def _tables(store: Store, sql: str, seen: list[str]) -> dict[str, pl.LazyFrame]:
             continue
         frame = _scan(store, name)
         seen.append(name)
-        tables.update({alias: frame for alias in aliases})
+        tables.update(dict.fromkeys(aliases, frame))
     return tables
 
 

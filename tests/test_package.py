@@ -56,6 +56,7 @@ PUBLIC_API = {
     ],
     "megaset.pipeline.ingest": ["IngestSummary", "ingest"],
     "megaset.pipeline.inputs": ["FileInfo", "expand_files", "inspect_file", "inspect_files", "resolve_channels"],
+    "megaset.pipeline.open_files": ["OPEN_TREES", "OpenTrees"],
     "megaset.pipeline.jet_features": [
         "FEATURE_WIDTH", "jet_images", "jet_kinematics", "leading_constituents", "nsubjettiness",
     ],

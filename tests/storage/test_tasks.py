@@ -33,5 +33,5 @@ def test_a_chunk_whose_workers_die_on_every_try_is_named():
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client, pytest.raises(
-                StoreError, match=r"megaset test: the workers running chunk train-7 died 1 times.*rerun `megaset test`"):
+                StoreError, match=r"megaset test: the workers running chunk train-7 died 1 times.*rerun `megaset"):
         map_chunks(client, _die, [7], names=["train-7"], stage="megaset test", retries=0)
