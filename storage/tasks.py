@@ -76,8 +76,11 @@ def map_chunks(
     results = []
     try:
         # The results come with the completions, in batches: a result fetched future by future
-        # costs a round trip each, on a driver that shares the cores with the workers.
-        for n, (future, result) in enumerate(as_completed(futures, with_results=True, raise_errors=False), 1):
+        # costs a round trip each, on a driver that shares the cores with the workers. They are
+        # fetched on this client's loop: as_completed defaults to the default client's, and where a
+        # process holds two clients, the other loop's thread would write on this client's sockets.
+        completed = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
+        for n, (future, result) in enumerate(completed, 1):
             try:
                 results.append(future.result() if future.status == "error" else result)
             except KilledWorker as err:

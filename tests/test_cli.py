@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import traceback
 
 import pytest
 import yaml
@@ -91,7 +92,7 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     result = CliRunner().invoke(app, ["run", "-c", str(path)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output + "".join(traceback.format_exception(*result.exc_info))
     output = "".join(result.output.split())  # rich wraps and folds long lines
     tail = output[output.index("finished"):]
     assert "(Farinaetal.TableI)" in tail and all(column in tail for column in ("AUC", "E10", "E100"))

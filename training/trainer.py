@@ -21,6 +21,7 @@ when resuming), and ``store.url`` a store they can all read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -76,7 +77,9 @@ def train(
 
     tc = cfg.training
     if tc.model == "pca" or tc.model in CUTS:
-        return _fit_fixed(cfg, resume=resume, progress=progress)
+        # dask-ml fits on the current client's cluster: this one, not another the process holds.
+        with client.as_current() if client is not None else contextlib.nullcontext():
+            return _fit_fixed(cfg, resume=resume, progress=progress)
     if client is not None:
         results = run_on_dask(
             client, _fit_rank, cfg.resolved(), resume, world_size=tc.ddp.world_size,

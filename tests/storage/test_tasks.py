@@ -35,3 +35,34 @@ def test_a_chunk_whose_workers_die_on_every_try_is_named():
             Client(cluster) as client, pytest.raises(
                 StoreError, match=r"megaset test: the workers running chunk train-7 died 1 times.*rerun `megaset"):
         map_chunks(client, _die, [7], names=["train-7"], stage="megaset test", retries=0)
+
+
+def test_results_are_fetched_on_the_callers_client_while_another_client_is_the_default(cluster_client):
+    import contextlib
+    import threading
+
+    from distributed import Client, default_client
+
+    # Two clients of one scheduler in one process (a `megaset run` against an existing scheduler
+    # from a driver that already holds a client), each on a loop of its own; the first is the
+    # default. Its loop is held while the second maps its chunks: fetched on it, the results
+    # would wait for it (and, when not held, that loop's thread writes on the second's sockets).
+    address = cluster_client.scheduler.address
+    with Client(address) as first, contextlib.closing(Client(address, set_as_default=False)) as second:
+        assert default_client() is first and second.loop is not first.loop
+        release, held, expired = threading.Event(), threading.Event(), []
+
+        def hold() -> None:
+            held.set()
+            expired.append(not release.wait(60))
+
+        first.loop.add_callback(hold)
+        assert held.wait(30)
+        try:
+            out = map_chunks(second, _square, list(range(6)), names=[f"g-{i}" for i in range(6)],
+                             stage="megaset test", retries=0, offset=0)
+            returned_while_held = not release.is_set()
+        finally:
+            release.set()
+    assert sorted(out) == [i * i for i in range(6)]
+    assert returned_while_held and expired == [False]
