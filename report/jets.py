@@ -176,7 +176,7 @@ def _farina_rows(rows: Sequence[dict]) -> list[list[Any]]:
 def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[str], out: Path) -> dict[str, Any]:
     """Every table and figure of a jet store (see the module docstring); writes ``report.md``
     and ``report.json`` into ``out`` and returns what the JSON holds."""
-    from megaset.report.report import anomaly_table
+    from megaset.report.anomaly import anomaly_table
 
     rc = cfg.report
     background = [s for s in samples if s.kind == "background"]

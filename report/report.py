@@ -43,11 +43,12 @@ import yaml
 from megaset.config import Config, ReportConfig
 from megaset.errors import StoreError, StoreKeyError
 from megaset.report import metrics, plots
+from megaset.report.anomaly import anomaly_table
 from megaset.report.markdown import finite, studies, write_markdown
 from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable
 from megaset.report.style import DATA_COLOUR, Style
 
-__all__ = ["report", "error_axis", "axis_label", "cut_label", "anomaly_table"]
+__all__ = ["report", "error_axis", "axis_label", "cut_label"]
 
 _TINY = 1e-12  # errors are clipped here before the logarithm (a perfect reconstruction is 0)
 
@@ -85,28 +86,6 @@ def _components(samples: Sequence[Sample], values: dict[str, np.ndarray], mask: 
         keep = mask[s.name] if mask is not None else slice(None)
         out.append(plots.Component(s.name, values[s.name][keep], s.weight[keep]))
     return out
-
-
-def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sample], *,
-                  replicas: int = 200) -> tuple[list[dict], dict]:
-    """AUC (with its bootstrap uncertainty), E10, E100 of every signal against the whole
-    background (Farina et al. Table I).
-
-    Returns the table rows (``signal, model, auc, auc_error, e10, e100``) and, per signal, the
-    ROC curve ``(fpr, tpr, auc, auc_error)``.
-    """
-    b = np.concatenate([s.scores[model] for s in background])
-    wb = np.concatenate([s.weight for s in background])
-    rows, rocs = [], {}
-    for sig in signals:
-        fpr, tpr, _ = metrics.roc_curve(b, sig.scores[model], wb, sig.weight)
-        area = float(np.trapezoid(tpr, fpr))
-        error = metrics.auc_error(b, sig.scores[model], wb, sig.weight, replicas=replicas)
-        rows.append({"signal": sig.name, "model": model, "auc": area, "auc_error": error,
-                     "e10": metrics.signal_efficiency(fpr, tpr, 0.1),
-                     "e100": metrics.signal_efficiency(fpr, tpr, 0.01)})
-        rocs[sig.name] = (fpr, tpr, area, error)
-    return rows, rocs
 
 
 def _scan(values: np.ndarray, weights: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ def auc_cell(row: dict[str, Any]) -> str:
 def anomaly_row(cfg: Config, signal: str) -> dict[str, Any]:
     """AUC (with its uncertainty), E10, E100 of ``signal`` against the test background in the
     store of ``cfg``."""
-    from megaset.report.report import anomaly_table
+    from megaset.report.anomaly import anomaly_table
     from megaset.report.samples import load_samples, mass_variable
     from megaset.storage.store import open_store
 
