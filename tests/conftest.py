@@ -17,6 +17,20 @@ os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
 os.environ.setdefault("XRD_TIMEOUTRESOLUTION", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped where torch sees none."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cluster_client():
     """A real Dask LocalCluster with two worker processes, shared by the tests that need one."""

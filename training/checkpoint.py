@@ -104,15 +104,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Autoencoder, Scaling, dict[str, Any]]:
-    """The trained model (in eval mode), its input scaling and the checkpoint's metadata.
+    """The trained model (in eval mode) on ``map_location``, its input scaling (numpy, on the
+    host) and the checkpoint's metadata (on the host).
 
-    >>> model, scaling, meta = load_model("megaset-demo/models/ae-shallow/best.pt")  # doctest: +SKIP
-    >>> errors = model.reconstruction_error(torch.from_numpy(scaling(rmm)))          # doctest: +SKIP
+    The checkpoint is always read onto the CPU and only the model is moved: its scaling and
+    metadata are host data, and a tensor read straight onto a GPU cannot become numpy.
+
+    >>> model, scaling, meta = load_model("megaset-demo/models/ae-shallow/best.pt", "cuda")  # doctest: +SKIP
+    >>> errors = model.reconstruction_error(scaling.scale_(torch.from_numpy(rmm).cuda()))    # doctest: +SKIP
     """
     from megaset.training.registry import build_model
     from megaset.training.scaling import Scaling
 
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, "cpu")
     model = build_model(ckpt["model"], len(ckpt["feature_names"]), ckpt["architecture"])
     model.load_state_dict(ckpt["state"])
     model.eval()

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from megaset.errors import StoreError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Scaling"]
 
@@ -77,6 +80,20 @@ class Scaling:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> Scaling:
-        """Inverse of :meth:`state_dict`."""
-        return cls(state["kind"], state["offset"].numpy().astype(np.float32),
-                   state["factor"].numpy().astype(np.float32))
+        """Inverse of :meth:`state_dict`, from tensors on any device (a checkpoint read with a
+        ``map_location``): the scaling itself stays numpy, on the host."""
+        return cls(state["kind"], state["offset"].detach().cpu().numpy().astype(np.float32),
+                   state["factor"].detach().cpu().numpy().astype(np.float32))
+
+    def scale_(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale a float32 tensor ``[N, F]`` in place on its own device; returns it.
+
+        The same float32 subtraction and multiplication as :meth:`__call__`, so on the CPU the
+        result is bit for bit the numpy one; the 2 x F constants are copied to the device per
+        call (per chunk), which is nothing beside the chunk itself.
+        """
+        import torch
+
+        offset = torch.from_numpy(self.offset).to(x.device, non_blocking=True)
+        factor = torch.from_numpy(self.factor).to(x.device, non_blocking=True)
+        return x.sub_(offset).mul_(factor)

@@ -44,6 +44,50 @@ def test_load_model_rebuilds_the_model_without_the_config(tmp_path):
     assert loaded_scaling.kind == "minmax" and meta["history"] == [{"epoch": 1}]
 
 
+def _saved_model(tmp_path):
+    torch.manual_seed(0)
+    arch = resolve_architecture("ae-shallow", 16, ArchitectureConfig(latent=3))
+    model = build_model("ae-shallow", 16, arch).eval()
+    scaling = Scaling("minmax", np.linspace(0, 1, 16, dtype=np.float32), np.full(16, 0.5, np.float32))
+    save_checkpoint(tmp_path / "best.pt", {
+        "model": "ae-shallow", "architecture": arch, "feature_names": [f"f{i}" for i in range(16)],
+        "state": model.state_dict(), "scaling": scaling.state_dict(),
+    })
+    return model, scaling
+
+
+def _load_on(tmp_path, device):
+    """Load with ``map_location=device`` and score a batch there; the model moved, the scaling on the host."""
+    model, scaling = _saved_model(tmp_path)
+    loaded, loaded_scaling, _ = load_model(tmp_path / "best.pt", map_location=device)
+    assert {p.device.type for p in loaded.parameters()} == {torch.device(device).type}
+    assert isinstance(loaded_scaling.offset, np.ndarray) and isinstance(loaded_scaling.factor, np.ndarray)
+    np.testing.assert_array_equal(loaded_scaling.offset, scaling.offset)
+    raw = np.random.default_rng(1).random((32, 16), dtype=np.float32) * 3
+    with torch.no_grad():
+        on_device = loaded.reconstruction_error(loaded_scaling.scale_(torch.from_numpy(raw.copy()).to(device)))
+        expected = model.reconstruction_error(torch.from_numpy(scaling(raw)))
+    torch.testing.assert_close(on_device.cpu(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_load_model_with_a_map_location_moves_the_model_and_keeps_the_scaling_on_the_host(tmp_path, device):
+    _load_on(tmp_path, device)
+
+
+@pytest.mark.gpu
+def test_load_model_onto_cuda_scores_there(tmp_path):
+    # Reading the checkpoint straight onto the GPU made Scaling.from_state_dict fail with
+    # "can't convert cuda:0 device type tensor to numpy".
+    _load_on(tmp_path, "cuda")
+
+
+def test_scaling_comes_back_from_tensors_on_any_device_or_with_grad():
+    offset = torch.arange(4, dtype=torch.float32, requires_grad=True)
+    back = Scaling.from_state_dict({"kind": "minmax", "offset": offset, "factor": torch.ones(4)})
+    np.testing.assert_array_equal(back.offset, np.arange(4, dtype=np.float32))
+
+
 class _Callable:
     """Unpickles into a call of ``print``: what a malicious checkpoint would smuggle in."""
 
