@@ -34,8 +34,11 @@ __all__ = [
     "CollectionSchema",
     "MetSchema",
     "SchemaConfig",
+    "JetSchemaConfig",
     "JetSelection",
     "LeptonSelection",
+    "ElectronSelection",
+    "MuonSelection",
     "PhotonSelection",
     "SelectionConfig",
     "RMMObject",
@@ -226,11 +229,17 @@ def _default_collections() -> dict[str, CollectionSchema]:
 class SchemaConfig(_Section):
     """Maps the input branches onto object collections, MET, weight and event id."""
 
-    collections: dict[str, CollectionSchema] = Field(default_factory=_default_collections)
+    collections: dict[str, CollectionSchema] = Field(
+        default_factory=_default_collections,
+        description="Collection name -> its branches; a mapping given here replaces the default one whole.",
+    )
     met: MetSchema | None = Field(MetSchema(), description="null for inputs without MET (jet inputs).")
     weight: str | None = Field("wgt", description="Per-event weight branch; null for weight 1.")
-    run: str | None = "runNumber"
-    event: str | None = "eventNumber"
+    run: str | None = Field("runNumber", description="Run-number branch; null for files without one (stored as 0).")
+    event: str | None = Field(
+        "eventNumber", description="Event-number branch; null for files without one (stored as 0: the file "
+        "index and entry in event_id still tell events apart).",
+    )
 
     def branches(self) -> list[str]:
         out = [b for c in self.collections.values() for b in c.branches()]
@@ -259,13 +268,30 @@ class JetSelection(_Section):
 
 
 class LeptonSelection(_Section):
+    """Signal leptons of one type. The keys without a default here take those of
+    :class:`ElectronSelection` or :class:`MuonSelection`, the only place they are set."""
+
     collection: str = "lepton"
-    flavor: int | None = Field(None, description="Value of the 'flavor' field; null: all objects.")
+    flavor: int | None = Field(description="Value of the 'flavor' field; null: all objects.")
     pt_min: float = 10.0
+    abs_eta_max: float
+    require_tight: bool = Field(description="Keep only objects that pass the 'tight' field (see docs/pipeline.md).")
+    require_iso: bool = Field(True, description="Keep only objects that pass the 'iso' field (see docs/pipeline.md).")
+    d0sig_max: float | None = Field(description="|'d0sig' field| at most this; null: no d0 cut.")
+
+
+class ElectronSelection(LeptonSelection):
+    flavor: int | None = 1
     abs_eta_max: float = 2.47
+    require_tight: bool = True
+    d0sig_max: float | None = 5.0
+
+
+class MuonSelection(LeptonSelection):
+    flavor: int | None = 2
+    abs_eta_max: float = 2.7
     require_tight: bool = False
-    require_iso: bool = True
-    d0sig_max: float | None = None
+    d0sig_max: float | None = 3.0
 
 
 class PhotonSelection(_Section):
@@ -277,10 +303,8 @@ class PhotonSelection(_Section):
 class SelectionConfig(_Section):
     mode: Literal["2lep", "3lep"] = "2lep"
     jets: JetSelection = JetSelection()
-    electrons: LeptonSelection = LeptonSelection(
-        flavor=1, abs_eta_max=2.47, require_tight=True, d0sig_max=5.0
-    )
-    muons: LeptonSelection = LeptonSelection(flavor=2, abs_eta_max=2.7, d0sig_max=3.0)
+    electrons: ElectronSelection = ElectronSelection()
+    muons: MuonSelection = MuonSelection()
     photons: PhotonSelection | None = None
     mll_min: float = Field(70.0, description="2lep: m_ll of the two leading leptons above this.")
     trigger_pt_2lep: float = Field(25.0, description="2lep: at least two leptons above this pT.")
@@ -370,7 +394,7 @@ class StoreConfig(_Section):
         16384, gt=0, description="Events per chunk in every group (docs/store.md says why 16384)."
     )
     compressor: CompressorConfig = CompressorConfig()
-    staging_compressor: CompressorConfig = CompressorConfig(codec="zstd", level=1)
+    staging_compressor: CompressorConfig = CompressorConfig()
     splits: SplitsConfig = SplitsConfig()
     seed: int = 42
     contamination: ContaminationConfig | None = None
@@ -539,11 +563,15 @@ class SimulateConfig(_Section):
 JET_SAMPLES = ("qcd", "gluon", "top", "w", "gluino", "hbb", "dark", "zprime40")
 
 
-def _default_jet_schema() -> SchemaConfig:
-    return SchemaConfig(
-        collections={"constituent": CollectionSchema(pt="constPt", eta="constEta", phi="constPhi", energy="constE")},
-        met=None, weight=None, run=None, event="eventNumber",
-    )
+class JetSchemaConfig(SchemaConfig):
+    """The schema of jet inputs (``jets.schema``): constituents, no MET, unit weights, no run number."""
+
+    collections: dict[str, CollectionSchema] = Field(default_factory=lambda: {
+        "constituent": CollectionSchema(pt="constPt", eta="constEta", phi="constPhi", energy="constE")})
+    met: MetSchema | None = None
+    weight: str | None = None
+    run: str | None = None
+    event: str | None = "eventNumber"
 
 
 class JetSelectionConfig(_Section):
@@ -605,7 +633,7 @@ class JetSimulateConfig(_Section):
 class JetsConfig(_Section):
     """Jet-level inputs (``inputs.kind: jets``): constituents -> images, constituent lists, N-subjettiness."""
 
-    schema_: SchemaConfig = Field(default_factory=_default_jet_schema, alias="schema",
+    schema_: JetSchemaConfig = Field(default_factory=JetSchemaConfig, alias="schema",
                                   description="Branches of the constituents (flat or jagged, polar or Cartesian).")
     collection: str = Field("constituent", description="The collection of schema.collections holding the constituents.")
     selection: JetSelectionConfig = JetSelectionConfig()

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
-import pytest
+import types
+import typing
+from pathlib import Path
 
-from megaset.config import CollectionSchema, Config, MetSchema, load_config
+import pytest
+from pydantic import BaseModel
+
+from megaset.config import CollectionSchema, Config, LeptonSelection, MetSchema, SelectionConfig, load_config
 from megaset.errors import ConfigError
+from megaset.pipeline.selection import cutflow_steps
+
+DOCS = Path(__file__).parents[1] / "docs"
 
 
 def write(tmp_path, text: str):
@@ -109,3 +117,97 @@ def test_remote_input_settings_are_validated(tmp_path):
     assert "inputs.remote.timeout: Input should be greater than 0" in text
     assert "inputs.remote.max_request_bytes: Value error, cannot read 'lots' as a size" in text
     assert "inputs.remote.retry: unknown key; did you mean 'retries'" in text
+
+
+def _optional_section(annotation) -> type[BaseModel] | None:
+    """The section class of a field typed ``Section | None``, when it can be built from defaults alone."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _sections(section: BaseModel, path: tuple[tuple[str, str], ...] = ()):
+    """(path, documented default) of every section under ``section``: each step of a path is (yaml key,
+    attribute); sections that default to null are walked with their own defaults (e.g. selection.photons)."""
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if value is None and (cls := _optional_section(field.annotation)) is not None:
+            if any(f.is_required() for f in cls.model_fields.values()):
+                continue  # no default to keep (store.contamination needs its signal)
+            value = cls()
+        if isinstance(value, BaseModel):
+            here = (*path, (field.alias or name, name))
+            yield here, value
+            yield from _sections(value, here)
+
+
+SECTIONS = dict(_sections(Config()))
+
+
+def _nested(path, leaf: dict) -> dict:
+    for key, _ in reversed(path):
+        leaf = {key: leaf}
+    return leaf
+
+
+def _section_of(cfg: Config, path) -> BaseModel:
+    for _, attribute in path:
+        cfg = getattr(cfg, attribute)
+    return cfg
+
+
+@pytest.mark.parametrize("path", list(SECTIONS), ids=[".".join(k for k, _ in p) for p in SECTIONS])
+def test_every_default_survives_a_partial_override_of_its_section(path):
+    """Overriding one key of a section, with any value, must leave each other key at its documented
+    default: a sub-section built from other defaults than the documented ones fails here."""
+    default = SECTIONS[path]
+    assert len(SECTIONS) >= 33  # the walk reaches every section, nested ones and those off by default
+    dumped = default.model_dump(mode="json", by_alias=True)
+    for key, value in dumped.items():
+        cfg = Config.model_validate(_nested(path, {key: value}))
+        assert _section_of(cfg, path) == default, f"{'.'.join(k for k, _ in path)}: override of {key} only"
+
+
+def test_partial_lepton_overrides_keep_the_documented_cuts():
+    """The override of the NanoAOD recipe: a separate muon collection, no flavour field."""
+    cfg = Config.model_validate({"selection": {"muons": {"collection": "muon", "flavor": None},
+                                               "electrons": {"collection": "electron", "flavor": None}}})
+    muons, electrons = cfg.selection.muons, cfg.selection.electrons
+    assert (muons.abs_eta_max, muons.d0sig_max, muons.require_tight, muons.require_iso) == (2.7, 3.0, False, True)
+    assert (electrons.abs_eta_max, electrons.d0sig_max, electrons.require_tight) == (2.47, 5.0, True)
+    jets = Config.model_validate({"jets": {"schema": {"event": None}}}).jets.schema
+    assert (jets.met, jets.weight, jets.run, list(jets.collections)) == (None, None, None, ["constituent"])
+    with pytest.raises(ValueError, match="abs_eta_max"):
+        LeptonSelection(flavor=None, require_tight=False, d0sig_max=None)  # no defaults of its own to drift
+
+
+def _selection_table(cfg: SelectionConfig) -> list[str]:
+    """The object table of docs/pipeline.md, from the model."""
+    jets = cfg.jets
+
+    def leptons(sel) -> str:
+        cuts = [f"flavour {sel.flavor}", f"pT ≥ {sel.pt_min:g} GeV", f"\\|η\\| ≤ {sel.abs_eta_max:g}"]
+        cuts += ["tight"] * sel.require_tight + ["isolated"] * sel.require_iso
+        cuts += [f"\\|d0/σ\\| ≤ {sel.d0sig_max:g}"] if sel.d0sig_max is not None else []
+        return ", ".join(cuts)
+
+    return [
+        f"| jets | pT ≥ {jets.pt_min:g} GeV, \\|η\\| ≤ {jets.abs_eta_max:g} |",
+        f"| light jets | jets with DL1r < {jets.light_max:g} |",
+        f"| b-jets | jets with DL1r ≥ {jets.b_min:g} (jets in between are in neither, but count in HT) |",
+        f"| electrons | {leptons(cfg.electrons)} |",
+        f"| muons | {leptons(cfg.muons)} |",
+    ]
+
+
+def test_docs_state_the_models_selection_defaults():
+    text = (DOCS / "pipeline.md").read_text()
+    lines = text.splitlines()
+    start = lines.index("| object | definition (defaults, all configurable) |") + 2
+    assert lines[start:start + 5] == _selection_table(SelectionConfig())
+    for mode in ("2lep", "3lep"):
+        for step in cutflow_steps(SelectionConfig(mode=mode))[2:]:
+            assert f"`{step}`" in text, step

@@ -39,8 +39,9 @@ PUBLIC_API = {
     "megaset.config": [
         "AdaptConfig", "AdversaryConfig", "ArchitectureConfig", "ChannelInput", "ClusterConfig", "CollectionSchema",
         "CompressorConfig", "Config", "ContaminationConfig", "DDPConfig", "DEMOS", "EarlyStoppingConfig",
-        "HTCondorConfig", "InputsConfig", "JET_SAMPLES", "JetImageConfig", "JetSelection", "JetSelectionConfig",
-        "JetSimulateConfig", "JetsConfig", "KubernetesConfig", "LeptonSelection", "LoaderConfig", "MetSchema",
+        "ElectronSelection", "HTCondorConfig", "InputsConfig", "JET_SAMPLES", "JetImageConfig", "JetSchemaConfig",
+        "JetSelection", "JetSelectionConfig", "JetSimulateConfig", "JetsConfig", "KubernetesConfig",
+        "LeptonSelection", "LoaderConfig", "MetSchema", "MuonSelection",
         "OBJECT_SOURCES", "PhotonSelection", "RMMConfig", "RMMObject", "RemoteConfig", "ReportConfig", "SchemaConfig",
         "ScoringConfig", "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TrainingConfig",
         "demo_config", "load_config",

@@ -299,9 +299,10 @@ def test_separate_collections_without_flavor_and_photons():
         "jet": SchemaConfig().collections["jet"].model_dump(),
         "electron": coll("Electron", fields), "muon": coll("Muon", fields), "photon": coll("Photon", {}),
     }})
+    # Only the collection and the flavour change: every other cut keeps its default.
     cfg = SelectionConfig.model_validate({
-        "electrons": {"collection": "electron", "require_tight": True, "d0sig_max": 5.0},
-        "muons": {"collection": "muon", "abs_eta_max": 2.7, "d0sig_max": 3.0},
+        "electrons": {"collection": "electron", "flavor": None},
+        "muons": {"collection": "muon", "flavor": None},
         "photons": {},
     })
     sel = select(read_events(data, schema, "nano.root"), cfg)
