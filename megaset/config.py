@@ -786,7 +786,16 @@ class ScoringConfig(_Section):
         True, description="Also write the error of each RMM block (met, mass, rapidity, energy) "
         "as score/<model>.<block>; needs a square number of features.",
     )
-    batch_size: int = Field(65_536, gt=0, description="Events per forward pass inside a chunk.")
+    batch_size: int = Field(65_536, gt=0, description="Events per forward pass inside a chunk, on a CPU.")
+    gpu_batch_size: int = Field(
+        1_048_576, gt=0, description="Events per forward pass on a GPU: whole chunks, the device is fed "
+        "in as few copies and launches as memory allows.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: on a cluster, the workers declaring the Dask resource GPU when there are "
+        "any (cluster.gpus_per_worker), else the CPU workers, which never touch CUDA; in one process, CUDA "
+        "when torch sees a device. cuda: refuse to run where there is none.",
+    )
     retries: int = Field(3, ge=0, description="Dask retries of a chunk whose worker died.")
 
 

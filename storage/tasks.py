@@ -32,6 +32,7 @@ def map_chunks(
     stage: str,
     retries: int,
     progress: Callable[[int], None] | None = None,
+    resources: dict[str, float] | None = None,
     **kwargs: Any,
 ) -> list[R]:
     """``fn(item, **kwargs)`` for every item, as Dask tasks; the results in completion order.
@@ -51,6 +52,9 @@ def map_chunks(
         Dask retries of a task whose worker died.
     progress
         Called with the number of items finished so far, after each one.
+    resources
+        Dask resources every task holds while it runs (``{"GPU": 1}``: only workers declaring
+        a GPU run them, one task per declared GPU at a time); ignored without a client.
 
     Raises
     ------
@@ -71,7 +75,7 @@ def map_chunks(
     token = uuid.uuid4().hex[:12]
     prefix = stage.split()[-1]
     keys = [f"{prefix}-{name.replace('/', ':')}-{token}" for name in names]
-    futures = client.map(fn, items, key=keys, retries=retries, pure=False, **kwargs)
+    futures = client.map(fn, items, key=keys, retries=retries, pure=False, resources=resources, **kwargs)
     where = dict(zip(keys, names, strict=True))
     results = []
     try:

@@ -125,7 +125,7 @@ PUBLIC_API = {
     "megaset.training.checkpoint": [
         "FORMAT", "load_checkpoint", "load_model", "rng_state", "save_checkpoint", "set_rng_state",
     ],
-    "megaset.training.ddp": ["choose_backend", "process_group", "run_on_dask"],
+    "megaset.training.ddp": ["choose_backend", "process_group", "run_on_dask", "worker_resources"],
     "megaset.training.graph": ["FIELDS", "GraphAE", "OneOff", "TauRatio", "node_features"],
     "megaset.training.loader": ["ChunkDataset", "current_shard"],
     "megaset.training.loop": [
@@ -139,7 +139,7 @@ PUBLIC_API = {
         "CUTS", "JET_MODELS", "MODELS", "build_model", "input_column", "resolve_architecture",
     ],
     "megaset.training.scaling": ["Scaling"],
-    "megaset.training.score": ["checkpoint_path", "latent_column", "reconstruction_errors", "score"],
+    "megaset.training.score": ["checkpoint_path", "latent_column", "reconstruction_errors", "score", "scoring_device"],
     "megaset.training.trainer": ["train"],
 }
 

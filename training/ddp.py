@@ -34,7 +34,7 @@ from megaset.errors import ConfigError, TrainingError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["process_group", "choose_backend", "run_on_dask"]
+__all__ = ["process_group", "choose_backend", "run_on_dask", "worker_resources"]
 
 #: Seconds between two looks of the driver at the ranks' futures and workers.
 _POLL_S = 0.25
@@ -101,7 +101,8 @@ def _worker_resources(dask_scheduler: Any) -> dict[str, dict[str, float]]:
     return {addr: dict(ws.resources) for addr, ws in dask_scheduler.workers.items()}
 
 
-def _workers(client: Client) -> dict[str, dict[str, float]]:
+def worker_resources(client: Client) -> dict[str, dict[str, float]]:
+    """Every worker's address and the resources it declares (``{"GPU": 1}``), asked of the scheduler."""
     # Asked of the scheduler directly: Client.scheduler_info() returns a cache that the
     # client's periodic refresh can overwrite with a copy listing no workers at all.
     return client.run_on_scheduler(_worker_resources)
@@ -113,7 +114,7 @@ def _rank_workers(client: Client, world_size: int | None, wait_s: float) -> tupl
         # Adaptive clusters start workers on demand; too few after the wait is reported below.
         with contextlib.suppress(TimeoutError):
             client.wait_for_workers(world_size, timeout=wait_s)
-    workers = _workers(client)
+    workers = worker_resources(client)
     gpu = sorted(a for a, resources in workers.items() if resources.get("GPU", 0) >= 1)
     candidates = gpu or sorted(workers)
     n = world_size or len(candidates)
@@ -207,7 +208,7 @@ def _watch(client: Client, futures: list, workers: list[str], queue: Any, progre
     while True:
         _drain(queue, progress, _POLL_S)
         done = all(f.status == "finished" for f in futures)
-        alive = set(_workers(client))
+        alive = set(worker_resources(client))
         dead = [r for r, a in enumerate(workers) if a not in alive and futures[r].status != "finished"]
         errors = [r for r, f in enumerate(futures) if f.status in ("error", "cancelled")]
         if done:

@@ -2,14 +2,21 @@
 
 One Dask task per chunk of every group (``train``, ``val``, ``test``, ``signal/<name>``,
 ``data``). A worker process loads the checkpoint once (``torch.load(weights_only=True)``, no
-code) and keeps it for every chunk it scores; the task scales the chunk's RMM rows with the
-scaling saved in the checkpoint (built by the trainer from the store's train statistics, so
-events are scaled exactly as in training), runs the model and writes, chunk-aligned:
+code) and keeps it for every chunk it scores; the task moves the chunk's RMM rows to the
+scoring device, scales them there with the scaling saved in the checkpoint (built by the
+trainer from the store's train statistics, so events are scaled exactly as in training), runs
+the model and writes, chunk-aligned:
 
 ``score/<model>`` [N] float32
     per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
 ``score/<model>.<block>`` [N] float32, with ``scoring.blocks``
     the mean squared error over one block of the n x n matrix (:func:`megaset.storage.layout.block_masks`).
+
+Where (``scoring.device``): a cluster whose workers declare the Dask resource ``GPU`` scores on
+them, every task holding ``{"GPU": 1}`` (one chunk per GPU at a time, one model per worker and
+GPU, ``scoring.gpu_batch_size`` events per forward pass); a cluster without scores on its CPU
+workers, which never open a CUDA context. Without a cluster, the chunks are scored in this
+process, on its GPU when torch sees one.
 
 Exactly once: chunk ``i`` of every column is written by the task of chunk ``i`` only, whole,
 with the same bytes on every attempt, so a task retried after its worker died rewrites its own
@@ -49,7 +56,7 @@ if TYPE_CHECKING:
     from megaset.training.models import Autoencoder
     from megaset.training.scaling import Scaling
 
-__all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column"]
+__all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column", "scoring_device"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -63,24 +70,26 @@ def checkpoint_path(cfg: Config, model: str) -> Path:
 
 
 def reconstruction_errors(
-    model: Autoencoder, x: np.ndarray, *, blocks: bool = False, batch_size: int = 65_536,
+    model: Autoencoder, x: np.ndarray | torch.Tensor, *, blocks: bool = False, batch_size: int = 65_536,
     device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray]:
     """Per-event errors of scaled inputs ``x [N, F]``: ``total`` and, with ``blocks``, each block.
 
+    ``x`` is a numpy array or a tensor, on the host or already on ``device`` (the model's);
     ``total`` is the model's ``reconstruction_error`` (for the autoencoders of RMMs and jet
     images, the mean squared error over features of the deterministic reconstruction); a
     block's error is the mean over its cells.
     """
     import torch
 
+    x = torch.as_tensor(x)
     masks = {}
     if blocks:
         masks = {name: torch.from_numpy(idx).to(device) for name, idx in block_masks(x.shape[1]).items()}
     out = {name: np.empty(len(x), dtype=np.float32) for name in ("total", *masks)}
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+            batch = x[start:start + batch_size].to(device)
             reconstruction = model.reconstruct(batch)
             stop = start + len(batch)
             out["total"][start:stop] = model.error(reconstruction, batch).cpu().numpy()
@@ -101,22 +110,79 @@ def _digest(path: Path) -> str:
 _LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_model(checkpoint: str, digest: str) -> tuple[Autoencoder, Scaling, torch.device]:
-    """The model of a checkpoint, loaded once per worker process (keyed by its digest)."""
+def _here(kind: str) -> torch.device:
+    """The device of this process that ``kind`` (``cpu`` or ``cuda``) names.
+
+    Local GPU workers see every GPU of the machine and are named 0, 1, ...: worker i takes GPU
+    i (modulo the count), so that they do not all load their models onto the first one. A
+    worker of a batch system or a pod sees its own GPUs only, and takes the first.
+    """
     import torch
 
+    if kind == "cpu":
+        return torch.device("cpu")
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not in a Dask worker
+        name = 0
+    index = name if isinstance(name, int) else 0
+    return torch.device("cuda", index % max(torch.cuda.device_count(), 1))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(checkpoint: str, digest: str, kind: str) -> tuple[Autoencoder, Scaling, torch.device]:
+    """The model of a checkpoint on this process's ``kind`` of device, loaded once per worker
+    process (keyed by the checkpoint's digest)."""
     from megaset.training.checkpoint import load_model
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _here(kind)
     model, scaling, _ = load_model(checkpoint, map_location=device)
     return model, scaling, device
 
 
-def _model(checkpoint: str, digest: str) -> tuple[Autoencoder, Scaling, torch.device]:
+def _model(checkpoint: str, digest: str, kind: str) -> tuple[Autoencoder, Scaling, torch.device]:
     # Threads of one worker share the cache; the lock keeps two of them from loading it twice.
     with _LOCK:
-        return _cached_model(checkpoint, digest)
+        return _cached_model(checkpoint, digest, kind)
+
+
+def scoring_device(setting: str, client: Client | None, gpus_per_worker: int = 0) -> str:
+    """``cpu`` or ``cuda``: where ``scoring.device`` = ``setting`` scores, with ``client`` or in this process.
+
+    On a cluster, GPUs are the workers declaring the Dask resource ``GPU`` (or
+    ``cluster.gpus_per_worker`` > 0, for an adaptive cluster with no worker yet); in one
+    process, the devices torch sees.
+
+    Raises
+    ------
+    ConfigError
+        ``cuda`` is asked for where there is no GPU.
+    """
+    import torch
+
+    if setting == "cpu":
+        return "cpu"
+    if client is None:
+        found = torch.cuda.is_available()
+        where = "torch sees no CUDA device in this process (torch.cuda.is_available() is False)"
+    else:
+        from megaset.training.ddp import worker_resources
+
+        workers = worker_resources(client)
+        found = gpus_per_worker > 0 or any(r.get("GPU", 0) >= 1 for r in workers.values())
+        where = (f"none of the cluster's {len(workers)} workers declares the Dask resource GPU "
+                 "(cluster.gpus_per_worker: 0)")
+    if setting == "auto":
+        return "cuda" if found else "cpu"
+    if not found:
+        msg = (
+            f"scoring.device='cuda', but {where}; set scoring.device: auto or cpu, or run where "
+            "there are GPUs (cluster.gpus_per_worker > 0 on a cluster)"
+        )
+        raise ConfigError(msg)
+    return "cuda"
 
 
 def latent_column(model: str) -> str:
@@ -124,24 +190,33 @@ def latent_column(model: str) -> str:
     return f"latent/{model}"
 
 
-def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, digest: str,
+def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, digest: str, device: str,
                  blocks: bool, events_per_pass: int, column: str = "rmm", latent: bool = False) -> tuple[int, bool]:
-    """Score chunk ``index`` of ``group`` (``task``); ``(events, already done)``."""
+    """Score chunk ``index`` of ``group`` (``task``) on this process's ``device`` (``cpu`` or
+    ``cuda``); ``(events, already done)``."""
     import torch
 
     group, index = task
     total = score_column(model)
     if group.chunk_written(total, index):
         return 0, True
-    net, scaling, device = _model(checkpoint, digest)
-    values = group.read_chunk(index, (column,))[column]
-    x = scaling(values.reshape(len(values), -1))
-    errors = reconstruction_errors(net, x, blocks=blocks, batch_size=events_per_pass, device=device)
+    net, scaling, here = _model(checkpoint, digest, device)
+    values = np.asarray(group.read_chunk(index, (column,))[column], dtype=np.float32)
+    rows = values.reshape(len(values), -1)
+    if not rows.flags.writeable or not rows.flags.c_contiguous:
+        rows = np.array(rows, order="C")
+    x = torch.from_numpy(rows)
+    if here.type == "cuda":
+        x = x.pin_memory()
+    # The raw rows cross to the device once, a whole chunk, and are scaled there (on the CPU, in
+    # place in the chunk as decoded).
+    x = scaling.scale_(x.to(here, non_blocking=True))
+    errors = reconstruction_errors(net, x, blocks=blocks, batch_size=events_per_pass, device=here)
     for name in BLOCKS if blocks else ():
         group.write_chunk(score_column(model, name), index, errors[name])
     if latent:
         with torch.no_grad():
-            group.write_chunk(latent_column(model), index, net.encode(torch.from_numpy(x).to(device)).cpu().numpy())
+            group.write_chunk(latent_column(model), index, net.encode(x).cpu().numpy())
     # Last: a stored total marks the chunk finished.
     group.write_chunk(total, index, errors["total"])
     return len(values), False
@@ -214,7 +289,7 @@ def score(
     Returns
     -------
     dict
-        ``model, column, checkpoint, blocks`` (block names or ``[]``), ``groups`` (per group:
+        ``model, column, device`` (``cpu`` or ``cuda``), ``checkpoint, blocks`` (block names or ``[]``), ``groups`` (per group:
         ``events``, ``chunks``), ``chunks``, ``resumed`` (chunks already scored),
         ``rescored`` (columns emptied because the checkpoint changed), ``events_scored``,
         ``seconds``, ``events_per_s``.
@@ -223,6 +298,8 @@ def score(
     ------
     CheckpointError
         The checkpoint is missing, holds more than data, or was trained on other features.
+    ConfigError
+        ``scoring.device: cuda`` where there is no GPU (see :func:`scoring_device`).
     StoreError
         The store is missing or incomplete, or its filesystem refuses the writes (full,
         read-only, no permission); scored chunks are kept for a rerun.
@@ -235,6 +312,7 @@ def score(
         msg = f"model name {label!r} cannot name a score column: use letters, digits, '-' and '_'"
         raise ConfigError(msg)
     path = Path(checkpoint) if checkpoint is not None else checkpoint_path(cfg, label)
+    device = scoring_device(cfg.scoring.device, client, cfg.cluster.gpus_per_worker)
     t0 = time.perf_counter()
     store = open_store(cfg.store.url)
     column, latent = _check_checkpoint(path, store)
@@ -244,21 +322,24 @@ def score(
     groups = [store.group(name) for name in store.group_names()]
     tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
     advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
-    kwargs = {"model": label, "checkpoint": str(path), "digest": entry["digest"], "blocks": blocks,
+    kwargs = {"model": label, "checkpoint": str(path), "digest": entry["digest"], "blocks": blocks, "device": device,
               # Not "batch_size": client.map has a keyword of that name.
-              "events_per_pass": cfg.scoring.batch_size, "column": column, "latent": latent is not None}
+              "events_per_pass": cfg.scoring.gpu_batch_size if device == "cuda" else cfg.scoring.batch_size,
+              "column": column, "latent": latent is not None}
     with writing(store.url, "megaset score"):
         rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
         for g in groups if latent is not None else ():
             g.create_column(latent_column(label), np.float32, (latent,), overwrite=overwrite)
         advance(0)
         results = map_chunks(client, _score_chunk, tasks, names=[f"{g.name}-{i}" for g, i in tasks],
-                             stage="megaset score", retries=cfg.scoring.retries, progress=advance, **kwargs)
+                             stage="megaset score", retries=cfg.scoring.retries, progress=advance,
+                             resources={"GPU": 1} if device == "cuda" else None, **kwargs)
     seconds = time.perf_counter() - t0
     scored = sum(n for n, _ in results)
     return {
         "model": label,
         "column": score_column(label),
+        "device": device,
         "checkpoint": str(path),
         "blocks": list(BLOCKS) if blocks else [],
         "groups": {g.name: {"events": g.n_events, "chunks": g.n_chunks} for g in groups},

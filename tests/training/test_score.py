@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from megaset.config import Config
 from megaset.errors import CheckpointError, ConfigError
@@ -19,7 +20,7 @@ from megaset.storage.mix import mix
 from megaset.storage.store import open_store
 from megaset.storage.verify import verify
 from megaset.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from megaset.training.score import score
+from megaset.training.score import score, scoring_device
 from megaset.training.trainer import train
 
 CHANNELS = ["zeejets", "zmmjets", "ttbar", "c1n2_wz_800_50"]
@@ -268,3 +269,66 @@ def test_cli_score_summarises_the_run(trained, tmp_path):
     n_chunks = sum(open_store(trained.store.url).group(g).n_chunks for g in open_store(trained.store.url).group_names())
     assert again.exit_code == 0 and f"{n_chunks} chunks were already scored" in " ".join(again.output.split())
     np.testing.assert_allclose(_column(trained, "val", "score/ae-cli"), _direct(trained, "val")[2], rtol=2e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a CUDA device can score on it")
+def test_scoring_on_cuda_without_a_device_is_refused_before_any_work(trained):
+    cfg = trained.replace(scoring={"device": "cuda"})
+    with pytest.raises(ConfigError, match=r"scoring.device='cuda', but torch sees no CUDA device in this process .*"
+                                          r"set scoring.device: auto or cpu"):
+        score(cfg, None, model="ae-nocuda")
+    assert "score/ae-nocuda" not in open_store(trained.store.url).group("test").columns()
+    assert scoring_device("auto", None) == "cpu" and scoring_device("cpu", None) == "cpu"
+
+
+def test_the_scoring_device_is_validated():
+    with pytest.raises(ValidationError, match=r"scoring.device"):
+        Config.model_validate({"scoring": {"device": "gpu"}})
+    with pytest.raises(ValidationError, match=r"scoring.gpu_batch_size"):
+        Config.model_validate({"scoring": {"gpu_batch_size": 0}})
+
+
+@pytest.mark.slow
+def test_a_cluster_without_gpu_workers_scores_on_cpu_and_refuses_cuda(cluster_client):
+    assert scoring_device("auto", cluster_client) == "cpu"
+    # An adaptive cluster declaring GPUs but with no worker up yet: the tasks wait for GPU workers.
+    assert scoring_device("auto", cluster_client, gpus_per_worker=1) == "cuda"
+    with pytest.raises(ConfigError, match=r"scoring.device='cuda', but none of the cluster's 2 workers declares "
+                                          r"the Dask resource GPU"):
+        scoring_device("cuda", cluster_client)
+
+
+def _cuda_initialized() -> bool:
+    import torch
+
+    return torch.cuda.is_initialized()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_scoring_in_one_process_and_on_a_gpu_worker_equals_the_cpu(trained):
+    from distributed import Client, LocalCluster
+
+    best = f"{trained.training.output}/ae-shallow/best.pt"
+    one = score(trained, None, model="ae-gpu-here", checkpoint=best)
+    assert one["device"] == "cuda"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
+                      resources={"GPU": 1}) as cluster, Client(cluster) as client:
+        summary = score(trained, client, model="ae-gpu-worker", checkpoint=best)
+        assert summary["device"] == "cuda"
+        assert all(client.run(_cuda_initialized).values())
+    for group in summary["groups"]:
+        expected = _direct(trained, group)[2]
+        for model in ("ae-gpu-here", "ae-gpu-worker"):
+            np.testing.assert_allclose(_column(trained, group, f"score/{model}"), expected, rtol=1e-4, atol=1e-7)
+            assert np.isfinite(_column(trained, group, f"score/{model}.met")).all()
+    assert verify(trained.store.url) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cpu_workers_on_a_gpu_machine_never_open_a_cuda_context(trained, cluster_client):
+    summary = score(trained, cluster_client, model="ae-cpu-workers",
+                    checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
+    assert summary["device"] == "cpu"
+    assert not any(cluster_client.run(_cuda_initialized).values())
