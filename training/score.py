@@ -289,8 +289,8 @@ def score(
     Returns
     -------
     dict
-        ``model, column, device`` (``cpu`` or ``cuda``), ``checkpoint, blocks`` (block names or ``[]``), ``groups`` (per group:
-        ``events``, ``chunks``), ``chunks``, ``resumed`` (chunks already scored),
+        ``model, column, device`` (``cpu`` or ``cuda``), ``checkpoint, blocks`` (block names or
+        ``[]``), ``groups`` (per group: ``events``, ``chunks``), ``chunks``, ``resumed`` (chunks already scored),
         ``rescored`` (columns emptied because the checkpoint changed), ``events_scored``,
         ``seconds``, ``events_per_s``.
 
