@@ -3,6 +3,10 @@
 The field defaults below are the only source of defaults: ``load_config(None)`` is the
 built-in demo configuration (simulated ntuples under ``./megaset-demo/``). Unknown or
 mistyped keys are errors that name the key, the file, and the closest valid spelling.
+Types are strict (``workers: true`` is not 1, ``chunk_len: "5"`` is not 5), numbers finite
+(``.inf`` and ``.nan`` are refused), a key given twice in one mapping of the file is an error
+naming the key and both lines, and a URL whose scheme no filesystem knows is refused here,
+before any cluster starts.
 
 >>> cfg = load_config(None)
 >>> cfg.rmm.size
@@ -15,10 +19,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from megaset.errors import ConfigError
 
@@ -31,6 +35,7 @@ __all__ = [
     "ChannelInput",
     "InputsConfig",
     "RemoteConfig",
+    "WeightsConfig",
     "CollectionSchema",
     "MetSchema",
     "SchemaConfig",
@@ -68,8 +73,32 @@ __all__ = [
 ]
 
 
+def _known_scheme(url: str) -> str:
+    """Refuse a URL whose scheme no fsspec filesystem knows (``foo://``, ``s4://``) when the
+    configuration loads, instead of after a cluster has started; keep the text as written."""
+    import fsspec
+    from fsspec.core import split_protocol
+
+    known = fsspec.available_protocols()
+    for part in url.split("::"):  # fsspec chains: simplecache::s3://bucket/key
+        scheme = split_protocol(part)[0]
+        if scheme is not None and scheme not in known:
+            close = difflib.get_close_matches(scheme, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            msg = (f"unknown URL scheme {scheme!r} in {url!r}; {hint}give a local path or a URL of a known "
+                   "filesystem (s3://, root://, http(s)://, file://, ...)")
+            raise ValueError(msg)
+    return url
+
+
+#: A path or URL: its scheme checked when the configuration loads.
+Url = Annotated[str, AfterValidator(_known_scheme)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's true is not the integer 1, nor "5" the integer 5; no infinity or NaN
+    # in any number (none has a meaning here that null or a bound does not say better).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -78,7 +107,7 @@ class _Section(BaseModel):
 class ChannelInput(_Section):
     """One physics channel (a background process, a signal sample or collision data)."""
 
-    files: list[str] = Field(min_length=1, description="Paths, globs or fsspec URLs of ROOT files.")
+    files: list[Url] = Field(min_length=1, description="Paths, globs or fsspec URLs of ROOT files.")
     tree: str | None = Field(None, description="Tree name; defaults to inputs.tree.")
     xsec_pb: float | None = Field(
         None,
@@ -121,6 +150,22 @@ class RemoteConfig(_Section):
         return _size(value)
 
 
+class WeightsConfig(_Section):
+    """Event weights that cannot be right (pipeline/weights.py): counted per file at ingest."""
+
+    max_abs: float | None = Field(
+        1e9, gt=0, description="A stored weight (after the cross-section scale) larger than this in size, or "
+        "not finite, is absurd; null: no bound.",
+    )
+    outlier_orders: float | None = Field(
+        6.0, gt=0, description="A weight this many orders of magnitude above the median |w| of its channel "
+        "(to a quarter decade) is absurd; null: no such check.",
+    )
+    on_absurd: Literal["warn", "fail"] = Field(
+        "warn", description="warn: count them in the ingest summary and say so; fail: stop the ingest.",
+    )
+
+
 class InputsConfig(_Section):
     kind: Literal["events", "jets"] = Field(
         "events", description="events: ntuples of events, selected and turned into RMMs; jets: one "
@@ -136,6 +181,7 @@ class InputsConfig(_Section):
         description="Channel name -> sample. Empty: the simulated demo sample is used.",
     )
     remote: RemoteConfig = RemoteConfig()
+    weights: WeightsConfig = WeightsConfig()
 
 
 # ---------------------------------------------------------------------------- schema
@@ -386,8 +432,8 @@ class ContaminationConfig(_Section):
 
 
 class StoreConfig(_Section):
-    url: str = "megaset-demo/store.zarr"
-    staging_url: str | None = Field(
+    url: Url = "megaset-demo/store.zarr"
+    staging_url: Url | None = Field(
         None, description="Where ingest writes per-channel staging arrays; default <url>.staging"
     )
     chunk_len: int = Field(
@@ -662,7 +708,7 @@ class JetsConfig(_Section):
     contamination_model: str = "jet-dense"
     simulate: JetSimulateConfig = JetSimulateConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]  # the field "schema" shadows BaseModel.schema
@@ -752,7 +798,7 @@ class DDPConfig(_Section):
 class TrainingConfig(_Section):
     model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "jet-dense", "jet-cnn",
                    "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
-    output: str = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
+    output: Url = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
     epochs: int = Field(40, ge=1, description="At most this many epochs; early stopping ends most runs before.")
     batch_size: int = Field(
         1024, gt=0, description="Events per step and rank (thesis: 8192, for millions of events; the demo's "
@@ -802,7 +848,7 @@ class ScoringConfig(_Section):
 class ReportConfig(_Section):
     """``megaset report``: plots, tables and significances from the scored store."""
 
-    output: str = Field("megaset-demo/report", description="Folder of the PNGs, report.md and report.json.")
+    output: Url = Field("megaset-demo/report", description="Folder of the PNGs, report.md and report.json.")
     models: list[str] | None = Field(None, description="Scored models to report; null: every one scored.")
     bins: int = Field(50, ge=5, description="Bins of the error, MET and mass histograms.")
     axis: Literal["log10", "linear"] = Field(
@@ -851,7 +897,7 @@ class Config(_Section):
     scoring: ScoringConfig = ScoringConfig()
     report: ReportConfig = ReportConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]  # the field "schema" shadows BaseModel.schema
@@ -956,8 +1002,28 @@ def demo_config(name: str) -> Config:
         return Config()
     from importlib.resources import files
 
-    return _validate(yaml.safe_load(files("megaset").joinpath(f"demo_{name}.yaml").read_text()),
+    return _validate(_read_yaml(files("megaset").joinpath(f"demo_{name}.yaml").read_text()),
                      f"the built-in {name} demo")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently, so a setting written twice would lose one of its values unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                msg = f"key {key!r} is given twice in one mapping, on lines {seen[key]} and {line}; keep one"
+                raise yaml.constructor.ConstructorError(None, None, msg, key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -977,7 +1043,7 @@ def load_config(path: str | Path | None) -> Config:
         msg = f"cannot read configuration file {str(path)!r}: {err.strerror or err}"
         raise ConfigError(msg) from None
     try:
-        data = yaml.safe_load(text)
+        data = _read_yaml(text)
     except yaml.YAMLError as err:
         msg = f"configuration file {str(path)!r} is not valid YAML: {err}"
         raise ConfigError(msg) from None

@@ -211,3 +211,47 @@ def test_docs_state_the_models_selection_defaults():
     for mode in ("2lep", "3lep"):
         for step in cutflow_steps(SelectionConfig(mode=mode))[2:]:
             assert f"`{step}`" in text, step
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("cluster: {workers: true}\n", r"cluster\.workers: Input should be a valid integer \(got True\)"),
+    ("store: {chunk_len: '4096'}\n", r"store\.chunk_len: Input should be a valid integer \(got '4096'\)"),
+    ("inputs: {lumi_ifb: .inf}\n", r"inputs\.lumi_ifb: Input should be a finite number \(got inf\)"),
+    ("training: {learning_rate: .nan}\n", r"training\.learning_rate: Input should be a finite number"),
+    ("selection: {on_nonfinite: true}\n", r"selection\.on_nonfinite: Input should be 'drop' or 'fail'"),
+])
+def test_types_are_strict_and_numbers_finite(tmp_path, text, error):
+    with pytest.raises(ConfigError, match=error):
+        load_config(write(tmp_path, text))
+
+
+def test_an_integer_is_still_a_float(tmp_path):
+    assert load_config(write(tmp_path, "inputs: {lumi_ifb: 140}\n")).inputs.lumi_ifb == 140.0
+
+
+def test_duplicate_yaml_key_names_key_and_lines(tmp_path):
+    path = write(tmp_path, "store:\n  seed: 1\n  chunk_len: 5\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"megaset\.yaml' is not valid YAML: key 'seed' is given twice in one "
+                                          r"mapping, on lines 2 and 4; keep one"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"key 'store' is given twice.*lines 1 and 2"):
+        load_config(write(tmp_path, "store: {}\nstore: {seed: 3}\n"))
+    # The same key in two different mappings is fine.
+    assert load_config(write(tmp_path, "store: {seed: 3}\ntraining: {seed: 4}\n")).training.seed == 4
+
+
+@pytest.mark.parametrize(("key", "text"), [
+    ("store.url", "store: {url: 'foo://bucket/store.zarr'}\n"),
+    ("store.staging_url", "store: {staging_url: 's4://bucket/staging.zarr'}\n"),
+    ("inputs.channels.ttbar.files.0", "inputs: {channels: {ttbar: {files: ['xroot://eos//a.root']}}}\n"),
+    ("training.output", "training: {output: 'simplecache::foo://m'}\n"),
+])
+def test_unknown_url_scheme_is_refused_when_the_config_loads(tmp_path, key, text):
+    with pytest.raises(ConfigError, match=rf"{key}: Value error, unknown URL scheme '\w+' in .*give a local path"):
+        load_config(write(tmp_path, text))
+
+
+def test_known_url_schemes_load(tmp_path):
+    cfg = load_config(write(tmp_path, "store: {url: 's3://bucket/store.zarr'}\n"
+                                      "inputs: {channels: {a: {files: ['root://eos//a.root', 'data/*.root']}}}\n"))
+    assert cfg.store.url == "s3://bucket/store.zarr"
