@@ -20,6 +20,7 @@ from megaset.errors import InputFileError
 from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
 from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.remote import uproot_options
+from megaset.pipeline.weights import absurd_message, absurd_weights
 from megaset.storage.staging import LAYOUT_VERSION
 
 if TYPE_CHECKING:
@@ -111,17 +112,18 @@ def _check_resumable(staging: str, fingerprint: str) -> None:
 
 
 def _refuse_copies(files: list[FileInfo]) -> None:
-    """Two inputs of one channel with one ROOT file UUID are copies of one file: their staging
-    pieces would share keys and one would replace the other's events."""
-    seen: dict[tuple[str, str], str] = {}
+    """Two inputs with one ROOT file UUID are copies of one file: in one channel their staging
+    pieces would share keys and one would replace the other's events; in two channels the
+    events would be stored twice, under two labels."""
+    seen: dict[str, FileInfo] = {}
     for info in files:
-        first = seen.setdefault((info.channel, info.uuid), info.path)
-        if first != info.path:
-            msg = (
-                f"is a copy of {first} (same ROOT file UUID {info.uuid}) in channel {info.channel!r}; "
-                "list each file once"
-            )
-            raise InputFileError(info.path, msg)
+        first = seen.setdefault(info.uuid, info)
+        if first.path == info.path:
+            continue
+        where = (f"in channel {info.channel!r}" if first.channel == info.channel
+                 else f"listed under channel {first.channel!r} while this one is under {info.channel!r}")
+        msg = f"is a copy of {first.path} (same ROOT file UUID {info.uuid}) {where}; list each file once"
+        raise InputFileError(info.path, msg)
 
 
 def _kind(cfg: Config) -> tuple[type, dict[str, Any]]:
@@ -243,8 +245,10 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     left_out = {entry["file"] for entry in skipped}
     summary = IngestSummary(skipped=skipped, files=len([i for i in good if i.path not in left_out]),
                             seconds_inspect=t_inspect)
+    checks = cfg.inputs.weights
     for name in channels:
-        acc = out.get(name, {"n_read": 0, "n_selected": 0, "chunks": 0, "resumed": 0, "cutflow": {}, "nonfinite": {}})
+        acc = out.get(name, {"n_read": 0, "n_selected": 0, "chunks": 0, "resumed": 0, "cutflow": {}, "nonfinite": {},
+                             "weights": {}})
         summary.channels[name] = {
             "n_read": int(acc["n_read"]),
             "n_selected": int(acc["n_selected"]),
@@ -252,13 +256,22 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
             "resumed": int(acc["resumed"]),
             "cutflow": [[step, int(v[0]), float(v[1])] for step, v in acc["cutflow"].items()],
             "nonfinite": {k: int(v) for k, v in acc["nonfinite"].items()},
+            "absurd_weights": absurd_weights(acc["weights"], checks),
         }
+    absurd = {name: c["absurd_weights"] for name, c in summary.channels.items() if c["absurd_weights"]["files"]}
+    if absurd:
+        message = absurd_message(absurd, checks, cfg.input_schema.weight)
+        if checks.on_absurd == "fail":
+            first = next(iter(next(iter(absurd.values()))["files"]))
+            raise InputFileError(first, f"{message}; check the weight branch of these files (or the channel's "
+                                        "xsec_pb), or set inputs.weights.on_absurd: warn to keep them")
+        log(f"{message}; kept (inputs.weights.on_absurd: warn)")
     summary.seconds = time.perf_counter() - t0
     finish_staging(staging, {
         "files": [i.to_dict() for i in good if i.path not in left_out],
         "skipped": skipped,
         "cutflow": {name: c["cutflow"] for name, c in summary.channels.items()},
-        "summary": {name: {k: c[k] for k in ("n_read", "n_selected", "nonfinite")}
+        "summary": {name: {k: c[k] for k in ("n_read", "n_selected", "nonfinite", "absurd_weights")}
                     for name, c in summary.channels.items()},
     })
     return summary

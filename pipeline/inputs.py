@@ -90,7 +90,20 @@ def expand_files(channels: dict[str, ChannelInput], remote: RemoteConfig | None 
                 raise ConfigError(msg)
             found += paths
         out[name] = sorted(dict.fromkeys(found))
+    _refuse_shared(out)
     return out
+
+
+def _refuse_shared(files: dict[str, list[str]]) -> None:
+    """One file under two channels would be stored twice, under two labels."""
+    owner: dict[str, str] = {}
+    for name, paths in files.items():
+        for path in paths:
+            first = owner.setdefault(path, name)
+            if first != name:
+                msg = (f"{path} is listed under two channels, inputs.channels.{first}.files and "
+                       f"inputs.channels.{name}.files; list each file under one channel")
+                raise ConfigError(msg)
 
 
 def _checksum(path: str, **storage_options) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.rmm import build_rmm
 from megaset.pipeline.schema import check_branches, read_events
 from megaset.pipeline.selection import Selection, select
+from megaset.pipeline.weights import weight_stats
 from megaset.storage.staging import piece_attrs, piece_key, write_piece
 
 __all__ = ["RMMProcessor", "piece_columns", "base_columns"]
@@ -70,6 +71,7 @@ def _output(channel: str, attrs: Mapping[str, Any], resumed: bool) -> dict[str, 
             "resumed": int(resumed),
             "cutflow": {step: np.array([raw, weighted]) for step, raw, weighted in attrs["cutflow"]},
             "nonfinite": dict(attrs.get("nonfinite", {})),
+            "weights": {attrs["filename"]: attrs.get("weights", {"beyond": 0, "hist": {}})},
         }
     }
 
@@ -147,6 +149,7 @@ class RMMProcessor(processor.ProcessorABC):
             "n_read": stop - start,
             "cutflow": [[step, int(raw), float(w) * scale] for step, raw, w in cutflow],
             "nonfinite": nonfinite,
+            "weights": weight_stats(columns["weight"], self.cfg.inputs.weights),
         }
         write_piece(staging, channel, key, columns, attrs, self.cfg.store.staging_compressor)
         return _output(channel, {**attrs, "n_rows": len(columns["weight"])}, resumed=False)

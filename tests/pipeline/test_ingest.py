@@ -240,6 +240,31 @@ def test_copied_file_in_one_channel_is_refused(sample, tmp_path):
         ingest(cfg)
 
 
+def test_one_file_under_two_channels_is_refused_naming_both(sample, tmp_path):
+    """Listed under two channels, a file's events would be stored twice under two labels; the
+    same file by path is refused before any file is opened, a copy by its ROOT file UUID."""
+    import shutil
+
+    from megaset.errors import ConfigError
+
+    original = sample / "ttbar" / "ttbar_0.root"
+    both = Config.model_validate({
+        "inputs": {"channels": {"ttbar": {"files": [str(original)]},
+                                "zmmjets": {"files": [str(sample / "*" / "ttbar_0.root")]}}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    with pytest.raises(ConfigError, match=r"ttbar_0\.root is listed under two channels, inputs\.channels\.ttbar"
+                                          r"\.files and inputs\.channels\.zmmjets\.files; list each file under one"):
+        ingest(both)
+    copy = shutil.copy(original, tmp_path / "ttbar_copy.root")
+    copied = both.replace(inputs={"channels": {"ttbar": {"files": [str(original)]},
+                                               "zmmjets": {"files": [str(copy)]}}})
+    with pytest.raises(InputFileError, match=r"ttbar_copy\.root: is a copy of .*ttbar_0\.root .*listed under "
+                                             r"channel 'ttbar' while this one is under 'zmmjets'"):
+        ingest(copied)
+    assert not Path(both.store.staging).exists()
+
+
 def test_missing_branch_names_branch_and_file(tmp_path):
     branches = generate("zmmjets", 200, seed=3)
     del branches["lepD0Sig"]
@@ -308,3 +333,46 @@ def test_cross_section_normalises_weights(sample, tmp_path):
     offsets = {f["index"]: 1500 * index[f["path"]] for f in attrs["files"]}
     rows = np.array([offsets[i] + e for i, e in data["event_id"][:, 2:]])
     np.testing.assert_allclose(data["weight"], (wgt[rows] * scale).astype(np.float32), rtol=1e-6)
+
+
+def test_absurd_weights_are_counted_per_file_or_fatal(tmp_path):
+    """Finite weights of 1e30 or 3e38 pass every non-finite check; they are counted against
+    inputs.weights.max_abs, and weights orders of magnitude above their channel's median as
+    outliers, per file, reported in one line; with on_absurd: fail the ingest stops."""
+    from megaset.pipeline.schema import read_events
+    from megaset.pipeline.selection import select
+
+    branches = generate("ttbar", 1500, seed=5)
+    cfg = Config.model_validate({
+        "inputs": {"chunksize": 1000, "channels": {"ttbar": {"files": [str(tmp_path / "bad.root"),
+                                                                         str(tmp_path / "good.root")]}},
+                   "weights": {"max_abs": 1e15}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    # Planted in events the selection keeps, found without the ingest.
+    kept = select(read_events({k: branches[k] for k in cfg.schema.branches()}, cfg.schema, "x"),
+                  cfg.selection, "x").entry
+    median = float(np.median(np.abs(branches["wgt"][kept])))
+    branches["wgt"][kept[[10, 20]]] = [1e30, -3e38]
+    branches["wgt"][kept[30]] = median * 10**6.5  # within the bound, 6.5 orders above the median
+    bad = tmp_path / "bad.root"
+    write_ntuple(bad, branches, "mini")
+    write_ntuple(tmp_path / "good.root", generate("ttbar", 1500, seed=6, first_event=1500), "mini")
+    expected = {"beyond_bound": 2, "outliers": 1}
+    lines: list[str] = []
+    summary = ingest(cfg, log=lines.append)
+    verdict = summary.channels["ttbar"]["absurd_weights"]
+    assert verdict["files"] == {str(bad): expected}
+    assert abs(np.log10(verdict["median_abs"]) - np.log10(median)) <= 0.25
+    assert staging_attrs(cfg.store.staging)["summary"]["ttbar"]["absurd_weights"] == verdict
+    [line] = [line for line in lines if "absurd" in line]
+    assert line.startswith(f"absurd event weights (weight branch 'wgt', after the cross-section scale): {bad} "
+                           f"(channel 'ttbar'): {expected['beyond_bound']} beyond inputs.weights.max_abs (1e+15)")
+    assert line.endswith("kept (inputs.weights.on_absurd: warn)")
+
+    strict = cfg.replace(inputs={"weights": {"on_absurd": "fail"}}, store={"url": str(tmp_path / "t.zarr")})
+    with pytest.raises(InputFileError, match=r"bad\.root: absurd event weights .*orders of magnitude above the "
+                                             r"channel's median.*set inputs\.weights\.on_absurd: warn"):
+        ingest(strict)
+    with pytest.raises(StoreError, match=r"staging area .* is incomplete: an ingest was interrupted"):
+        staging_attrs(strict.store.staging)
