@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "MegasetError", "ConfigError", "InputFileError", "BranchError", "NonFiniteInputError", "StoreError",
-    "IncompleteStoreError", "StoreKeyError", "TrainingError", "CheckpointError",
+    "IncompleteStoreError", "StoreKeyError", "DamagedChunkError", "TrainingError", "CheckpointError",
 ]
 
 
@@ -82,3 +82,15 @@ class StoreKeyError(StoreError, KeyError):
     def __str__(self) -> str:
         # KeyError would print the message in quotes.
         return str(self.args[0]) if self.args else ""
+
+
+class DamagedChunkError(StoreError):
+    """Stored chunks whose bytes no longer match their crc32c checksum; ``chunks`` lists them
+    (``<array URL>/<chunk key>``)."""
+
+    def __init__(self, message: str, chunks: list[str]):
+        self.chunks = chunks
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.chunks))

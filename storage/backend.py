@@ -6,17 +6,19 @@ from the usual ``AWS_*`` environment variables, which Dask worker processes inhe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from megaset.errors import MegasetError, StoreError
+from megaset.errors import DamagedChunkError, MegasetError, StoreError
 
-__all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing"]
+__all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing", "checked_reads", "damaged_chunks"]
 
 #: Write failures that no retry cures, and what would.
 _REFUSED = {
@@ -85,3 +87,57 @@ def writing(url: str, command: str) -> Iterator[None]:
             f"then rerun `{command}`: finished chunks are kept"
         )
         raise StoreError(msg) from err
+
+
+#: What zarr's crc32c codec says of a chunk whose bytes changed after it was written.
+_CHECKSUM_MISMATCH = "Stored and computed checksum do not match"
+
+
+def _is_damage(err: BaseException) -> bool:
+    return isinstance(err, ValueError) and _CHECKSUM_MISMATCH in str(err)
+
+
+def _chunk_ranges(array: Any, selection: Any) -> list[range]:
+    """Per axis, the chunks a selection of slices (or ``...``) touches."""
+    parts = selection if isinstance(selection, tuple) else (selection,)
+    parts = tuple(slice(None) if p is Ellipsis else p for p in parts)
+    parts += (slice(None),) * (array.ndim - len(parts))
+    out = []
+    for part, size, chunk in zip(parts, array.shape, array.chunks, strict=True):
+        start, stop, _ = part.indices(size) if isinstance(part, slice) else (int(part), int(part) + 1, 1)
+        out.append(range(start // chunk, -(-stop // chunk)) if stop > start else range(0))
+    return out
+
+
+async def damaged_chunks(array: Any, selection: Any = ...) -> list[str]:
+    """The stored chunks of a Zarr ``AsyncArray`` in ``selection`` (slices or ``...``) whose
+    crc32c checksum fails, as ``<array URL>/<chunk key>``; each chunk is read on its own."""
+
+    async def bad(coords: tuple[int, ...]) -> str | None:
+        block = tuple(slice(c * n, min((c + 1) * n, size)) for c, n, size in zip(coords, array.chunks, array.shape,
+                                                                                 strict=True))
+        try:
+            await array.getitem(block)
+        except ValueError as err:
+            if _is_damage(err):
+                return f"{array.store_path}/{array.metadata.encode_chunk_key(coords)}"
+            raise
+        return None
+
+    found = await asyncio.gather(*(bad(c) for c in itertools.product(*_chunk_ranges(array, selection))))
+    return [f for f in found if f is not None]
+
+
+async def checked_reads(reads: Sequence[tuple[Any, Any]], where: str, fix: str) -> list[np.ndarray]:
+    """``array.getitem(selection)`` of every ``(AsyncArray, selection)``, concurrently. A chunk
+    whose checksum fails raises :class:`DamagedChunkError` naming ``where`` (the group read),
+    every damaged chunk of the reads and ``fix``, instead of zarr's bare ``ValueError``."""
+    try:
+        return list(await asyncio.gather(*(array.getitem(selection) for array, selection in reads)))
+    except ValueError as err:
+        if not _is_damage(err):
+            raise
+        found = [c for array, selection in reads for c in await damaged_chunks(array, selection)]
+        msg = (f"{where}: damaged chunk{'s' if len(found) > 1 else ''} {', '.join(found) or '(not found again)'}: "
+               f"the bytes stored no longer match their crc32c checksum (a disk, transfer or copy fault); {fix}")
+        raise DamagedChunkError(msg, found) from None

@@ -18,6 +18,7 @@ import numpy as np
 
 from megaset.errors import StoreError
 from megaset.storage import stats
+from megaset.storage.backend import checked_reads
 from megaset.storage.plan import ChunkTask, Stream, rng
 from megaset.storage.store import MIX_PREFIX
 
@@ -64,9 +65,10 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
     arrays = dict(zip(pieces, opened, strict=True))
     reads = [piece_selections(layout, columns, slice(seg.start, seg.start + seg.length))
              for _, seg in segments]
-    blocks = iter(await asyncio.gather(*(
-        arrays[seg.channel, seg.piece][name].getitem(selection)
-        for (_, seg), read in zip(segments, reads, strict=True) for name, selection in read.items())))
+    blocks = iter(await checked_reads(
+        [(arrays[seg.channel, seg.piece][name], selection)
+         for (_, seg), read in zip(segments, reads, strict=True) for name, selection in read.items()],
+        f"staging area {staging!r}", "run `megaset ingest` into a new store.staging_url to stage the inputs again"))
     out: dict[str, np.ndarray] = {}
     taken = 0
     for (cid, seg), read in zip(segments, reads, strict=True):

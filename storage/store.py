@@ -19,14 +19,13 @@ holds events ``i * chunk_len`` up to the next chunk (the last one may be short).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
-from megaset.storage.backend import chunk_exists, float_fill, open_group
+from megaset.storage.backend import checked_reads, chunk_exists, float_fill, open_group
 from megaset.storage.scores import scored_models
 
 __all__ = ["open_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION"]
@@ -238,9 +237,12 @@ class StoreGroup:
             msg = f"read_chunks takes a non-empty range of consecutive chunks, not {indices}"
             raise ValueError(msg)
         first, last = self.chunk_slice(indices[0]), self.chunk_slice(indices[-1])
-        arrays = [self._array(name) for name in columns]
+        rows = slice(first.start, last.stop)
         # All columns and chunks at once: the reads and decodes overlap.
-        values = sync(_read_all(arrays, slice(first.start, last.stop)))
+        values = sync(checked_reads(
+            [(self._array(name).async_array, rows) for name in columns], f"group {self.name!r} of store {self.url!r}",
+            "run `megaset verify` to list every damaged chunk, then rebuild the store from its staging area "
+            "(`megaset mix` into a new store.url) or rescore a damaged score/ column"))
         return dict(zip(columns, values, strict=True))
 
     def iter_chunks(self, columns: Sequence[str] = ("rmm", "weight"),
@@ -325,6 +327,3 @@ class StoreGroup:
 def _info(array: Any) -> dict[str, Any]:
     return {"shape": tuple(array.shape), "chunks": tuple(array.chunks), "dtype": np.dtype(array.dtype)}
 
-
-async def _read_all(arrays: Sequence[Any], rows: slice) -> list[np.ndarray]:
-    return await asyncio.gather(*(array.async_array.getitem(rows) for array in arrays))

@@ -323,3 +323,21 @@ def test_staging_piece_shrunk_after_planning_stops_the_mix(tmp_path, monkeypatch
     with pytest.raises(StoreError, match=r"staging piece .*/zjets/uuid\d+-\S+ ends before row \d+: the staging "
                                          r"area changed since the mix was planned; rerun `megaset mix`"):
         mix(cfg, None)
+
+
+def test_damaged_staging_chunk_stops_the_mix_naming_it(tmp_path):
+    """A flipped byte in a staging block fails its crc32c at the mix's read: one error naming
+    the chunk file and the fix, not a decompressor's complaint or wrong events."""
+    from megaset.errors import DamagedChunkError
+
+    cfg = make_config(tmp_path)
+    make_staging(cfg.store.staging, {"zjets": [300], "ttbar": [100]})
+    [piece] = [p for p in (Path(cfg.store.staging) / "ttbar").iterdir() if p.is_dir()]
+    chunk = piece / "packed" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(DamagedChunkError, match=rf"staging area '{cfg.store.staging}': damaged chunk file://{chunk}: "
+                                                r"the bytes stored no longer match their crc32c checksum .*"
+                                                r"run `megaset ingest` into a new store\.staging_url"):
+        mix(cfg, None)

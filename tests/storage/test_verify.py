@@ -111,3 +111,31 @@ def test_scores_must_be_aligned_and_finite(url):
         ("test/score/vae: 620 rows in chunks of 100, the group has 620 events in chunks of 256 "
          "(rerun the scoring with overwrite)")
     ]
+
+
+def flip_byte(path) -> None:
+    """Damage one stored chunk file as a disk or a copy would: one byte inverted in its middle."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_a_chunk_is_named_at_read_and_by_verify(url):
+    from pathlib import Path
+
+    from megaset.errors import DamagedChunkError
+
+    rmm = Path(url) / "train" / "rmm" / "c" / "1" / "0"
+    weight = Path(url) / "train" / "weight" / "c" / "3"
+    flip_byte(rmm)
+    flip_byte(weight)
+    group = open_store(url).group("train")
+    group.read_chunk(0)  # an intact chunk reads as before
+    with pytest.raises(DamagedChunkError, match=rf"group 'train' of store '{url}': damaged chunk "
+                                                rf"file://{rmm}: the bytes stored no longer match their crc32c "
+                                                r"checksum .*run `megaset verify`"):
+        group.read_chunk(1)
+    assert verify(url) == [
+        f"train chunk 1: damaged chunk file://{rmm} (crc32c checksum mismatch)",
+        f"train chunk 3: damaged chunk file://{weight} (crc32c checksum mismatch)",
+    ]
