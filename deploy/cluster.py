@@ -159,10 +159,14 @@ def _local(cfg: ClusterConfig) -> Any:
         threads_per_worker=cfg.threads_per_worker,
         memory_limit=parse_bytes(cfg.memory_per_worker),
         processes=True,
-        dashboard_address=":8787" if cfg.dashboard else None,
+        # Scheduler, workers and their nannies listen on cluster.host alone (loopback unless the
+        # config asks otherwise): whoever reaches a scheduler port can run code on the workers.
+        host=cfg.host,
+        dashboard_address=f"{cfg.host}:8787" if cfg.dashboard else None,
         # The scheduler serves its health and metrics routes even without a dashboard, on port
-        # 8787 unless told otherwise: a second cluster on the machine would warn that it is taken.
-        scheduler_kwargs=None if cfg.dashboard else {"dashboard_address": ":0"},
+        # 8787 of every interface unless told otherwise: a second cluster on the machine would
+        # warn that it is taken, and the event stream would be open to the network.
+        scheduler_kwargs=None if cfg.dashboard else {"dashboard_address": f"{cfg.host}:0"},
         resources={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else None,
     )
 

@@ -569,6 +569,11 @@ class ClusterConfig(_Section):
     gpus_per_worker: int = Field(0, ge=0)
     address: str | None = None
     dashboard: bool = False
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="kind: local: the interface scheduler, workers and dashboard listen "
+        "on; the default, loopback, keeps them from the network (0.0.0.0: every interface, for workers "
+        "started elsewhere by hand).",
+    )
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds to reach an existing scheduler (kind: address)."
     )

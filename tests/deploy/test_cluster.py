@@ -233,6 +233,43 @@ def test_local_cluster_size(tmp_path):
     assert size == ClusterSize(workers=2, threads=2, memory=2 * 2**30, gpus=0)
 
 
+def _listening(pids) -> set[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket those processes listen on."""
+    import psutil
+
+    out = set()
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                out.add((pid, conn.laddr.ip, conn.laddr.port))
+    return out
+
+
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_local_cluster_listens_on_loopback_alone(dashboard):
+    """Scheduler, its HTTP routes (dashboard or not), workers and nannies: no socket outside
+    127.0.0.1, where whoever reaches the scheduler could run code on the workers."""
+    import psutil
+
+    before = _listening([os.getpid()])
+    with open_client(ClusterConfig(workers=2, memory_per_worker="1 GiB", dashboard=dashboard)) as client:
+        children = [p.pid for p in psutil.Process().children(recursive=True)]
+        sockets = _listening([os.getpid(), *children]) - before
+        workers = set(client.run(os.getpid).values())
+        http = client.scheduler_info()["services"]["dashboard"]
+    # The scheduler's comm and HTTP server and the nannies here, each worker in its own process.
+    assert {pid for pid, _, _ in sockets} >= {os.getpid(), *workers}
+    assert any(port == http for pid, _, port in sockets if pid == os.getpid())
+    assert {address for _, address, _ in sockets} == {"127.0.0.1"}, sockets
+
+
+def test_local_cluster_host_is_configurable():
+    before = _listening([os.getpid()])
+    with open_client(ClusterConfig(workers=1, memory_per_worker="1 GiB", host="0.0.0.0")):  # noqa: S104
+        sockets = _listening([os.getpid()]) - before
+    assert "0.0.0.0" in {address for _, address, _ in sockets}  # noqa: S104
+
+
 def test_local_gpus_without_devices_fail_fast():
     cfg = ClusterConfig(workers=2, gpus_per_worker=64)
     refused_within(cfg, 15, r"gpus_per_worker=64 with up to 2 local workers needs 128 CUDA "

@@ -261,7 +261,9 @@ def test_driver_submit_file_runs_megaset_on_the_submit_node():
     assert sub["transfer_executable"] == "false"
     default = re.fullmatch(r"run --config \$\(config:([\w.-]+)\)", sub["arguments"])
     assert default and (CONDOR / default.group(1)).is_file()
-    assert sub["getenv"] == "true"
+    # An explicit environment: getenv = true would copy the submitting shell's secrets into the job ad.
+    assert "getenv" not in sub
+    assert sub["environment"] == '"PATH=$ENV(PATH) VIRTUAL_ENV=$ENV(VIRTUAL_ENV) HOME=$ENV(HOME)"'
     assert re.search(r"^queue\s*$", (CONDOR / "driver.sub").read_text(), flags=re.MULTILINE)
 
 
