@@ -44,7 +44,7 @@ PUBLIC_API = {
         "LeptonSelection", "LoaderConfig", "MetSchema", "MuonSelection",
         "OBJECT_SOURCES", "PhotonSelection", "RMMConfig", "RMMObject", "RemoteConfig", "ReportConfig", "SchemaConfig",
         "ScoringConfig", "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TrainingConfig",
-        "demo_config", "load_config",
+        "WeightsConfig", "demo_config", "load_config",
     ],
     "megaset.deploy.cluster": ["ClusterSize", "cluster_size", "describe", "open_client", "release_memory"],
     "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
@@ -52,8 +52,8 @@ PUBLIC_API = {
     "megaset.deploy.render": ["main", "render"],
     "megaset.deploy.worker_env": ["WORKER_MALLOC_ENV"],
     "megaset.errors": [
-        "BranchError", "CheckpointError", "ConfigError", "IncompleteStoreError", "InputFileError", "MegasetError",
-        "NonFiniteInputError", "StoreError", "StoreKeyError", "TrainingError",
+        "BranchError", "CheckpointError", "ConfigError", "DamagedChunkError", "IncompleteStoreError", "InputFileError",
+        "MegasetError", "NonFiniteInputError", "StoreError", "StoreKeyError", "TrainingError",
     ],
     "megaset.pipeline.ingest": ["IngestSummary", "ingest"],
     "megaset.pipeline.inputs": ["FileInfo", "expand_files", "inspect_file", "inspect_files", "resolve_channels"],
@@ -74,6 +74,7 @@ PUBLIC_API = {
     "megaset.pipeline.rmm": ["build_rmm", "feature_names"],
     "megaset.pipeline.schema": ["check_branches", "nonfinite_events", "read_events", "required_branches"],
     "megaset.pipeline.selection": ["Selection", "cutflow_steps", "select"],
+    "megaset.pipeline.weights": ["absurd_message", "absurd_weights", "weight_stats"],
     "megaset.pipeline.simulate": [
         "CHANNELS", "ChannelSpec", "demo_inputs", "event_counts", "generate", "is_simulated", "simulate",
         "write_ntuple",
@@ -95,7 +96,9 @@ PUBLIC_API = {
     "megaset.report.style": ["DATA_COLOUR", "EVENTS_PER_BIN", "PALETTE", "Style", "process_colours"],
     "megaset.reporting": ["training_records", "write_report"],
     "megaset.run": ["STAGES", "run"],
-    "megaset.storage.backend": ["chunk_exists", "float_fill", "open_group", "stored_bytes", "writing"],
+    "megaset.storage.backend": [
+        "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "open_group", "stored_bytes", "writing",
+    ],
     "megaset.storage.codecs": ["compressors"],
     "megaset.storage.layout": ["BLOCKS", "block_masks", "matrix_side"],
     "megaset.storage.mix": ["MixJob", "mix", "prepare_mix"],
