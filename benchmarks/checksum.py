@@ -71,7 +71,8 @@ def main() -> None:
         plain, crc = best[False][i], best[True][i]
         cpu_plain, cpu_crc = best[False][i + 2], best[True][i + 2]
         print(f"  {what:5}: wall without {mb / plain:5.0f} MB/s, with crc32c {mb / crc:5.0f} MB/s, ratio "
-              f"{crc / plain:.3f}; CPU without {cpu_plain:.2f} s, with {cpu_crc:.2f} s, ratio {cpu_crc / cpu_plain:.3f}")
+              f"{crc / plain:.3f}; CPU without {cpu_plain:.2f} s, with {cpu_crc:.2f} s, "
+              f"ratio {cpu_crc / cpu_plain:.3f}")
 
 
 if __name__ == "__main__":

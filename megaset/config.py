@@ -917,6 +917,14 @@ class Config(_Section):
         """The whole configuration with every default filled in, as plain JSON types."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def persisted(self) -> dict[str, Any]:
+        """:meth:`resolved` as it is written beside results (staging and store attributes,
+        checkpoints, the report): values that may carry credentials redacted
+        (:mod:`megaset.redaction`)."""
+        from megaset.redaction import redact
+
+        return redact(self.resolved())
+
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections replaced or updated from nested dicts."""
         data = self.resolved()

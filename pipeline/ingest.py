@@ -21,6 +21,7 @@ from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
 from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.remote import uproot_options
 from megaset.pipeline.weights import absurd_message, absurd_weights
+from megaset.storage.backend import writing
 from megaset.storage.staging import LAYOUT_VERSION
 
 if TYPE_CHECKING:
@@ -182,8 +183,6 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     InputFileError
         For a bad input file when ``inputs.on_bad_file`` is ``fail`` (names file and reason).
     """
-    from megaset.storage.staging import finish_staging, init_staging
-
     log = log or (lambda message: None)
     t0 = time.perf_counter()
     channels = resolve_channels(cfg)
@@ -202,16 +201,30 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     _refuse_copies(good)
 
     staging = cfg.store.staging
-    table = _channel_table(channels)
-    fingerprint = _fingerprint(cfg, table, good)
+    fingerprint = _fingerprint(cfg, _channel_table(channels), good)
     _check_resumable(staging, fingerprint)
+    # A staging area on a full, read-only or foreign filesystem: one line, not a traceback.
+    with writing(staging, "megaset ingest", what="staging area", key="store.staging_url"):
+        return _stage(cfg, client, channels, infos, good, skipped, fingerprint, log, status,
+                      (t0, t_inspect))
+
+
+def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], good: list[FileInfo],
+           skipped: list[dict[str, str]], fingerprint: str, log: Callable[[str], None], status: bool,
+           times: tuple[float, float]) -> IngestSummary:
+    """The ingest once its files are checked: every chunk staged, then the summary."""
+    from megaset.storage.staging import finish_staging, init_staging
+
+    t0, t_inspect = times
+    staging = cfg.store.staging
+    table = _channel_table(channels)
     processor_class, described = _kind(cfg)
     init_staging(staging, list(channels), {
         "fingerprint": fingerprint,
         "schema_version": LAYOUT_VERSION,
         **described,
         "channels": table,
-        "config": cfg.resolved(),
+        "config": cfg.persisted(),
         "code_version": __version__,
     })
 

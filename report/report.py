@@ -220,7 +220,7 @@ def _cutflow(store_attrs: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 def _write_config(cfg: Config, out: Path) -> dict[str, str]:
     """``config.yaml``: the resolved configuration; its SHA-256 digest."""
-    text = yaml.safe_dump(cfg.resolved(), sort_keys=False)
+    text = yaml.safe_dump(cfg.persisted(), sort_keys=False)
     path = out / "config.yaml"
     path.write_text(text)
     return {"file": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}

@@ -22,11 +22,11 @@ __all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing"
 
 #: Write failures that no retry cures, and what would.
 _REFUSED = {
-    errno.ENOSPC: "free space on its filesystem, or set store.url to a filesystem with more room",
-    errno.EDQUOT: "free space within your quota, or set store.url to a filesystem with more room",
-    errno.EROFS: "set store.url to a location on a writable filesystem",
-    errno.EACCES: "check the permissions of that path or set store.url to a location you can write to",
-    errno.EPERM: "check the permissions of that path or set store.url to a location you can write to",
+    errno.ENOSPC: "free space on its filesystem, or set {key} to a filesystem with more room",
+    errno.EDQUOT: "free space within your quota, or set {key} to a filesystem with more room",
+    errno.EROFS: "set {key} to a location on a writable filesystem",
+    errno.EACCES: "check the permissions of that path or set {key} to a location you can write to",
+    errno.EPERM: "check the permissions of that path or set {key} to a location you can write to",
 }
 
 
@@ -68,10 +68,10 @@ def float_fill(dtype: np.dtype) -> Any:
 
 
 @contextlib.contextmanager
-def writing(url: str, command: str) -> Iterator[None]:
+def writing(url: str, command: str, *, what: str = "store", key: str = "store.url") -> Iterator[None]:
     """Turn a refused write into the store (disk full, quota, read-only, permissions), here or
-    in a Dask task, into a :class:`StoreError` naming ``url``, the cause and the fix, and
-    saying that ``command`` resumes."""
+    in a Dask task, into a :class:`StoreError` naming ``url`` (a ``what``, set by the config
+    ``key``), the cause and the fix, and saying that ``command`` resumes."""
     try:
         yield
     except MegasetError:
@@ -79,14 +79,22 @@ def writing(url: str, command: str) -> Iterator[None]:
     except OSError as err:
         if err.errno not in _REFUSED:
             raise
-        # A full disk often fails the final flush, which names no file.
-        at = f" (at {err.filename})" if err.filename and str(err.filename).rstrip("/") != url.rstrip("/") else ""
         cause = os.strerror(err.errno)
         msg = (
-            f"cannot write to store {url!r}: {cause[0].lower()}{cause[1:]}{at}; {_REFUSED[err.errno]}, "
-            f"then rerun `{command}`: finished chunks are kept"
+            f"cannot write to {what} {url!r}: {cause[0].lower()}{cause[1:]}{_place(err.filename, url)}; "
+            f"{_REFUSED[err.errno].format(key=key)}, then rerun `{command}`: finished chunks are kept"
         )
         raise StoreError(msg) from err
+
+
+def _place(filename: Any, url: str) -> str:
+    """`` (at <path>)`` for the path a write failed at, when it is a path other than ``url``
+    itself. A full disk often fails the final flush, which names no file;
+    other layers put a file descriptor or nothing at all there, which would say nothing."""
+    if not isinstance(filename, str | bytes | os.PathLike):
+        return ""
+    path = os.fsdecode(filename).rstrip("/")
+    return f" (at {path})" if path and path != url.rstrip("/") else ""
 
 
 #: What zarr's crc32c codec says of a chunk whose bytes changed after it was written.

@@ -319,7 +319,7 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
         "skipped": sattrs.get("skipped", []),
         "contamination": plan.contamination,
         "ingest": {k: sattrs.get(k) for k in ("config", "code_version", "summary")},
-        "config": cfg.resolved(),
+        "config": cfg.persisted(),
         "code_version": __version__,
         "mix": {
             "fingerprint": plan.fingerprint, "layout": True, "seed": cfg.store.seed,

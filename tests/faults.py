@@ -7,6 +7,8 @@
   (a tmpfs that fills up: ENOSPC) or :func:`read_only` (EROFS); the test is skipped where
   the system does not allow that. :func:`unprivileged` runs a command without root's
   permission override (EACCES on read-only folders); :func:`snapshot` records a folder's files.
+* :data:`CLUSTER_WITH_SECRETS`: credentials where a configuration should not carry them but
+  might; :data:`SECRET` must appear in no copy of the configuration written down.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ from pathlib import Path
 
 import pytest
 from distributed import WorkerPlugin
+
+SECRET = "hunter2"
+#: A cluster section carrying SECRET three ways (it does not change what a local run does).
+CLUSTER_WITH_SECRETS = {
+    "kubernetes": {"env": {"AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": "http://minio:9000"},
+                   "secret": "megaset-s3"},
+    "htcondor": {"job_script_prologue": [f"export AWS_SECRET_ACCESS_KEY={SECRET}", "export HOME=/scratch",
+                                         "export AWS_SHARED_CREDENTIALS_FILE=/scratch/credentials"],
+                 "job_extra_directives": {"environment": f'"API_TOKEN={SECRET} LANG=C"'}},
+}
 
 #: Seconds a worker waits at the chosen point to be killed; it then carries on, and the test fails.
 _WAIT_S = 60.0

@@ -46,6 +46,7 @@ PUBLIC_API = {
         "ScoringConfig", "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TrainingConfig",
         "WeightsConfig", "demo_config", "load_config",
     ],
+    "megaset.redaction": ["REDACTED", "redact"],
     "megaset.deploy.cluster": ["ClusterSize", "cluster_size", "describe", "open_client", "release_memory"],
     "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
     "megaset.deploy.kube": ["kube_cluster_spec", "quantity", "start_kube_cluster"],

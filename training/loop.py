@@ -328,7 +328,7 @@ def checkpoint_payload(
     return {
         "model": cfg.training.model, "architecture": arch, "feature_names": features,
         "state": model.state_dict(), "rng": rng_state(), "scaling": scaling.state_dict(),
-        "progress": progress, "history": history, "config": cfg.resolved(), **extra,
+        "progress": progress, "history": history, "config": cfg.persisted(), **extra,
     }
 
 

@@ -265,9 +265,9 @@ def test_local_cluster_listens_on_loopback_alone(dashboard):
 
 def test_local_cluster_host_is_configurable():
     before = _listening([os.getpid()])
-    with open_client(ClusterConfig(workers=1, memory_per_worker="1 GiB", host="0.0.0.0")):  # noqa: S104
+    with open_client(ClusterConfig(workers=1, memory_per_worker="1 GiB", host="0.0.0.0")):
         sockets = _listening([os.getpid()]) - before
-    assert "0.0.0.0" in {address for _, address, _ in sockets}  # noqa: S104
+    assert "0.0.0.0" in {address for _, address, _ in sockets}
 
 
 def test_local_gpus_without_devices_fail_fast():

@@ -376,3 +376,31 @@ def test_absurd_weights_are_counted_per_file_or_fatal(tmp_path):
         ingest(strict)
     with pytest.raises(StoreError, match=r"staging area .* is incomplete: an ingest was interrupted"):
         staging_attrs(strict.store.staging)
+
+
+def test_staging_keeps_no_credential_of_the_config(sample, tmp_path):
+    from faults import CLUSTER_WITH_SECRETS, SECRET
+
+    cfg = make_config(sample, tmp_path).replace(cluster=CLUSTER_WITH_SECRETS,
+                                                 inputs={"channels": {"ttbar": {"files": [str(sample / "ttbar" /
+                                                                                              "ttbar_0.root")]}}})
+    ingest(cfg)
+    saved = json.dumps(staging_attrs(cfg.store.staging))
+    assert SECRET not in saved and '"AWS_SECRET_ACCESS_KEY": "<redacted>"' in saved
+
+
+@pytest.mark.slow
+def test_read_only_staging_stops_the_ingest_with_one_line(sample, tmp_path):
+    from faults import MEGASET, UNHANDLED, confined, read_only
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cfg = make_config(sample, disk).replace(
+        inputs={"channels": {"ttbar": {"files": [str(sample / "ttbar" / "ttbar_0.root")]}}}, cluster={"workers": 1})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.resolved()))
+    result = confined(read_only(disk), f"{MEGASET} ingest -c {config}")
+    assert result.returncode not in (0, UNHANDLED), result.stderr
+    assert (f"error: cannot write to staging area '{cfg.store.staging}': read-only file system; set "
+            "store.staging_url to a location on a writable filesystem, then rerun `megaset ingest`") in result.stderr
+    assert not any(disk.iterdir())

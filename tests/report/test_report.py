@@ -290,3 +290,15 @@ def test_colours_are_fixed_per_process_and_stable_across_reports(scored, written
     again = report(scored.replace(report={"bins": 10, "auc_replicas": 20, "colors": {"ttbar": "#000080"}}),
                    out_dir=tmp_path)
     assert again["colours"] == {**result["colours"], "ttbar": "#000080"}
+
+
+def test_report_config_keeps_no_credential(tmp_path):
+    from faults import CLUSTER_WITH_SECRETS, SECRET
+
+    from megaset.config import Config
+    from megaset.report.report import _write_config
+
+    written = _write_config(Config().replace(cluster=CLUSTER_WITH_SECRETS), tmp_path)
+    text = Path(written["file"]).read_text()
+    assert SECRET not in text and "AWS_SECRET_ACCESS_KEY: <redacted>" in text
+    assert yaml.safe_load(text)["cluster"]["kubernetes"]["secret"] == "megaset-s3"

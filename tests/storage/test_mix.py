@@ -215,6 +215,7 @@ def test_read_only_store_path_stops_the_mix_with_a_clear_message(mixed_store, tm
     result = confined(read_only(disk), f"{MEGASET} mix -c {config}")
     assert_refused(result, disk / "new.zarr", "read-only file system", "set store.url to a location on a writable",
                    "megaset mix")
+    assert f"cannot write to store '{disk / 'new.zarr'}': read-only file system; set store.url" in result.stderr
     assert snapshot(disk) == before
 
 
@@ -341,3 +342,15 @@ def test_damaged_staging_chunk_stops_the_mix_naming_it(tmp_path):
                                                 r"the bytes stored no longer match their crc32c checksum .*"
                                                 r"run `megaset ingest` into a new store\.staging_url"):
         mix(cfg, None)
+
+
+def test_store_keeps_no_credential_of_the_config(tmp_path):
+    import json
+
+    from faults import CLUSTER_WITH_SECRETS, SECRET
+
+    cfg = make_config(tmp_path).replace(cluster=CLUSTER_WITH_SECRETS)
+    make_staging(cfg.store.staging, {"zjets": [300], "ttbar": [100]})
+    mix(cfg, None)
+    saved = json.dumps(open_store(cfg.store.url).attrs)
+    assert SECRET not in saved and '"AWS_SECRET_ACCESS_KEY": "<redacted>"' in saved

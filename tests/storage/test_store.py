@@ -129,3 +129,21 @@ def test_group_pickles_for_dask_tasks(store_copy):
     test.read_chunk(0, ("weight",))
     clone = pickle.loads(pickle.dumps(test))
     np.testing.assert_array_equal(clone.read_chunk(1, ("weight",))["weight"], test.read_chunk(1, ("weight",))["weight"])
+
+
+@pytest.mark.parametrize(("filename", "place"), [
+    (2, ""),  # a file descriptor, not a place: said nothing ("read-only file system (at 2)")
+    (None, ""),
+    ("/data/s.zarr/", ""),  # the store itself
+    ("/data/s.zarr/train/rmm", " (at /data/s.zarr/train/rmm)"),
+])
+def test_refused_write_names_the_store_cause_fix_and_a_real_place(filename, place):
+    import errno
+
+    from megaset.storage.backend import writing
+
+    with pytest.raises(StoreError) as info, writing("/data/s.zarr", "megaset mix"):
+        raise OSError(errno.EROFS, "Read-only file system", filename)
+    assert str(info.value) == (f"cannot write to store '/data/s.zarr': read-only file system{place}; set store.url "
+                               "to a location on a writable filesystem, then rerun `megaset mix`: finished chunks "
+                               "are kept")

@@ -169,3 +169,16 @@ def test_killed_and_resumed_training_ends_like_an_uninterrupted_run(tiny_store, 
     b = load_checkpoint(whole["checkpoints"]["last"])["state"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_keep_no_credential_of_the_config(tiny_store, tmp_path):
+    from faults import CLUSTER_WITH_SECRETS, SECRET
+
+    cfg = _config(tiny_store, tmp_path, model="ae-shallow", epochs=1).replace(cluster=CLUSTER_WITH_SECRETS)
+    train(cfg)
+    saved = sorted((tmp_path / "models" / "ae-shallow").glob("*.pt"))
+    assert saved
+    for path in saved:
+        config = json.dumps(load_checkpoint(path)["config"])
+        assert SECRET not in config and '"AWS_SECRET_ACCESS_KEY": "<redacted>"' in config
+        assert SECRET.encode() not in path.read_bytes()
