@@ -37,6 +37,8 @@ __all__ = [
     "RemoteConfig",
     "WeightsConfig",
     "CollectionSchema",
+    "QualityField",
+    "PASS_ROLES",
     "MetSchema",
     "SchemaConfig",
     "JetSchemaConfig",
@@ -187,6 +189,28 @@ class InputsConfig(_Section):
 # ---------------------------------------------------------------------------- schema
 
 
+#: Per-object roles that say whether an object passes a quality requirement (``selection.*.require_*``).
+PASS_ROLES = ("tight", "iso")
+
+
+class QualityField(_Section):
+    """A continuous quality variable and its cut, e.g. ``{branch: Muon_pfRelIso04_all, max: 0.15}``:
+    an object passes when its value lies within the bounds given (both ends included), compared
+    with the values as stored in the file."""
+
+    branch: str
+    max: float | None = Field(None, description="Passes at or below this (isolation: a cone sum, 0 = best).")
+    min: float | None = Field(None, description="Passes at or above this (an ID level, a score).")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> QualityField:
+        if self.max is None and self.min is None:
+            msg = (f"give the cut of {self.branch!r} as max (passes at or below) or min (passes at or above); "
+                   "a pass flag (0 fails, 1 passes) is given as the branch name alone")
+            raise ValueError(msg)
+        return self
+
+
 class CollectionSchema(_Section):
     """Branches of one object collection, in (pt, eta, phi, mass|energy) or Cartesian form."""
 
@@ -198,10 +222,28 @@ class CollectionSchema(_Section):
     px: str | None = None
     py: str | None = None
     pz: str | None = None
-    fields: dict[str, str] = Field(
+    fields: dict[str, str | QualityField] = Field(
         default_factory=dict,
-        description="Extra per-object branches by role, e.g. btag, flavor, charge, tight, iso, d0sig.",
+        description="Extra per-object branches by role, e.g. btag, flavor, charge, tight, iso, d0sig. tight "
+        "and iso given as a branch name are pass flags (0 or 1); a continuous variable takes its cut: "
+        "{branch: Muon_pfRelIso04_all, max: 0.15}. d0sig is the signed significance, cut by selection.",
     )
+
+    @field_validator("fields")
+    @classmethod
+    def _cuts_on_pass_roles(cls, fields: dict[str, str | QualityField]) -> dict[str, str | QualityField]:
+        for role, spec in fields.items():
+            if isinstance(spec, QualityField) and role not in PASS_ROLES:
+                where = ("selection.electrons / muons.d0sig_max" if role == "d0sig"
+                         else "the selection key that reads it")
+                msg = (f"fields.{role}: only {' and '.join(PASS_ROLES)} take {{branch, max | min}}; map {role} to "
+                       f"the branch name ({spec.branch}) and set its cut in {where}")
+                raise ValueError(msg)
+        return fields
+
+    def field_branches(self) -> dict[str, str]:
+        """Role -> branch of every extra field."""
+        return {role: spec if isinstance(spec, str) else spec.branch for role, spec in self.fields.items()}
 
     @model_validator(mode="after")
     def _one_form(self) -> CollectionSchema:
@@ -221,7 +263,7 @@ class CollectionSchema(_Section):
     def branches(self) -> list[str]:
         kin = (self.px, self.py, self.pz, self.energy) if self.cartesian else (
             self.pt, self.eta, self.phi, self.mass or self.energy)
-        return [*kin, *self.fields.values()]
+        return [*kin, *self.field_branches().values()]
 
 
 class MetSchema(_Section):

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from megaset.config import CollectionSchema, SchemaConfig
-from megaset.errors import BranchError
+from megaset.config import PASS_ROLES, CollectionSchema, QualityField, SchemaConfig
+from megaset.errors import BranchError, ConfigError
 from megaset.pipeline.objects import EventArrays, Jagged
 
 __all__ = ["required_branches", "check_branches", "read_events", "nonfinite_events"]
@@ -46,7 +46,7 @@ def _collection_roles(name: str, coll: CollectionSchema) -> list[tuple[str, str,
         kin["mass" if coll.mass else "energy"] = coll.mass or coll.energy
     prefix = f"schema.collections.{name}"
     return [(f"{prefix}.{col}", col, branch) for col, branch in kin.items()] + [
-        (f"{prefix}.fields.{role}", role, branch) for role, branch in coll.fields.items()
+        (f"{prefix}.fields.{role}", role, branch) for role, branch in coll.field_branches().items()
     ]
 
 
@@ -211,7 +211,7 @@ def _collection(source: Any, name: str, schema: SchemaConfig, filename: str) -> 
             raise BranchError(filename, msg, branch)
         raw[col] = values
 
-    labels = dict(coll.fields)
+    labels = coll.field_branches()
     if coll.cartesian:
         columns = _from_cartesian(raw["px"], raw["py"], raw["pz"], raw["energy"])
         xy, xyz = f"{coll.px}, {coll.py}", f"{coll.px}, {coll.py}, {coll.pz}"
@@ -227,11 +227,49 @@ def _collection(source: Any, name: str, schema: SchemaConfig, filename: str) -> 
             columns["mass"] = _mass_from_energy(raw["pt"], raw["eta"], raw["energy"])
             labels["mass"] = f"{name}.mass from {coll.pt}, {coll.eta}, {coll.energy}"
     columns |= {role: raw[role] for role in coll.fields}
+    for role in PASS_ROLES:
+        if role in coll.fields:
+            columns[role] = _pass_flags(raw[role], coll.fields[role], f"schema.collections.{name}.fields.{role}",
+                                        filename)
     jagged = Jagged.from_counts(first_counts, columns)
     float_labels = {
         f"{name}.{col}": label for col, label in labels.items() if np.issubdtype(columns[col].dtype, np.floating)
     }
     return jagged, float_labels
+
+
+def _pass_flags(values: np.ndarray, spec: str | QualityField, key: str, filename: str) -> np.ndarray:
+    """A pass role (``tight``, ``iso``) as flags, non-zero passing: a continuous variable cut at its
+    bounds, or a flag branch checked to hold 0 and 1 only. NaN and inf stay as they are, so that
+    the selection counts and drops their events like any other non-finite value.
+
+    >>> _pass_flags(np.array([0.0, 0.15, 0.2, np.nan]), QualityField(branch="iso", max=0.15), "k", "a.root").tolist()
+    [1.0, 1.0, 0.0, nan]
+    """
+    floating = np.issubdtype(values.dtype, np.floating)
+    if isinstance(spec, QualityField):
+        passed = np.ones(len(values), dtype=bool)
+        if spec.max is not None:
+            passed &= values <= spec.max
+        if spec.min is not None:
+            passed &= values >= spec.min
+        return np.where(np.isfinite(values), passed, values).astype(values.dtype) if floating else passed
+    if values.dtype != np.bool_:
+        finite = values[np.isfinite(values)] if floating else values
+        other = finite[(finite != 0) & (finite != 1)]
+        if len(other):
+            # Read as a flag, a cone sum or a score would pass every object but those at exactly 0:
+            # the best-isolated ones.
+            shown = ", ".join(f"{v:g}" for v in np.unique(other)[:3])
+            role = key.rsplit(".", 1)[-1]
+            msg = (
+                f"{filename}: branch {spec!r} ({key}) is read as a pass flag (0 fails, 1 passes) but holds "
+                f"other values ({shown}: {len(other)} of {len(finite)} objects); if it is a continuous variable, "
+                f"give its cut: {role}: {{branch: {spec}, max: <cut>}} (passes at or below) or min: <cut> "
+                "(passes at or above)"
+            )
+            raise ConfigError(msg)
+    return values
 
 
 def _out_type(*arrays: np.ndarray) -> np.dtype:
@@ -287,6 +325,8 @@ def read_events(source: Any, schema: SchemaConfig, filename: str, entry_start: i
     BranchError
         A branch is missing, has the wrong shape, or the branches of one collection disagree
         on the number of objects in an event.
+    ConfigError
+        A ``tight`` or ``iso`` branch mapped as a pass flag holds values other than 0 and 1.
 
     Examples
     --------

@@ -344,3 +344,69 @@ def test_empty_chunk():
     assert sel.cutflow[0] == ("all", 0, 0.0) and sel.cutflow[-1][1] == 0
     assert all(len(v) == 0 for v in sel.aux.values())
     assert all(o.n_events == 0 for o in sel.objects.values())
+
+
+def _lepton_fields(**fields) -> SchemaConfig:
+    """The default schema with some fields of its lepton collection mapped otherwise."""
+    default = SchemaConfig().model_dump()
+    lepton = default["collections"]["lepton"]
+    lepton["fields"] |= fields
+    return SchemaConfig.model_validate(default)
+
+
+def _with_iso_cone_sums(events) -> dict:
+    """The events' branches with a continuous isolation branch ``lepIso`` (a relative cone sum:
+    0 is the best isolated) and an ID level ``lepID`` (0 fails to 4 tight, here 4)."""
+    data = branches(events)
+    data["lepIso"] = ak.unflatten(np.array([lep[6] for ev in events for lep in ev["leps"]], dtype=np.float32),
+                                  np.array([len(ev["leps"]) for ev in events]))
+    data["lepID"] = ak.values_astype(data["lepIso"] * 0 + 4, np.int32)
+    return data
+
+
+def test_thresholded_isolation_selects_exactly_the_leptons_within_the_cut():
+    """Read as a pass flag, a cone sum drops exactly the best-isolated leptons (value 0); with its cut
+    the leptons at or below 0.15 are kept, as a loop over every lepton says."""
+    rng = np.random.default_rng(11)
+    events = []
+    for _ in range(400):
+        leps = []
+        for _ in range(rng.integers(0, 6)):
+            make = e if rng.random() < 0.5 else mu
+            iso = float(rng.choice([0.0, 0.15, float(np.float32(rng.exponential(0.2)))]))
+            leps.append(make(float(rng.uniform(5, 100)), float(rng.uniform(-2.6, 2.6)), float(rng.uniform(-PI, PI)),
+                             tight=bool(rng.random() < 0.8), iso=iso, d0sig=float(rng.normal(0, 2))))
+        events.append(dict(w=1.0, leps=leps, jets=[]))
+    data, schema = _with_iso_cone_sums(events), _lepton_fields(iso={"branch": "lepIso", "max": 0.15})
+    # No m_ll or trigger cut: every event with two signal leptons is kept.
+    sel = select(read_events(data, schema, "iso.root"), SelectionConfig(mll_min=-1.0, trigger_pt_2lep=0.0))
+
+    kept_iso = []
+    for index, ev in enumerate(events):
+        isolated = [(*lep[:6], np.float32(lep[6]) <= np.float32(0.15), lep[7]) for lep in ev["leps"]]
+        signal = [lep for lep, flagged in zip(ev["leps"], isolated, strict=True) if _is_signal(flagged)]
+        expected = sorted((float(np.float32(lep[0])) for lep in signal), reverse=True) if len(signal) >= 2 else None
+        assert _signal_pts(sel, index) == expected, f"event {index}"
+        kept_iso += [lep[6] for lep in signal] if expected else []
+    assert len(kept_iso) > 100 and kept_iso.count(0.0) > 30 and kept_iso.count(0.15) > 30  # both ends kept
+    assert max(kept_iso) == 0.15
+
+
+def test_continuous_branch_mapped_as_a_flag_is_refused():
+    events = [dict(w=1.0, leps=[e(50, 0.0, 0.0, iso=0.0), mu(45, 0.0, 1.0, iso=0.37)], jets=[])]
+    data = _with_iso_cone_sums(events)
+    with pytest.raises(ConfigError, match=r"iso\.root: branch 'lepIso' \(schema\.collections\.lepton\.fields\.iso\) "
+                       r"is read as a pass flag \(0 fails, 1 passes\) but holds other values "
+                       r"\(0\.37: 1 of 2 objects\); if it is a continuous variable, give its cut: "
+                       r"iso: \{branch: lepIso, max: <cut>\}"):
+        read_events(data, _lepton_fields(iso="lepIso"), "iso.root")
+    # An ID level (0 to 4) is no flag either; with min it passes at or above.
+    with pytest.raises(ConfigError, match=r"branch 'lepID' .*holds other values \(4: 2 of 2 objects\)"):
+        read_events(data, _lepton_fields(tight="lepID"), "iso.root")
+    tight = read_events(data, _lepton_fields(tight={"branch": "lepID", "min": 4}), "iso.root").collections["lepton"]
+    assert tight["tight"].tolist() == [True, True]
+    with pytest.raises(ValueError, match=r"fields\.d0sig: only tight and iso take \{branch, max \| min\}; map d0sig "
+                       r"to the branch name \(lepD0Sig\) and set its cut in selection\.electrons / muons\.d0sig_max"):
+        _lepton_fields(d0sig={"branch": "lepD0Sig", "max": 3.0})
+    with pytest.raises(ValueError, match=r"give the cut of 'lepIso' as max \(passes at or below\) or min"):
+        _lepton_fields(iso={"branch": "lepIso"})
