@@ -111,7 +111,7 @@ def load_model(
     metadata are host data, and a tensor read straight onto a GPU cannot become numpy.
 
     >>> model, scaling, meta = load_model("megaset-demo/models/ae-shallow/best.pt", "cuda")  # doctest: +SKIP
-    >>> errors = model.reconstruction_error(scaling.scale_(torch.from_numpy(rmm).cuda()))    # doctest: +SKIP
+    >>> errors = model.reconstruction_error(scaling.on("cuda")(torch.from_numpy(rmm).cuda()))  # doctest: +SKIP
     """
     from megaset.training.registry import build_model
     from megaset.training.scaling import Scaling

@@ -14,16 +14,24 @@ and ranks can read disjoint chunks in any order:
   batches, computed from the chunk sizes alone, so no DDP rank waits on a peer that stopped
   early; the rows beyond (at most about one chunk per shard, different ones every epoch) are
   skipped for that epoch;
-* a pool of ``threads`` reader threads keeps ``read_ahead`` chunks in flight and scales them
-  (threads, not forked workers: zarr's async I/O can deadlock in a forked child), and one more
-  thread assembles up to ``read_ahead`` batches ahead, so that the consumer (the training step)
-  only takes finished batches. Memory is bounded by these settings, whatever the size of the
-  store: the chunks in flight, one window's chunks and the buffer they are gathered in (reused
-  from window to window), the batches ready or kept by the consumer, and zarr's decode buffers
-  in each reader thread. Peak memory above the process's own, measured with the defaults
-  (2 threads, 2 chunks ahead, 4 shuffled together): 286 MiB for a train group of 127 k events
-  in chunks of 8192 x 529 float32 (16.6 MiB), 357 MiB for one of 10.4 M events in chunks of
-  16384 (33 MiB); with 1 thread, 1 ahead and no shuffle window, 138 and 196 MiB.
+* a pool of ``threads`` reader threads keeps ``read_ahead`` chunks in flight (threads, not
+  forked workers: zarr's async I/O can deadlock in a forked child; for a GPU they also copy
+  each chunk into pinned memory), and one more thread assembles up to ``read_ahead`` batches
+  ahead, so that the consumer (the training step) only takes finished batches;
+* the assembling thread works on ``device``: each chunk's raw rows are copied into a window
+  buffer there (from pinned memory, without blocking, on a CUDA stream of the loader's own so
+  that the copies overlap the training step), scaled there in place, and the batches are
+  gathered there: the host only decodes. On the CPU the same code runs, with the same float32
+  operations as before (the batches are the same bits).
+
+Memory is bounded by these settings, whatever the size of the store: the chunks in flight, one
+window's chunks and the buffer they are gathered in (reused from window to window, on the
+device), the batches ready or kept by the consumer, and zarr's decode buffers in each reader
+thread. Peak memory above the process's own, measured on the CPU with the defaults (2 threads,
+2 chunks ahead, 4 shuffled together) before the buffer moved to the device: 286 MiB for a train
+group of 127 k events in chunks of 8192 x 529 float32 (16.6 MiB), 357 MiB for one of 10.4 M
+events in chunks of 16384 (33 MiB); with 1 thread, 1 ahead and no shuffle window, 138 and
+196 MiB, to which a window buffer of one chunk is now added.
 
 The rank is detected in ``__iter__`` (from ``torch.distributed`` and
 ``torch.utils.data.get_worker_info``), not when the dataset is built. ``state_dict`` records
@@ -34,6 +42,7 @@ reading the windows before it.
 from __future__ import annotations
 
 import collections
+import contextlib
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -46,7 +55,7 @@ from megaset.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from megaset.storage.store import StoreGroup
-    from megaset.training.scaling import Scaling
+    from megaset.training.scaling import DeviceScaling, Scaling
 
 __all__ = ["ChunkDataset", "current_shard"]
 
@@ -63,7 +72,7 @@ def current_shard() -> tuple[int, int]:
 
 
 class ChunkDataset(IterableDataset):
-    """Batches ``(x [B, F] float32, weight [B] float32)`` from the chunks of one store group.
+    """Batches ``(x [B, F] float32, weight [B] float32)`` on ``device`` from the chunks of one store group.
 
     Parameters
     ----------
@@ -87,6 +96,8 @@ class ChunkDataset(IterableDataset):
     context
         A one-number-per-event column appended unscaled as a last feature (the jet mass an
         adversary regresses), or ``None``.
+    device
+        Where the batches are assembled, scaled and handed over (``cuda:0``); the CPU by default.
 
     Examples
     --------
@@ -109,6 +120,7 @@ class ChunkDataset(IterableDataset):
         shuffle_chunks: int = 4,
         column: str = "rmm",
         context: str | None = None,
+        device: str | torch.device = "cpu",
     ):
         super().__init__()
         if min(batch_size, read_ahead, threads, shuffle_chunks) < 1:
@@ -127,6 +139,7 @@ class ChunkDataset(IterableDataset):
         self.threads = threads
         self.shuffle_chunks = shuffle_chunks if shuffle else 1
         self.column, self.context = column, context
+        self.device = torch.device(device)
         self.chunk_sizes = np.array(
             [s.stop - s.start for s in map(group.chunk_slice, range(group.n_chunks))], dtype=np.int64
         )
@@ -189,6 +202,9 @@ class ChunkDataset(IterableDataset):
         last = int(np.searchsorted(ends, stop, side="left"))
         skip = start - (int(ends[first - 1]) if first else 0)
         batches = self._batches(windows[first : last + 1], skip, n_batches - self._position)
+        if self.device.type == "cuda":
+            # Asked here, in the consumer's thread: the stream the batches will be used on.
+            batches = _on_own_stream(batches, self.device, torch.cuda.current_stream(self.device))
         # The position counts the batches handed over, not those assembled ahead of them.
         for batch in _in_background(batches, self.read_ahead):
             self._position += 1
@@ -199,45 +215,49 @@ class ChunkDataset(IterableDataset):
         """Cut the windows' shuffled rows into ``n_batches`` batches; batches run on across windows."""
         b = self.batch_size
         made = 0
-        rest: tuple[np.ndarray, np.ndarray] | None = None
+        rest: tuple[torch.Tensor, torch.Tensor] | None = None
         for x, w, order in self._windows(windows):
             order, skip = order[skip:], 0
             start = 0
             if rest is not None:
                 take = order[: b - len(rest[1])]
                 start = len(take)
-                rest = (np.concatenate([rest[0], np.take(x, take, axis=0)]), np.concatenate([rest[1], w[take]]))
+                rest = (torch.cat([rest[0], x.index_select(0, take)]), torch.cat([rest[1], w.index_select(0, take)]))
                 if len(rest[1]) < b:
                     continue
                 made += 1
-                yield torch.from_numpy(rest[0]), torch.from_numpy(rest[1])
+                yield rest
                 rest = None
             while start + b <= len(order) and made < n_batches:
                 idx = order[start : start + b]
                 start += b
                 made += 1
                 # A gathered copy: the window's buffer is reused for the next window.
-                yield torch.from_numpy(np.take(x, idx, axis=0)), torch.from_numpy(w[idx])
+                yield x.index_select(0, idx), w.index_select(0, idx)
             if made == n_batches:
                 return
             if start < len(order):
-                rest = (np.take(x, order[start:], axis=0), w[order[start:]])
+                rest = (x.index_select(0, order[start:]), w.index_select(0, order[start:]))
         if rest is not None and made < n_batches:
-            yield torch.from_numpy(rest[0]), torch.from_numpy(rest[1])
+            yield rest
 
-    def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Each window's rows and their (shuffled) order, read ahead by the thread pool.
+    def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Each window's scaled rows, weights and (shuffled) row order on the device, read ahead
+        by the thread pool.
 
-        Several chunks are copied into one buffer reused from window to window, each as soon as
-        it is read, so that a window holds its chunks once: a fresh window-sized array would be
-        a new memory mapping, and faulting its pages in costs more than copying the data.
+        The chunks of a window are copied into one buffer reused from window to window, each as
+        soon as it is read, so that a window holds its chunks once (a fresh window-sized array
+        on the host would be a new memory mapping, whose pages cost more to fault in than the
+        data to copy; on a GPU, an allocation per window); each is scaled there in place.
         """
         order = [int(c) for window in windows for c in window]
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="megaset-read")
         pending: collections.deque[Future] = collections.deque()
-        buffer = None
+        x_buffer: torch.Tensor | None = None
+        w_buffer: torch.Tensor | None = None
+        scale = self.scaling.on(self.device) if self.scaling is not None else None
 
-        def take() -> tuple[np.ndarray, np.ndarray]:
+        def take() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
             nonlocal submitted
             part = pending.popleft().result()
             if submitted < len(order):
@@ -250,41 +270,56 @@ class ChunkDataset(IterableDataset):
                 pending.append(pool.submit(self._read, c))
             submitted = len(pending)
             for window in windows:
-                if len(window) == 1:
-                    x, w = take()
-                else:
-                    n = int(self.chunk_sizes[window].sum())
-                    w, at = np.empty(n, np.float32), 0
-                    for _ in window:
-                        part_x, part_w = take()
-                        if buffer is None:
-                            rows = self.shuffle_chunks * int(self.chunk_sizes.max())
-                            buffer = np.empty((rows, part_x.shape[1]), np.float32)
-                        x = buffer[:n]
-                        x[at : at + len(part_w)], w[at : at + len(part_w)] = part_x, part_w
-                        at += len(part_w)
-                        del part_x, part_w
+                n, at = int(self.chunk_sizes[window].sum()), 0
+                for _ in window:
+                    part = take()
+                    if x_buffer is None:
+                        rows = self.shuffle_chunks * int(self.chunk_sizes.max())
+                        width = part[0].shape[1] + (part[2] is not None)
+                        x_buffer = torch.empty((rows, width), dtype=torch.float32, device=self.device)
+                        w_buffer = torch.empty(rows, dtype=torch.float32, device=self.device)
+                    assert x_buffer is not None and w_buffer is not None  # allocated by the first chunk
+                    at = self._place(part, x_buffer, w_buffer, at, scale)
+                    del part
                 if self.shuffle:
-                    rows = np.random.default_rng((self.seed, self.epoch, int(window[0]))).permutation(len(w))
+                    rows = np.random.default_rng((self.seed, self.epoch, int(window[0]))).permutation(n)
                 else:
-                    rows = np.arange(len(w))
-                yield x, w, rows
+                    rows = np.arange(n)
+                assert x_buffer is not None and w_buffer is not None
+                yield x_buffer[:n], w_buffer[:n], torch.from_numpy(rows).to(self.device, non_blocking=True)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _place(self, part: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], x: torch.Tensor,
+               w: torch.Tensor, at: int, scale: DeviceScaling | None) -> int:
+        """Copy one chunk's raw rows into the window buffers at row ``at`` and scale them there;
+        the row after them."""
+        rows, weight, context = part
+        stop = at + len(weight)
+        features = x[at:stop, : rows.shape[1]]
+        features.copy_(rows, non_blocking=True)
+        if scale is not None:
+            scale(features)
+        if context is not None:
+            x[at:stop, -1].copy_(context, non_blocking=True)
+        w[at:stop].copy_(weight, non_blocking=True)
+        return stop
+
+    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One chunk's raw features ``[n, F]``, weights and context, as host tensors (pinned
+        for a GPU, so that their copy to it does not block)."""
         names = (self.column, "weight", *((self.context,) if self.context else ()))
         data = self.group.read_chunk(index, columns=names)
         x = np.asarray(data[self.column], dtype=np.float32)
-        x = x.reshape(len(x), -1)
-        if self.scaling is not None:
-            # In place when the chunk was decoded into an array of its own (zarr does): a fresh
-            # allocation costs more than the arithmetic, for every event of every epoch.
-            mine = x.flags.owndata and x.flags.writeable
-            x = self.scaling(x, out=x if mine else None)
+        arrays = [x.reshape(len(x), -1), np.asarray(data["weight"], dtype=np.float32)]
         if self.context:
-            x = np.concatenate([x, np.asarray(data[self.context], dtype=np.float32)[:, None]], axis=1)
-        return x, np.asarray(data["weight"], dtype=np.float32)
+            arrays.append(np.asarray(data[self.context], dtype=np.float32))
+        # A read-only array (a memory-mapped chunk) is copied rather than shared.
+        host = [torch.from_numpy(a) if a.flags.writeable else torch.tensor(a) for a in arrays]
+        if self.device.type == "cuda":
+            host = [t.pin_memory() for t in host]
+        rows, weight, *context = host
+        return rows, weight, context[0] if context else None
 
     # ------------------------------------------------------------------ state
 
@@ -318,6 +353,20 @@ class ChunkDataset(IterableDataset):
                 raise CheckpointError(msg)
         self.epoch, self._position = state["epoch"], state["position"]
         self._n_shards = state["n_shards"] if state["position"] else None
+
+
+def _on_own_stream(batches: Generator, device: torch.device, consumer: torch.cuda.Stream) -> Generator:
+    """``batches``, assembled on a CUDA stream of their own so that their copies and gathers
+    overlap the consumer's kernels; each is complete before it is handed over, and the caching
+    allocator is told that ``consumer`` uses its memory (it must not be reused for the next
+    batch while the training step still reads it)."""
+    own = torch.cuda.Stream(device)
+    with contextlib.closing(batches), torch.cuda.stream(own):
+        for batch in batches:
+            for t in batch:
+                t.record_stream(consumer)
+            own.synchronize()
+            yield batch
 
 
 _DONE = object()

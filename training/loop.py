@@ -162,12 +162,13 @@ def model_inputs(store: Any, tc: TrainingConfig) -> tuple[str, list[str], Scalin
 
 
 def datasets(store: Any, tc: TrainingConfig, column: str, scaling: Scaling,
-             *, shuffle: bool = True) -> tuple[ChunkDataset, ChunkDataset]:
+             *, shuffle: bool = True, device: str | torch.device = "cpu") -> tuple[ChunkDataset, ChunkDataset]:
     """The train loader (shuffled, equal batches on every rank, unless not ``shuffle``: then
-    read once in order, as for evaluation) and the val loader of ``tc``."""
+    read once in order, as for evaluation) and the val loader of ``tc``, handing their batches
+    over on ``device``."""
     loader = {"read_ahead": tc.loader.read_ahead, "threads": tc.loader.threads,
               "shuffle_chunks": tc.loader.shuffle_chunks, "column": column,
-              "context": tc.adversary.column if tc.adversary else None}
+              "context": tc.adversary.column if tc.adversary else None, "device": device}
     train_data = ChunkDataset(store.group("train"), batch_size=tc.batch_size, scaling=scaling, seed=tc.seed,
                               shuffle=shuffle, equal_batches=shuffle, **loader)
     val_data = ChunkDataset(store.group("val"), batch_size=tc.batch_size, scaling=scaling, shuffle=False,
@@ -260,7 +261,7 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, len(features), arch).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
-    train_data, val_data = datasets(store, tc, column, scaling)
+    train_data, val_data = datasets(store, tc, column, scaling, device=device)
 
     progress = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
     history: list[dict[str, Any]] = []

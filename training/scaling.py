@@ -23,7 +23,7 @@ from megaset.errors import StoreError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Scaling"]
+__all__ = ["Scaling", "DeviceScaling"]
 
 _NEEDS = {"minmax": ("min", "max"), "standard": ("mean", "std")}
 
@@ -85,15 +85,29 @@ class Scaling:
         return cls(state["kind"], state["offset"].detach().cpu().numpy().astype(np.float32),
                    state["factor"].detach().cpu().numpy().astype(np.float32))
 
-    def scale_(self, x: torch.Tensor) -> torch.Tensor:
-        """Scale a float32 tensor ``[N, F]`` in place on its own device; returns it.
-
-        The same float32 subtraction and multiplication as :meth:`__call__`, so on the CPU the
-        result is bit for bit the numpy one; the 2 x F constants are copied to the device per
-        call (per chunk), which is nothing beside the chunk itself.
-        """
+    def on(self, device: str | torch.device) -> DeviceScaling:
+        """The same scaling with its constants on ``device``, for tensors there."""
         import torch
 
-        offset = torch.from_numpy(self.offset).to(x.device, non_blocking=True)
-        factor = torch.from_numpy(self.factor).to(x.device, non_blocking=True)
-        return x.sub_(offset).mul_(factor)
+        return DeviceScaling(torch.from_numpy(self.offset).to(device), torch.from_numpy(self.factor).to(device))
+
+
+@dataclass(frozen=True)
+class DeviceScaling:
+    """:class:`Scaling` on one device: ``x -> (x - offset) * factor`` in place on float32 tensors.
+
+    The same float32 subtraction and multiplication as ``Scaling.__call__``, so on the CPU the
+    result is bit for bit the numpy one; on a GPU, two elementwise passes over rows that are
+    already there.
+
+    >>> s = Scaling.from_scaler({"min": np.array([0.0, 5.0]), "max": np.array([10.0, 5.0])}).on("cpu")
+    >>> import torch; s(torch.tensor([[5.0, 7.0]])).tolist()
+    [[0.5, 2.0]]
+    """
+
+    offset: torch.Tensor
+    factor: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [N, F]`` (a view too) scaled in place; returns it."""
+        return x.sub_(self.offset).mul_(self.factor)

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from megaset.storage.store import Store, StoreGroup
     from megaset.training.models import Autoencoder
-    from megaset.training.scaling import Scaling
+    from megaset.training.scaling import DeviceScaling
 
 __all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column", "scoring_device"]
 
@@ -132,17 +132,17 @@ def _here(kind: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(checkpoint: str, digest: str, kind: str) -> tuple[Autoencoder, Scaling, torch.device]:
-    """The model of a checkpoint on this process's ``kind`` of device, loaded once per worker
-    process (keyed by the checkpoint's digest)."""
+def _cached_model(checkpoint: str, digest: str, kind: str) -> tuple[Autoencoder, DeviceScaling, torch.device]:
+    """The model of a checkpoint and its scaling on this process's ``kind`` of device, loaded
+    once per worker process (keyed by the checkpoint's digest)."""
     from megaset.training.checkpoint import load_model
 
     device = _here(kind)
     model, scaling, _ = load_model(checkpoint, map_location=device)
-    return model, scaling, device
+    return model, scaling.on(device), device
 
 
-def _model(checkpoint: str, digest: str, kind: str) -> tuple[Autoencoder, Scaling, torch.device]:
+def _model(checkpoint: str, digest: str, kind: str) -> tuple[Autoencoder, DeviceScaling, torch.device]:
     # Threads of one worker share the cache; the lock keeps two of them from loading it twice.
     with _LOCK:
         return _cached_model(checkpoint, digest, kind)
@@ -210,7 +210,7 @@ def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, d
         x = x.pin_memory()
     # The raw rows cross to the device once, a whole chunk, and are scaled there (on the CPU, in
     # place in the chunk as decoded).
-    x = scaling.scale_(x.to(here, non_blocking=True))
+    x = scaling(x.to(here, non_blocking=True))
     errors = reconstruction_errors(net, x, blocks=blocks, batch_size=events_per_pass, device=here)
     for name in BLOCKS if blocks else ():
         group.write_chunk(score_column(model, name), index, errors[name])

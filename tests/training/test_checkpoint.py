@@ -65,7 +65,7 @@ def _load_on(tmp_path, device):
     np.testing.assert_array_equal(loaded_scaling.offset, scaling.offset)
     raw = np.random.default_rng(1).random((32, 16), dtype=np.float32) * 3
     with torch.no_grad():
-        on_device = loaded.reconstruction_error(loaded_scaling.scale_(torch.from_numpy(raw.copy()).to(device)))
+        on_device = loaded.reconstruction_error(loaded_scaling.on(device)(torch.from_numpy(raw.copy()).to(device)))
         expected = model.reconstruction_error(torch.from_numpy(scaling(raw)))
     torch.testing.assert_close(on_device.cpu(), expected, rtol=1e-5, atol=1e-7)
 

@@ -187,3 +187,55 @@ def test_more_shards_than_chunks_is_a_config_error(train):
     ds = ChunkDataset(group, batch_size=32)
     with pytest.raises(ConfigError, match=r"'train' has 12 chunks with events, fewer than the 13 ranks"):
         next(ds.iter_shard(0, 13))
+
+
+def _numpy_batches(group, scaling, *, batch_size, seed, epoch, shuffle_chunks, shard, n_shards):
+    """The batches as the loader cut them when it scaled and gathered rows in numpy: the chunk
+    permutation of (seed, epoch), every n-th chunk per shard, windows shuffled by (seed, epoch,
+    first chunk), batches running on across windows, the shortest shard's batch count."""
+    n = group.n_chunks
+    order = np.random.default_rng((seed, epoch)).permutation(n)
+    sizes = [len(group.read_chunk(c)["weight"]) for c in range(n)]
+    n_batches = min(-(-sum(sizes[c] for c in order[s::n_shards]) // batch_size) for s in range(n_shards))
+    mine = order[shard::n_shards]
+    xs, ws = [], []
+    for i in range(0, len(mine), shuffle_chunks):
+        window = mine[i : i + shuffle_chunks]
+        chunks = [group.read_chunk(int(c)) for c in window]
+        x = np.concatenate([scaling(c["rmm"]) for c in chunks])
+        w = np.concatenate([c["weight"] for c in chunks]).astype(np.float32)
+        rows = np.random.default_rng((seed, epoch, int(window[0]))).permutation(len(w))
+        xs.append(x[rows])
+        ws.append(w[rows])
+    x, w = np.concatenate(xs), np.concatenate(ws)
+    return [(x[i : i + batch_size], w[i : i + batch_size]) for i in range(0, n_batches * batch_size, batch_size)]
+
+
+@pytest.mark.parametrize(("batch_size", "shuffle_chunks", "n_shards"), [(48, 3, 1), (50, 1, 2), (64, 4, 3)])
+def test_device_side_scaling_gives_the_batches_of_the_numpy_path(train, batch_size, shuffle_chunks, n_shards):
+    group, scaling, _, _ = train
+    for shard in range(n_shards):
+        ds = ChunkDataset(group, batch_size=batch_size, scaling=scaling, seed=4, shuffle_chunks=shuffle_chunks,
+                          device=torch.device("cpu"))
+        ds.set_epoch(1)
+        got = [(x.numpy(), w.numpy()) for x, w in ds.iter_shard(shard, n_shards)]
+        expected = _numpy_batches(group, scaling, batch_size=batch_size, seed=4, epoch=1,
+                                  shuffle_chunks=shuffle_chunks, shard=shard, n_shards=n_shards)
+        assert len(got) == len(expected)
+        for (x, w), (x0, w0) in zip(got, expected, strict=True):
+            # The same float32 operations in the same order: the same bits, not just close.
+            np.testing.assert_array_equal(x, x0)
+            np.testing.assert_array_equal(w, w0)
+
+
+@pytest.mark.gpu
+def test_the_device_path_on_a_gpu_gives_the_cpu_batches_in_the_same_order(train):
+    group, scaling, _, _ = train
+    options = {"batch_size": 48, "scaling": scaling, "seed": 2, "shuffle_chunks": 3}
+    on_cpu = list(ChunkDataset(group, **options).iter_shard(0, 1))
+    on_gpu = list(ChunkDataset(group, **options, device="cuda").iter_shard(0, 1))
+    assert len(on_gpu) == len(on_cpu)
+    for (x, w), (x0, w0) in zip(on_gpu, on_cpu, strict=True):
+        assert x.device.type == "cuda" and w.device.type == "cuda"
+        torch.testing.assert_close(x.cpu(), x0, rtol=1e-6, atol=1e-7)
+        assert torch.equal(w.cpu(), w0)
