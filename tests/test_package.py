@@ -143,7 +143,7 @@ PUBLIC_API = {
     "megaset.training.registry": [
         "CUTS", "JET_MODELS", "MODELS", "build_model", "input_column", "resolve_architecture",
     ],
-    "megaset.training.scaling": ["Scaling"],
+    "megaset.training.scaling": ["DeviceScaling", "Scaling"],
     "megaset.training.score": ["checkpoint_path", "latent_column", "reconstruction_errors", "score", "scoring_device"],
     "megaset.training.trainer": ["train"],
 }
