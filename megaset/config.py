@@ -323,6 +323,13 @@ class SchemaConfig(_Section):
     )
     met: MetSchema | None = Field(MetSchema(), description="null for inputs without MET (jet inputs).")
     weight: str | None = Field("wgt", description="Per-event weight branch; null for weight 1.")
+    units: Literal["GeV", "MeV"] = Field(
+        "GeV", description="Units of the momenta, energies, masses and MET in the files: MeV values are divided "
+        "by 1000 once, where they are read; eta, phi and the other fields are kept as stored.",
+    )
+    check_units: bool = Field(
+        True, description="Stop when the first chunk of a channel does not look like `units` says (docs/pipeline.md).",
+    )
     run: str | None = Field("runNumber", description="Run-number branch; null for files without one (stored as 0).")
     event: str | None = Field(
         "eventNumber", description="Event-number branch; null for files without one (stored as 0: the file "
@@ -665,6 +672,7 @@ class JetSchemaConfig(SchemaConfig):
     weight: str | None = None
     run: str | None = None
     event: str | None = "eventNumber"
+    units: Literal["GeV", "MeV"] = Field("GeV", description="The simulated jets are in GeV.")
 
 
 class JetSelectionConfig(_Section):

@@ -20,6 +20,7 @@ from megaset.errors import InputFileError
 from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
 from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.remote import uproot_options
+from megaset.pipeline.units import check_first_chunks
 from megaset.pipeline.weights import absurd_message, absurd_weights
 from megaset.storage.backend import writing
 from megaset.storage.staging import LAYOUT_VERSION
@@ -199,6 +200,9 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         log(f"skipping {entry['file']}: {entry['reason']}")
     good = [i for i in infos if not i.error]
     _refuse_copies(good)
+    # Wrong units or a continuous variable mapped as a pass flag stop the run before anything is written.
+    check_first_chunks(cfg, channels, good, client,
+                       uproot_options(cfg.inputs.remote, tuple(i.path for i in good if i.whole_file)))
 
     staging = cfg.store.staging
     fingerprint = _fingerprint(cfg, _channel_table(channels), good)

@@ -8,8 +8,11 @@ one :class:`~megaset.pipeline.objects.Jagged` per collection with ``pt``, ``eta`
 ``nonfinite_events`` finds the events carrying NaN or inf, so that the selection can count
 them and drop or reject them.
 
-Polar kinematic columns keep the precision of the file (no copy); columns computed from
-Cartesian branches are computed in float64 and keep the wider of the input types.
+Polar kinematic columns keep the precision of the file (no copy when the file is in GeV); columns
+computed from Cartesian branches are computed in float64 and keep the wider of the input types.
+Momenta, energies, masses and MET leave in GeV: ``schema.units: MeV`` divides them by 1000 here,
+once (:mod:`megaset.pipeline.units` checks on the first chunk of every channel that the data
+look like the units declared).
 """
 
 from __future__ import annotations
@@ -226,6 +229,7 @@ def _collection(source: Any, name: str, schema: SchemaConfig, filename: str) -> 
         else:
             columns["mass"] = _mass_from_energy(raw["pt"], raw["eta"], raw["energy"])
             labels["mass"] = f"{name}.mass from {coll.pt}, {coll.eta}, {coll.energy}"
+    columns["pt"], columns["mass"] = _in_gev(columns["pt"], schema.units), _in_gev(columns["mass"], schema.units)
     columns |= {role: raw[role] for role in coll.fields}
     for role in PASS_ROLES:
         if role in coll.fields:
@@ -270,6 +274,17 @@ def _pass_flags(values: np.ndarray, spec: str | QualityField, key: str, filename
             )
             raise ConfigError(msg)
     return values
+
+
+def _in_gev(values: np.ndarray, units: str) -> np.ndarray:
+    """Momenta, energies or masses in GeV: MeV divided by 1000, in the column's own precision.
+
+    >>> _in_gev(np.float32([91500.0]), "MeV").tolist(), _in_gev(np.float32([91500.0]), "MeV").dtype.name
+    ([91.5], 'float32')
+    """
+    if units == "GeV":
+        return values
+    return values / (values.dtype.type(1000) if np.issubdtype(values.dtype, np.floating) else 1000)
 
 
 def _out_type(*arrays: np.ndarray) -> np.dtype:
@@ -367,6 +382,7 @@ def read_events(source: Any, schema: SchemaConfig, filename: str, entry_start: i
         met_et, met_phi = scalars["et"], scalars["phi"]
         branches |= {"met_et": met.et, "met_phi": met.phi}
 
+    met_et = _in_gev(met_et, schema.units)
     n = len(met_et)
     for name, jag in collections.items():
         if jag.n_events != n:

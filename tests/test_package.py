@@ -60,6 +60,7 @@ PUBLIC_API = {
     "megaset.pipeline.ingest": ["IngestSummary", "ingest"],
     "megaset.pipeline.inputs": ["FileInfo", "expand_files", "inspect_file", "inspect_files", "resolve_channels"],
     "megaset.pipeline.open_files": ["OPEN_TREES", "OpenTrees"],
+    "megaset.pipeline.units": ["Statistic", "check_first_chunks", "statistics"],
     "megaset.pipeline.jet_features": [
         "FEATURE_WIDTH", "jet_images", "jet_kinematics", "leading_constituents", "nsubjettiness",
     ],
