@@ -255,7 +255,10 @@ def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], 
     errors = out.pop("errors", {})
     if errors:
         raise errors[min(errors)]
-    for filename, reason in sorted(out.pop("skipped", {}).items()):
+    for filename, reasons in sorted(out.pop("skipped", {}).items()):
+        # One line per file: its first failed chunk, and how many more failed.
+        reasons = sorted(reasons)
+        reason = reasons[0] + (f" (and {len(reasons) - 1} more chunks)" if len(reasons) > 1 else "")
         log(f"skipping {filename}: {reason}")
         skipped.append({"file": filename, "reason": reason})
     # Files found bad by the processor (their branches) are skipped like those of the check.

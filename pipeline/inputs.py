@@ -140,6 +140,7 @@ def _inspect(info: FileInfo, branches: list[str], weight_branch: str | None, sum
                               "set inputs.tree or the channel's tree")
         tree = f[info.tree]
         uuid = str(f.file.uuid)
+        declared_end = int(f.file.fEND)  # where the header says the file ends
         total = 0.0
         if check_branches:
             # Types of the schema's branches only: a production ntuple has hundreds.
@@ -156,6 +157,10 @@ def _inspect(info: FileInfo, branches: list[str], weight_branch: str | None, sum
         target, storage = access.open_target(info.path, remote.timeout, whole)
         stored = _checksum(target, **storage)
     size, checksum = stored
+    if size < declared_end:
+        # Cut short in a copy or a transfer: cheap to see here, a failed basket read later.
+        return _bad(info, f"is truncated: {size} bytes where its ROOT header says {declared_end}; copy the "
+                          "file again")
     return FileInfo(**{**info.to_dict(), "size": size, "checksum": checksum, "uuid": uuid, "entries": entries,
                        "sum_weights": total, "whole_file": whole})
 

@@ -127,17 +127,12 @@ class RMMProcessor(processor.ProcessorABC):
             columns, cutflow, nonfinite = self.build(source, channel, filename, start)
         except BranchError as err:
             if self.skip_bad:
-                return {"skipped": {filename: err.reason}}
+                return {"skipped": {filename: [err.reason]}}
             return {"errors": {key: err}}
         except MegasetError as err:
             # Returned, not raised: the executor would wrap it in a bare Exception and the
             # driver would lose its type and message. Ingest raises it after the run.
             return {"errors": {key: err}}
-        except Exception as err:
-            if not self.skip_bad:
-                raise
-            reason = f"entries {start}-{stop}: {type(err).__name__}: {err}"
-            return {"skipped": {filename: reason}}
 
         scale = self.weight_scale[filename]
         attrs = {

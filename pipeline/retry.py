@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from megaset.config import RemoteConfig
 
-__all__ = ["Failure", "classify", "with_retries", "RetryingWork", "retrying_executor"]
+__all__ = ["Failure", "classify", "damaged", "with_retries", "RetryingWork", "retrying_executor"]
 
 T = TypeVar("T")
 
@@ -179,6 +179,25 @@ def classify(err: BaseException) -> Failure | None:
     return next((f for f in map(_classify_one, chain) if f is not None), None)
 
 
+def damaged(err: BaseException) -> str | None:
+    """The cause, on one line, when ``err`` is a read of a file that is there but damaged: an
+    error raised while uproot read it (a decompression error, a basket cut short by a truncated
+    file, bytes that do not deserialize) that is not about reaching it. Such a read fails the
+    same way every time, so it is never retried; ``None`` for anything else (a bug is no bad file).
+    """
+    if classify(err) is not None:
+        return None
+    for e in _chain(err):
+        if isinstance(e, MegasetError):
+            return None
+        tb = e.__traceback__
+        while tb is not None:
+            if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("uproot."):
+                return f"{type(e).__name__}: {_one_line(e)}"
+            tb = tb.tb_next
+    return None
+
+
 def with_retries(work: Callable[[], T], url: str, remote: RemoteConfig) -> T:
     """``work()``, retried after a transient failure to reach ``url`` (waiting ``backoff``,
     then twice as long each time, ``retries`` times at most).
@@ -223,7 +242,20 @@ class RetryingWork:
             if not self.skip:
                 raise
             reason = f"entries {chunk.entrystart}-{chunk.entrystop}: {err.reason}"
-            return {"out": {"skipped": {chunk.filename: reason}}}
+            return {"out": {"skipped": {chunk.filename: [reason]}}}
+        except Exception as err:
+            cause = damaged(err)
+            if cause is None:
+                raise
+            reason = (f"entries {chunk.entrystart}-{chunk.entrystop} of tree {chunk.treename!r} cannot be read, "
+                      f"the file is damaged or truncated ({cause})")
+            if self.skip:
+                return {"out": {"skipped": {chunk.filename: [reason]}}}
+            # Returned, not raised: the executor would wrap it in a bare Exception with a long
+            # traceback. The ingest raises it after the run.
+            error = InputFileError(chunk.filename, f"{reason}; replace the file, or set inputs.on_bad_file: skip "
+                                                   "to go on without it")
+            return {"out": {"errors": {f"{chunk.filename}:{chunk.entrystart:012d}": error}}}
 
 
 @dataclass

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -404,3 +405,56 @@ def test_read_only_staging_stops_the_ingest_with_one_line(sample, tmp_path):
     assert (f"error: cannot write to staging area '{cfg.store.staging}': read-only file system; set "
             "store.staging_url to a location on a writable filesystem, then rerun `megaset ingest`") in result.stderr
     assert not any(disk.iterdir())
+
+
+def _damaged_inputs(sample, tmp_path) -> dict[str, Path]:
+    """A copy of a ttbar file cut to its first 60 % of bytes, and one with 4 kB of random bytes
+    in its middle (inside the baskets: the file check passes, a chunk read fails)."""
+    data = (sample / "ttbar" / "ttbar_1.root").read_bytes()
+    truncated = tmp_path / "truncated.root"
+    truncated.write_bytes(data[:int(len(data) * 0.6)])
+    corrupt = bytearray(data)
+    middle = len(data) // 3
+    corrupt[middle:middle + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    corrupted = tmp_path / "corrupted.root"
+    corrupted.write_bytes(bytes(corrupt))
+    return {"truncated": truncated, "corrupted": corrupted}
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("truncated", r"is truncated: \d+ bytes where its ROOT header says \d+; copy the file again"),
+    ("corrupted", r"entries \d+-\d+ of tree 'mini' cannot be read, the file is damaged or truncated \(error: Error -3 "
+                  r"while decompressing data"),
+])
+def test_damaged_input_is_refused_or_skipped_in_one_line(sample, tmp_path, kind, reason):
+    bad = _damaged_inputs(sample, tmp_path)[kind]
+    good = sample / "ttbar" / "ttbar_0.root"
+    cfg = Config.model_validate({
+        "inputs": {"chunksize": 1000, "channels": {"ttbar": {"files": [str(good), str(bad)]}}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    with pytest.raises(InputFileError, match=rf"^{bad}: {reason}.*inputs\.on_bad_file: skip") as info:
+        ingest(cfg)
+    assert "\n" not in str(info.value)
+    lines: list[str] = []
+    summary = ingest(cfg.replace(inputs={"on_bad_file": "skip"}, store={"url": str(tmp_path / "t.zarr")}),
+                     log=lines.append)
+    [skipped] = summary.skipped
+    assert skipped["file"] == str(bad) and re.match(reason, skipped["reason"])
+    assert [line for line in lines if line.startswith("skipping")] == [f"skipping {bad}: {skipped['reason']}"]
+    assert summary.channels["ttbar"]["n_read"] == 1500 and summary.files == 1
+
+
+@pytest.mark.slow
+def test_damaged_input_on_a_cluster_is_skipped_or_refused_without_retries(sample, tmp_path, cluster_client):
+    bad = _damaged_inputs(sample, tmp_path)["corrupted"]
+    cfg = Config.model_validate({
+        "inputs": {"chunksize": 1000, "on_bad_file": "skip",
+                   "channels": {"ttbar": {"files": [str(sample / "ttbar" / "ttbar_0.root"), str(bad)]}}},
+        "store": {"url": str(tmp_path / "s.zarr")},
+    })
+    summary = ingest(cfg, cluster_client)
+    assert [s["file"] for s in summary.skipped] == [str(bad)]
+    assert "cannot be read, the file is damaged or truncated" in summary.skipped[0]["reason"]
+    with pytest.raises(InputFileError, match=rf"^{bad}: entries \d+-\d+ of tree 'mini' cannot be read"):
+        ingest(cfg.replace(inputs={"on_bad_file": "fail"}, store={"url": str(tmp_path / "t.zarr")}), cluster_client)

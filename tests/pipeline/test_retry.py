@@ -93,5 +93,19 @@ def test_a_chunk_that_cannot_be_reached_fails_or_is_skipped():
     with pytest.raises(InputFileError, match=r"http://host/ttbar\.root: no such file"):
         RetryingWork(vanished, FAST, skip=False)(item)
     out = RetryingWork(vanished, FAST, skip=True)((item, "processor"))
-    assert out == {"out": {"skipped": {"http://host/ttbar.root": "entries 500-1000: no such file (not found); "
-                                       "check the path (curl -I shows what the server answers)"}}}
+    assert out == {"out": {"skipped": {"http://host/ttbar.root": ["entries 500-1000: no such file (not found); "
+                                       "check the path (curl -I shows what the server answers)"]}}}
+
+
+def test_a_damaged_read_is_neither_retried_nor_a_bug():
+    """An error raised inside uproot is a damaged file (fails the same way every time); one raised
+    elsewhere is not a file's fault."""
+    import uproot
+
+    from megaset.pipeline.retry import damaged
+
+    with pytest.raises(Exception) as info:  # noqa: PT011 - whatever uproot raises for these bytes
+        uproot.compression.decompress(uproot.source.chunk.Chunk.wrap(None, b"ZL\x08garbagegarbage"), None, 0, 10, 1)
+    assert damaged(info.value) is not None
+    assert damaged(ValueError("a bug of ours")) is None
+    assert damaged(FileNotFoundError("x.root")) is None  # not reachable: classify's, not damage
