@@ -73,7 +73,7 @@ PUBLIC_API = {
     "megaset.pipeline.remote": [
         "Source", "expand", "protocol", "reads_whole", "require_client", "stored_checksum", "uproot_options",
     ],
-    "megaset.pipeline.retry": ["Failure", "RetryingWork", "classify", "retrying_executor", "with_retries"],
+    "megaset.pipeline.retry": ["Failure", "RetryingWork", "classify", "damaged", "retrying_executor", "with_retries"],
     "megaset.pipeline.rmm": ["build_rmm", "feature_names"],
     "megaset.pipeline.schema": ["check_branches", "nonfinite_events", "read_events", "required_branches"],
     "megaset.pipeline.selection": ["Selection", "cutflow_steps", "select"],
