@@ -213,17 +213,45 @@ def _auc_table(rows: list[dict]) -> Table:
     return table
 
 
+def _print_status(cfg) -> None:
+    from megaset.stages import status as stage_status
+
+    table = Table(title="stages (megaset run rebuilds the stale and missing ones, finishes the partial ones)")
+    for name in ("stage", "state", "why"):
+        table.add_column(name)
+    colours = {"current": "green", "partial": "yellow", "stale": "red", "missing": "red"}
+    for state in stage_status(cfg):
+        table.add_row(state.name, f"[{colours[state.state]}]{state.state}[/]", state.reason)
+    Console().print(table)
+
+
 @app.command()
-def run(config: ConfigOption = None, demo: DemoOption = None) -> None:
+def status(config: ConfigOption = None, demo: DemoOption = None) -> None:
+    """Each stage of `megaset run` as current, partial, stale (with the changed key) or missing,
+    from the fingerprints its artefact records; runs nothing."""
+    _print_status(_config(config, demo))
+
+
+@app.command()
+def run(
+    config: ConfigOption = None, demo: DemoOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be rebuilt (megaset status).")] = False,
+) -> None:
     """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
-    report), resuming where an earlier run stopped; ends with the AUC / E10 / E100 table. `--demo jets`
-    runs the boosted-jet demo."""
+    report): a stage whose artefact records the fingerprint of the current configuration and
+    inputs is skipped, an interrupted one finished, a changed one rebuilt with everything after
+    it. Ends with the AUC / E10 / E100 table. `--demo jets` runs the boosted-jet demo."""
     from megaset.run import run as run_all
 
     cfg = _config(config, demo)
+    if dry_run:
+        _print_status(cfg)
+        return
     with _connect(cfg) as client:
         out = run_all(cfg, client, log=lambda line: console.print(line, highlight=False), status=True)
     total = sum(out["seconds"].values())
+    if out["skipped"]:
+        console.print(f"current, not rebuilt: {', '.join(out['skipped'])}", highlight=False)
     report_dir = cfg.report.output
     console.print(
         f"finished in {total:.1f} s. store: {cfg.store.url}; report: {report_dir}/report.md "

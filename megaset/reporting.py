@@ -1,8 +1,11 @@
-"""The report with what only the orchestration can gather: the training of every scored model.
+"""The report with what only the orchestration can gather: the training of every scored model,
+and the stage record of the report.
 
 A score column records the checkpoint it was made with; the training summary is read back from
 the checkpoints beside it and handed to :func:`megaset.report.report.report`, which does not
-read checkpoints itself (the report and training layers do not import each other).
+read checkpoints itself (the report and training layers do not import each other). The report's
+stage record (:mod:`megaset.provenance`: its configuration, the fingerprints of the scores it
+shows) is added to ``report.json`` under ``stage``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from typing import Any
 from megaset.config import Config
 from megaset.errors import CheckpointError
 
-__all__ = ["write_report", "training_records"]
+__all__ = ["write_report", "training_records", "report_record", "REPORT_JSON"]
+
+#: The file of the report that carries its stage record.
+REPORT_JSON = "report.json"
 
 
 def training_records(cfg: Config, models: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -37,8 +43,38 @@ def training_records(cfg: Config, models: Sequence[str] | None = None) -> dict[s
     return out
 
 
+def report_record(cfg: Config, expected: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The stage record of the report of ``cfg``: its sections of the configuration and the
+    fingerprints of the scores it shows, as recorded in the store, or as given in ``expected``
+    (model -> fingerprint, for scores not written yet)."""
+    from megaset.errors import StoreError
+    from megaset.provenance import record
+    from megaset.report.samples import BACKGROUND_GROUP
+    from megaset.storage.store import open_store
+    from megaset.training.score import scored_record
+
+    scores = dict(expected or {})
+    try:
+        store = open_store(cfg.store.url)
+    except StoreError:
+        store = None
+    if store is not None:
+        for model in cfg.report.models or store.group(BACKGROUND_GROUP).scored_models():
+            if model not in scores:
+                scores[model] = (scored_record(store, model)[0] or {}).get("fingerprint")
+    return record("report", cfg, upstream={f"score {m}": fp for m, fp in sorted(scores.items())})
+
+
 def write_report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None) -> dict:
-    """:func:`megaset.report.report.report` with the training records of the reported models."""
+    """:func:`megaset.report.report.report` with the training records of the reported models;
+    ``report.json`` also carries the report's stage record (``stage``)."""
+    import json
+
     from megaset.report.report import report
 
-    return report(cfg, out_dir=out_dir, models=models, training=training_records(cfg, models))
+    result = report(cfg, out_dir=out_dir, models=models, training=training_records(cfg, models))
+    if models is None and out_dir is None:
+        # Only the configured report is a stage of the chain; another folder or choice of models is not.
+        path = Path(cfg.report.output) / REPORT_JSON
+        path.write_text(json.dumps({**json.loads(path.read_text()), "stage": report_record(cfg)}, indent=1))
+    return result

@@ -1,45 +1,32 @@
-"""``megaset run``: every stage in order, each resuming where an earlier run stopped.
+"""``megaset run``: every stage in order, each rebuilt exactly when what made it changed.
 
 simulate (only when no inputs are configured) -> ingest -> mix -> train -> score -> report.
-A stage whose output is complete for the same configuration is skipped; an unfinished one is
-finished: ingest skips finished chunks, mix finished output chunks, training continues from its
-last checkpoint, scoring skips scored chunks. The report is always written anew.
+Every stage records a fingerprint of what determines its output with its artefact
+(:mod:`megaset.provenance`, :mod:`megaset.stages`). A stage whose finished artefact records the
+fingerprint the configuration gives now is skipped; an interrupted one is finished (ingest
+skips finished chunks, mix finished output chunks, training continues from its last
+checkpoint, scoring skips scored chunks); a stale one is rebuilt, and with it every stage
+downstream, after one line that names the changed key.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from megaset.config import AdversaryConfig, Config
-from megaset.errors import StoreError
+from megaset.config import Config
 
 if TYPE_CHECKING:
     from distributed import Client
 
+    from megaset.stages import Stage
+
 __all__ = ["run", "STAGES"]
 
 STAGES = ("simulate", "ingest", "mix", "train", "score", "report")
-
-
-def _staged(cfg: Config) -> bool:
-    from megaset.storage.staging import staging_attrs
-
-    try:
-        return bool(staging_attrs(cfg.store.staging, require_complete=True))
-    except StoreError:
-        return False
-
-
-def _mixed(cfg: Config) -> bool:
-    from megaset.storage.store import open_store
-
-    try:
-        open_store(cfg.store.url, require_complete=True)
-    except StoreError:
-        return False
-    return True
 
 
 def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = print,
@@ -53,79 +40,72 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     client
         The Dask client every distributed stage uses.
     log
-        Called with one line per stage (done, skipped, resumed).
+        Called with one line per stage (done, skipped, resumed, rebuilt and why).
     status
         Show the per-stage progress bars of the libraries underneath.
+
+    Returns
+    -------
+    dict
+        Per stage that ran, its summary; ``seconds`` per stage that ran; ``skipped``, the stages
+        found current; ``report``, the report's summary (read back from ``report.json`` when
+        the report was current).
     """
-    from megaset.deploy.cluster import release_memory
-    from megaset.pipeline.ingest import ingest
-    from megaset.reporting import write_report
-    from megaset.storage.mix import mix
-    from megaset.training.score import score
-    from megaset.training.trainer import train
+    from megaset.stages import chain
 
-    out: dict[str, Any] = {"seconds": {}}
-
-    def stage(name: str, done: bool, work: Callable[[], Any]) -> None:
-        if done:
-            log(f"{name}: already complete, skipped")
-            return
-        t0 = time.perf_counter()
-        out[name] = work()
-        if client is not None:
-            release_memory(client)  # so that the next stage does not start on this one's freed heap
-        out["seconds"][name] = time.perf_counter() - t0
-        log(f"{name}: done in {out['seconds'][name]:.1f} s")
-
+    out: dict[str, Any] = {"seconds": {}, "skipped": []}
+    _drive(chain(cfg, log=log, progress=status), client, out, log)
     if cfg.inputs.kind == "jets":
-        return _run_jets(cfg, client, stage, out, status=status, log=log)
-    if not cfg.inputs.channels:
-        from megaset.pipeline.simulate import is_simulated, simulate
-
-        stage("simulate", is_simulated(cfg.simulate, tree=cfg.inputs.tree, lumi_ifb=cfg.inputs.lumi_ifb),
-              lambda: simulate(cfg.simulate, tree=cfg.inputs.tree, lumi_ifb=cfg.inputs.lumi_ifb))
-    stage("ingest", _staged(cfg) and _mixed(cfg), lambda: ingest(cfg, client, status=status, log=log))
-    stage("mix", _mixed(cfg), lambda: mix(cfg, client))
-    stage("train", False, lambda: train(cfg, client, resume=True))
-    stage("score", False, lambda: score(cfg, client))
-    stage("report", False, lambda: write_report(cfg))
+        return _run_jets(cfg, client, out, log=log)
+    if "report" in out["skipped"]:
+        out["report"] = json.loads((Path(cfg.report.output) / "report.json").read_text())
     return out
 
 
-def _run_jets(cfg: Config, client: Client | None, stage: Callable[[str, bool, Callable[[], Any]], None],
-              out: dict[str, Any], *, status: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """The chain for jet inputs: simulate (the built-in jet samples, when no inputs are
-    configured), ingest, mix, then every model of ``jets.models`` trained and scored in turn (and
-    again with ``training.adversary`` for ``jets.decorrelate``, scored as ``<model>-adv``), the
-    pairwise and contamination studies the ``jets`` section asks for, and the report."""
-    import json
-    from pathlib import Path
+def _timed(name: str, work: Callable[[], Any], client: Client | None, out: dict[str, Any],
+           log: Callable[[str], None]) -> None:
+    from megaset.deploy.cluster import release_memory
 
-    from megaset.pipeline.ingest import ingest
+    t0 = time.perf_counter()
+    out[name] = work()
+    if client is not None:
+        release_memory(client)  # so that the next stage does not start on this one's freed heap
+    out["seconds"][name] = time.perf_counter() - t0
+    log(f"{name}: done in {out['seconds'][name]:.1f} s")
+
+
+def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Skip the current stages, finish the partial ones, rebuild the stale and missing ones."""
+    from megaset.stages import assess
+
+    fingerprints: dict[str, str | None] = {}
+    rebuilding = False
+    for k, stage in enumerate(stages):
+        state = assess(stage, fingerprints.get(stage.after) if stage.after else None)
+        if state.state == "current":
+            log(f"{stage.name}: current, skipped")
+            out["skipped"].append(stage.name)
+        else:
+            if state.state == "stale" and not rebuilding:
+                rest = ", ".join(s.name for s in stages[k:])
+                log(f"{stage.name}: {state.reason}: rebuilding {rest}")
+                rebuilding = True
+            elif state.state == "partial":
+                log(f"{stage.name}: interrupted earlier, finishing it")
+            resume = state.state == "partial"
+            _timed(stage.name, lambda stage=stage, resume=resume: stage.work(client, resume), client, out, log)
+        found = stage.recorded()
+        fingerprints[stage.name] = found[0].get("fingerprint") if found else None
+
+
+def _run_jets(cfg: Config, client: Client | None, out: dict[str, Any], *, log: Callable[[str], None]) -> dict[str, Any]:
+    """After the fingerprinted stages of jet inputs (simulate, ingest, mix, then every model of
+    ``jets.models`` trained and scored in turn, and again with ``training.adversary`` for
+    ``jets.decorrelate``, scored as ``<model>-adv``): the pairwise and contamination studies the
+    ``jets`` section asks for, and the report, written anew every time."""
     from megaset.report.report import report
-    from megaset.storage.mix import mix
-    from megaset.training.score import score
-    from megaset.training.trainer import train
 
     jc = cfg.jets
-    if not cfg.inputs.channels:
-        from megaset.pipeline.jets_simulate import is_simulated_jets, simulate_jets
-
-        stage("simulate", is_simulated_jets(jc.simulate), lambda: simulate_jets(jc.simulate))
-    stage("ingest", _staged(cfg) and _mixed(cfg), lambda: ingest(cfg, client, status=status, log=log))
-    stage("mix", _mixed(cfg), lambda: mix(cfg, client))
-    adversary = cfg.training.adversary or AdversaryConfig()
-    for model in jc.models:
-        one = cfg.replace(training={"model": model, "adversary": None})
-        stage(f"train {model}", False, lambda one=one: train(one, client, resume=True))
-        stage(f"score {model}", False, lambda one=one: score(one, client))
-    for model in jc.decorrelate:
-        adv = cfg.replace(training={"model": model, "output": str(Path(cfg.training.output) / "adv"),
-                                    "adversary": adversary.model_dump(mode="json")})
-        label = f"{model}-adv"
-        stage(f"train {label}", False, lambda adv=adv: train(adv, client, resume=True))
-        stage(f"score {label}", False, lambda adv=adv, label=label, model=model: score(
-            adv, client, model=label, checkpoint=Path(adv.training.output) / model / "best.pt"))
     report_dir = Path(cfg.report.output)
     report_dir.mkdir(parents=True, exist_ok=True)
     work = Path(cfg.training.output).parent / "studies"
@@ -139,7 +119,7 @@ def _run_jets(cfg: Config, client: Client | None, stage: Callable[[str, bool, Ca
             (report_dir / PAIRWISE_FILE).write_text(json.dumps(result))
             return result
 
-        stage("pairwise", False, pairs)
+        _timed("pairwise", pairs, client, out, log)
     if jc.contamination:
         from megaset.studies.contamination import contamination
 
@@ -150,8 +130,8 @@ def _run_jets(cfg: Config, client: Client | None, stage: Callable[[str, bool, Ca
             (report_dir / "contamination.json").write_text(json.dumps(result))
             return result
 
-        stage("contamination", False, contaminate)
-    stage("report", False, lambda: report(cfg, models=_jet_report_models(cfg)))
+        _timed("contamination", contaminate, client, out, log)
+    _timed("report", lambda: report(cfg, models=_jet_report_models(cfg)), client, out, log)
     return out
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from megaset import __version__
 from megaset.config import Config
 from megaset.errors import InputFileError
-from megaset.pipeline.inputs import FileInfo, inspect_files, resolve_channels
+from megaset.pipeline.inputs import FileInfo, file_identities, inspect_files, resolve_channels
 from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.remote import uproot_options
 from megaset.pipeline.units import check_first_chunks
@@ -28,7 +28,7 @@ from megaset.storage.staging import LAYOUT_VERSION
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["ingest", "IngestSummary"]
+__all__ = ["ingest", "IngestSummary", "ingest_record"]
 
 
 @dataclass
@@ -93,6 +93,27 @@ def _fingerprint(cfg: Config, table: list[dict[str, Any]], files: list[FileInfo]
     else:
         relevant |= {"selection": cfg.selection.model_dump(mode="json"), "rmm": cfg.rmm.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def ingest_record(cfg: Config) -> dict[str, Any]:
+    """The stage record (:mod:`megaset.provenance`) an ingest of ``cfg`` gives now: its sections
+    of the configuration, the input files' identities and, for the simulated demo sample, the
+    fingerprint of the simulation it reads."""
+    from megaset.provenance import record
+
+    upstream = None
+    if not cfg.inputs.channels:
+        if cfg.inputs.kind == "jets":
+            from megaset.pipeline.jets_simulate import simulated_jets_record
+
+            simulated = simulated_jets_record(cfg.jets.simulate)
+        else:
+            from megaset.pipeline.simulate import simulated_record
+
+            simulated = simulated_record(cfg.simulate)
+        upstream = {"simulate": (simulated or {}).get("fingerprint")}
+    files = file_identities(resolve_channels(cfg), cfg.inputs.remote)
+    return record("ingest", cfg, upstream=upstream, inputs={"files": files})
 
 
 def _check_resumable(staging: str, fingerprint: str) -> None:
@@ -225,6 +246,7 @@ def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], 
     processor_class, described = _kind(cfg)
     init_staging(staging, list(channels), {
         "fingerprint": fingerprint,
+        "stage": ingest_record(cfg),
         "schema_version": LAYOUT_VERSION,
         **described,
         "channels": table,

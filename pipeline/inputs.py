@@ -24,7 +24,7 @@ from megaset.errors import ConfigError, InputFileError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["FileInfo", "resolve_channels", "expand_files", "inspect_file", "inspect_files"]
+__all__ = ["FileInfo", "resolve_channels", "expand_files", "file_identities", "inspect_file", "inspect_files"]
 
 _HASH_BLOCK = 8 << 20
 
@@ -104,6 +104,30 @@ def _refuse_shared(files: dict[str, list[str]]) -> None:
                 msg = (f"{path} is listed under two channels, inputs.channels.{first}.files and "
                        f"inputs.channels.{name}.files; list each file under one channel")
                 raise ConfigError(msg)
+
+
+def file_identities(channels: dict[str, ChannelInput], remote: RemoteConfig | None = None) -> dict[str, list]:
+    """Path -> ``[size, mtime in ns]`` of every input file, from the filesystem alone (nothing read).
+
+    What the ingest's stage fingerprint (:mod:`megaset.provenance`) holds of its inputs: a file
+    rewritten in place changes it. A remote file (``root://``, ``s3://``, ``http(s)://``) is
+    named by its URL alone: grid files are not rewritten under one name, and asking every server
+    would make ``megaset status`` as slow as the file check (whose checksums guard the staging
+    pieces all the same).
+    """
+    import os
+
+    from megaset.pipeline.remote import protocol
+
+    out: dict[str, list] = {}
+    for paths in expand_files(channels, remote).values():
+        for path in paths:
+            if protocol(path) in ("file", "local"):
+                stat = os.stat(path.removeprefix("file://"))
+                out[path] = [stat.st_size, stat.st_mtime_ns]
+            else:
+                out[path] = [None, None]
+    return out
 
 
 def _checksum(path: str, **storage_options) -> tuple[int, str]:

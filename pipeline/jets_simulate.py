@@ -48,7 +48,8 @@ from megaset.errors import ConfigError
 if TYPE_CHECKING:
     import awkward as ak
 
-__all__ = ["SAMPLES", "generate", "simulate_jets", "is_simulated_jets", "jet_inputs", "TREE"]
+__all__ = ["SAMPLES", "generate", "simulate_jets", "is_simulated_jets", "jet_inputs", "TREE",
+           "simulate_jets_record", "simulated_jets_record"]
 
 #: Tree of the jet ntuples.
 TREE = "jets"
@@ -417,17 +418,37 @@ def simulate_jets(cfg: JetSimulateConfig, *, progress: Callable[[int], None] | N
                 progress(n)
         remove_stale(folder, sample, len(paths))
         written[sample] = paths
-    (root / _MANIFEST).write_text(json.dumps(cfg.model_dump(mode="json"), sort_keys=True))
+    manifest = {**cfg.model_dump(mode="json"), "stage": simulate_jets_record(cfg)}
+    (root / _MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
     return written
+
+
+def _manifest(cfg: JetSimulateConfig) -> dict | None:
+    try:
+        return dict(json.loads((Path(cfg.output.removeprefix("file://")) / _MANIFEST).read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def is_simulated_jets(cfg: JetSimulateConfig) -> bool:
     """Whether ``cfg.output`` holds a finished jet simulation with exactly these settings."""
-    try:
-        return json.loads((Path(cfg.output.removeprefix("file://")) / _MANIFEST).read_text()) == cfg.model_dump(
-            mode="json")
-    except (OSError, ValueError):
-        return False
+    manifest = _manifest(cfg)
+    return manifest is not None and {k: v for k, v in manifest.items() if k != "stage"} == cfg.model_dump(mode="json")
+
+
+def simulate_jets_record(cfg: JetSimulateConfig) -> dict:
+    """The stage record (:mod:`megaset.provenance`) of a jet simulation with these settings."""
+    from megaset.config import Config
+    from megaset.provenance import record
+
+    return record("simulate", Config.model_validate({"inputs": {"kind": "jets"},
+                                                     "jets": {"simulate": cfg.model_dump(mode="json")}}))
+
+
+def simulated_jets_record(cfg: JetSimulateConfig) -> dict | None:
+    """The stage record of the finished jet simulation in ``cfg.output``, if there is one."""
+    manifest = _manifest(cfg)
+    return None if manifest is None else manifest.get("stage", {})
 
 
 def jet_inputs(cfg: JetSimulateConfig) -> dict[str, ChannelInput]:

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     import awkward as ak
 
 __all__ = [
-    "CHANNELS", "ChannelSpec", "simulate", "is_simulated", "demo_inputs", "generate", "write_ntuple", "event_counts",
+    "CHANNELS", "ChannelSpec", "simulate", "is_simulated", "simulate_record", "simulated_record", "demo_inputs",
+    "generate", "write_ntuple", "event_counts",
 ]
 
 # ---------------------------------------------------------------------------- detector constants
@@ -373,17 +374,38 @@ def simulate(
         remove_stale(folder, channel, len(paths))
         written[channel] = paths
     # Written last: its presence says every file of these settings is there.
-    (root / _MANIFEST).write_text(json.dumps(_settings(cfg, tree, lumi_ifb), sort_keys=True))
+    manifest = {**_settings(cfg, tree, lumi_ifb), "stage": simulate_record(cfg, tree=tree, lumi_ifb=lumi_ifb)}
+    (root / _MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
     return written
 
 
 def is_simulated(cfg: SimulateConfig, *, tree: str = "mini", lumi_ifb: float = 139.0) -> bool:
     """Whether ``cfg.output`` holds a finished simulation with exactly these settings."""
-    manifest = Path(cfg.output.removeprefix("file://")) / _MANIFEST
+    manifest = _manifest(cfg.output)
+    return manifest is not None and {k: v for k, v in manifest.items() if k != "stage"} == _settings(
+        cfg, tree, lumi_ifb)
+
+
+def _manifest(output: str) -> dict | None:
     try:
-        return json.loads(manifest.read_text()) == _settings(cfg, tree, lumi_ifb)
+        return dict(json.loads((Path(output.removeprefix("file://")) / _MANIFEST).read_text()))
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def simulate_record(cfg: SimulateConfig, *, tree: str = "mini", lumi_ifb: float = 139.0) -> dict:
+    """The stage record (:mod:`megaset.provenance`) of a simulation with these settings."""
+    from megaset.config import Config
+    from megaset.provenance import record
+
+    return record("simulate", Config.model_validate({"simulate": cfg.model_dump(mode="json"),
+                                                     "inputs": {"tree": tree, "lumi_ifb": lumi_ifb}}))
+
+
+def simulated_record(cfg: SimulateConfig) -> dict | None:
+    """The stage record of the finished simulation in ``cfg.output``, if there is one."""
+    manifest = _manifest(cfg.output)
+    return None if manifest is None else manifest.get("stage", {})
 
 
 def _settings(cfg: SimulateConfig, tree: str, lumi_ifb: float) -> dict:

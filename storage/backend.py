@@ -18,7 +18,8 @@ import numpy as np
 
 from megaset.errors import DamagedChunkError, MegasetError, StoreError
 
-__all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing", "checked_reads", "damaged_chunks"]
+__all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing", "checked_reads", "damaged_chunks",
+           "remove_tree"]
 
 #: Write failures that no retry cures, and what would.
 _REFUSED = {
@@ -60,6 +61,15 @@ def stored_bytes(url: str) -> int:
 
     fs, root = url_to_fs(url)
     return int(fs.du(root, total=True))
+
+
+def remove_tree(url: str) -> None:
+    """Delete everything under ``url`` (a store or staging area being rebuilt); nothing there is fine."""
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
 
 
 def float_fill(dtype: np.dtype) -> Any:

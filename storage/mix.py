@@ -33,7 +33,7 @@ from megaset.storage.tasks import map_chunks
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["mix", "prepare_mix", "MixJob"]
+__all__ = ["mix", "prepare_mix", "MixJob", "mix_record"]
 
 _REQUIRED = ("weight", "channel", "event_id")
 _DIMENSIONS = {"rmm": ("event", "feature"), "image": ("event", "pixel"), "event_id": ("event", "id_field")}
@@ -148,8 +148,16 @@ def prepare_mix(cfg: Config) -> MixJob:
     plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
     columns, layout = _column_specs(staging, pieces, feature_column(sattrs))
     _check_features(sattrs, columns)
-    done = _prepare(url, plan, columns, cfg.store.compressor, feature_column(sattrs))
+    done = _prepare(url, plan, columns, cfg.store.compressor, feature_column(sattrs), mix_record(cfg, sattrs))
     return MixJob(staging, url, plan, sattrs, columns, layout, done)
+
+
+def mix_record(cfg: Config, sattrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage record (:mod:`megaset.provenance`) of a mix of ``cfg`` from the staging area
+    whose attributes are ``sattrs``: the store settings and the ingest's fingerprint."""
+    from megaset.provenance import record
+
+    return record("mix", cfg, upstream={"ingest": (sattrs.get("stage") or {}).get("fingerprint")})
 
 
 def feature_column(sattrs: Mapping[str, Any]) -> str:
@@ -204,7 +212,7 @@ def _complete(url: str) -> bool:
 
 
 def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig,
-             feature: str) -> dict[str, np.ndarray]:
+             feature: str, stage: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Create the store layout, or reopen an interrupted one; the done mask of every group."""
     import zarr
 
@@ -228,7 +236,8 @@ def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorCon
     # start from an empty root.
     mix_attrs = {"fingerprint": plan.fingerprint, "layout": False}
     root = zarr.create_group(store=url, overwrite=root is not None, zarr_format=3,
-                             attributes={"schema_version": SCHEMA_VERSION, "complete": False, "mix": mix_attrs})
+                             attributes={"schema_version": SCHEMA_VERSION, "complete": False, "mix": mix_attrs,
+                                         "stage": dict(stage)})
     _create_layout(root, plan, columns, codec, feature)
     root.attrs["mix"] = {**mix_attrs, "layout": True}
     return {g.name: np.zeros(g.n_chunks, dtype=bool) for g in plan.groups}
@@ -318,7 +327,8 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
         "inputs": sattrs.get("files", []),
         "skipped": sattrs.get("skipped", []),
         "contamination": plan.contamination,
-        "ingest": {k: sattrs.get(k) for k in ("config", "code_version", "summary")},
+        "ingest": {k: sattrs.get(k) for k in ("config", "code_version", "summary", "stage")},
+        "stage": mix_record(cfg, sattrs),
         "config": cfg.persisted(),
         "code_version": __version__,
         "mix": {

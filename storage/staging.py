@@ -2,7 +2,7 @@
 
 Layout (Zarr v3, any fsspec URL)::
 
-    <staging>/zarr.json                 attrs: {"complete": bool, "ingest": {...}}
+    <staging>/zarr.json                 attrs: {"complete": bool, "fingerprint", "stage", ...}
     <staging>/<channel>/zarr.json
     <staging>/<channel>/<piece>/zarr.json   attrs: {"complete": true, "filename", "entrystart", ...,
                                                     "schema", "layout"}
@@ -63,6 +63,7 @@ __all__ = [
     "is_sparse",
     "finish_staging",
     "staging_attrs",
+    "remove_staging",
 ]
 
 #: Version of the staging layout (2: the small columns packed as bytes; 3: the RMM stored
@@ -397,3 +398,23 @@ def staging_attrs(url: str, *, require_complete: bool = True) -> dict[str, Any]:
         )
         raise IncompleteStoreError(msg)
     return attrs
+
+
+def remove_staging(url: str) -> None:
+    """Delete the staging area at ``url`` before it is written anew from other inputs.
+
+    Raises
+    ------
+    StoreError
+        When ``url`` holds a Zarr group that is not a staging area (it is left alone).
+    """
+    from megaset.storage.backend import remove_tree
+
+    try:
+        attrs = dict(_open(url, "r").attrs)
+    except StoreError:
+        return  # no staging area there
+    if "fingerprint" not in attrs:
+        msg = f"{url!r} holds a Zarr group that is not a megaset staging area; set store.staging_url elsewhere"
+        raise StoreError(msg)
+    remove_tree(url)

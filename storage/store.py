@@ -2,7 +2,8 @@
 
 Layout (Zarr v3, any fsspec URL)::
 
-    <store>/zarr.json                 root attrs: provenance, channels, scaler, "complete"
+    <store>/zarr.json                 root attrs: provenance ("stage": the mix's record, "ingest"), channels,
+                                      scaler, "complete"
     <store>/train | val | test | data | signal/<name>/
         zarr.json                     group attrs: kind, n_events, chunk_len, channel counts
         rmm [N, F] float32, weight [N] float32, channel [N] int16, event_id [N, 4] int64,
@@ -28,7 +29,7 @@ from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
 from megaset.storage.backend import checked_reads, chunk_exists, float_fill, open_group
 from megaset.storage.scores import scored_models
 
-__all__ = ["open_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION"]
+__all__ = ["open_store", "remove_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION"]
 
 #: Version of the store layout written by :mod:`megaset.storage.mix`.
 SCHEMA_VERSION = 1
@@ -59,6 +60,26 @@ def open_store(url: str, *, require_complete: bool = True) -> Store:
         )
         raise IncompleteStoreError(msg)
     return Store(url, attrs)
+
+
+def remove_store(url: str) -> None:
+    """Delete the store at ``url`` before it is mixed anew from another staging area.
+
+    Raises
+    ------
+    StoreError
+        When ``url`` holds a Zarr group that is not a megaset store (it is left alone).
+    """
+    from megaset.storage.backend import remove_tree
+
+    try:
+        attrs = open_group(url).attrs
+    except StoreError:
+        return  # no store there
+    if "schema_version" not in attrs:
+        msg = f"{url!r} holds a Zarr group that is not a megaset store; set store.url to another location"
+        raise StoreError(msg)
+    remove_tree(url)
 
 
 class Store:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "fit", "model_inputs", "train_epoch", "output_paths", "event_weights", "weight_norm", "evaluate", "check_resumable",
-    "checkpoint_payload", "summary", "recorded_summary", "RESUME_KEYS",
+    "checkpoint_payload", "summary", "recorded_summary", "RESUME_KEYS", "train_record", "training_finished",
 ]
 
 #: Settings a resumed run must share with the checkpoint it continues.
@@ -176,10 +176,44 @@ def datasets(store: Any, tc: TrainingConfig, column: str, scaling: Scaling,
     return train_data, val_data
 
 
+def train_record(cfg: Config, mixed: str | None) -> dict[str, Any]:
+    """The stage record (:mod:`megaset.provenance`) of training ``cfg.training`` on the store
+    whose mix has the fingerprint ``mixed``."""
+    from megaset.provenance import record
+
+    return record("train", cfg, upstream={"mix": mixed})
+
+
+def _mixed(store: Any) -> str | None:
+    return (store.attrs.get("stage") or {}).get("fingerprint")
+
+
+def training_finished(ckpt: dict[str, Any]) -> bool:
+    """Whether the run that wrote ``ckpt`` has ended (all epochs, or early stopping); a fitted
+    baseline (PCA, a cut) ends with its one checkpoint."""
+    from megaset.training.registry import CUTS
+
+    tc = ckpt["config"]["training"]
+    if tc["model"] == "pca" or tc["model"] in CUTS:
+        return True
+    progress = ckpt["progress"]
+    return bool(progress["epoch"] >= tc["epochs"] or progress["bad_epochs"] >= tc["early_stopping"]["patience"])
+
+
 def check_resumable(
-    ckpt: dict[str, Any], cfg: Config, arch: dict[str, Any], features: list[str], path: Path
+    ckpt: dict[str, Any], cfg: Config, arch: dict[str, Any], features: list[str], path: Path, store: Any = None,
 ) -> None:
-    """Refuse to continue a checkpoint under settings that would change its result."""
+    """Refuse to continue a checkpoint under settings that would change its result, or on a
+    store rebuilt since (``store``: the one training reads)."""
+    if store is not None and "stage" in ckpt:
+        was = ckpt["stage"]["basis"]["upstream"].get("mix")
+        now = _mixed(store)
+        if was != now:
+            msg = (
+                f"cannot resume from {str(path)!r}: store {store.url!r} was rebuilt since it was written "
+                f"(mix fingerprint {str(was)[:12]} there, {str(now)[:12]} now); train afresh without resume"
+            )
+            raise CheckpointError(msg)
     saved = ckpt["config"]["training"]
     wanted = cfg.training.model_dump(mode="json")
     found = [(k, saved[k], wanted[k]) for k in RESUME_KEYS if saved[k] != wanted[k]]
@@ -267,7 +301,7 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
     history: list[dict[str, Any]] = []
     if resume and paths["last"].is_file():
         ckpt = load_checkpoint(paths["last"])  # on the CPU: RNG states must stay there
-        check_resumable(ckpt, cfg, arch, features, paths["last"])
+        check_resumable(ckpt, cfg, arch, features, paths["last"], store)
         model.load_state_dict(ckpt["state"])
         optimizer.load_state_dict(ckpt["optimizer"])
         train_data.load_state_dict(ckpt["loader"])
@@ -303,7 +337,8 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
         rates.append(entry["samples_per_s"])
         if rank == 0:
             payload = checkpoint_payload(
-                cfg, arch, features, model, scaling, progress, history, world_size=world, input_column=column,
+                cfg, arch, features, model, scaling, progress, history, store=store, world_size=world,
+                input_column=column,
                 optimizer=optimizer.state_dict(), weight_norm=norm, loader=train_data.state_dict(),
             )
             if improved:
@@ -323,13 +358,16 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
 
 def checkpoint_payload(
     cfg: Config, arch: dict[str, Any], features: list[str], model: Autoencoder, scaling: Scaling,
-    progress: dict[str, Any], history: list[dict[str, Any]], **extra: Any,
+    progress: dict[str, Any], history: list[dict[str, Any]], *, store: Any, **extra: Any,
 ) -> dict[str, Any]:
-    """What every checkpoint holds; ``extra`` adds optimizer, loader and weight state."""
+    """What every checkpoint holds; ``extra`` adds optimizer, loader and weight state. From the
+    ``store`` trained on: the stage record (its mix fingerprint) and the store's kind and RMM
+    settings, which scoring compares with the store it scores."""
     return {
         "model": cfg.training.model, "architecture": arch, "feature_names": features,
         "state": model.state_dict(), "rng": rng_state(), "scaling": scaling.state_dict(),
-        "progress": progress, "history": history, "config": cfg.persisted(), **extra,
+        "progress": progress, "history": history, "config": cfg.persisted(),
+        "stage": train_record(cfg, _mixed(store)), "kind": store.kind, "rmm": store.attrs.get("rmm"), **extra,
     }
 
 

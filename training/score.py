@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     from megaset.training.models import Autoencoder
     from megaset.training.scaling import DeviceScaling
 
-__all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column", "scoring_device"]
+__all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column", "scoring_device", "score_record",
+           "scored_record"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -222,11 +223,32 @@ def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, d
     return len(values), False
 
 
-def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None]:
-    """The column the checkpoint's model reads, and its latent size if it has an encoder."""
+def _check_settings(path: Path, ckpt: Mapping[str, Any], store: Store) -> None:
+    """Refuse a checkpoint trained on a store of another kind or under other RMM settings (the
+    same number of features can then mean other quantities)."""
+    for key, theirs, ours in (("kind", ckpt.get("kind"), store.kind), ("rmm", ckpt.get("rmm"), store.attrs.get("rmm"))):
+        if theirs is None or theirs == ours:
+            continue  # a checkpoint of an older megaset records neither: the feature names decide
+        if isinstance(theirs, dict) and isinstance(ours, dict):
+            differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            found = "; ".join(f"rmm.{k}: {theirs.get(k)!r} there, {ours.get(k)!r} in the store" for k in differ[:3])
+        else:
+            found = f"{key}: {theirs!r} there, {ours!r} in the store"
+        msg = (
+            f"checkpoint {str(path)!r} was trained under other settings than store {store.url!r} was built "
+            f"with ({found}); score a store built with the checkpoint's settings, or train on this one"
+        )
+        raise CheckpointError(msg)
+
+
+def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None, str | None]:
+    """The column the checkpoint's model reads, its latent size if it has an encoder, and its
+    stage fingerprint (:mod:`megaset.provenance`) if it records one."""
     from megaset.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
+    _check_settings(path, ckpt, store)
+    trained = (ckpt.get("stage") or {}).get("fingerprint")
     column = ckpt.get("input_column", "rmm")
     saved = list(ckpt["feature_names"])
     if column == store.feature_column:
@@ -236,7 +258,7 @@ def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None]:
         features = [f"{column}_{k}" for k in range(int(np.prod(shape, dtype=np.int64)))]
     latent = ckpt["architecture"].get("latent") if ckpt["model"] in ("jet-dense", "jet-cnn", "graph-ae") else None
     if saved == features:
-        return column, latent
+        return column, latent, trained
     if len(saved) != len(features):
         found = f"{len(saved)} features there, {len(features)} in the store"
     else:
@@ -247,6 +269,31 @@ def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None]:
         "score a store built with the same rmm settings, or train on this one"
     )
     raise CheckpointError(msg)
+
+
+def score_record(cfg: Config, trained: str | None) -> dict[str, Any]:
+    """The stage record (:mod:`megaset.provenance`) of scoring with the checkpoint whose own
+    record has the fingerprint ``trained``."""
+    from megaset.provenance import record
+
+    return record("score", cfg, upstream={"train": trained})
+
+
+def scored_record(store: Store, model: str) -> tuple[dict[str, Any] | None, bool]:
+    """The stage record of the ``score/<model>`` columns of ``store`` and whether every group's
+    are finished with that record; ``(None, False)`` when no group has them, ``{}`` for a record
+    when they were scored by an older megaset."""
+    column = score_column(model)
+    entries = []
+    for name in store.group_names():
+        group = store.group(name)
+        entries.append(group.column_attrs(column) if column in group.columns() else {})
+    if not any(entries):
+        return None, False
+    found: dict[str, Any] = next((e["stage"] for e in entries if e.get("stage")), {})  # {}: scored by an older megaset
+    done = bool(found) and all(e.get("complete") and (e.get("stage") or {}).get("fingerprint") == found["fingerprint"]
+               for e in entries)
+    return found, done
 
 
 def _prepare(group: StoreGroup, model: str, entry: Mapping[str, Any], overwrite: bool) -> bool:
@@ -315,10 +362,11 @@ def score(
     device = scoring_device(cfg.scoring.device, client, cfg.cluster.gpus_per_worker)
     t0 = time.perf_counter()
     store = open_store(cfg.store.url)
-    column, latent = _check_checkpoint(path, store)
+    column, latent, trained = _check_checkpoint(path, store)
     n_features = len(store.feature_names)
     blocks = cfg.scoring.blocks and store.kind == "events" and matrix_side(n_features) is not None
-    entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks}
+    entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks,
+             "stage": score_record(cfg, trained), "config": cfg.resolved(), "complete": False}
     groups = [store.group(name) for name in store.group_names()]
     tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
     advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
@@ -334,6 +382,8 @@ def score(
         results = map_chunks(client, _score_chunk, tasks, names=[f"{g.name}-{i}" for g, i in tasks],
                              stage="megaset score", retries=cfg.scoring.retries, progress=advance,
                              resources={"GPU": 1} if device == "cuda" else None, **kwargs)
+        for g in groups:
+            g.set_column_attrs(score_column(label), {**entry, "complete": True})
     seconds = time.perf_counter() - t0
     scored = sum(n for n, _ in results)
     return {

@@ -133,7 +133,8 @@ def _fit_fixed(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[
     if resume and paths["last"].is_file():
         ckpt = load_checkpoint(paths["last"])
         # The fitted latent size is only known after the fit: compare the rest.
-        check_resumable(ckpt, cfg, {**arch, "latent": ckpt["architecture"]["latent"]}, features, paths["last"])
+        check_resumable(ckpt, cfg, {**arch, "latent": ckpt["architecture"]["latent"]}, features, paths["last"],
+                        store)
         out = summary(cfg, ckpt["progress"], ckpt["history"], [], 1)
         return {**out, "latent": ckpt["architecture"]["latent"], **({"scree_plot": str(paths["scree"])} if pca else {})}
 
@@ -157,7 +158,7 @@ def _fit_fixed(cfg: Config, *, resume: bool, progress: Progress | None) -> dict[
     entry = {"epoch": 1, "loss": loss, "val_loss": val_loss, "val_loss_weighted": val["loss_weighted"],
              "val_error": val["error"], "samples_per_s": n_fitted / seconds, "seconds": seconds, "improved": True}
     state = {"epoch": 1, "best_val_loss": val_loss, "best_epoch": 1, "bad_epochs": 0}
-    payload = checkpoint_payload(cfg, arch, features, model, scaling, state, [entry], world_size=1,
+    payload = checkpoint_payload(cfg, arch, features, model, scaling, state, [entry], store=store, world_size=1,
                                  input_column=column)
     save_checkpoint(paths["best"], payload)
     save_checkpoint(paths["last"], payload)
