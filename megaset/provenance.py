@@ -5,7 +5,8 @@ report.json) carries a *record* of the stage that wrote it::
 
     {"stage": "ingest", "fingerprint": "<sha256>", "basis": {
         "config":       the configuration sections the stage reads (:data:`SECTIONS`), resolved,
-        "inputs":       what it read besides its upstream artefact: {"files": {path: [size, mtime]}},
+        "inputs":       what it read besides its upstream artefact: {"files": {path: [size, mtime]}}
+                        for ingest, {"checkpoint": sha256 of its bytes} for score,
         "upstream":     {"<upstream stage>": fingerprint of the artefact it was made from},
         "code_version": megaset's version}}
 
@@ -160,6 +161,8 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     found += [f"{key} changed ({_short(was.get(key))} -> {_short(now.get(key))})"
               for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
     found += _file_changes(before.get("inputs", {}).get("files", {}), after["inputs"].get("files", {}))
+    if before.get("inputs", {}).get("checkpoint") != after["inputs"].get("checkpoint"):
+        found.append("checkpoint rewritten")
     was, now = before.get("upstream", {}), after["upstream"]
     found += [f"upstream {key} changed ({_short(was.get(key))} -> {_short(now.get(key))})"
               for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]

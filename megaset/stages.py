@@ -220,9 +220,13 @@ def train_stage(cfg: Config, name: str, after: str = "mix") -> Stage:
 def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
                 checkpoint: Path | None = None) -> Stage:
     """Scoring the checkpoint of ``after`` into ``score/<model>`` (default ``training.model``)."""
-    from megaset.training.score import score, score_record, scored_record
+    from megaset.training.score import checkpoint_digest, checkpoint_path, score, score_record, scored_record
 
     label = model or cfg.training.model
+    path = checkpoint or checkpoint_path(cfg, label)
+
+    def expected(up: str | None) -> dict[str, Any]:
+        return score_record(cfg, up, checkpoint_digest(path) if path.is_file() else None)
 
     def recorded() -> Found:
         from megaset.storage.store import open_store
@@ -233,7 +237,7 @@ def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
             return None
         return _found(*scored_record(store, label))
 
-    return Stage(name, after, lambda up: score_record(cfg, up), recorded,
+    return Stage(name, after, expected, recorded,
                  lambda client, resume: score(cfg, client, model=label, checkpoint=checkpoint, overwrite=not resume))
 
 

@@ -57,8 +57,10 @@ PUBLIC_API = {
         "BranchError", "CheckpointError", "ConfigError", "DamagedChunkError", "IncompleteStoreError", "InputFileError",
         "MegasetError", "NonFiniteInputError", "StoreError", "StoreKeyError", "TrainingError",
     ],
-    "megaset.pipeline.ingest": ["IngestSummary", "ingest"],
-    "megaset.pipeline.inputs": ["FileInfo", "expand_files", "inspect_file", "inspect_files", "resolve_channels"],
+    "megaset.pipeline.ingest": ["IngestSummary", "ingest", "ingest_record"],
+    "megaset.pipeline.inputs": [
+        "FileInfo", "expand_files", "file_identities", "inspect_file", "inspect_files", "resolve_channels"
+    ],
     "megaset.pipeline.open_files": ["OPEN_TREES", "OpenTrees"],
     "megaset.pipeline.units": ["Statistic", "check_first_chunks", "statistics"],
     "megaset.pipeline.jet_features": [
@@ -66,7 +68,8 @@ PUBLIC_API = {
     ],
     "megaset.pipeline.jet_processor": ["JetProcessor", "feature_names", "jet_columns", "jet_selection"],
     "megaset.pipeline.jets_simulate": [
-        "SAMPLES", "TREE", "generate", "is_simulated_jets", "jet_inputs", "simulate_jets",
+        "SAMPLES", "TREE", "generate", "is_simulated_jets", "jet_inputs", "simulate_jets", "simulate_jets_record",
+        "simulated_jets_record"
     ],
     "megaset.pipeline.objects": ["EventArrays", "Jagged"],
     "megaset.pipeline.processor": ["RMMProcessor", "base_columns", "piece_columns"],
@@ -80,7 +83,7 @@ PUBLIC_API = {
     "megaset.pipeline.weights": ["absurd_message", "absurd_weights", "weight_stats"],
     "megaset.pipeline.simulate": [
         "CHANNELS", "ChannelSpec", "demo_inputs", "event_counts", "generate", "is_simulated", "simulate",
-        "write_ntuple",
+        "simulate_record", "simulated_record", "write_ntuple"
     ],
     "megaset.report.jets": ["FARINA_TABLE_I", "PAIRWISE_FILE", "jet_report", "mass_sculpting", "separated_cells"],
     "megaset.report.markdown": ["add_study", "finite", "studies", "table", "write_markdown"],
@@ -97,14 +100,17 @@ PUBLIC_API = {
     "megaset.report.report": ["axis_label", "cut_label", "error_axis", "report"],
     "megaset.report.samples": ["BACKGROUND_GROUP", "Sample", "load_samples", "mass_variable"],
     "megaset.report.style": ["DATA_COLOUR", "EVENTS_PER_BIN", "PALETTE", "Style", "process_colours"],
-    "megaset.reporting": ["training_records", "write_report"],
+    "megaset.provenance": ["IGNORED", "SECTIONS", "changes", "fingerprint_of", "make_record", "record", "stage_config"],
+    "megaset.stages": ["Stage", "StageState", "assess", "chain", "status"],
+    "megaset.reporting": ["REPORT_JSON", "report_record", "training_records", "write_report"],
     "megaset.run": ["STAGES", "run"],
     "megaset.storage.backend": [
-        "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "open_group", "stored_bytes", "writing",
+        "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "open_group", "remove_tree", "stored_bytes",
+        "writing",
     ],
     "megaset.storage.codecs": ["compressors"],
     "megaset.storage.layout": ["BLOCKS", "block_masks", "matrix_side"],
-    "megaset.storage.mix": ["MixJob", "mix", "prepare_mix"],
+    "megaset.storage.mix": ["MixJob", "mix", "mix_record", "prepare_mix"],
     "megaset.storage.mix_chunk": ["build_chunk"],
     "megaset.storage.plan": [
         "BACKGROUND_GROUPS", "ChannelSequence", "ChunkTask", "GroupPlan", "MixPlan", "Segment", "Stream",
@@ -115,11 +121,11 @@ PUBLIC_API = {
     "megaset.storage.scores": ["SCORE_GROUP", "is_score_column", "score_column", "scored_models"],
     "megaset.storage.staging": [
         "BLOCK_ROWS", "LAYOUT_VERSION", "finish_staging", "init_staging", "is_sparse", "list_pieces", "open_piece",
-        "piece_attrs", "piece_key", "piece_schema", "piece_selections", "read_piece", "staging_attrs", "unpack",
-        "write_piece",
+        "piece_attrs", "piece_key", "piece_schema", "piece_selections", "read_piece", "remove_staging",
+        "staging_attrs", "unpack", "write_piece"
     ],
     "megaset.storage.stats": ["N_ROWS", "PASS_ROWS", "combine", "finalize", "partial_stats"],
-    "megaset.storage.store": ["MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "open_store"],
+    "megaset.storage.store": ["MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "open_store", "remove_store"],
     "megaset.storage.tasks": ["map_chunks"],
     "megaset.storage.verify": ["verify"],
     "megaset.studies.channel_removal": ["channel_removal"],
@@ -136,7 +142,8 @@ PUBLIC_API = {
     "megaset.training.loader": ["ChunkDataset", "current_shard"],
     "megaset.training.loop": [
         "RESUME_KEYS", "check_resumable", "checkpoint_payload", "evaluate", "event_weights", "fit", "model_inputs",
-        "output_paths", "recorded_summary", "summary", "train_epoch", "weight_norm",
+        "output_paths", "recorded_summary", "summary", "train_epoch", "train_record", "training_finished",
+        "weight_norm"
     ],
     "megaset.training.models": ["Autoencoder", "ConvAE", "DenseAE", "DenseVAE", "per_event_loss"],
     "megaset.training.pca": ["PCAModel", "fit_pca", "suggest_latent"],
@@ -145,7 +152,10 @@ PUBLIC_API = {
         "CUTS", "JET_MODELS", "MODELS", "build_model", "input_column", "resolve_architecture",
     ],
     "megaset.training.scaling": ["DeviceScaling", "Scaling"],
-    "megaset.training.score": ["checkpoint_path", "latent_column", "reconstruction_errors", "score", "scoring_device"],
+    "megaset.training.score": [
+        "checkpoint_digest", "checkpoint_path", "latent_column", "reconstruction_errors", "score", "score_record",
+        "scored_record", "scoring_device",
+    ],
     "megaset.training.trainer": ["train"],
 }
 

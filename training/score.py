@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from megaset.training.scaling import DeviceScaling
 
 __all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column", "scoring_device", "score_record",
-           "scored_record"]
+           "scored_record", "checkpoint_digest"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -100,7 +100,8 @@ def reconstruction_errors(
     return out
 
 
-def _digest(path: Path) -> str:
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file's bytes: which weights made a score column."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -271,12 +272,13 @@ def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None, str | 
     raise CheckpointError(msg)
 
 
-def score_record(cfg: Config, trained: str | None) -> dict[str, Any]:
+def score_record(cfg: Config, trained: str | None, digest: str | None) -> dict[str, Any]:
     """The stage record (:mod:`megaset.provenance`) of scoring with the checkpoint whose own
-    record has the fingerprint ``trained``."""
+    record has the fingerprint ``trained`` and whose bytes the ``digest``: the training's
+    fingerprint is the same for its every epoch, the digest tells the weights apart."""
     from megaset.provenance import record
 
-    return record("score", cfg, upstream={"train": trained})
+    return record("score", cfg, upstream={"train": trained}, inputs={"checkpoint": digest})
 
 
 def scored_record(store: Store, model: str) -> tuple[dict[str, Any] | None, bool]:
@@ -365,12 +367,13 @@ def score(
     column, latent, trained = _check_checkpoint(path, store)
     n_features = len(store.feature_names)
     blocks = cfg.scoring.blocks and store.kind == "events" and matrix_side(n_features) is not None
-    entry = {"checkpoint": str(path), "digest": _digest(path), "blocks": blocks,
-             "stage": score_record(cfg, trained), "config": cfg.resolved(), "complete": False}
+    digest = checkpoint_digest(path)
+    entry = {"checkpoint": str(path), "digest": digest, "blocks": blocks,
+             "stage": score_record(cfg, trained, digest), "config": cfg.resolved(), "complete": False}
     groups = [store.group(name) for name in store.group_names()]
     tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
     advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
-    kwargs = {"model": label, "checkpoint": str(path), "digest": entry["digest"], "blocks": blocks, "device": device,
+    kwargs = {"model": label, "checkpoint": str(path), "digest": digest, "blocks": blocks, "device": device,
               # Not "batch_size": client.map has a keyword of that name.
               "events_per_pass": cfg.scoring.gpu_batch_size if device == "cuda" else cfg.scoring.batch_size,
               "column": column, "latent": latent is not None}

@@ -236,6 +236,21 @@ def test_scoring_a_store_without_write_permission_leaves_it_untouched(trained, t
     assert snapshot(url) == before
 
 
+def test_a_checkpoint_records_the_store_it_was_trained_on_and_other_rmm_settings_are_refused(trained, tmp_path):
+    """Same feature names, other RMM convention: the checkpoint's recorded settings decide."""
+    store = open_store(trained.store.url)
+    ckpt = load_checkpoint(f"{trained.training.output}/ae-shallow/best.pt")
+    assert ckpt["rmm"] == store.attrs["rmm"] and ckpt["kind"] == "events"
+    assert ckpt["stage"]["basis"]["upstream"] == {"mix": store.attrs["stage"]["fingerprint"]}
+    assert ckpt["stage"]["basis"]["config"]["training"]["epochs"] == 1
+    ckpt["rmm"] = {**ckpt["rmm"], "convention": "thesis"}
+    path = save_checkpoint(tmp_path / "thesis.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"thesis.pt' was trained under other settings than store .* was built "
+                                              r"with \(rmm.convention: 'thesis' there, 'chekanov' in the store\)"):
+        score(trained, None, model="thesis", checkpoint=path)
+    assert "score/thesis" not in store.group("test").columns()
+
+
 def test_a_checkpoint_of_other_features_is_refused(trained, tmp_path):
     ckpt = load_checkpoint(f"{trained.training.output}/ae-shallow/best.pt")
     ckpt["feature_names"] = [*ckpt["feature_names"][:-1], "something_else"]
