@@ -38,8 +38,9 @@ def _config(root: Path, **override) -> dict:
 
 
 def _mtimes(root: Path) -> dict[str, int]:
-    """Every file under ``root`` with its modification time: a rewritten file changes it."""
-    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    """Every artefact under ``root`` (files but the configuration) with its modification time: a
+    rewritten file changes it."""
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.suffix != ".yaml"}
 
 
 def _min_mll(url: str) -> float:
