@@ -64,7 +64,8 @@ def test_run_on_an_interrupted_mix_finishes_it_without_redoing_finished_chunks(t
 
     lines: list[str] = []
     out = run(cfg, None, log=lines.append)
-    assert lines[:3] == ["simulate: current, skipped", "ingest: current, skipped", "mix: interrupted earlier, finishing it"]
+    assert lines[:3] == ["simulate: current, skipped", "ingest: current, skipped",
+                         "mix: interrupted earlier, finishing it"]
     assert out["mix"]["resumed"] == 3 < out["mix"]["chunks"]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished
     assert verify(cfg.store.url) == []
