@@ -1,35 +1,136 @@
 """The ``megaset`` command line: one sub-command per stage, each reading the config.
 
+Options before the sub-command apply to it: ``--config/-c`` and ``--set`` (which every
+sub-command also takes after its name), ``-v/-q`` and ``--version``. Messages go to stderr through
+:mod:`logging`, results (tables, query rows, configurations) to stdout; both are plain text
+when they are not a terminal (see :mod:`megaset.terminal`).
+
 Heavy libraries are imported inside the commands, so ``megaset --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
+from megaset import __version__
 from megaset.errors import MegasetError
+from megaset.terminal import configure_logging, make_console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = ["app", "main"]
 
+log = logging.getLogger("megaset.cli")
+
+
+def _bare_flags(params: list) -> list:
+    for param in params:
+        if (getattr(param, "is_flag", False) or getattr(param, "count", False)) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: no "<bool>" beside it in --help
+    return params
+
+
+class _Group(TyperGroup):
+    """Typer's command group, with flags listed in ``--help`` without a value type."""
+
+    def get_params(self, ctx: Any) -> list:
+        return _bare_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, TyperGroup):
+            _bare_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=_Group,
+    # Help and usage errors in rich panels on a terminal; elsewhere click's plain text, which a log keeps
+    # readable (a panel is cut at 80 columns).
+    rich_markup_mode="rich" if sys.stderr.isatty() else None,
     help="megaset: ntuples -> Rapidity-Mass Matrices -> channel-mixed Zarr stores -> anomaly scores.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+
+
+@dataclass
+class _Session:
+    """What the options before the sub-command set, and the consoles of this invocation."""
+
+    config: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    quiet: bool = False
+    console: Console = field(default_factory=make_console)
+    stdout: Console = field(default_factory=lambda: make_console(stderr=False))
+
+    def start(self, config: Path | None, overrides: list[str], *, quiet: bool) -> None:
+        """A new invocation: its global options, and consoles on the streams it writes to."""
+        self.config, self.overrides, self.quiet = config, overrides, quiet
+        self.console, self.stdout = make_console(), make_console(stderr=False)
+
+
+_session = _Session()
+
+
+def _console() -> Console:
+    """The console of messages and tables on stderr."""
+    return _session.console
+
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML configuration; the built-in demo config when omitted."),
 ]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE",
+                 help="Set one configuration key, e.g. --set training.epochs=3 (repeatable)."),
+]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"megaset {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False,
+                                         help="More messages: -v debug and Dask's warnings, -vv Dask's info.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings, errors and results only.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """megaset: ntuples -> Rapidity-Mass Matrices -> channel-mixed Zarr stores -> anomaly scores."""
+    if verbose and quiet:
+        msg = "give -v or -q, not both"
+        raise typer.BadParameter(msg)
+    _session.start(config, list(overrides or []), quiet=quiet)
+    configure_logging(_session.console, -1 if quiet else verbose)
+
+
+def _progress() -> Progress:
+    """A transient progress display on the message console; none with ``-q``."""
+    from rich.progress import Progress
+
+    return Progress(console=_console(), transient=True, disable=_session.quiet)
 
 
 @contextmanager
@@ -37,21 +138,35 @@ def _connect(cfg):
     """The configured cluster's client, after saying what it is connected to."""
     from megaset.deploy.cluster import cluster_size, describe, open_client
 
-    console.print(f"cluster: {describe(cfg.cluster)}")
+    log.info("cluster: %s", describe(cfg.cluster))
     with open_client(cfg.cluster) as client:
-        console.print(f"connected to {client.scheduler.address}: {cluster_size(client)}")
+        log.info("connected to %s: %s", client.scheduler.address, cluster_size(client))
         yield client
 
 
-def _config(path: Path | None, demo: str | None = None):
-    from megaset.config import demo_config, load_config
+def _config_path(config: Path | None) -> Path | None:
+    """``--config`` after the sub-command, else the one before it."""
+    if config is not None and _session.config is not None and config != _session.config:
+        msg = f"--config given twice ({_session.config} before the command, {config} after it): give it once"
+        raise typer.BadParameter(msg)
+    return config or _session.config
 
+
+def _config(path: Path | None, overrides: list[str] | None = None, demo: str | None = None):
+    """The configuration of the command: its file or demo, then every ``--set`` in order."""
+    from megaset.config import demo_config, load_config
+    from megaset.config_overrides import apply_overrides
+
+    path = _config_path(path)
+    log.debug("configuration: %s", path or demo or "the defaults")
     if demo is not None:
         if path is not None:
             msg = "give either --config or --demo, not both"
             raise typer.BadParameter(msg)
-        return demo_config(demo)
-    return load_config(path)
+        cfg, source = demo_config(demo), f"the built-in {demo} demo"
+    else:
+        cfg, source = load_config(path), repr(str(path)) if path else "the defaults"
+    return apply_overrides(cfg, [*_session.overrides, *(overrides or [])], source)
 
 
 DemoOption = Annotated[
@@ -86,25 +201,23 @@ def _groups_table(title: str, groups: dict, events: str, chunks: str) -> Table:
 
 
 @app.command()
-def simulate(config: ConfigOption = None) -> None:
+def simulate(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Write simulated ntuples (2-lepton + MET backgrounds and SUSY signals) as ROOT files."""
     import time
 
-    from rich.progress import Progress
-
     from megaset.pipeline.simulate import simulate as run_simulation
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
     t0 = time.perf_counter()
-    with Progress(console=console, transient=True) as bar:
+    with _progress() as bar:
         task = bar.add_task("simulating", total=None)
         if cfg.inputs.kind == "jets":
             from megaset.pipeline.jets_simulate import simulate_jets
 
             written = simulate_jets(cfg.jets.simulate, progress=lambda n: bar.advance(task, n))
             n_events = bar.tasks[0].completed
-            console.print(f"wrote {sum(map(len, written.values()))} files ({n_events:,.0f} jets) under "
-                          f"{cfg.jets.simulate.output} in {time.perf_counter() - t0:.1f} s")
+            _console().print(f"wrote {sum(map(len, written.values()))} files ({n_events:,.0f} jets) under "
+                             f"{cfg.jets.simulate.output} in {time.perf_counter() - t0:.1f} s")
             return
         written = run_simulation(
             cfg.simulate, tree=cfg.inputs.tree, lumi_ifb=cfg.inputs.lumi_ifb,
@@ -113,23 +226,23 @@ def simulate(config: ConfigOption = None) -> None:
         n_events = bar.tasks[0].completed
     seconds = time.perf_counter() - t0
     n_files = sum(len(v) for v in written.values())
-    console.print(
+    _console().print(
         f"wrote {n_files} files ({n_events:,.0f} events, {len(written)} channels) under "
         f"{cfg.simulate.output} in {seconds:.1f} s ({n_events / seconds:,.0f} events/s)"
     )
 
 
 @app.command()
-def ingest(config: ConfigOption = None) -> None:
+def ingest(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Select events, build RMMs and write per-channel staging arrays, chunk by chunk on Dask."""
     from megaset.pipeline.ingest import ingest as run_ingest
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
     with _connect(cfg) as client:
-        summary = run_ingest(cfg, client, status=True, log=console.print)
-    console.print(_cutflow_table(summary.channels))
+        summary = run_ingest(cfg, client, status=not _session.quiet, log=log.info)
+    _console().print(_cutflow_table(summary.channels))
     resumed = sum(c["resumed"] for c in summary.channels.values())
-    console.print(
+    _console().print(
         f"{summary.n_read:,} events read from {summary.files} files, {summary.n_selected:,} selected, "
         f"in {summary.seconds:.1f} s ({summary.rate:,.0f} events/s)"
         + (f"; {resumed} chunks were already done" if resumed else "")
@@ -139,18 +252,16 @@ def ingest(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def mix(config: ConfigOption = None) -> None:
+def mix(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Mix the staging arrays into the store: train / val / test / signal / data groups."""
-    from rich.progress import Progress
-
     from megaset.storage.mix import mix as run_mix
 
-    cfg = _config(config)
-    with _connect(cfg) as client, Progress(console=console, transient=True) as bar:
+    cfg = _config(config, overrides)
+    with _connect(cfg) as client, _progress() as bar:
         task = bar.add_task("mixing chunks", total=None)
         summary = run_mix(cfg, client, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(_groups_table(f"store {cfg.store.url}", summary["groups"], "n_events", "n_chunks"))
-    console.print(
+    _console().print(_groups_table(f"store {cfg.store.url}", summary["groups"], "n_events", "n_chunks"))
+    _console().print(
         f"{summary['mb_written']:,.1f} MB written in {summary['seconds']:.1f} s"
         + (f"; {summary['resumed']} chunks were already done" if summary.get("resumed") else "")
     )
@@ -160,46 +271,45 @@ def mix(config: ConfigOption = None) -> None:
 def verify(
     store: Annotated[str | None, typer.Argument(help="Store URL; default: store.url of the config.")] = None,
     config: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """Re-check the store invariants: chunk mixtures, counts, unique event ids, finite values, scores."""
     from megaset.storage.verify import verify as run_verify
 
-    url = store or _config(config).store.url
+    url = store or _config(config, overrides).store.url
     problems = run_verify(url)
     for problem in problems:
-        console.print(f"[red]FAIL[/red] {problem}", highlight=False)
+        _console().print(f"[red]FAIL[/red] {problem}", highlight=False)
     if problems:
-        console.print(f"{len(problems)} problems in {url}")
+        _console().print(f"{len(problems)} problems in {url}")
         raise typer.Exit(1)
-    console.print(f"[green]OK[/green] {url}: every invariant holds")
+    _console().print(f"[green]OK[/green] {url}: every invariant holds")
 
 
 @app.command()
 def train(
     config: ConfigOption = None,
+    overrides: SetOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
 ) -> None:
     """Train training.model on the store's train group (DDP ranks on the Dask workers)."""
     from megaset.training.trainer import train as run_train
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
 
     def progress(entry: dict) -> None:
-        mark = " *" if entry["improved"] else ""
-        console.print(
-            f"epoch {entry['epoch']:>3}  loss {entry['loss']:.5g}  val {entry['val_loss']:.5g}  "
-            f"{entry['samples_per_s']:,.0f} samples/s{mark}", highlight=False,
-        )
+        log.info("epoch %3d  loss %.5g  val %.5g  %s samples/s%s", entry["epoch"], entry["loss"],
+                 entry["val_loss"], f"{entry['samples_per_s']:,.0f}", " *" if entry["improved"] else "")
 
     with _connect(cfg) as client:
         summary = run_train(cfg, client, resume=resume, progress=progress)
     stopped = " (early stopping)" if summary.get("stopped_early") else ""
     rate = summary.get("samples_per_s")
     rate_text = f", {rate:,.0f} samples/s on {summary.get('world_size', 1)} rank(s)" if rate else ""
-    console.print(f"{summary['model']}: {summary['epochs']} epochs{stopped}{rate_text}")
+    _console().print(f"{summary['model']}: {summary['epochs']} epochs{stopped}{rate_text}")
     for key in ("best_val_loss", "latent", "checkpoints", "loss_curve", "scree_plot"):
         if summary.get(key) is not None:
-            console.print(f"  {key.replace('_', ' ')}: {summary[key]}", highlight=False)
+            _console().print(f"  {key.replace('_', ' ')}: {summary[key]}", highlight=False)
 
 
 def _auc_table(rows: list[dict]) -> Table:
@@ -222,46 +332,51 @@ def _print_status(cfg) -> None:
     colours = {"current": "green", "partial": "yellow", "stale": "red", "missing": "red"}
     for state in stage_status(cfg):
         table.add_row(state.name, f"[{colours[state.state]}]{state.state}[/]", state.reason)
-    Console().print(table)
+    _session.stdout.print(table)
 
 
 @app.command()
-def status(config: ConfigOption = None, demo: DemoOption = None) -> None:
-    """Each stage of `megaset run` as current, partial, stale (with the changed key) or missing,
-    from the fingerprints its artefact records; runs nothing."""
-    _print_status(_config(config, demo))
+def status(config: ConfigOption = None, overrides: SetOption = None, demo: DemoOption = None) -> None:
+    """Each stage of `megaset run` as current, partial, stale (with the changed key) or missing.
+
+    From the fingerprints its artefact records; runs nothing.
+    """
+    _print_status(_config(config, overrides, demo))
 
 
 @app.command()
 def run(
-    config: ConfigOption = None, demo: DemoOption = None,
+    config: ConfigOption = None, overrides: SetOption = None, demo: DemoOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be rebuilt (megaset status).")] = False,
 ) -> None:
-    """Every stage in order (simulate when no inputs are configured, ingest, mix, train, score,
-    report): a stage whose artefact records the fingerprint of the current configuration and
-    inputs is skipped, an interrupted one finished, a changed one rebuilt with everything after
-    it. Ends with the AUC / E10 / E100 table. `--demo jets` runs the boosted-jet demo."""
+    """Every stage in order; ends with the AUC / E10 / E100 table.
+
+    The stages: simulate (when no inputs are configured), ingest, mix, train, score, report. A stage whose
+    artefact records the fingerprint of the current configuration and inputs is skipped, an interrupted one
+    finished, a changed one rebuilt with everything after it. `--demo jets` runs the boosted-jet demo.
+    """
     from megaset.run import run as run_all
 
-    cfg = _config(config, demo)
+    cfg = _config(config, overrides, demo)
     if dry_run:
         _print_status(cfg)
         return
     with _connect(cfg) as client:
-        out = run_all(cfg, client, log=lambda line: console.print(line, highlight=False), status=True)
+        out = run_all(cfg, client, log=log.info, status=not _session.quiet)
     total = sum(out["seconds"].values())
     if out["skipped"]:
-        console.print(f"current, not rebuilt: {', '.join(out['skipped'])}", highlight=False)
+        _console().print(f"current, not rebuilt: {', '.join(out['skipped'])}", highlight=False)
     report_dir = cfg.report.output
-    console.print(
+    _console().print(
         f"finished in {total:.1f} s. store: {cfg.store.url}; report: {report_dir}/report.md "
         f"(plots: {report_dir}/*.png and .pdf)"
     )
     if out.get("report"):
-        console.print(_auc_table(out["report"]["auc_table"]))
+        _console().print(_auc_table(out["report"]["auc_table"]))
 
 
-study = typer.Typer(help="The thesis' and Farina et al.'s robustness tests, end to end.", no_args_is_help=True)
+study = typer.Typer(cls=_Group, rich_markup_mode=app.rich_markup_mode, no_args_is_help=True,
+                    help="The thesis' and Farina et al.'s robustness tests, end to end.")
 app.add_typer(study, name="study")
 
 
@@ -280,14 +395,15 @@ def study_channel_removal(
     workdir: Annotated[Path, typer.Option(help="Receives the derived staging area, store, models, report.")] = Path(
         "megaset-demo/studies/channel-removal"),
     config: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """Train without one background channel, then score it as a signal (thesis ch. 4)."""
     from megaset.studies.channel_removal import channel_removal
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
     with _connect(cfg) as client:
         out = channel_removal(cfg, client, channel, workdir=workdir / channel)
-    console.print(
+    _console().print(
         f"{out['channel']} left out of training of {out['model']}: AUC {out['auc']:.4f}, "
         f"E10 {out['e10']:.4f}, E100 {out['e100']:.4f}; store {out['store']}", highlight=False,
     )
@@ -297,15 +413,16 @@ def study_channel_removal(
 def study_pt_altering(
     model: Annotated[str | None, typer.Option(help="Scored model; default training.model.")] = None,
     config: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """Scale the leading electron and muon pT by report.pt_factors and score the altered events."""
     from megaset.studies.pt_altering import pt_altering
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
     out = pt_altering(cfg, model=model)
-    console.print(_rows_table(f"pT altering, {out['model']} ({out['events']:,} {out['group']} events)",
+    _console().print(_rows_table(f"pT altering, {out['model']} ({out['events']:,} {out['group']} events)",
                               "factor", out["rows"]))
-    console.print(f"plots: {', '.join(map(str, out['plots'].values()))}", highlight=False)
+    _console().print(f"plots: {', '.join(map(str, out['plots'].values()))}", highlight=False)
 
 
 @study.command("contamination")
@@ -315,16 +432,17 @@ def study_contamination(
     workdir: Annotated[Path, typer.Option(help="Receives one store per fraction.")] = Path(
         "megaset-demo/studies/contamination"),
     config: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """AUC, E10, E100 against the fraction of signal injected into train (Farina et al. IV)."""
     from megaset.studies.contamination import contamination
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
     values = [float(f) for f in fractions.split(",")]
     with _connect(cfg) as client:
         out = contamination(cfg, client, signal=signal, fractions=values, workdir=workdir)
-    console.print(_rows_table(f"contamination with {out['signal']}, {out['model']}", "fraction", out["rows"]))
-    console.print(f"plot: {out['plot']}", highlight=False)
+    _console().print(_rows_table(f"contamination with {out['signal']}, {out['model']}", "fraction", out["rows"]))
+    _console().print(f"plot: {out['plot']}", highlight=False)
 
 
 def main() -> None:
@@ -332,7 +450,7 @@ def main() -> None:
     try:
         app()
     except MegasetError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        _console().print("[red]error:[/red]", escape(str(err)), highlight=False)
         sys.exit(1)
 
 
@@ -342,6 +460,7 @@ def main() -> None:
 @app.command()
 def score(
     config: ConfigOption = None,
+    overrides: SetOption = None,
     model: Annotated[str | None, typer.Option(help="Name of the score columns; default training.model.")] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint; default <training.output>/<model>/best.pt.")
@@ -349,18 +468,16 @@ def score(
     overwrite: Annotated[bool, typer.Option(help="Score every chunk again.")] = False,
 ) -> None:
     """Write the reconstruction error of every event of the store, one Dask task per chunk."""
-    from rich.progress import Progress
-
     from megaset.training.score import score as run_score
 
-    cfg = _config(config)
-    with _connect(cfg) as client, Progress(console=console, transient=True) as bar:
+    cfg = _config(config, overrides)
+    with _connect(cfg) as client, _progress() as bar:
         task = bar.add_task("scoring chunks", total=None)
         summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
+    _console().print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
     rate = f" ({summary['events_per_s']:,.0f} events/s)" if summary["events_scored"] else ""
-    console.print(
+    _console().print(
         f"{summary['events_scored']:,} events scored with {summary['checkpoint']} in {summary['seconds']:.1f} s{rate}"
         + (f"; {summary['resumed']} chunks were already scored" if summary["resumed"] else "")
         + (f"; per-block errors: {', '.join(summary['blocks'])}" if summary["blocks"] else "")
@@ -379,41 +496,113 @@ _QUERY_HELP = "\n\n".join([
 
 @app.command(help=_QUERY_HELP)
 def query(
-    store: Annotated[str, typer.Argument(help="Store URL.")],
-    sql: Annotated[str, typer.Argument(help='One SELECT over a group, e.g. "SELECT met FROM test WHERE met > 200".')],
+    words: Annotated[list[str], typer.Argument(
+        metavar="[STORE] SQL", show_default=False,
+        help='One SELECT over a group, e.g. "SELECT met FROM test WHERE met > 200", over store.url of the config, '
+        "or over STORE when it is given first.")],
+    config: ConfigOption = None,
+    overrides: SetOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the result to a .parquet or .csv file.")
     ] = None,
     rows: Annotated[int, typer.Option(help="Rows shown on the terminal.")] = 20,
+    columns: Annotated[int, typer.Option(
+        help="Columns shown at most; past it, the columns empty in the rows shown are left out first.")] = 16,
 ) -> None:
     """SQL over one group of a store; see ``_QUERY_HELP``."""
     from megaset.storage.query import export
     from megaset.storage.query import query as run_query
+    from megaset.storage.store import open_store
 
+    if len(words) > 2:
+        msg = f"give the SQL as one argument (in quotes), after the store if any; got {len(words)} arguments"
+        raise typer.BadParameter(msg)
+    store = words[0] if len(words) == 2 else _config(config, overrides).store.url
+    sql = words[-1]
     if output is not None:
         path = export(store, sql, output)
-        console.print(f"wrote {path}")
+        _console().print(f"wrote {path}")
         return
     frame = run_query(store, sql)
+    shown = frame.head(rows)
+    names = _shown_columns(shown, columns, set(open_store(store).feature_names) if shown.width > columns else set())
     table = Table()
-    for name in frame.columns:
+    for name in names:
         table.add_column(name, justify="right")
-    for row in frame.head(rows).iter_rows():
+    for row in shown.select(names).iter_rows():
         table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
-    Console().print(table)
-    console.print(f"{frame.height:,} rows" + (f", {rows} shown" if frame.height > rows else ""))
+    _session.stdout.print(table)
+    _console().print(f"{frame.height:,} rows" + (f", {rows} shown" if frame.height > rows else ""))
+    if len(names) < frame.width:
+        _console().print(
+            f"{len(names)} of {frame.width} columns shown (the event's own columns first, then the RMM cells with "
+            "values in these rows): name the columns in the SELECT, raise --columns, or write every column with "
+            "--output result.parquet",
+            highlight=False)
+
+
+def _shown_columns(frame: Any, limit: int, cells: set[str]) -> list[str]:
+    """At most ``limit`` columns of ``frame``, in its order: the columns that are not RMM ``cells``
+    first, then the cells with a value in these rows; cells of zeros only (most cells of most events)
+    and columns of nulls only come last."""
+    if frame.width <= limit:
+        return list(frame.columns)
+
+    def rank(name: str) -> int:
+        column = frame[name]
+        if column.null_count() == len(column) or (
+                column.dtype.is_float() and not bool((column.fill_null(0) != 0).any())):
+            return 2
+        return 1 if name in cells else 0
+
+    keep = set(sorted(frame.columns, key=rank)[:limit])  # a stable sort: the frame's order within a rank
+    return [name for name in frame.columns if name in keep]
 
 
 @app.command()
 def report(
     config: ConfigOption = None,
+    overrides: SetOption = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder; default report.output.")] = None,
     model: Annotated[list[str] | None, typer.Option(help="A scored model to report (repeatable); default all.")] = None,
 ) -> None:
     """Plots, tables and significances of the scored store: report.md, report.json and PNGs."""
     from megaset.reporting import write_report
 
-    cfg = _config(config)
+    cfg = _config(config, overrides)
     summary = write_report(cfg, out_dir=output, models=model or None)
-    console.print(_auc_table(summary["auc_table"]))
-    console.print(f"report: {summary['markdown']} and {summary['json']}")
+    _console().print(_auc_table(summary["auc_table"]))
+    _console().print(f"report: {summary['markdown']} and {summary['json']}")
+
+
+@app.command("config")
+def config_command(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    demo: DemoOption = None,
+    defaults: Annotated[bool, typer.Option(
+        "--defaults", help="Every key at its default, as YAML commented with what each means.")] = False,
+    schema: Annotated[bool, typer.Option(
+        "--schema", help="The JSON schema of a configuration file (for editors that check YAML).")] = False,
+) -> None:
+    """Print the configuration a command would run with, the commented defaults, or the JSON schema.
+
+    Without --defaults or --schema: the configuration file (or demo), every --set applied and every default
+    filled in, as YAML.
+    """
+    from megaset.config_dump import defaults_yaml, json_schema, resolved_yaml
+
+    if defaults and schema:
+        msg = "give --defaults or --schema, not both"
+        raise typer.BadParameter(msg)
+    if defaults or schema:
+        options = {"--config": _config_path(config), "--set": overrides or _session.overrides, "--demo": demo}
+        given = [name for name, value in options.items() if value]
+        if given:
+            flag = "--defaults" if defaults else "--schema"
+            msg = f"{flag} describes the model, not a configuration: drop {given[0]}"
+            raise typer.BadParameter(msg)
+        text = defaults_yaml() if defaults else json_schema()
+    else:
+        text = resolved_yaml(_config(config, overrides, demo))
+    _session.stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)

@@ -38,6 +38,10 @@ SCHEMA_VERSION = 1
 MIX_PREFIX = "_mix"
 
 
+# The root attributes every finished store has; a reader indexes them without checking.
+_COMPLETE_KEYS = ("channels", "groups", "feature_names")
+
+
 def open_store(url: str, *, require_complete: bool = True) -> Store:
     """Open the store at ``url`` (any fsspec URL).
 
@@ -52,6 +56,18 @@ def open_store(url: str, *, require_complete: bool = True) -> Store:
     attrs = dict(root.attrs)
     if "schema_version" not in attrs:
         msg = f"{url!r} is a Zarr group but not a megaset store (no schema_version attribute)"
+        raise StoreError(msg)
+    if "mix" not in attrs:
+        what = ("a staging area written by `megaset ingest`, not a store"
+                if "fingerprint" in attrs and "channels" in attrs
+                else "a Zarr group with a schema_version attribute but not a megaset store (no mix attribute)")
+        msg = f"{url!r} is {what}: give the path of a store (store.url), which `megaset mix` writes"
+        raise StoreError(msg)
+    missing = [key for key in _COMPLETE_KEYS if key not in attrs] if attrs.get("complete") else []
+    if missing:
+        msg = (f"{url!r} is marked complete but lacks the root attributes {', '.join(missing)} that "
+               "`megaset mix` writes last: it was not written by this version of megaset; mix it again into a "
+               "new store.url")
         raise StoreError(msg)
     if require_complete and not attrs.get("complete"):
         msg = (

@@ -35,6 +35,215 @@ def test_bad_config_is_one_clear_message(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_version():
+    from megaset import __version__
+
+    result = megaset("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"megaset {__version__}\n"
+
+
+def _commands(group, prefix=()):
+    import typer
+
+    from megaset.cli import app
+
+    command = typer.main.get_command(app) if group is None else group
+    for name, sub in command.commands.items():
+        if hasattr(sub, "commands"):
+            yield from _commands(sub, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+@pytest.mark.parametrize("mode", ["rich", None])  # a terminal's help, and the plain one of pipes and logs
+def test_help_shows_no_value_type_beside_flags(mode, monkeypatch):
+    from typer.testing import CliRunner
+
+    from megaset.cli import app, study
+
+    monkeypatch.setattr(app, "rich_markup_mode", mode)
+    monkeypatch.setattr(study, "rich_markup_mode", mode)
+    commands = list(_commands(None))
+    assert ("study", "contamination") in commands and ("config",) in commands
+    for command in [(), *commands]:
+        result = CliRunner().invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+        assert "<bool>" not in result.output and "<int>" not in result.output.split("--verbose")[-1][:40], command
+    result = CliRunner().invoke(app, ["--help"])
+    for option in ("--version", "--verbose", "--quiet", "--config", "--set"):
+        assert option in result.output
+
+
+def _write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_is_accepted_before_and_after_the_command(tmp_path):
+    path = _write(tmp_path, "training: {epochs: 7}\n")
+    before, after = megaset("-c", path, "config"), megaset("config", "--config", path)
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    assert before.stdout == after.stdout and "  epochs: 7\n" in before.stdout
+    other = _write(tmp_path, "training: {epochs: 8}\n", "other.yaml")
+    twice = megaset("-c", path, "config", "-c", other)
+    assert twice.returncode == 2 and "--config given twice" in twice.stderr
+
+
+def test_set_overrides_before_and_after_the_command(tmp_path):
+    path = _write(tmp_path, "training: {epochs: 7}\n")
+    result = megaset("--set", "training.epochs=5", "-c", path, "config", "--set", "training.batch_size=64",
+                     "--set", "inputs.tree=123")
+    assert result.returncode == 0, result.stderr
+    assert "  epochs: 5\n" in result.stdout and "  batch_size: 64\n" in result.stdout
+    assert "  tree: '123'\n" in result.stdout
+    result = megaset("config", "--set", "training.learning_rat=0.1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: --set training.learning_rat=0.1: unknown key 'learning_rat' in training; did you mean "
+        "'learning_rate'? (valid there: model, output, epochs, batch_size, learning_rate, seed, scaling, "
+        "adversary, weighted, negative_weights, architecture, early_stopping, loader, ddp)")
+
+
+def test_config_defaults_and_schema():
+    import json
+
+    from megaset.config import Config
+
+    defaults = megaset("config", "--defaults")
+    assert defaults.returncode == 0, defaults.stderr
+    assert defaults.stdout.startswith("# Every key of the megaset configuration")
+    assert Config.model_validate(yaml.safe_load(defaults.stdout)) == Config()
+    schema = megaset("config", "--schema")
+    assert schema.returncode == 0, schema.stderr
+    assert json.loads(schema.stdout)["properties"]["training"]["$ref"] == "#/$defs/TrainingConfig"
+    both = megaset("config", "--defaults", "--set", "training.epochs=3")
+    assert both.returncode == 2 and "drop --set" in both.stderr
+
+
+def test_verbose_and_quiet_set_the_log_level():
+    assert "configuration: the defaults" in megaset("-v", "config").stderr
+    assert megaset("config").stderr == ""
+    result = megaset("-v", "-q", "config")
+    assert result.returncode == 2 and "give -v or -q, not both" in result.stderr
+
+
+def test_output_is_plain_when_not_a_terminal(tmp_path):
+    import zarr
+
+    deep = tmp_path.joinpath(*(["a-rather-long-folder-name"] * 6), "foreign.zarr")
+    zarr.open_group(str(deep), mode="w").create_array("x", shape=(3,), dtype="i4")
+    result = megaset("verify", str(deep))
+    assert result.returncode == 1
+    # One line, the path whole (rich would fold it at 80 columns), no colour codes.
+    assert result.stderr == (f"error: {str(deep)!r} is a Zarr group but not a megaset store "
+                             "(no schema_version attribute)\n")
+    assert "\x1b[" not in result.stderr
+
+
+def test_foreign_stores_are_one_clean_error(tmp_path):
+    import zarr
+
+    from megaset.storage.staging import init_staging
+
+    other = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    other.attrs.update({"schema_version": 3, "complete": True})  # another tool's store
+    init_staging(str(tmp_path / "staging.zarr"), ["ttbar"], {"schema_version": 2, "fingerprint": "f", "channels": []})
+    fake = zarr.open_group(str(tmp_path / "fake.zarr"), mode="w")
+    fake.attrs.update({"schema_version": 1, "complete": True, "mix": {}})
+    expected = {
+        "other.zarr": "is a Zarr group with a schema_version attribute but not a megaset store (no mix attribute)",
+        "staging.zarr": "is a staging area written by `megaset ingest`, not a store: give the path of a store",
+        "fake.zarr": "is marked complete but lacks the root attributes channels, groups, feature_names",
+        "missing.zarr": "no megaset store at",
+    }
+    for name, message in expected.items():
+        result = megaset("verify", str(tmp_path / name))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+_DASK_NOISE = """
+import logging, sys
+from megaset.terminal import configure_logging, make_console
+configure_logging(make_console(), int(sys.argv[1]))
+from distributed import Client, LocalCluster
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+        Client(cluster) as client:
+    client.run(lambda: logging.getLogger("distributed.worker").warning("noise from a worker process"))
+    logging.getLogger("distributed.nanny").warning("Worker process still alive after 4.0 seconds, killing")
+    logging.getLogger("megaset.run").info("train: done")
+"""
+
+
+@pytest.mark.slow
+def test_dask_warnings_only_with_verbose():
+    def stderr(verbosity):
+        out = subprocess.run([sys.executable, "-c", _DASK_NOISE, str(verbosity)], capture_output=True, text=True,
+                             timeout=300, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    quiet, default, verbose = stderr(-1), stderr(0), stderr(1)
+    assert "still alive" not in default and "noise from a worker process" not in default
+    assert "train: done" in default and "train: done" not in quiet
+    assert "Worker process still alive after 4.0 seconds, killing" in verbose
+    assert "noise from a worker process" in verbose
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    from megaset.config import Config
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.simulate import simulate
+    from megaset.storage.mix import mix
+
+    root = tmp_path_factory.mktemp("cli-store")
+    data = {"simulate": {"output": str(root / "ntuples"), "events": 2000, "signal_events": 200,
+                         "channels": ["zeejets", "ttbar", "c1n2_wz_450_300"]},
+            "store": {"url": str(root / "store.zarr"), "chunk_len": 256}}
+    cfg = Config.model_validate(data)
+    simulate(cfg.simulate)
+    ingest(cfg, None)
+    mix(cfg, None)
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return cfg, str(path)
+
+
+@pytest.mark.slow
+def test_query_takes_the_store_from_the_config_or_first(small_store):
+    cfg, path = small_store
+    sql = "SELECT count(*) AS n FROM train"
+    by_config, before, positional = (megaset("query", sql, "--config", path), megaset("-c", path, "query", sql),
+                                     megaset("query", cfg.store.url, sql))
+    assert by_config.returncode == 0, by_config.stderr
+    assert by_config.stdout == before.stdout == positional.stdout
+    assert by_config.stdout.split("\n")[3].strip("│ ").isdigit()  # one row, under the header and its rule
+    result = megaset("query", "a", "b", "c")
+    assert result.returncode == 2 and "give the SQL as one argument" in result.stderr
+
+
+@pytest.mark.slow
+def test_select_star_shows_a_readable_subset(small_store):
+    from megaset.storage.store import open_store
+
+    cfg, path = small_store
+    result = megaset("-c", path, "query", "SELECT * FROM test", "--rows", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = [name.strip() for name in lines[1].strip("┃").split("┃")]
+    assert len(header) == 16 and len(lines) == 3 + 3 + 1  # top rule, header, rule, 3 rows, bottom rule
+    cells = set(open_store(cfg.store.url).feature_names)
+    assert {"channel_name", "event", "met", "weight", "yield_weight"} <= set(header)
+    assert header.index("weight") < len(header) and len(set(header) & cells) < 16
+    assert "16 of 5" in result.stderr and "--output result.parquet" in result.stderr
+    wide = megaset("-c", path, "query", "SELECT * FROM test", "--rows", "3", "--columns", "1000")
+    assert "columns shown" not in wide.stderr and len(wide.stdout.splitlines()[1].split("┃")) > 500
+
+
 @pytest.mark.slow
 def test_simulate_ingest_mix_verify(tmp_path):
     cfg = {
@@ -56,10 +265,12 @@ def test_simulate_ingest_mix_verify(tmp_path):
     for channel in ("zeejets", "ttbar", "c1n2_wz_450_300"):
         assert channel in result.stderr
     assert "events read from" in result.stderr and "selected" in result.stderr
+    assert "connected to tcp://" in result.stderr
     assert (tmp_path / "store.staging.zarr" / "zarr.json").exists()
 
-    result = megaset("mix", "-c", str(path))
+    result = megaset("-q", "mix", "-c", str(path))  # the results, without the progress messages
     assert result.returncode == 0, result.stderr
+    assert "connected to" not in result.stderr and "MB written" in result.stderr
     for group in ("train", "val", "test", "signal/c1n2_wz_450_300"):
         assert group in result.stderr
     result = megaset("verify", str(tmp_path / "store.zarr"))

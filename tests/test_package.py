@@ -47,6 +47,8 @@ PUBLIC_API = {
         "ScoringConfig", "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TrainingConfig",
         "WeightsConfig", "demo_config", "load_config",
     ],
+    "megaset.config_dump": ["defaults_yaml", "json_schema", "resolved_yaml"],
+    "megaset.config_overrides": ["apply_overrides", "parse_override"],
     "megaset.redaction": ["REDACTED", "redact"],
     "megaset.deploy.cluster": ["ClusterSize", "cluster_size", "describe", "open_client", "release_memory"],
     "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
@@ -133,6 +135,7 @@ PUBLIC_API = {
     "megaset.studies.contamination": ["contamination"],
     "megaset.studies.pairwise": ["pairwise"],
     "megaset.studies.pt_altering": ["altered_rmms", "pt_altering", "scale_leading"],
+    "megaset.terminal": ["LOGGER", "configure_logging", "make_console"],
     "megaset.training.adversary": ["Adversarial", "reverse_gradient"],
     "megaset.training.checkpoint": [
         "FORMAT", "load_checkpoint", "load_model", "rng_state", "save_checkpoint", "set_rng_state",
