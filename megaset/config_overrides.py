@@ -77,11 +77,13 @@ def _typed(annotation: Any, raw: str, item: str) -> Any:
     first: ValidationError | None = None
     for candidate in (parsed, raw):
         try:
-            adapter.validate_python(candidate)
+            value = adapter.validate_python(candidate)
         except ValidationError as err:
             first = first or err
             continue
-        return candidate
+        # As the field holds it (1e-3, which YAML 1.1 reads as text, a float), in plain types: the
+        # configuration's own validation is strict.
+        return adapter.dump_python(value, mode="json", by_alias=True)
     assert first is not None
     problem = first.errors()[0]["msg"]
     msg = f"--set {item}: {problem} (got {raw!r})"
