@@ -94,7 +94,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """The key path and the typed value of one ``key.path=value``.
 
     >>> parse_override("selection.jets.pt_min=25")
-    (['selection', 'jets', 'pt_min'], 25)
+    (['selection', 'jets', 'pt_min'], 25.0)
     """
     key, sep, raw = item.partition("=")
     path = key.strip().split(".")
