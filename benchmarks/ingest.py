@@ -7,15 +7,23 @@
 (d) the staging write alone, for each candidate codec, on the same RMM rows, sparse and dense.
 (a) and (c) use the same number of worker processes, so their ratio is like for like.
 
+With ``--remote root|http|s3`` instead: the whole ingest of the same files read locally and
+through a server on loopback (XRootD, XRootD's HTTP plug-in, an S3-compatible server), on the
+same workers in the same run, and the ratio of the two.
+
     python benchmarks/ingest.py --events 2000000 --workers 2
+    python benchmarks/ingest.py --events 1000000 --workers 2 --remote root
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +84,124 @@ def read_vs_ingest(cfg, client, files: dict[str, list[str]], work: Path,
     return n_read, t_read, summary, t_ingest, cpu
 
 
+@contextmanager
+def served(kind: str, work: Path, write: Callable[[Path], list[str]]) -> Iterator[Callable[[str], str]]:
+    """The files ``write(folder)`` writes (it returns their paths) into the folder a loopback server of ``kind`` serves;
+    yields the function from such a file's local path to its URL. For ``s3`` the files are
+    written under ``work`` and uploaded.
+
+    ``http`` is XRootD's HTTP plug-in, which answers byte ranges as EOS and dCache do over
+    https; Python's ``http.server`` is not measured: it ignores ranges, so each file is copied
+    whole into a cache of each worker process, and a repeated ingest would read that copy.
+    """
+    from megaset.loopback import s3_server, xrootd_server
+
+    with ExitStack() as stack:
+        if kind == "s3":
+            base, folder = stack.enter_context(s3_server("megaset-bench")), work / "served"
+        else:
+            server = stack.enter_context(xrootd_server())
+            base, folder = (server.url if kind == "root" else server.http_url), server.data
+        written = write(folder)
+        if kind == "s3":
+            import s3fs
+
+            fs = s3fs.S3FileSystem()
+            for path in written:
+                fs.put(path, f"{base}/{Path(path).relative_to(folder)}")
+        yield lambda path: f"{base}/{Path(path).relative_to(folder)}"
+
+
+def worker_cpu(client) -> float:
+    """CPU seconds used so far by the workers: the side of the reads the two ingests share
+    (a loopback server's own work is in its process, or in this one for S3)."""
+    return sum(client.run(time.process_time).values())
+
+
+def remote_vs_local(cfg, client, files: dict[str, list[str]], warm: dict[str, list[str]],
+                    url: Callable[[str], str], repeat: int = 3) -> dict[str, dict[str, float]]:
+    """The whole ingest of ``files`` ({channel: [local paths]}) read locally and through
+    ``url``, in turn ``repeat`` times, the best of each side kept: ``{"local" | "remote":
+    {"seconds", "cpu", "inspect", "events"}}``.
+
+    Each timed ingest runs on freshly restarted workers that first ingested the small files
+    ``warm`` through the same side: imports, numba's kernels and the remote client are loaded,
+    and no file of the timed set is already open or cached in a worker (a worker keeps files
+    it read twice open, which would spare a repeated ingest its remote opens).
+    """
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.simulate import CHANNELS
+
+    # A restarted worker whose XRootD client threads outlive it for a few seconds is killed
+    # by its nanny, which says so each time: expected here.
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+
+    def config(side: str, chosen: dict[str, list[str]], store: str):
+        where = (lambda p: p) if side == "local" else url
+        channels = {name: {"files": [where(p) for p in paths], "signal": CHANNELS[name].signal}
+                    for name, paths in chosen.items()}
+        out = cfg.replace(inputs={"channels": channels}, store={"url": str(Path(cfg.store.url).parent / store)})
+        shutil.rmtree(out.store.staging, ignore_errors=True)
+        return out
+
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):
+        for side in ("local", "remote"):
+            client.restart()
+            ingest(config(side, warm, f"warm-{side}.zarr"), client)
+            timed = config(side, files, f"{side}.zarr")
+            c0, t0 = worker_cpu(client), time.perf_counter()
+            summary = ingest(timed, client)
+            seconds, cpu = time.perf_counter() - t0, worker_cpu(client) - c0
+            if side in best and summary.n_selected != best[side]["selected"]:
+                msg = f"{side}: {summary.n_selected} events selected, {best[side]['selected']:.0f} before"
+                raise RuntimeError(msg)
+            old = best.get(side, {"seconds": float("inf"), "cpu": float("inf")})
+            best[side] = {"seconds": min(old["seconds"], seconds), "cpu": min(old["cpu"], cpu),
+                          "inspect": summary.seconds_inspect if seconds < old["seconds"] else old["inspect"],
+                          "events": summary.n_read, "selected": summary.n_selected}
+    if best["local"]["selected"] != best["remote"]["selected"]:
+        msg = f"remote and local ingests selected {best['remote']['selected']} and {best['local']['selected']} events"
+        raise RuntimeError(msg)
+    return best
+
+
+def remote_main(args, cfg) -> None:
+    """``--remote``: the ingest of the same files locally and through a loopback server."""
+    from megaset.deploy.cluster import open_client
+    from megaset.pipeline.simulate import simulate
+
+    work = Path(cfg.store.url).parent
+    sizes = {"ntuples": (args.events, cfg.simulate.events_per_file), "warm": (20_000, 20_000)}
+    written: dict[str, dict[str, list[str]]] = {}
+
+    def write(folder: Path) -> list[str]:
+        for name, (events, per_file) in sizes.items():
+            sim = cfg.simulate.model_copy(update={"output": str(folder / name), "events": events,
+                                                  "events_per_file": per_file})
+            written[name] = simulate(sim, tree=cfg.inputs.tree)
+        return [path for files in written.values() for paths in files.values() for path in paths]
+
+    t0 = time.perf_counter()
+    # The server starts first (for S3 its environment is the workers'), then the cluster.
+    with served(args.remote, work, write) as url, open_client(cfg.cluster) as client:
+        n_files = sum(map(len, written["ntuples"].values()))
+        print(f"simulated {args.events:,} events in {n_files} files and served them over {args.remote}: "
+              f"{time.perf_counter() - t0:.1f} s")
+        best = remote_vs_local(cfg, client, written["ntuples"], written["warm"], url, args.repeat)
+
+    print()
+    print(f"{'whole ingest, ' + str(args.workers) + ' workers':<40}{'events/s':>12}{'wall s':>9}"
+          f"{'worker CPU s':>14}{'file check s':>14}")
+    for side, figures in best.items():
+        print(f"{side:<40}{figures['events'] / figures['seconds']:>12,.0f}{figures['seconds']:>9.2f}"
+              f"{figures['cpu']:>14.2f}{figures['inspect']:>14.2f}")
+    local, remote = best["local"], best["remote"]
+    print(f"remote / local over {args.remote}: wall time {remote['seconds'] / local['seconds']:.2f}, "
+          f"worker CPU {remote['cpu'] / local['cpu']:.2f}, "
+          f"throughput {local['seconds'] / remote['seconds']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="background events to simulate")
@@ -83,6 +209,8 @@ def main() -> None:
     parser.add_argument("--chunksize", type=int, default=200_000)
     parser.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of (a) and (c) in turn; the best of each counts")
+    parser.add_argument("--remote", choices=["root", "http", "s3"], default=None,
+                        help="only the ingest of the same files locally and through a loopback server")
     args = parser.parse_args()
 
     from megaset.config import CompressorConfig, Config
@@ -101,6 +229,11 @@ def main() -> None:
         "store": {"url": str(work / "store.zarr")},
         "cluster": {"workers": args.workers},
     })
+    if args.remote:
+        remote_main(args, cfg)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     t0 = time.perf_counter()
     written = simulate(cfg.simulate, tree=cfg.inputs.tree)
     n_files = sum(map(len, written.values()))

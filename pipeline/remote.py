@@ -21,12 +21,16 @@ ingest need on top of that, per protocol:
 
 Credentials are never part of a URL or of the configuration: the XRootD client finds an X.509
 proxy or a token in its usual environment (``X509_USER_PROXY``, ``BEARER_TOKEN``,
-``BEARER_TOKEN_FILE``), S3 clients the ``AWS_*`` variables or a profile.
+``BEARER_TOKEN_FILE``), S3 clients the ``AWS_*`` variables or a profile. Over https the same
+token is sent (:func:`bearer_token`), read where each request starts, on the worker, so that
+it never travels with a task; plain http gets none, as it would travel in the clear.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uproot.source.fsspec import FSSpecSource
@@ -36,7 +40,8 @@ from megaset.errors import ConfigError, MissingExtraError
 if TYPE_CHECKING:
     from megaset.config import RemoteConfig
 
-__all__ = ["Source", "expand", "protocol", "reads_whole", "require_client", "stored_checksum", "uproot_options"]
+__all__ = ["Source", "bearer_token", "expand", "protocol", "reads_whole", "require_client", "stored_checksum",
+           "uproot_options"]
 
 XROOTD_EXTRA = "root:// inputs need the XRootD client: pip install 'megaset[xrootd]'"
 _LOCAL = ("file", "local")
@@ -69,10 +74,32 @@ def require_client(url: str) -> None:
         raise MissingExtraError(msg) from None
 
 
+def bearer_token() -> str | None:
+    """The WLCG token of this process's environment, found where the XRootD client and other
+    grid tools look (WLCG Bearer Token Discovery): the ``BEARER_TOKEN`` variable, else the
+    file ``BEARER_TOKEN_FILE`` names, else ``$XDG_RUNTIME_DIR/bt_u<uid>``, else
+    ``/tmp/bt_u<uid>``; ``None`` when there is none. Read anew each time: tokens are short-lived,
+    and whatever renews them rewrites the file.
+    """
+    if token := os.environ.get("BEARER_TOKEN", "").strip():
+        return token
+    uid = os.geteuid()
+    if named := os.environ.get("BEARER_TOKEN_FILE"):
+        places = [Path(named)]
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        places = [Path(runtime) / f"bt_u{uid}"] if runtime else []
+        places.append(Path(f"/tmp/bt_u{uid}"))
+    for place in places:
+        if place.is_file() and (token := place.read_text().strip()):
+            return token
+    return None
+
+
 def storage_options(url: str, timeout: float) -> dict[str, Any]:
-    """``timeout`` as the filesystem of ``url`` takes it: each client names and applies it
-    differently, and an option one does not know is an error in some (s3fs passes unknown
-    options to botocore's session, which refuses them)."""
+    """``timeout`` as the filesystem of ``url`` takes it, and over https the bearer token: each
+    client names and applies a timeout differently, and an option one does not know is an
+    error in some (s3fs passes unknown options to botocore's session, which refuses them)."""
     proto = protocol(url)
     if proto == "root":
         return {"timeout": max(1, round(timeout))}  # the XRootD client counts whole seconds
@@ -80,7 +107,11 @@ def storage_options(url: str, timeout: float) -> dict[str, Any]:
         from aiohttp import ClientTimeout
 
         # Time without an answer, not a total: a whole-file read of a large file may take long.
-        return {"timeout": ClientTimeout(sock_connect=timeout, sock_read=timeout)}
+        options: dict[str, Any] = {"timeout": ClientTimeout(sock_connect=timeout, sock_read=timeout)}
+        token = bearer_token() if proto == "https" else None
+        if token:
+            options["headers"] = {"Authorization": f"Bearer {token}"}
+        return options
     if proto in ("s3", "s3a"):
         return {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout}}
     return {}
@@ -132,7 +163,8 @@ def stored_checksum(url: str, timeout: float) -> tuple[int, str] | None:
         return None
     fs, path = _filesystem(url, timeout)
     if proto in _HTTP:
-        info = fs.info(url, headers={"Want-Digest": "adler32"})
+        # The request's headers replace the filesystem's: the token's goes with them.
+        info = fs.info(url, headers={**fs.kwargs.get("headers", {}), "Want-Digest": "adler32"})
         digest = dict(part.strip().split("=", 1) for part in info.get("Digest", "").split(",") if "=" in part)
         adler = {k.lower(): v for k, v in digest.items()}.get("adler32")
         if adler:

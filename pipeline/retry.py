@@ -105,10 +105,17 @@ def _credentials_hint(url: str) -> str:
     if proto in ("s3", "s3a"):
         return ("check the S3 credentials where megaset and its workers run (AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and the bucket's policy")
-    if proto in ("root", "http", "https"):
+    if proto == "root":
         return ("check that a valid X.509 proxy (X509_USER_PROXY, from voms-proxy-init) or token "
                 "(BEARER_TOKEN or BEARER_TOKEN_FILE) is in the environment where megaset and its "
                 "workers run, and that it may read this path")
+    if proto == "https":
+        return ("check that a valid token (BEARER_TOKEN or BEARER_TOKEN_FILE) is in the environment where "
+                "megaset and its workers run, and that it may read this path; an X.509 proxy is used over "
+                "root:// only, so for one use the storage's root:// address")
+    if proto == "http":
+        return ("plain http sends no credentials (they would travel in the clear): use the storage's https:// "
+                "or root:// address")
     return "check the file's permissions for the user megaset and its workers run as"
 
 

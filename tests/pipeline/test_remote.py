@@ -14,10 +14,10 @@ import zlib
 
 import numpy as np
 import pytest
-from servers import http_server, s3_server, xrootd_server
 
 from megaset.config import Config
 from megaset.errors import ConfigError, InputFileError, MissingExtraError
+from megaset.loopback import http_server, s3_server, xrootd_server
 from megaset.pipeline.ingest import ingest
 from megaset.pipeline.remote import expand
 from megaset.pipeline.simulate import generate, write_ntuple
@@ -291,3 +291,25 @@ def test_a_transient_failure_is_retried_with_backoff(tmp_path):
         sock.close()
     gaps = np.diff(accepted)
     assert len(accepted) >= 3 and gaps.max() >= 0.4 and np.sum(gaps >= 0.2) >= 2
+
+
+def test_https_sends_the_token_found_as_grid_tools_find_it(tmp_path, monkeypatch):
+    from megaset.pipeline.remote import bearer_token, storage_options
+
+    for name in ("BEARER_TOKEN", "BEARER_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    if bearer_token() is not None:
+        pytest.skip(f"/tmp/bt_u{os.geteuid()} holds a token on this machine")
+    assert "headers" not in storage_options("https://host/x.root", 5)
+    (tmp_path / f"bt_u{os.geteuid()}").write_text("from-runtime-dir\n")
+    assert bearer_token() == "from-runtime-dir"
+    named = tmp_path / "token"
+    named.write_text(" from-file ")
+    monkeypatch.setenv("BEARER_TOKEN_FILE", str(named))
+    assert bearer_token() == "from-file"
+    monkeypatch.setenv("BEARER_TOKEN", "from-variable")
+    assert storage_options("https://host/x.root", 5)["headers"] == {"Authorization": "Bearer from-variable"}
+    # Never over plain http, where it would travel in the clear, nor to other protocols.
+    assert "headers" not in storage_options("http://host/x.root", 5)
+    assert "headers" not in storage_options("root://host//x.root", 5)

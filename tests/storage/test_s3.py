@@ -1,6 +1,6 @@
 """The store on an object store: a full mix into ``s3://`` and reading it back.
 
-The S3-compatible server (moto, ``servers.s3_server``) listens on loopback; s3fs / botocore
+The S3-compatible server (moto, ``megaset.loopback.s3_server``) listens on loopback; s3fs / botocore
 find it through the ``AWS_ENDPOINT_URL`` and credential variables, which Dask worker processes
 started afterwards inherit, exactly as on a cluster whose workers get the object store's
 secrets as environment.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from servers import s3_server
 from store_factory import make_config, make_staging
 
 from megaset.errors import StoreError
+from megaset.loopback import s3_server
 from megaset.storage.mix import mix
 from megaset.storage.store import open_store
 from megaset.storage.verify import verify

@@ -1,4 +1,6 @@
-"""Storage servers on loopback, serving a local folder the way remote inputs are served.
+"""Storage servers on loopback, serving a local folder the way remote inputs are served: what
+the tests of remote inputs and stores and ``benchmarks/ingest.py --remote`` read through. Not
+used by the pipeline itself; it lives in the package so that both can import it.
 
 - :func:`xrootd_server`: Debian's ``xrootd`` (package ``xrootd-server``) with a minimal
   configuration: no authentication, adler32 checksums, its HTTP plug-in on a second port (the
@@ -7,8 +9,6 @@
 - :func:`http_server`: Python's ``http.server``, as a user would start it; it ignores byte-range
   requests. Counts the GET requests per path.
 - :func:`s3_server`: moto's S3-compatible server, with the environment pointing at it.
-
-The tests and ``benchmarks/ingest.py --remote`` use them.
 """
 
 from __future__ import annotations
