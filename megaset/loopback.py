@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["HTTPServer", "XRootDServer", "http_server", "s3_server", "xrootd_server"]
+
 XROOTD_MISSING = (
     "the XRootD server is not installed (no `xrootd` on PATH): apt-get install xrootd-server "
     "(.ci/run installs it on CI, where these tests must run)"

@@ -55,6 +55,7 @@ PUBLIC_API = {
     "megaset.deploy.kube": ["kube_cluster_spec", "quantity", "start_kube_cluster"],
     "megaset.deploy.render": ["main", "render"],
     "megaset.deploy.worker_env": ["WORKER_MALLOC_ENV"],
+    "megaset.loopback": ["HTTPServer", "XRootDServer", "http_server", "s3_server", "xrootd_server"],
     "megaset.errors": [
         "BranchError", "CheckpointError", "ConfigError", "DamagedChunkError", "IncompleteStoreError", "InputFileError",
         "MegasetError", "NonFiniteInputError", "StoreError", "StoreKeyError", "TrainingError",
@@ -76,7 +77,8 @@ PUBLIC_API = {
     "megaset.pipeline.objects": ["EventArrays", "Jagged"],
     "megaset.pipeline.processor": ["RMMProcessor", "base_columns", "piece_columns"],
     "megaset.pipeline.remote": [
-        "Source", "expand", "protocol", "reads_whole", "require_client", "stored_checksum", "uproot_options",
+        "Source", "bearer_token", "expand", "protocol", "reads_whole", "require_client", "stored_checksum",
+        "uproot_options",
     ],
     "megaset.pipeline.retry": ["Failure", "RetryingWork", "classify", "damaged", "retrying_executor", "with_retries"],
     "megaset.pipeline.rmm": ["build_rmm", "feature_names"],
