@@ -201,6 +201,9 @@ class QualityField(_Section):
     branch: str
     max: float | None = Field(None, description="Passes at or below this (isolation: a cone sum, 0 = best).")
     min: float | None = Field(None, description="Passes at or above this (an ID level, a score).")
+    relative: bool = Field(
+        False, description="iso only: the branch is an absolute cone sum in the file's units; it is divided by "
+        "the object's pT (both in GeV after schema.units) and the cut applies to that ratio.")
 
     @model_validator(mode="after")
     def _bounded(self) -> QualityField:
@@ -233,6 +236,10 @@ class CollectionSchema(_Section):
     @classmethod
     def _cuts_on_pass_roles(cls, fields: dict[str, str | QualityField]) -> dict[str, str | QualityField]:
         for role, spec in fields.items():
+            if isinstance(spec, QualityField) and spec.relative and role != "iso":
+                msg = (f"fields.{role}: relative: true divides an isolation cone sum by pT; it applies to iso only, "
+                       f"remove it from {role}")
+                raise ValueError(msg)
             if isinstance(spec, QualityField) and role not in PASS_ROLES:
                 where = ("selection.electrons / muons.d0sig_max" if role == "d0sig"
                          else "the selection key that reads it")
@@ -328,7 +335,8 @@ class SchemaConfig(_Section):
         "by 1000 once, where they are read; eta, phi and the other fields are kept as stored.",
     )
     check_units: bool = Field(
-        True, description="Stop when the first chunk of a channel does not look like `units` says (docs/pipeline.md).",
+        True, description="Stop when the first entries of an input file do not look like `units` says "
+        "(docs/pipeline.md).",
     )
     run: str | None = Field("runNumber", description="Run-number branch; null for files without one (stored as 0).")
     event: str | None = Field(

@@ -11,7 +11,7 @@ them and drop or reject them.
 Polar kinematic columns keep the precision of the file (no copy when the file is in GeV); columns
 computed from Cartesian branches are computed in float64 and keep the wider of the input types.
 Momenta, energies, masses and MET leave in GeV: ``schema.units: MeV`` divides them by 1000 here,
-once (:mod:`megaset.pipeline.units` checks on the first chunk of every channel that the data
+once (:mod:`megaset.pipeline.units` checks on the first entries of every file that the data
 look like the units declared).
 """
 
@@ -233,8 +233,11 @@ def _collection(source: Any, name: str, schema: SchemaConfig, filename: str) -> 
     columns |= {role: raw[role] for role in coll.fields}
     for role in PASS_ROLES:
         if role in coll.fields:
-            columns[role] = _pass_flags(raw[role], coll.fields[role], f"schema.collections.{name}.fields.{role}",
-                                        filename)
+            spec = coll.fields[role]
+            values = raw[role]
+            if isinstance(spec, QualityField) and spec.relative:
+                values = _relative(_in_gev(values, schema.units), columns["pt"])
+            columns[role] = _pass_flags(values, spec, f"schema.collections.{name}.fields.{role}", filename)
     jagged = Jagged.from_counts(first_counts, columns)
     float_labels = {
         f"{name}.{col}": label for col, label in labels.items() if np.issubdtype(columns[col].dtype, np.floating)
@@ -274,6 +277,21 @@ def _pass_flags(values: np.ndarray, spec: str | QualityField, key: str, filename
             )
             raise ConfigError(msg)
     return values
+
+
+def _relative(cone_sum: np.ndarray, pt: np.ndarray) -> np.ndarray:
+    """An absolute isolation cone sum divided by the object's pT, both in GeV. An object of pT 0
+    has no relative isolation: it gets the largest value, so that it fails an upper cut (and its
+    event is not counted as non-finite).
+
+    >>> _relative(np.float32([3.0, 0.0, 1.0]), np.float32([20.0, 5.0, 0.0])).tolist()
+    [0.15000000596046448, 0.0, 3.4028234663852886e+38]
+    """
+    dtype = _out_type(cone_sum, pt)
+    cone_sum, pt = np.asarray(cone_sum, dtype=dtype), np.asarray(pt, dtype=dtype)
+    out = np.where(np.isfinite(cone_sum), np.finfo(dtype).max, cone_sum)
+    np.divide(cone_sum, pt, out=out, where=pt > 0)
+    return out
 
 
 def _in_gev(values: np.ndarray, units: str) -> np.ndarray:

@@ -1,12 +1,12 @@
-"""Are the inputs in the units the schema declares? A check of the first chunk of every channel.
+"""Are the inputs in the units the schema declares? A check of the first entries of every file.
 
 ``schema.units`` (GeV or MeV) is applied once, where the branches are mapped
 (:func:`megaset.pipeline.schema.read_events`): momenta, energies, masses and MET are divided by
 1000 for MeV; eta, phi and the other fields are kept as stored. Declared wrongly, nothing
 downstream would notice: MeV read as GeV lets every pT and mass cut pass (a mono-Z sample's
 selection went from 66 % to 87 %, its median m_ll read 91,089), GeV read as MeV fails them all.
-So before the ingest writes anything, the first entries of every channel are mapped (which also
-checks its pass flags, see :mod:`megaset.pipeline.schema`) and a few medians are compared with
+So before the ingest writes anything, the first entries of every input file are mapped (which
+also checks its pass flags, see :mod:`megaset.pipeline.schema`) and a few medians are compared with
 the range GeV data give. Each range leaves a factor of 1000 between a plausible median and
 the same median read in the other unit: a lepton sample's median pT lies between about 5 GeV
 and 2 TeV, so 2 GeV to 3 TeV takes every one of them and neither 1000 times more nor less.
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Statistic", "statistics", "check_first_chunks"]
 
-#: Entries read of a channel's first file (fewer when its chunks are smaller): thousands of
-#: leptons, enough for a median, for a read of a few milliseconds.
+#: Entries read of every file (fewer when its chunks are smaller): thousands of leptons, enough
+#: for a median, for a read of a few milliseconds.
 FIRST_ENTRIES = 10_000
 #: Fewer values than this tell nothing: the statistic is left out.
 MIN_VALUES = 20
@@ -108,47 +108,48 @@ def _message(stat: Statistic, channel: str, path: str, entries: int, cfg: Config
     )
 
 
-def _first_chunk(cfg: Config, files: list[FileInfo],
-                 options: Mapping[str, Any]) -> tuple[FileInfo, int, EventArrays] | None:
-    """The first entries of the channel's first readable file, mapped; None if no file reads."""
+def _first_entries(cfg: Config, info: FileInfo, options: Mapping[str, Any]) -> tuple[int, EventArrays] | None:
+    """The first entries of one file, mapped; None if the file does not read (the processor
+    reports or skips it, as ``inputs.on_bad_file`` says)."""
     from megaset.errors import BranchError, InputFileError
     from megaset.pipeline.open_files import OPEN_TREES
     from megaset.pipeline.schema import check_branches, read_events
 
     schema = cfg.input_schema
     branches = schema.branches()
-    for info in files:
-        stop = min(info.entries, cfg.inputs.chunksize, FIRST_ENTRIES)
-        try:
-            tree = OPEN_TREES.tree(info.path, info.tree, options)
-            check_branches(dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches), schema, info.path)
-            source = tree.arrays(branches, entry_stop=stop, how=dict)
-        except (BranchError, InputFileError, OSError, ValueError, KeyError):
-            continue  # a file the processor reports or skips (inputs.on_bad_file); the next one is checked
-        return info, stop, read_events(source, schema, info.path)
-    return None
+    stop = min(info.entries, cfg.inputs.chunksize, FIRST_ENTRIES)
+    try:
+        tree = OPEN_TREES.tree(info.path, info.tree, options)
+        check_branches(dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches), schema, info.path)
+        source = tree.arrays(branches, entry_stop=stop, how=dict)
+    except (BranchError, InputFileError, OSError, ValueError, KeyError):
+        return None
+    return stop, read_events(source, schema, info.path)
 
 
-def _check_channel(channel: str, files: list[FileInfo], cfg: Config,
-                   options: Mapping[str, Any]) -> ConfigError | None:
-    """The error of the channel's first chunk, returned (a worker's exception would reach the driver
+def _check_file(info: FileInfo, cfg: Config, options: Mapping[str, Any]) -> ConfigError | None:
+    """The error of the file's first entries, returned (a worker's exception would reach the driver
     re-raised from a traceback of the worker's; returned, it is raised there as it is)."""
     try:
-        first = _first_chunk(cfg, files, options)
+        first = _first_entries(cfg, info, options)
     except ConfigError as err:  # a quality branch mapped as a flag that is none
         return err
     if first is None or not cfg.input_schema.check_units:
         return None
-    info, entries, ev = first
+    entries, ev = first
     for stat in statistics(ev, cfg):
         if not stat.plausible:
-            return ConfigError(_message(stat, channel, info.path, entries, cfg))
+            return ConfigError(_message(stat, info.channel, info.path, entries, cfg))
     return None
 
 
 def check_first_chunks(cfg: Config, channels: Mapping[str, ChannelInput], files: list[FileInfo],
                        client: Client | None, options: Mapping[str, Any]) -> None:
-    """Check the first chunk of every channel, on the cluster when a client is given.
+    """Check the first entries of every input file, on the cluster when a client is given.
+
+    Every file, not only each channel's first: one file in MeV among GeV files would otherwise
+    pass its events through cuts that do not act. The read is of at most :data:`FIRST_ENTRIES`
+    entries per file, a small fraction of the ingest's own.
 
     Parameters
     ----------
@@ -157,7 +158,7 @@ def check_first_chunks(cfg: Config, channels: Mapping[str, ChannelInput], files:
     channels
         The channels to check.
     files
-        The good input files, in order; each channel's first readable one is checked.
+        The good input files, in order.
     client
         A Dask client, or None to check in this process.
     options
@@ -166,17 +167,15 @@ def check_first_chunks(cfg: Config, channels: Mapping[str, ChannelInput], files:
     Raises
     ------
     ConfigError
-        For the first channel whose values do not look like ``schema.units`` says (naming the
+        For the first file whose values do not look like ``schema.units`` says (naming the
         channel, the file, the statistic and the fix), or whose pass flags are not 0 or 1.
     """
-    todo = {name: [f for f in files if f.channel == name] for name in channels}
-    todo = {name: found for name, found in todo.items() if found}
+    todo = [f for f in files if f.channel in channels]
     if client is None:
-        results = [_check_channel(name, found, cfg, options) for name, found in todo.items()]
+        results = [_check_file(info, cfg, options) for info in todo]
     else:
         n = len(todo)
-        results = client.gather(client.map(_check_channel, list(todo), list(todo.values()), [cfg] * n,
-                                           [dict(options)] * n, pure=False))
+        results = client.gather(client.map(_check_file, todo, [cfg] * n, [dict(options)] * n, pure=False))
     errors = [err for err in results if err is not None]
     if errors:
         raise errors[0]

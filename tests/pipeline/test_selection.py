@@ -410,3 +410,59 @@ def test_continuous_branch_mapped_as_a_flag_is_refused():
         _lepton_fields(d0sig={"branch": "lepD0Sig", "max": 3.0})
     with pytest.raises(ValueError, match=r"give the cut of 'lepIso' as max \(passes at or below\) or min"):
         _lepton_fields(iso={"branch": "lepIso"})
+
+
+def _relative_iso_events(rng) -> list[dict]:
+    """Leptons whose ``iso`` slot holds an absolute cone sum in GeV: 0, exactly 0.15 pT (pT a
+    multiple of 20 GeV and the sum 3/20 of it, both exact in float32 and in MeV) or a random one."""
+    events = []
+    for _ in range(400):
+        leps = []
+        for _ in range(rng.integers(0, 6)):
+            make = e if rng.random() < 0.5 else mu
+            pt = float(rng.choice([20.0 * rng.integers(1, 6), float(rng.integers(5, 100))]))
+            cone = float(rng.choice([0.0, 3.0 * pt / 20.0, float(np.float32(rng.exponential(0.2) * pt))]))
+            leps.append(make(pt, float(rng.uniform(-2.6, 2.6)), float(rng.uniform(-PI, PI)),
+                             tight=bool(rng.random() < 0.8), iso=cone, d0sig=float(rng.normal(0, 2))))
+        events.append(dict(w=1.0, leps=leps, jets=[]))
+    return events
+
+
+@pytest.mark.parametrize("units", ["GeV", "MeV"])
+def test_relative_isolation_from_an_absolute_cone_sum_selects_exactly_the_right_leptons(units):
+    """``relative: true`` divides the cone sum by the lepton's pT after the unit conversion: the
+    leptons kept are those whose float32 cone sum / pT (in GeV) is at most 0.15, as a loop over
+    every lepton says, whether the file is in GeV or in MeV."""
+    events = _relative_iso_events(np.random.default_rng(12))
+    data = _with_iso_cone_sums(events)
+    if units == "MeV":
+        for name in ("lepPt", "lepM", "lepIso", "jetPt", "jetM", "met_Et"):
+            data[name] = data[name] * np.float32(1000)
+    schema = _lepton_fields(iso={"branch": "lepIso", "max": 0.15, "relative": True}).model_copy(
+        update={"units": units})
+    sel = select(read_events(data, schema, "iso.root"), SelectionConfig(mll_min=-1.0, trigger_pt_2lep=0.0))
+
+    kept_ratio, dropped_ratio = [], []
+    for index, ev in enumerate(events):
+        ratio = [np.float32(lep[6]) / np.float32(lep[0]) for lep in ev["leps"]]
+        isolated = [(*lep[:6], r <= np.float32(0.15), lep[7]) for lep, r in zip(ev["leps"], ratio, strict=True)]
+        signal = [flagged for flagged in isolated if _is_signal(flagged)]
+        expected = sorted((float(np.float32(lep[0])) for lep in signal), reverse=True) if len(signal) >= 2 else None
+        assert _signal_pts(sel, index) == (None if expected is None else pytest.approx(expected, rel=1e-6)), \
+            f"event {index}"
+        passing = [r for lep, r in zip(isolated, ratio, strict=True) if _is_signal((*lep[:6], True, lep[7]))]
+        kept_ratio += [r for r in passing if r <= np.float32(0.15)] if expected else []
+        dropped_ratio += [r for r in passing if r > np.float32(0.15)]
+    # Both ends of the cut are met: the best isolated and those at exactly 0.15 are kept, the others not.
+    assert kept_ratio.count(0.0) > 30 and kept_ratio.count(np.float32(0.15)) > 30
+    assert max(kept_ratio) == np.float32(0.15) and len(dropped_ratio) > 100
+    # The same cut on the cone sum as stored (not relative) selects other leptons.
+    absolute = _lepton_fields(iso={"branch": "lepIso", "max": 0.15}).model_copy(update={"units": units})
+    other = select(read_events(data, absolute, "iso.root"), SelectionConfig(mll_min=-1.0, trigger_pt_2lep=0.0))
+    assert not np.array_equal(other.mask, sel.mask)
+
+
+def test_relative_applies_to_isolation_only():
+    with pytest.raises(ValueError, match=r"fields\.tight: relative: true divides an isolation cone sum by pT; it "
+                       r"applies to iso only, remove it from tight"):
+        _lepton_fields(tight={"branch": "lepID", "min": 4, "relative": True})

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import awkward as ak
@@ -63,6 +64,23 @@ def test_mev_declared_gev_is_refused_by_name_before_anything_is_staged(ntuples, 
                        r"candidates is [\d,]+ GeV \(\d+ values of its first 1000 entries, read with "
                        r"schema\.units: GeV\) is far above what GeV data give \(2 to 3000 GeV\); the file "
                        r"looks like MeV read as GeV: set schema\.units: MeV"):
+        ingest(cfg)
+    assert not Path(cfg.store.staging).exists()
+
+
+def test_one_mev_file_among_gev_files_is_refused_by_name(ntuples, tmp_path):
+    """Every file is checked, not only each channel's first: the MeV file sorted last among the
+    GeV files of its channel is named, and nothing is staged."""
+    inputs = tmp_path / "in"
+    for channel in SAMPLES:
+        (inputs / channel).mkdir(parents=True)
+        for units in ("GeV", "MeV"):
+            name = f"{channel}_{units}.root"
+            prefix = "a_" if units == "GeV" else "b_"
+            shutil.copy(ntuples / units / channel / name, inputs / channel / (prefix + name))
+    cfg = _config(inputs, tmp_path)
+    with pytest.raises(ConfigError, match=r"channel 'zmmjets', file \S+b_zmmjets_MeV\.root: the median pT of the "
+                       r"lepton candidates is [\d,]+ GeV .*set schema\.units: MeV"):
         ingest(cfg)
     assert not Path(cfg.store.staging).exists()
 
