@@ -113,6 +113,7 @@ def _first_entries(cfg: Config, info: FileInfo, options: Mapping[str, Any]) -> t
     reports or skips it, as ``inputs.on_bad_file`` says)."""
     from megaset.errors import BranchError, InputFileError
     from megaset.pipeline.open_files import OPEN_TREES
+    from megaset.pipeline.retry import damaged
     from megaset.pipeline.schema import check_branches, read_events
 
     schema = cfg.input_schema
@@ -124,6 +125,10 @@ def _first_entries(cfg: Config, info: FileInfo, options: Mapping[str, Any]) -> t
         source = tree.arrays(branches, entry_stop=stop, how=dict)
     except (BranchError, InputFileError, OSError, ValueError, KeyError):
         return None
+    except Exception as err:
+        if damaged(err) is None:
+            raise
+        return None  # a damaged basket: the processor names it with the entries it could not read
     return stop, read_events(source, schema, info.path)
 
 
