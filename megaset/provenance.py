@@ -48,6 +48,12 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("training",),
     "score": ("scoring.blocks",),
     "report": ("report", "inputs.lumi_ifb"),
+    # The studies (megaset.studies.common.study_record): the stages they run on derived
+    # configurations read these, and the report section gives their figures' settings.
+    "pt-altering": ("report", "inputs.lumi_ifb"),
+    "channel-removal": ("store", "training", "scoring.blocks", "report", "inputs.lumi_ifb"),
+    "contamination": ("store", "training", "scoring.blocks", "report", "inputs.lumi_ifb"),
+    "pairwise": ("store", "training", "scoring.blocks"),
 }
 
 #: Keys of those sections that say where or how fast a stage works, not what it makes: a change

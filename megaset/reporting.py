@@ -10,7 +10,7 @@ shows) is added to ``report.json`` under ``stage``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,12 @@ def training_records(cfg: Config, models: Sequence[str] | None = None) -> dict[s
     return out
 
 
-def report_record(cfg: Config, expected: dict[str, str | None] | None = None) -> dict[str, Any]:
+def report_record(cfg: Config, expected: Mapping[str, str | None] | None = None, *,
+                  studies: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """The stage record of the report of ``cfg``: its sections of the configuration and the
     fingerprints of the scores it shows, as recorded in the store, or as given in ``expected``
-    (model -> fingerprint, for scores not written yet)."""
+    (model -> fingerprint, for scores not written yet), and of the ``studies`` it shows (stage
+    name -> fingerprint: the jet report's pairwise and contamination studies)."""
     from megaset.errors import StoreError
     from megaset.provenance import record
     from megaset.report.samples import BACKGROUND_GROUP
@@ -62,19 +64,24 @@ def report_record(cfg: Config, expected: dict[str, str | None] | None = None) ->
         for model in cfg.report.models or store.group(BACKGROUND_GROUP).scored_models():
             if model not in scores:
                 scores[model] = (scored_record(store, model)[0] or {}).get("fingerprint")
-    return record("report", cfg, upstream={f"score {m}": fp for m, fp in sorted(scores.items())})
+    upstream = {f"score {m}": fp for m, fp in sorted(scores.items())} | dict(studies or {})
+    return record("report", cfg, upstream=upstream)
 
 
-def write_report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None) -> dict:
+def write_report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None,
+                 stage: Mapping[str, Any] | None = None) -> dict:
     """:func:`megaset.report.report.report` with the training records of the reported models;
-    ``report.json`` also carries the report's stage record (``stage``)."""
+    ``report.json`` also carries the report's stage record (``stage``): the one given, else, for
+    the configured report (``report.output``, every model), :func:`report_record`."""
     import json
 
     from megaset.report.report import report
 
     result = report(cfg, out_dir=out_dir, models=models, training=training_records(cfg, models))
-    if models is None and out_dir is None:
+    if stage is None and models is None and out_dir is None:
         # Only the configured report is a stage of the chain; another folder or choice of models is not.
-        path = Path(cfg.report.output) / REPORT_JSON
-        path.write_text(json.dumps({**json.loads(path.read_text()), "stage": report_record(cfg)}, indent=1))
+        stage = report_record(cfg)
+    if stage is not None:
+        path = Path(out_dir if out_dir is not None else cfg.report.output) / REPORT_JSON
+        path.write_text(json.dumps({**json.loads(path.read_text()), "stage": dict(stage)}, indent=1))
     return result

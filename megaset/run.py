@@ -1,6 +1,8 @@
 """``megaset run``: every stage in order, each rebuilt exactly when what made it changed.
 
-simulate (only when no inputs are configured) -> ingest -> mix -> train -> score -> report.
+simulate (only when no inputs are configured) -> ingest -> mix -> train -> score -> report ->
+the studies run on that report (``megaset study ...``); for jet inputs every model's train and
+score, the studies of the ``jets`` section, then the report.
 Every stage records a fingerprint of what determines its output with its artefact
 (:mod:`megaset.provenance`, :mod:`megaset.stages`). A stage whose finished artefact records the
 fingerprint the configuration gives now is skipped; an interrupted one is finished (ingest
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["run", "STAGES"]
 
+#: The stages of event inputs, before the studies run on their report.
 STAGES = ("simulate", "ingest", "mix", "train", "score", "report")
 
 
@@ -55,8 +58,6 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
 
     out: dict[str, Any] = {"seconds": {}, "skipped": []}
     _drive(chain(cfg, log=log, progress=status), client, out, log)
-    if cfg.inputs.kind == "jets":
-        return _run_jets(cfg, client, out, log=log)
     if "report" in out["skipped"]:
         out["report"] = json.loads((Path(cfg.report.output) / "report.json").read_text())
     return out
@@ -76,12 +77,12 @@ def _timed(name: str, work: Callable[[], Any], client: Client | None, out: dict[
 
 def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log: Callable[[str], None]) -> None:
     """Skip the current stages, finish the partial ones, rebuild the stale and missing ones."""
-    from megaset.stages import assess
+    from megaset.stages import assess, fingerprint
 
     fingerprints: dict[str, str | None] = {}
     rebuilding = False
     for k, stage in enumerate(stages):
-        state = assess(stage, fingerprints.get(stage.after) if stage.after else None)
+        state = assess(stage, {name: fingerprints.get(name) for name in stage.after})
         if state.state == "current":
             log(f"{stage.name}: current, skipped")
             out["skipped"].append(stage.name)
@@ -94,46 +95,4 @@ def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log:
                 log(f"{stage.name}: interrupted earlier, finishing it")
             resume = state.state == "partial"
             _timed(stage.name, lambda stage=stage, resume=resume: stage.work(client, resume), client, out, log)
-        found = stage.recorded()
-        fingerprints[stage.name] = found[0].get("fingerprint") if found else None
-
-
-def _run_jets(cfg: Config, client: Client | None, out: dict[str, Any], *, log: Callable[[str], None]) -> dict[str, Any]:
-    """After the fingerprinted stages of jet inputs (simulate, ingest, mix, then every model of
-    ``jets.models`` trained and scored in turn, and again with ``training.adversary`` for
-    ``jets.decorrelate``, scored as ``<model>-adv``): the pairwise and contamination studies the
-    ``jets`` section asks for, and the report, written anew every time."""
-    from megaset.report.report import report
-
-    jc = cfg.jets
-    report_dir = Path(cfg.report.output)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(cfg.training.output).parent / "studies"
-    if jc.pairwise_models:
-        from megaset.report.jets import PAIRWISE_FILE
-        from megaset.studies.pairwise import pairwise
-
-        def pairs() -> dict[str, Any]:
-            result = pairwise(cfg, client, models=jc.pairwise_models, workdir=work / "pairwise",
-                              epochs=jc.pairwise_epochs)
-            (report_dir / PAIRWISE_FILE).write_text(json.dumps(result))
-            return result
-
-        _timed("pairwise", pairs, client, out, log)
-    if jc.contamination:
-        from megaset.studies.contamination import contamination
-
-        def contaminate() -> dict[str, Any]:
-            result = contamination(cfg.replace(training={"model": jc.contamination_model}), client,
-                                   signal=jc.contamination_signal, fractions=jc.contamination,
-                                   workdir=work / "contamination")
-            (report_dir / "contamination.json").write_text(json.dumps(result))
-            return result
-
-        _timed("contamination", contaminate, client, out, log)
-    _timed("report", lambda: report(cfg, models=_jet_report_models(cfg)), client, out, log)
-    return out
-
-
-def _jet_report_models(cfg: Config) -> list[str]:
-    return [*cfg.jets.models, *(f"{m}-adv" for m in cfg.jets.decorrelate)]
+        fingerprints[stage.name] = fingerprint(stage)

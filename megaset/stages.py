@@ -6,24 +6,32 @@ interrupted (the run finishes it), *stale* when it records another one (the run 
 since its fingerprint is part of theirs, everything downstream), and *missing* when there is no
 artefact. Where each record lives:
 
-========  ==================================================  ===========================
-stage     artefact (record)                                   finished when
-========  ==================================================  ===========================
-simulate  ``<simulate.output>/simulate.json`` (``stage``)      the manifest exists
-ingest    staging area root attributes (``stage``)            ``complete``
-mix       store root attributes (``stage``)                   ``complete``
-train     ``<training.output>/<model>/last.pt`` (``stage``)    all epochs, or early stopping
-score     ``score/<model>`` column attributes of every group  every chunk scored
-report    ``<report.output>/report.json`` (``stage``)        report.md and report.json
-========  ==================================================  ===========================
+=============  ==================================================  ===========================
+stage          artefact (record)                                   finished when
+=============  ==================================================  ===========================
+simulate       ``<simulate.output>/simulate.json`` (``stage``)      the manifest exists
+ingest         staging area root attributes (``stage``)            ``complete``
+mix            store root attributes (``stage``)                   ``complete``
+train          ``<training.output>/<model>/last.pt`` (``stage``)    all epochs, or early stopping
+score          ``score/<model>`` column attributes of every group  every chunk scored
+report         ``<report.output>/report.json`` (``stage``)        report.md and report.json
+study <key>    ``<report.output>/studies/<key>.json`` (``stage``)  the file exists
+pairwise       ``<report.output>/pairwise.json`` (``stage``)       the file exists
+contamination  ``<report.output>/studies/contamination-<signal>``  and ``contamination.json``
+=============  ==================================================  ===========================
+
+The studies of event inputs (``megaset study ...``) are stages once run: each records its own
+arguments, so that ``run`` rebuilds a stale one as it was asked for (deleting its file under
+``studies/`` takes it out of the chain). Jet inputs have the studies their ``jets`` section asks
+for (``pairwise``, ``contamination``), and a report that shows them.
 
 >>> [s.name for s in status(cfg)]          # doctest: +SKIP
-['simulate', 'ingest', 'mix', 'train', 'score', 'report']
+['simulate', 'ingest', 'mix', 'train', 'score', 'report', 'study pt-altering-ae-shallow']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +42,7 @@ from megaset.errors import CheckpointError, StoreError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["Stage", "StageState", "chain", "assess", "status"]
+__all__ = ["Stage", "StageState", "chain", "assess", "status", "fingerprint"]
 
 #: What a stage's artefact holds: its record and whether it is finished; ``None``: no artefact.
 Found = tuple[dict[str, Any], bool] | None
@@ -42,12 +50,12 @@ Found = tuple[dict[str, Any], bool] | None
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: its upstream stage, the record it would write now given the upstream's
-    fingerprint, the record its artefact holds, and the work (``resume``: finish a partial one)."""
+    """One stage: its upstream stages, the record it would write now given their fingerprints
+    (by name), the record its artefact holds, and the work (``resume``: finish a partial one)."""
 
     name: str
-    after: str | None
-    expected: Callable[[str | None], dict[str, Any]]
+    after: tuple[str, ...]
+    expected: Callable[[Mapping[str, str | None]], dict[str, Any]]
     recorded: Callable[[], Found]
     work: Callable[[Client | None, bool], Any]
 
@@ -62,8 +70,9 @@ class StageState:
     fingerprint: str | None
 
 
-def assess(stage: Stage, upstream: str | None) -> StageState:
-    """The state of ``stage`` whose upstream artefact has (or will have) the fingerprint ``upstream``."""
+def assess(stage: Stage, upstream: Mapping[str, str | None]) -> StageState:
+    """The state of ``stage`` whose upstream artefacts have (or will have) the fingerprints
+    ``upstream`` (by stage name)."""
     from megaset.provenance import changes
 
     expected = stage.expected(upstream)
@@ -93,12 +102,18 @@ def status(cfg: Config) -> list[StageState]:
             found = "missing" if stage.recorded() is None else "stale"
             states.append(StageState(stage.name, found, f"rebuilt after {waiting}", None))
             continue
-        state = assess(stage, fingerprints.get(stage.after) if stage.after else None)
+        state = assess(stage, {name: fingerprints.get(name) for name in stage.after})
         states.append(state)
         fingerprints[stage.name] = state.fingerprint
         if stage.name == "simulate" and state.state != "current":
             waiting = "simulate"
     return states
+
+
+def fingerprint(stage: Stage) -> str | None:
+    """The fingerprint the artefact of ``stage`` records now."""
+    found = stage.recorded()
+    return found[0].get("fingerprint") if found else None
 
 
 def _found(record: dict[str, Any] | None, finished: bool) -> Found:
@@ -107,14 +122,18 @@ def _found(record: dict[str, Any] | None, finished: bool) -> Found:
 
 def chain(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = False) -> list[Stage]:
     """The fingerprinted stages of ``megaset run``, in order: simulate (when no inputs are
-    configured), ingest, mix, then train, score and report of ``training.model``; for jet inputs
-    train and score of every model of ``jets.models`` and ``jets.decorrelate`` (whose studies and
-    report the run writes anew each time)."""
+    configured), ingest, mix, then train, score and report of ``training.model`` and every study
+    run on that report; for jet inputs train and score of every model of ``jets.models`` and
+    ``jets.decorrelate``, the pairwise and contamination studies the ``jets`` section asks for,
+    and the report."""
     stages = [_simulate_stage(cfg)] if not cfg.inputs.channels else []
     stages += [_ingest_stage(cfg, log, progress), _mix_stage(cfg, "ingest")]
     if cfg.inputs.kind == "jets":
-        return stages + _jet_models(cfg)
-    return [*stages, train_stage(cfg, "train"), score_stage(cfg, "score", after="train"), _report_stage(cfg)]
+        models = _jet_models(cfg)
+        studies = _jet_studies(cfg)
+        return [*stages, *models, *studies, _jet_report_stage(cfg, models, studies)]
+    return [*stages, train_stage(cfg, "train"), score_stage(cfg, "score", after="train"), _report_stage(cfg),
+            *_event_studies(cfg)]
 
 
 def _jet_models(cfg: Config) -> list[Stage]:
@@ -140,12 +159,12 @@ def _simulate_stage(cfg: Config) -> Stage:
         from megaset.pipeline.jets_simulate import simulate_jets, simulate_jets_record, simulated_jets_record
 
         jc = cfg.jets.simulate
-        return Stage("simulate", None, lambda _: simulate_jets_record(jc),
+        return Stage("simulate", (), lambda _: simulate_jets_record(jc),
                      lambda: _found(simulated_jets_record(jc), True), lambda client, resume: simulate_jets(jc))
     from megaset.pipeline.simulate import simulate, simulate_record, simulated_record
 
     sc, tree, lumi = cfg.simulate, cfg.inputs.tree, cfg.inputs.lumi_ifb
-    return Stage("simulate", None, lambda _: simulate_record(sc, tree=tree, lumi_ifb=lumi),
+    return Stage("simulate", (), lambda _: simulate_record(sc, tree=tree, lumi_ifb=lumi),
                  lambda: _found(simulated_record(sc), True),
                  lambda client, resume: simulate(sc, tree=tree, lumi_ifb=lumi))
 
@@ -170,7 +189,7 @@ def _ingest_stage(cfg: Config, log: Callable[[str], None], progress: bool) -> St
         return ingest(cfg, client, status=progress, log=log)
 
     # The ingest reads the simulation's record itself: its upstream is what is on disk.
-    return Stage("ingest", "simulate" if not cfg.inputs.channels else None, lambda _: ingest_record(cfg),
+    return Stage("ingest", () if cfg.inputs.channels else ("simulate",), lambda _: ingest_record(cfg),
                  recorded, work)
 
 
@@ -193,7 +212,7 @@ def _mix_stage(cfg: Config, after: str) -> Stage:
             remove_store(cfg.store.url)
         return mix(cfg, client)
 
-    return Stage("mix", after, lambda up: mix_record(cfg, {"stage": {"fingerprint": up}}), recorded, work)
+    return Stage("mix", (after,), lambda up: mix_record(cfg, {"stage": {"fingerprint": up[after]}}), recorded, work)
 
 
 def train_stage(cfg: Config, name: str, after: str = "mix") -> Stage:
@@ -213,7 +232,7 @@ def train_stage(cfg: Config, name: str, after: str = "mix") -> Stage:
             return {}, False  # a checkpoint of another format: trained afresh
         return ckpt.get("stage") or {}, training_finished(ckpt) and paths["best"].is_file()
 
-    return Stage(name, after, lambda up: train_record(cfg, up), recorded,
+    return Stage(name, (after,), lambda up: train_record(cfg, up[after]), recorded,
                  lambda client, resume: train(cfg, client, resume=resume))
 
 
@@ -225,8 +244,8 @@ def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
     label = model or cfg.training.model
     path = checkpoint or checkpoint_path(cfg, label)
 
-    def expected(up: str | None) -> dict[str, Any]:
-        return score_record(cfg, up, checkpoint_digest(path) if path.is_file() else None)
+    def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
+        return score_record(cfg, up[after], checkpoint_digest(path) if path.is_file() else None)
 
     def recorded() -> Found:
         from megaset.storage.store import open_store
@@ -237,27 +256,147 @@ def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
             return None
         return _found(*scored_record(store, label))
 
-    return Stage(name, after, expected, recorded,
+    return Stage(name, (after,), expected, recorded,
                  lambda client, resume: score(cfg, client, model=label, checkpoint=checkpoint, overwrite=not resume))
 
 
-def _report_stage(cfg: Config) -> Stage:
+def _report_recorded(cfg: Config) -> Found:
     import json
 
-    from megaset.reporting import REPORT_JSON, report_record, write_report
+    from megaset.reporting import REPORT_JSON
 
     folder = Path(cfg.report.output)
+    try:
+        summary = json.loads((folder / REPORT_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary.get("stage") or {}, (folder / "report.md").is_file()
+
+
+def _report_stage(cfg: Config) -> Stage:
+    from megaset.reporting import report_record, write_report
+
     model = cfg.training.model
 
-    def expected(up: str | None) -> dict[str, Any]:
+    def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
         shown = not cfg.report.models or model in cfg.report.models
-        return report_record(cfg, {model: up} if shown else None)
+        return report_record(cfg, {model: up["score"]} if shown else None)
 
-    def recorded() -> Found:
-        try:
-            summary = json.loads((folder / REPORT_JSON).read_text())
-        except (OSError, ValueError):
-            return None
-        return summary.get("stage") or {}, (folder / "report.md").is_file()
+    return Stage("report", ("score",), expected, lambda: _report_recorded(cfg),
+                 lambda client, resume: write_report(cfg))
 
-    return Stage("report", "score", expected, recorded, lambda client, resume: write_report(cfg))
+
+def _jet_report_stage(cfg: Config, models: list[Stage], studies: list[Stage]) -> Stage:
+    """The jet report of every model scored, with the studies of ``jets``: its record names
+    their fingerprints."""
+    from megaset.reporting import report_record, write_report
+
+    scores = [s.name for s in models if s.name.startswith("score ")]
+    labels = [name.removeprefix("score ") for name in scores]
+    shown = [s.name for s in studies]
+
+    def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
+        return report_record(cfg, {m: up[f"score {m}"] for m in labels}, studies={s: up[s] for s in shown})
+
+    def work(client: Client | None, resume: bool) -> Any:
+        return write_report(cfg, models=labels,
+                            stage=expected({s.name: fingerprint(s) for s in (*models, *studies)}))
+
+    return Stage("report", (*scores, *shown), expected, lambda: _report_recorded(cfg), work)
+
+
+def _study_recorded(cfg: Config, key: str, also: Path | None = None) -> Found:
+    """The record of the study ``key`` in the report folder; finished when ``also`` (a file the
+    study writes besides) exists too."""
+    from megaset.report.markdown import study_records
+
+    record = study_records(cfg.report.output).get(key)
+    return None if record is None else (record, also is None or also.is_file())
+
+
+def _study_stage(cfg: Config, name: str, params: Mapping[str, Any], recorded: Callable[[], Found],
+                 work: Callable[[Client | None, bool], Any]) -> Stage:
+    """A study with the arguments ``params``: its upstream is the ingest (the studies that mix
+    or ingest anew) or the score of its model (pT altering), in the chain when the chain has it."""
+    from megaset.studies.common import score_fingerprint, study_record, study_upstream
+
+    source = study_upstream(params)
+    # The ingest is in every chain; a score only for the model the chain trains.
+    in_chain = source == "ingest" or (cfg.inputs.kind == "events" and params.get("model") == cfg.training.model)
+
+    def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
+        fingerprint = up[source] if in_chain else score_fingerprint(cfg, params["model"])
+        return study_record(cfg, params, {source: fingerprint})
+
+    return Stage(name, (source,) if in_chain else (), expected, recorded, work)
+
+
+def _event_studies(cfg: Config) -> list[Stage]:
+    """Every study recorded in the report folder, redone with the arguments it was run with."""
+    from megaset.report.markdown import study_records
+
+    out = []
+    for key, record in study_records(cfg.report.output).items():
+        params = (record.get("basis") or {}).get("config", {}).get("study")
+        if params:  # a study of an older megaset, without its arguments, is left as it is
+            out.append(_event_study(cfg, key, params))
+    return out
+
+
+def _event_study(cfg: Config, key: str, params: Mapping[str, Any]) -> Stage:
+    from megaset.studies.common import run_study
+
+    def work(client: Client | None, resume: bool) -> Any:
+        return run_study(cfg, client, params)
+
+    return _study_stage(cfg, f"study {key}", params, lambda: _study_recorded(cfg, key), work)
+
+
+def _jet_studies(cfg: Config) -> list[Stage]:
+    """The pairwise matrix and the contamination study of ``jets`` (when asked for), under
+    ``<training.output>/../studies``; their results land in the report folder."""
+    import json
+
+    jc = cfg.jets
+    report_dir = Path(cfg.report.output)
+    work = Path(cfg.training.output).parent / "studies"
+    out = []
+    if jc.pairwise_models:
+        from megaset.report.jets import PAIRWISE_FILE
+        from megaset.studies.pairwise import pairwise, pairwise_params
+
+        params = pairwise_params(models=jc.pairwise_models, workdir=work / "pairwise", epochs=jc.pairwise_epochs)
+
+        def pairs_recorded() -> Found:
+            try:
+                result = json.loads((report_dir / PAIRWISE_FILE).read_text())
+            except (OSError, ValueError):
+                return None
+            return result.get("stage") or {}, True
+
+        def pairs(client: Client | None, resume: bool) -> dict[str, Any]:
+            result = pairwise(cfg, client, models=jc.pairwise_models, workdir=work / "pairwise",
+                              epochs=jc.pairwise_epochs)
+            report_dir.mkdir(parents=True, exist_ok=True)
+            (report_dir / PAIRWISE_FILE).write_text(json.dumps(result))
+            return result
+
+        out.append(_study_stage(cfg, "pairwise", params, pairs_recorded, pairs))
+    if jc.contamination:
+        from megaset.studies.contamination import contamination, contamination_params
+
+        one = cfg.replace(training={"model": jc.contamination_model})
+        params = contamination_params(signal=jc.contamination_signal, fractions=jc.contamination,
+                                      workdir=work / "contamination")
+        done = report_dir / "contamination.json"
+
+        def contaminate(client: Client | None, resume: bool) -> dict[str, Any]:
+            result = contamination(one, client, signal=jc.contamination_signal, fractions=jc.contamination,
+                                   workdir=work / "contamination")
+            done.write_text(json.dumps(result))
+            return result
+
+        out.append(_study_stage(one, "contamination", params,
+                                lambda: _study_recorded(one, f"contamination-{jc.contamination_signal}", done),
+                                contaminate))
+    return out

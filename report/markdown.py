@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_markdown", "table", "add_study", "studies", "finite"]
+__all__ = ["write_markdown", "table", "add_study", "studies", "study_records", "finite"]
 
 #: Where a report folder keeps the summaries of the studies run against its store.
 STUDIES = "studies"
@@ -195,27 +195,42 @@ def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
     return path
 
 
-def studies(folder: str | Path) -> list[dict[str, Any]]:
-    """The study summaries recorded in the report folder ``folder``, by name."""
+def _entries(folder: str | Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder, STUDIES).glob("*.json"))]
 
 
+def studies(folder: str | Path) -> list[dict[str, Any]]:
+    """The study summaries recorded in the report folder ``folder``, by name (without their
+    stage records)."""
+    return [{k: v for k, v in entry.items() if k != "stage"} for entry in _entries(folder)]
+
+
+def study_records(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Key -> stage record of every study in the report folder ``folder`` that has one."""
+    return {entry["key"]: entry["stage"] for entry in _entries(folder) if entry.get("stage")}
+
+
 def add_study(folder: str | Path, key: str, *, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
-              plots: Sequence[str | Path] = (), links: Mapping[str, str | Path] | None = None) -> Path:
-    """Record a study's table, figures and links in the report folder ``folder``; when the report
-    is there, add the study to its ``report.json`` and ``report.md``. Returns the study's file.
+              plots: Sequence[str | Path] = (), links: Mapping[str, str | Path] | None = None,
+              stage: Mapping[str, Any] | None = None) -> Path:
+    """Record a study's table, figures, links and stage record (:mod:`megaset.provenance`) in the
+    report folder ``folder``; when the report of an event store is there, add the study to its
+    ``report.json`` and ``report.md``. Returns the study's file.
 
     A study run again under the same ``key`` replaces its entry.
     """
     folder = Path(folder)
     entry = {"key": key, "title": title, "header": list(header), "rows": [list(r) for r in rows],
-             "plots": [str(p) for p in plots], "links": {k: str(v) for k, v in (links or {}).items()}}
+             "plots": [str(p) for p in plots], "links": {k: str(v) for k, v in (links or {}).items()},
+             **({"stage": dict(stage)} if stage else {})}
     path = folder / STUDIES / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(finite(entry), indent=1, allow_nan=False))
     summary = folder / "report.json"
     if summary.is_file():
         result = json.loads(summary.read_text())
+        if "studies" not in result:
+            return path  # a jet report: it shows its studies when it is written
         result["studies"] = studies(folder)
         summary.write_text(json.dumps(result, indent=1, allow_nan=False))
         write_markdown(folder / "report.md", result)

@@ -90,7 +90,7 @@ PUBLIC_API = {
         "simulate_record", "simulated_record", "write_ntuple"
     ],
     "megaset.report.jets": ["FARINA_TABLE_I", "PAIRWISE_FILE", "jet_report", "mass_sculpting", "separated_cells"],
-    "megaset.report.markdown": ["add_study", "finite", "studies", "table", "write_markdown"],
+    "megaset.report.markdown": ["add_study", "finite", "studies", "study_records", "table", "write_markdown"],
     "megaset.report.metrics": [
         "asimov_significance", "auc", "auc_error", "background_uncertainty", "best_cut", "binned_mean", "region_cuts",
         "roc_curve", "separation_matrix", "signal_efficiency", "significance", "threshold_scan", "weighted_median",
@@ -105,7 +105,7 @@ PUBLIC_API = {
     "megaset.report.samples": ["BACKGROUND_GROUP", "Sample", "load_samples", "mass_variable"],
     "megaset.report.style": ["DATA_COLOUR", "EVENTS_PER_BIN", "PALETTE", "Style", "process_colours"],
     "megaset.provenance": ["IGNORED", "SECTIONS", "changes", "fingerprint_of", "make_record", "record", "stage_config"],
-    "megaset.stages": ["Stage", "StageState", "assess", "chain", "status"],
+    "megaset.stages": ["Stage", "StageState", "assess", "chain", "fingerprint", "status"],
     "megaset.reporting": ["REPORT_JSON", "report_record", "training_records", "write_report"],
     "megaset.run": ["STAGES", "run"],
     "megaset.storage.backend": [
@@ -133,9 +133,10 @@ PUBLIC_API = {
     "megaset.storage.tasks": ["map_chunks"],
     "megaset.storage.verify": ["verify"],
     "megaset.studies.channel_removal": ["channel_removal"],
-    "megaset.studies.common": ["anomaly_row", "auc_cell", "style", "train_and_score"],
-    "megaset.studies.contamination": ["contamination"],
-    "megaset.studies.pairwise": ["pairwise"],
+    "megaset.studies.common": ["UPSTREAM", "anomaly_row", "auc_cell", "run_study", "score_fingerprint", "study_record",
+                               "study_upstream", "style", "train_and_score"],
+    "megaset.studies.contamination": ["contamination", "contamination_params"],
+    "megaset.studies.pairwise": ["pairwise", "pairwise_params"],
     "megaset.studies.pt_altering": ["altered_rmms", "pt_altering", "scale_leading"],
     "megaset.terminal": ["LOGGER", "configure_logging", "make_console"],
     "megaset.training.adversary": ["Adversarial", "reverse_gradient"],

@@ -8,6 +8,7 @@ import pytest
 
 from megaset.config import Config
 from megaset.run import STAGES, run
+from megaset.stages import status
 from megaset.storage.store import open_store
 
 
@@ -96,3 +97,21 @@ def test_run_jets_writes_every_table_and_plot(tmp_path):
     assert "Farina et al. E10 / E100" in markdown and "0.66 / 0.13" in markdown
     for name in ("roc.png", "mass_sculpting.png", "pairwise_tau32.png", "separation_pca.png", "latent_jet-dense.png"):
         assert (tmp_path / "report" / name).is_file()
+    # The studies and the report are stages: an unchanged rerun skips them, other fractions
+    # redo the contamination study and the report only.
+    lines: list[str] = []
+    again = run(cfg, None, log=lines.append)
+    assert again["seconds"] == {} and "contamination: current, skipped" in lines
+    assert "pairwise: current, skipped" in lines and lines[-1] == "report: current, skipped"
+    assert again["report"]["auc_table"] == summary["auc_table"]
+    more = cfg.replace(jets={"contamination": [0.0, 0.2]})
+    states = {s.name: s for s in status(more)}
+    assert states["contamination"].state == "stale" and states["pairwise"].state == "current"
+    assert states["contamination"].reason.startswith("study.fractions changed ([0.0, 0.1] -> [0.0, 0.2])")
+    assert states["report"].reason.startswith("upstream contamination changed")
+    lines.clear()
+    third = run(more, None, log=lines.append)
+    assert set(third["seconds"]) == {"contamination", "report"}
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["fraction"] for r in summary["contamination"]["rows"]] == [0.0, 0.2]
+    assert summary["stage"]["basis"]["upstream"]["contamination"] == states["contamination"].fingerprint

@@ -65,7 +65,7 @@ def _rows(output: str) -> dict[str, tuple[str, str]]:
     rows = {}
     for line in output.splitlines():
         cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
-        if len(cells) == 3 and cells[0] in CHAIN:
+        if len(cells) == 3 and (cells[0] in CHAIN or cells[0].startswith("study ")):
             rows[cells[0]] = (cells[1], cells[2])
     return rows
 
@@ -189,3 +189,55 @@ def test_a_changed_input_file_is_named_and_an_interrupted_training_is_finished(t
     out = run(cfg, None, log=lines.append)
     assert "train: interrupted earlier, finishing it" in lines
     assert out["train"]["epochs"] == 3 and len(out["train"]["history"]) == 3
+
+
+@pytest.mark.slow
+def test_a_study_is_a_stage_kept_current_by_run(tmp_path):
+    """A study run on the report (`megaset study pt-altering`) becomes a stage: `megaset status`
+    lists it, an unchanged rerun skips it, a change of what it reads rebuilds it, with the
+    arguments it was run with, and the report shows the new table."""
+    from megaset.studies.pt_altering import pt_altering
+
+    settings = _config(tmp_path, report={"pt_events": 300, "pt_factors": [2.0]})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    cfg = Config.model_validate(settings)
+    run(cfg, None, log=lambda line: None)
+    assert [s.name for s in status(cfg)] == CHAIN  # no study yet
+    pt_altering(cfg)
+    study = tmp_path / "report" / "studies" / "pt-altering-ae-shallow.json"
+    recorded = json.loads(study.read_text())["stage"]
+    assert recorded["basis"]["config"]["study"] == {"kind": "pt-altering", "model": "ae-shallow", "checkpoint": None,
+                                                    "out_dir": None}
+    scored = open_store(cfg.store.url).group("test").column_attrs("score/ae-shallow")["stage"]
+    assert recorded["basis"]["upstream"] == {"score": scored["fingerprint"]}
+    assert "stage" not in json.loads((tmp_path / "report" / "report.json").read_text())["studies"][0]
+    rows = _rows(_cli("status", "-c", str(path)))
+    assert rows["study pt-altering-ae-shallow"][0] == "current"
+
+    before = _mtimes(tmp_path)
+    lines: list[str] = []
+    run(cfg, None, log=lines.append)
+    assert lines == [f"{name}: current, skipped" for name in (*CHAIN, "study pt-altering-ae-shallow")]
+    assert _mtimes(tmp_path) == before
+
+    # Other factors: the report (its section changed) and the study are stale, the study says why.
+    settings = _config(tmp_path, report={"pt_events": 300, "pt_factors": [2.0, 4.0]})
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    rows = _rows(_cli("status", "-c", str(path)))
+    assert rows["score"][0] == "current" and rows["report"][0] == "stale"
+    assert rows["study pt-altering-ae-shallow"] == ("stale", "report.pt_factors changed ([2.0] -> [2.0, 4.0])")
+    lines.clear()
+    out = run(Config.model_validate(settings), None, log=lines.append)
+    assert set(out["seconds"]) == {"report", "study pt-altering-ae-shallow"}
+    assert [row[0] for row in json.loads(study.read_text())["rows"]] == [2.0, 4.0]
+    shown = json.loads((tmp_path / "report" / "report.json").read_text())["studies"]
+    assert [row[0] for row in shown[0]["rows"]] == [2.0, 4.0]
+
+    # A retrained model: the study follows its score.
+    longer = Config.model_validate(_config(tmp_path, report=settings["report"], training={"epochs": 2}))
+    states = {s.name: s for s in status(longer)}
+    assert states["study pt-altering-ae-shallow"].state == "stale"
+    out = run(longer, None, log=lambda line: None)
+    assert {"train", "score", "report", "study pt-altering-ae-shallow"} <= set(out["seconds"])
+    assert [s.state for s in status(longer)] == ["current"] * 7

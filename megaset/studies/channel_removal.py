@@ -50,10 +50,13 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
     ConfigError
         When ``channel`` is not a background channel of the inputs (they are listed).
     """
-    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.ingest import ingest, ingest_record
     from megaset.pipeline.inputs import resolve_channels
     from megaset.report.markdown import add_study
     from megaset.reporting import write_report
+    from megaset.storage.staging import remove_staging
+    from megaset.storage.store import remove_store
+    from megaset.studies.common import study_record
 
     channels = resolve_channels(cfg)
     backgrounds = [n for n, c in channels.items() if not (c.signal or c.data)]
@@ -67,6 +70,11 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
         store={"url": str(work / "store.zarr"), "staging_url": str(work / "staging.zarr"), "contamination": None},
         training={"output": str(work / "models")},
     )
+    params = {"kind": "channel-removal", "channel": channel, "workdir": str(work), "report": report}
+    record = study_record(cfg, params, {"ingest": ingest_record(cfg)["fingerprint"]})
+    # Built anew: a staging area or store left by an earlier run was made under other settings.
+    remove_staging(derived.store.staging)
+    remove_store(derived.store.url)
     ingest(derived, client)
     train_and_score(derived, client)
     out = {"channel": channel, "model": cfg.training.model, "store": derived.store.url,
@@ -78,5 +86,5 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
     add_study(cfg.report.output, f"channel-removal-{channel}",
               title=f"Channel removal: {channel} left out of training ({cfg.training.model})",
               header=["channel", "AUC", "E10", "E100"], rows=[[channel, auc_cell(out), out["e10"], out["e100"]]],
-              plots=[out["report"]["plots"]["roc"]] if report else [], links=links)
+              plots=[out["report"]["plots"]["roc"]] if report else [], links=links, stage=record)
     return out

@@ -1,8 +1,15 @@
-"""What the studies share: the stages after ingest on a derived configuration, and the anomaly
-figures of one signal against the test background."""
+"""What the studies share: the stages after ingest on a derived configuration, the anomaly
+figures of one signal against the test background, and their stage records.
+
+A study records, with its result, a stage record (:mod:`megaset.provenance`) whose basis holds
+the configuration sections it reads, its own arguments (``study``: ``kind`` and the rest, so
+that ``megaset run`` can redo it as it was asked for) and the fingerprint of the artefact it
+reads: the staging area (``ingest``) for the studies that mix or ingest anew, the score column
+of its model (``score``) for the pT-altering test."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from megaset.config import Config
@@ -12,7 +19,11 @@ if TYPE_CHECKING:
 
     from megaset.report.style import Style
 
-__all__ = ["train_and_score", "anomaly_row", "style", "auc_cell"]
+__all__ = ["train_and_score", "anomaly_row", "style", "auc_cell", "study_record", "study_upstream", "score_fingerprint",
+           "run_study", "UPSTREAM"]
+
+#: Per kind of study, the stage whose artefact it reads.
+UPSTREAM = {"channel-removal": "ingest", "contamination": "ingest", "pairwise": "ingest", "pt-altering": "score"}
 
 
 def train_and_score(cfg: Config, client: Client | None) -> dict[str, Any]:
@@ -58,3 +69,48 @@ def anomaly_row(cfg: Config, signal: str) -> dict[str, Any]:
     rows, _ = anomaly_table(model, background, [s for s in samples if s.kind == "signal" and s.name == signal],
                             replicas=cfg.report.auc_replicas)
     return rows[0]
+
+
+def study_upstream(params: Mapping[str, Any]) -> str:
+    """The stage whose artefact the study of ``params`` reads (:data:`UPSTREAM`)."""
+    return UPSTREAM[params["kind"]]
+
+
+def study_record(cfg: Config, params: Mapping[str, Any], upstream: Mapping[str, str | None]) -> dict[str, Any]:
+    """The stage record of the study with the arguments ``params`` (``kind`` first) on ``cfg``."""
+    from megaset.provenance import make_record, stage_config
+
+    return make_record("study", {**stage_config(cfg, params["kind"]), "study": dict(params)}, upstream=upstream)
+
+
+def score_fingerprint(cfg: Config, model: str) -> str | None:
+    """The fingerprint of the score column ``score/<model>`` of ``cfg``'s store, as recorded."""
+    from megaset.errors import StoreError
+    from megaset.storage.store import open_store
+    from megaset.training.score import scored_record
+
+    try:
+        store = open_store(cfg.store.url)
+    except StoreError:
+        return None
+    return (scored_record(store, model)[0] or {}).get("fingerprint")
+
+
+def run_study(cfg: Config, client: Client | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the study ``params`` records (as :func:`study_record` holds them) again on ``cfg``."""
+    kind = params["kind"]
+    if kind == "pt-altering":
+        from megaset.studies.pt_altering import pt_altering
+
+        return pt_altering(cfg, model=params["model"], checkpoint=params["checkpoint"], out_dir=params["out_dir"])
+    if kind == "channel-removal":
+        from megaset.studies.channel_removal import channel_removal
+
+        return channel_removal(cfg, client, params["channel"], workdir=params["workdir"], report=params["report"])
+    if kind == "contamination":
+        from megaset.studies.contamination import contamination
+
+        return contamination(cfg, client, signal=params["signal"], fractions=params["fractions"],
+                             workdir=params["workdir"])
+    msg = f"a study of kind {kind!r} is run by the chain of jet inputs, not on its own"
+    raise ValueError(msg)

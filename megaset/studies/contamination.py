@@ -19,7 +19,13 @@ from megaset.studies.common import anomaly_row, auc_cell, style, train_and_score
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["contamination"]
+__all__ = ["contamination", "contamination_params"]
+
+
+def contamination_params(*, signal: str, fractions: Sequence[float], workdir: str | Path) -> dict[str, Any]:
+    """The arguments of a contamination study, as its stage record holds them."""
+    return {"kind": "contamination", "signal": signal, "fractions": [float(f) for f in fractions],
+            "workdir": str(workdir)}
 
 
 def contamination(cfg: Config, client: Client | None, *, signal: str, fractions: Sequence[float],
@@ -48,8 +54,12 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
     from megaset.report import plots
     from megaset.report.markdown import add_study
     from megaset.storage.staging import staging_attrs
+    from megaset.storage.store import remove_store
+    from megaset.studies.common import study_record
 
-    staging_attrs(cfg.store.staging)
+    staged = staging_attrs(cfg.store.staging)
+    record = study_record(cfg, contamination_params(signal=signal, fractions=fractions, workdir=workdir),
+                          {"ingest": (staged.get("stage") or {}).get("fingerprint")})
     work = Path(workdir)
     rows = []
     for fraction in fractions:
@@ -59,6 +69,7 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
                    "contamination": {"signal": signal, "fraction": fraction} if fraction > 0 else None},
             training={"output": str(base / "models")},
         )
+        remove_store(derived.store.url)  # mixed anew: an earlier one may come from another staging area
         mixed = train_and_score(derived, client)["mix"]
         injected = mixed["groups"]["train"]["channels"].get(signal, 0)
         row = anomaly_row(derived, signal)
@@ -78,5 +89,5 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
               title=f"Contamination: {signal} injected into train ({cfg.training.model})",
               header=["fraction", "signal events in train", "AUC", "E10", "E100"],
               rows=[[r["fraction"], r["train_signal_events"], auc_cell(r), r["e10"], r["e100"]] for r in rows],
-              plots=[plot])
+              plots=[plot], stage=record)
     return {"signal": signal, "model": cfg.training.model, "rows": rows, "plot": str(plot)}

@@ -21,7 +21,12 @@ from megaset.config import Config
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["pairwise"]
+__all__ = ["pairwise", "pairwise_params"]
+
+
+def pairwise_params(*, models: Sequence[str], workdir: str | Path, epochs: int | None) -> dict[str, Any]:
+    """The arguments of a pairwise study, as its stage record holds them."""
+    return {"kind": "pairwise", "models": list(models), "workdir": str(workdir), "epochs": epochs}
 
 
 def _scores(group: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,16 +45,20 @@ def pairwise(cfg: Config, client: Client | None, *, models: Sequence[str], workd
     -------
     dict
         ``samples`` (names, in staging order), ``auc`` (model -> matrix, row = anomaly, column =
-        the sample trained on; 0.5 on the diagonal) and ``stores``.
+        the sample trained on; 0.5 on the diagonal), ``stores`` and ``stage`` (its record).
     """
     from megaset.report.metrics import auc
     from megaset.storage.mix import mix
     from megaset.storage.staging import staging_attrs
-    from megaset.storage.store import open_store
+    from megaset.storage.store import open_store, remove_store
+    from megaset.studies.common import study_record
     from megaset.training.score import score
     from megaset.training.trainer import train
 
-    names = [c["name"] for c in staging_attrs(cfg.store.staging)["channels"] if not c.get("data")]
+    staged = staging_attrs(cfg.store.staging)
+    record = study_record(cfg, pairwise_params(models=models, workdir=workdir, epochs=epochs),
+                          {"ingest": (staged.get("stage") or {}).get("fingerprint")})
+    names = [c["name"] for c in staged["channels"] if not c.get("data")]
     work = Path(workdir)
     matrices = {m: np.full((len(names), len(names)), 0.5) for m in models}
     stores = {}
@@ -60,6 +69,7 @@ def pairwise(cfg: Config, client: Client | None, *, models: Sequence[str], workd
                    "contamination": None},
             training={"output": str(base / "models"), **({"epochs": epochs} if epochs else {})},
         )
+        remove_store(derived.store.url)  # mixed anew: an earlier one may come from another staging area
         mix(derived, client)
         for model in models:
             one = derived.replace(training={"model": model})
@@ -73,4 +83,4 @@ def pairwise(cfg: Config, client: Client | None, *, models: Sequence[str], workd
                 if i != j:
                     values, w = _scores(store.group(f"signal/{anomaly}"), model)
                     matrices[model][i, j] = auc(background, values, wb, w)
-    return {"samples": names, "auc": {m: v.tolist() for m, v in matrices.items()}, "stores": stores}
+    return {"samples": names, "auc": {m: v.tolist() for m, v in matrices.items()}, "stores": stores, "stage": record}

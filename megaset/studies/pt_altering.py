@@ -155,12 +155,15 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     from megaset.report.report import axis_label, error_axis
     from megaset.report.style import Style
     from megaset.storage.store import open_store
-    from megaset.studies.common import auc_cell
+    from megaset.studies.common import auc_cell, score_fingerprint, study_record
     from megaset.training.checkpoint import load_model
     from megaset.training.score import checkpoint_path, reconstruction_errors
 
     rc = cfg.report
     label = model or cfg.training.model
+    params = {"kind": "pt-altering", "model": label, "checkpoint": None if checkpoint is None else str(checkpoint),
+              "out_dir": None if out_dir is None else str(out_dir)}
+    record = study_record(cfg, params, {"score": score_fingerprint(cfg, label)})
     store = open_store(cfg.store.url)
     values = _read_group(store.group(rc.pt_group), rc.pt_events)
     rmms = altered_rmms(_store_config(store.attrs), _inputs(store.attrs), values["event_id"], rc.pt_factors)
@@ -206,7 +209,7 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     add_study(rc.output, f"pt-altering-{label}", title=f"pT altering ({label}, {len(weight):,} {rc.pt_group} events)",
               header=["factor k", "AUC", "E10", "E100", "mean error"],
               rows=[[r["factor"], auc_cell(r), r["e10"], r["e100"], r["mean_error"]] for r in rows],
-              plots=list(files.values()))
+              plots=list(files.values()), stage=record)
     return {"model": label, "group": rc.pt_group, "events": len(weight), "rows": rows,
             "original_mean_error": float(np.average(errors[1.0], weights=np.abs(weight))),
             "plots": {k: str(v) for k, v in files.items()}}
