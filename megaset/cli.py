@@ -376,7 +376,7 @@ def run(
 
 
 study = typer.Typer(cls=_Group, rich_markup_mode=app.rich_markup_mode, no_args_is_help=True,
-                    help="The thesis' and Farina et al.'s robustness tests, end to end; once run,  "
+                    help="The thesis' and Farina et al.'s robustness tests, end to end; once run, megaset run "
                     "keeps each one current (megaset status lists it).")
 app.add_typer(study, name="study")
 
