@@ -15,6 +15,7 @@ from typing import Any
 from megaset.config import ClusterConfig
 from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
+from megaset.extras import require
 
 __all__ = ["htcondor_job_script", "start_htcondor_cluster"]
 
@@ -63,6 +64,7 @@ def _job_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
 
 
 def _job(cfg: ClusterConfig) -> Any:
+    require("htcondor")
     from dask_jobqueue.htcondor import HTCondorJob
 
     try:
@@ -105,7 +107,10 @@ def start_htcondor_cluster(cfg: ClusterConfig) -> Any:
     ------
     ConfigError
         If ``condor_submit`` is not on PATH (not a submit node) or the job cannot be built.
+    MissingExtraError
+        If the ``htcondor`` extra is not installed.
     """
+    require("htcondor")
     if shutil.which("condor_submit") is None:
         msg = (
             "cluster.kind is 'htcondor' but condor_submit is not on PATH: run the driver on an "

@@ -18,6 +18,7 @@ from typing import Any
 from megaset.config import ClusterConfig
 from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
+from megaset.extras import require
 
 __all__ = ["kube_cluster_spec", "start_kube_cluster", "quantity"]
 
@@ -98,6 +99,7 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     credentials, the object-store secret as environment of the workers, node selector and
     tolerations for the workers, a non-root security context everywhere.
     """
+    require("kubernetes")
     from dask_kubernetes.operator import make_cluster_spec
 
     kube = cfg.kubernetes
@@ -165,7 +167,10 @@ def start_kube_cluster(cfg: ClusterConfig) -> Any:
     ConfigError
         If the Kubernetes API cannot be reached or refuses, or the scheduler does not start
         within ``cluster.kubernetes.startup_timeout``.
+    MissingExtraError
+        If the ``kubernetes`` extra is not installed.
     """
+    require("kubernetes")
     from dask_kubernetes.operator import KubeCluster
 
     kube = cfg.kubernetes

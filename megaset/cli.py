@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -447,12 +447,24 @@ def study_contamination(
 
 
 def main() -> None:
-    """Console entry point: megaset errors print as one clear message and exit 1."""
+    """Console entry point: megaset errors, and a missing optional dependency (named with the
+    extra that installs it), print as one clear message and exit 1."""
+    from megaset.extras import missing_extra
+
     try:
         app()
     except MegasetError as err:
-        _console().print("[red]error:[/red]", escape(str(err)), highlight=False)
-        sys.exit(1)
+        _fail(err)
+    except ImportError as err:
+        extra = missing_extra(err)
+        if extra is None:
+            raise
+        _fail(extra)
+
+
+def _fail(err: MegasetError) -> NoReturn:
+    _console().print("[red]error:[/red]", escape(str(err)), highlight=False)
+    sys.exit(1)
 
 
 # ---------------------------------------------------------------------------- score, query, report

@@ -125,7 +125,12 @@ def chain(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = F
     configured), ingest, mix, then train, score and report of ``training.model`` and every study
     run on that report; for jet inputs train and score of every model of ``jets.models`` and
     ``jets.decorrelate``, the pairwise and contamination studies the ``jets`` section asks for,
-    and the report."""
+    and the report. A store on S3 without the ``s3`` extra is refused here, before any stage
+    starts."""
+    from megaset.extras import require_for_url
+
+    require_for_url(cfg.store.url)
+    require_for_url(cfg.store.staging)
     stages = [_simulate_stage(cfg)] if not cfg.inputs.channels else []
     stages += [_ingest_stage(cfg, log, progress), _mix_stage(cfg, "ingest")]
     if cfg.inputs.kind == "jets":

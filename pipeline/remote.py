@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from uproot.source.fsspec import FSSpecSource
 
-from megaset.errors import ConfigError, MissingExtraError
+from megaset.errors import ConfigError
+from megaset.extras import require_for_url
 
 if TYPE_CHECKING:
     from megaset.config import RemoteConfig
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["Source", "bearer_token", "expand", "protocol", "reads_whole", "require_client", "stored_checksum",
            "uproot_options"]
 
-XROOTD_EXTRA = "root:// inputs need the XRootD client: pip install 'megaset[xrootd]'"
 _LOCAL = ("file", "local")
 _HTTP = ("http", "https")
 # Glob characters in the path of an http(s) URL; the query after "?" may hold anything.
@@ -63,15 +63,8 @@ def protocol(url: str) -> str:
 
 def require_client(url: str) -> None:
     """Raise :class:`~megaset.errors.MissingExtraError`, naming the extra to install, when
-    the client that reads ``url`` is not installed."""
-    if protocol(url) != "root":
-        return
-    try:
-        import fsspec_xrootd  # noqa: F401
-        from XRootD import client  # noqa: F401
-    except ImportError as err:
-        msg = f"{url}: {XROOTD_EXTRA} ({err.name or err} is not installed)"
-        raise MissingExtraError(msg) from None
+    the client that reads ``url`` (s3://, root://) is not installed."""
+    require_for_url(url)
 
 
 def bearer_token() -> str | None:

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 from coffea import processor
 
 from megaset.errors import InputFileError, MegasetError, MissingExtraError
-from megaset.pipeline.remote import XROOTD_EXTRA, protocol
+from megaset.extras import missing_extra
+from megaset.pipeline.remote import protocol
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -75,7 +76,7 @@ class Failure:
         where = f"the S3 endpoint of bucket {host!r}" if s3 else (host or "the server")
         address = "the endpoint (AWS_ENDPOINT_URL or the profile's) is" if s3 else "the host and port in the URL are"
         if self.kind == "client":
-            return XROOTD_EXTRA
+            return self.cause.removeprefix(f"{url}: ")
         text = {
             "unreachable": f"cannot reach {where} ({self.cause}); check that the server is up and that "
                            f"{address} right and reachable from here and from the workers (firewall, VPN)",
@@ -132,13 +133,24 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _botocore_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """botocore's timeout and connection errors; none without the s3 extra (no S3 read then)."""
+    try:
+        from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+    except ImportError:
+        return (), ()
+    return (ConnectTimeoutError, ReadTimeoutError), (EndpointConnectionError,)
+
+
 def _classify_one(err: BaseException) -> Failure | None:
     import aiohttp
-    import botocore.exceptions
 
     cause = _one_line(err)
-    if isinstance(err, MissingExtraError) or (isinstance(err, ImportError) and "xrootd" in cause.lower()):
-        return Failure("client", False, cause)
+    if (extra := missing_extra(err)) is not None:
+        return Failure("client", False, _one_line(extra))
+    if isinstance(err, ImportError) and "xrootd" in cause.lower():  # the client's libraries, not the module
+        return Failure("client", False, "root:// inputs need the XRootD client: pip install 'megaset[xrootd]' "
+                                        f"({cause})")
     if isinstance(err, (socket.gaierror, aiohttp.ClientConnectorDNSError)):
         return Failure("unresolvable", False, cause)
     if isinstance(err, aiohttp.ClientResponseError):
@@ -150,10 +162,10 @@ def _classify_one(err: BaseException) -> Failure | None:
         if status in (408, 429) or status >= 500:
             return Failure("server", True, f"HTTP {status} {err.message}")
         return None
-    if isinstance(err, (TimeoutError, botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+    timeouts, unreachable = _botocore_errors()
+    if isinstance(err, (TimeoutError, *timeouts)):
         return Failure("timeout", True, cause if cause != type(err).__name__ else "timed out")
-    if isinstance(err, (ConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
-                        botocore.exceptions.EndpointConnectionError)):
+    if isinstance(err, (ConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, *unreachable)):
         return Failure("unreachable", True, cause)
     if isinstance(err, FileNotFoundError):
         return Failure("missing", False, "not found")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from megaset.errors import DamagedChunkError, MegasetError, StoreError
+from megaset.extras import require_for_url
 
 __all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing", "checked_reads", "damaged_chunks",
            "remove_tree"]
@@ -36,6 +37,7 @@ def open_group(url: str, path: str = "", *, mode: str = "r", what: str = "store"
     naming it (and ``hint``, what would create it)."""
     import zarr
 
+    require_for_url(url)
     target = f"{url.rstrip('/')}/{path}" if path else url
     try:
         return zarr.open_group(store=target, mode=mode, zarr_format=3, use_consolidated=False)

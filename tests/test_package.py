@@ -104,6 +104,7 @@ PUBLIC_API = {
     "megaset.report.report": ["axis_label", "cut_label", "error_axis", "report"],
     "megaset.report.samples": ["BACKGROUND_GROUP", "Sample", "load_samples", "mass_variable"],
     "megaset.report.style": ["DATA_COLOUR", "EVENTS_PER_BIN", "PALETTE", "Style", "process_colours"],
+    "megaset.extras": ["EXTRAS", "missing_extra", "require", "require_for_url"],
     "megaset.provenance": ["IGNORED", "SECTIONS", "changes", "fingerprint_of", "make_record", "record", "stage_config"],
     "megaset.stages": ["Stage", "StageState", "assess", "chain", "fingerprint", "status"],
     "megaset.reporting": ["REPORT_JSON", "report_record", "training_records", "write_report"],
