@@ -202,13 +202,18 @@ def test_dockerfile_installs_torch_first_then_every_layer_as_non_root():
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert lines[0] == "FROM python:3.11-slim"
     torch = next(i for i, line in enumerate(lines) if "torch==2.13.0" in line)
-    package = lines.index("RUN pip install .")
+    package = lines.index("RUN pip install --constraint requirements/lock.txt '.[s3,xrootd]'")
     assert torch < package
+    # What the image copies is what the build context lets in (Dockerfile.dockerignore).
+    context = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    for copied in re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE):
+        assert f"!{copied.rstrip('/')}/**" in context or f"!{copied}" in context, copied
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in text
     pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
     folders = set(re.findall(r'^"megaset(?:\.\w+)?" = "(\w+)"$', pyproject, flags=re.MULTILINE))
     assert {"megaset", "pipeline", "storage", "training", "deploy", "report"} <= folders
     copied = set(re.findall(r"^COPY (\w+)/ ", text, flags=re.MULTILINE))
+    assert "requirements" in copied
     assert folders <= copied, f"not copied into the image: {folders - copied}"
     (user,) = re.findall(r"^USER (\S+)$", text, flags=re.MULTILINE)
     assert user.split(":")[0] == str(KubernetesConfig().run_as_user) != "0"
