@@ -238,6 +238,7 @@ def open_client(cfg: ClusterConfig, *, timeout: float | None = None) -> Iterator
         client = _connect(cfg, cfg.connect_timeout if timeout is None else timeout)
         with contextlib.closing(client):
             _check_worker_gpus(client, cfg)
+            _warm(client, cfg)
             yield client
         return
     import dask
@@ -247,4 +248,14 @@ def open_client(cfg: ClusterConfig, *, timeout: float | None = None) -> Iterator
     # Nannies read it when they start a worker, adaptive ones too: keep it for the cluster's life.
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
     with dask.config.set(environ), _start(cfg) as cluster, Client(cluster) as client:
+        _warm(client, cfg)
         yield client
+
+
+def _warm(client: Client, cfg: ClusterConfig) -> None:
+    """Every worker, present and to come, imports the stages' modules and loads numba's kernels
+    as it starts (:mod:`megaset.warmup`): its first chunk then costs what the others do."""
+    if cfg.warm_workers:
+        from megaset.warmup import WarmWorker
+
+        client.register_plugin(WarmWorker())

@@ -626,6 +626,10 @@ class ClusterConfig(_Section):
     gpus_per_worker: int = Field(0, ge=0)
     address: str | None = None
     dashboard: bool = False
+    warm_workers: bool = Field(
+        True, description="Each worker imports the stages' modules and loads the numba kernels as it starts, "
+        "before its first task (megaset.warmup); `megaset warmup` fills numba's cache ahead of time.",
+    )
     host: str = Field(
         "127.0.0.1", min_length=1, description="kind: local: the interface scheduler, workers and dashboard listen "
         "on; the default, loopback, keeps them from the network (0.0.0.0: every interface, for workers "

@@ -220,6 +220,17 @@ def test_dockerfile_installs_torch_first_then_every_layer_as_non_root():
     assert lines.index(f"USER {user}") > package
 
 
+def test_dockerfile_fills_numba_cache_at_build_for_a_portable_cpu():
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    warm = lines.index("RUN python -m megaset.warmup")
+    assert lines.index("RUN pip install .") < warm < next(i for i, line in enumerate(lines) if line.startswith("USER "))
+    env = text[text.index("ENV NUMBA_CACHE_DIR"):text.index("RUN python -m megaset.warmup")]
+    assert "NUMBA_CACHE_DIR=/opt/megaset/numba-cache" in env
+    assert "NUMBA_CPU_NAME=${NUMBA_CPU_NAME}" in env and 'NUMBA_CPU_FEATURES=""' in env
+    assert "ARG NUMBA_CPU_NAME=x86-64-v2" in lines
+
+
 # ------------------------------------------------------------------ HTCondor
 
 
