@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megaset.config import ClusterConfig
+from megaset.deploy.pools import pool_sections, resources_arg, worker_resources
 from megaset.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ def describe(cfg: ClusterConfig) -> str:
     """One line saying what cluster the config asks for."""
     if cfg.kind == "address":
         gpus = f", {cfg.gpus_per_worker} GPU per worker required" if cfg.gpus_per_worker else ""
-        return f"existing scheduler at {cfg.address}{gpus}"
+        pools = f", pools {', '.join(cfg.pools)}" if cfg.pools else ""
+        return f"existing scheduler at {cfg.address}{gpus}{pools}"
     where = {
         "local": "local cluster",
         "htcondor": "htcondor cluster",
@@ -60,6 +62,8 @@ def describe(cfg: ClusterConfig) -> str:
             f"(namespace {cfg.kubernetes.namespace or 'current'}, image {cfg.kubernetes.image})"
         ),
     }[cfg.kind]
+    if cfg.pools:
+        return f"{where}, pools: " + "; ".join(f"{name} {_pool(p)}" for name, p in pool_sections(cfg).items())
     size = (
         f"adaptive {cfg.adapt.minimum}-{cfg.adapt.maximum} workers"
         if cfg.adapt
@@ -68,6 +72,13 @@ def describe(cfg: ClusterConfig) -> str:
     threads = f"{cfg.threads_per_worker} thread{'s' if cfg.threads_per_worker > 1 else ''}"
     gpus = f", {cfg.gpus_per_worker} GPU" if cfg.gpus_per_worker else ""
     return f"{where}, {size} x {threads}, {cfg.memory_per_worker} each{gpus}"
+
+
+def _pool(cfg: ClusterConfig) -> str:
+    threads = f"{cfg.threads_per_worker} thread{'s' if cfg.threads_per_worker > 1 else ''}"
+    gpus = f", {cfg.gpus_per_worker} GPU" if cfg.gpus_per_worker else ""
+    stages = "training, scoring" if cfg.gpus_per_worker else "ingest, mix"
+    return f"{cfg.workers} workers x {threads}, {cfg.memory_per_worker} each{gpus} ({stages})"
 
 
 def cluster_size(client: Client) -> ClusterSize:
@@ -85,6 +96,10 @@ def cluster_size(client: Client) -> ClusterSize:
     )
 
 
+#: Seconds a local cluster of pools waits for all its workers to start.
+_POOL_START_S = 120
+
+
 def _initial_workers(cfg: ClusterConfig) -> int:
     return cfg.adapt.minimum if cfg.adapt else cfg.workers
 
@@ -96,20 +111,24 @@ def _cuda_devices() -> int:
 
 
 def _check_local_gpus(cfg: ClusterConfig) -> None:
-    """Local GPU workers need as many visible CUDA devices as they declare in all."""
-    if not cfg.gpus_per_worker:
+    """Local GPU workers need as many visible CUDA devices as they declare in all, over every pool."""
+    sections = pool_sections(cfg).values()
+    needed = sum(s.gpus_per_worker * (s.adapt.maximum if s.adapt else s.workers or 0) for s in sections)
+    if not needed:
         return
-    workers = cfg.adapt.maximum if cfg.adapt else cfg.workers
-    needed = cfg.gpus_per_worker * workers
     visible = _cuda_devices()
     if visible < needed:
         shown = os.environ.get("CUDA_VISIBLE_DEVICES")
         env = f" (CUDA_VISIBLE_DEVICES={shown!r})" if shown is not None else ""
-        msg = (
-            f"cluster.gpus_per_worker={cfg.gpus_per_worker} with up to {workers} local workers "
-            f"needs {needed} CUDA devices, but {visible} are visible on this machine{env}; "
-            "set cluster.gpus_per_worker: 0 to run on CPU, or lower cluster.workers"
-        )
+        if cfg.pools:
+            asked = ", ".join(f"{name} {s.workers} x {s.gpus_per_worker}" for name, s in pool_sections(cfg).items()
+                              if s.gpus_per_worker)
+            fix = "lower the workers or gpus of the GPU pools"
+        else:
+            workers = cfg.adapt.maximum if cfg.adapt else cfg.workers
+            asked = f"cluster.gpus_per_worker={cfg.gpus_per_worker} with up to {workers} local workers"
+            fix = "set cluster.gpus_per_worker: 0 to run on CPU, or lower cluster.workers"
+        msg = f"{asked} needs {needed} CUDA devices, but {visible} are visible on this machine{env}; {fix}"
         raise ConfigError(msg)
 
 
@@ -118,10 +137,10 @@ def _check_worker_gpus(client: Client, cfg: ClusterConfig) -> None:
 
     Only the workers connected now can be checked: an adaptive cluster with none yet passes.
     """
-    if not cfg.gpus_per_worker:
-        return
     workers = client.scheduler_info(n_workers=-1)["workers"]
-    if not workers:
+    if cfg.pools and workers:
+        _check_worker_pools(workers, cfg)
+    if not cfg.gpus_per_worker or not workers:
         return
     declared = {addr: w.get("resources", {}).get("GPU", 0) for addr, w in workers.items()}
     if max(declared.values()) >= cfg.gpus_per_worker:
@@ -134,6 +153,20 @@ def _check_worker_gpus(client: Client, cfg: ClusterConfig) -> None:
         f"`dask worker ... --resources GPU={cfg.gpus_per_worker}`, or set cluster.gpus_per_worker: 0"
     )
     raise ConfigError(msg)
+
+
+def _check_worker_pools(workers: dict[str, Any], cfg: ClusterConfig) -> None:
+    """Each pool of an existing cluster needs a worker declaring the resource that places stages on it."""
+    for name, pool in pool_sections(cfg).items():
+        wanted = "GPU" if pool.gpus_per_worker else "CPU"
+        if any(w.get("resources", {}).get(wanted, 0) >= 1 for w in workers.values()):
+            continue
+        msg = (
+            f"cluster.pools.{name} runs {'training and scoring' if wanted == 'GPU' else 'ingest and mix'}, but no "
+            f"worker of the scheduler at {cfg.address} declares the resource {wanted}; start its workers with "
+            f"`dask worker {cfg.address} {' '.join(resources_arg(pool))}`"
+        )
+        raise ConfigError(msg)
 
 
 def _connect(cfg: ClusterConfig, timeout: float) -> Client:
@@ -154,8 +187,8 @@ def _local(cfg: ClusterConfig) -> Any:
     from distributed import LocalCluster
 
     _check_local_gpus(cfg)
-    return LocalCluster(
-        n_workers=_initial_workers(cfg),
+    cluster = LocalCluster(
+        n_workers=0 if cfg.pools else _initial_workers(cfg),
         threads_per_worker=cfg.threads_per_worker,
         memory_limit=parse_bytes(cfg.memory_per_worker),
         processes=True,
@@ -167,8 +200,24 @@ def _local(cfg: ClusterConfig) -> Any:
         # 8787 of every interface unless told otherwise: a second cluster on the machine would
         # warn that it is taken, and the event stream would be open to the network.
         scheduler_kwargs=None if cfg.dashboard else {"dashboard_address": f"{cfg.host}:0"},
-        resources={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else None,
+        resources=worker_resources(cfg) or None,
     )
+    if cfg.pools:
+        add_pools(cluster, cfg, lambda pool: {"nthreads": pool.threads_per_worker,
+                                              "memory_limit": parse_bytes(pool.memory_per_worker),
+                                              "resources": worker_resources(pool)})
+    return cluster
+
+
+def add_pools(cluster: Any, cfg: ClusterConfig, options: Callable[[ClusterConfig], dict[str, Any]]) -> None:
+    """Give a cluster of Dask's ``SpecCluster`` family (local, HTCondor) the workers of every pool
+    of ``cfg``: its own worker spec with ``options(pool section)`` on top, named ``<pool>-<i>``."""
+    template = cluster.new_spec
+    for name, pool in pool_sections(cfg).items():
+        for i in range(pool.workers or 0):
+            cluster.worker_spec[f"{name}-{i}"] = {"cls": template["cls"],
+                                                  "options": {**template["options"], **options(pool)}}
+    cluster.scale(len(cluster.worker_spec))
 
 
 def _start(cfg: ClusterConfig) -> Any:
@@ -184,7 +233,12 @@ def _start(cfg: ClusterConfig) -> Any:
     else:
         cluster = _local(cfg)
     try:
-        if cfg.adapt:
+        if cfg.pools:
+            # Each backend started its pools (a scale to one number would make them all alike); local
+            # workers are up in seconds, batch and Kubernetes ones join as they are scheduled.
+            if cfg.kind == "local":
+                cluster.wait_for_workers(sum(p.workers for p in cfg.pools.values()), timeout=_POOL_START_S)
+        elif cfg.adapt:
             cluster.adapt(minimum=cfg.adapt.minimum, maximum=cfg.adapt.maximum)
         else:
             cluster.scale(cfg.workers)

@@ -13,6 +13,7 @@ import shutil
 from typing import Any
 
 from megaset.config import ClusterConfig
+from megaset.deploy.pools import pool_sections, resources_arg
 from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 from megaset.extras import require
@@ -37,7 +38,7 @@ def _job_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     worker_args = list(_site("worker-extra-args", []))
     if cfg.gpus_per_worker:
         directives["request_GPUs"] = cfg.gpus_per_worker
-        worker_args += ["--resources", f"GPU={cfg.gpus_per_worker}"]
+    worker_args += resources_arg(cfg)
     kwargs: dict[str, Any] = {
         "cores": cfg.threads_per_worker,
         "memory": cfg.memory_per_worker,
@@ -79,7 +80,8 @@ def _job(cfg: ClusterConfig) -> Any:
 
 
 def htcondor_job_script(cfg: ClusterConfig) -> str:
-    """The submit description of one worker job, as ``HTCondorCluster.job_script()`` renders it.
+    """The submit description of one worker job, as ``HTCondorCluster.job_script()`` renders it;
+    with ``cluster.pools``, one per pool, each after a comment line naming it.
 
     The scheduler address is dask-jobqueue's placeholder until a cluster is started.
 
@@ -88,7 +90,10 @@ def htcondor_job_script(cfg: ClusterConfig) -> str:
     ConfigError
         If a required value (disk) is neither in the config nor in jobqueue.yaml.
     """
-    return _job(cfg).job_script()
+    if not cfg.pools:
+        return _job(cfg).job_script()
+    return "\n".join(f"# pool {name}: {pool.workers} jobs\n{_job(pool).job_script()}"
+                     for name, pool in pool_sections(cfg).items())
 
 
 def _scheduler_options(cfg: ClusterConfig) -> dict[str, Any]:
@@ -119,5 +124,13 @@ def start_htcondor_cluster(cfg: ClusterConfig) -> Any:
         raise ConfigError(msg)
     from dask_jobqueue import HTCondorCluster
 
-    _job(cfg)  # a config error reads better here than from inside the cluster's start
-    return HTCondorCluster(scheduler_options=_scheduler_options(cfg), **_job_kwargs(cfg))
+    first = next(iter(pool_sections(cfg).values()))
+    for pool in pool_sections(cfg).values():
+        _job(pool)  # a config error reads better here than from inside the cluster's start
+    cluster = HTCondorCluster(scheduler_options=_scheduler_options(cfg), **_job_kwargs(first))
+    if cfg.pools:
+        from megaset.deploy.cluster import add_pools
+
+        # One job description per pool, under the one scheduler.
+        add_pools(cluster, cfg, _job_kwargs)
+    return cluster

@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from megaset.config import ClusterConfig
+from megaset.deploy.pools import pool_sections, resources_arg
 from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 from megaset.extras import require
 
-__all__ = ["kube_cluster_spec", "start_kube_cluster", "quantity"]
+__all__ = ["kube_cluster_spec", "kube_worker_groups", "start_kube_cluster", "quantity"]
 
 _UNITS = (
     ("Ti", 2**40), ("T", 10**12), ("Gi", 2**30), ("G", 10**9),
@@ -51,14 +52,12 @@ def _cpu(cores: float) -> int | str:
 
 
 def _worker_command(cfg: ClusterConfig) -> list[str]:
-    command = [
+    return [
         "dask", "worker",
         "--nthreads", str(cfg.threads_per_worker),
         "--memory-limit", quantity(cfg.memory_per_worker),
+        *resources_arg(cfg),
     ]
-    if cfg.gpus_per_worker:
-        command += ["--resources", f"GPU={cfg.gpus_per_worker}"]
-    return command
 
 
 def _worker_resources(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
@@ -102,6 +101,8 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     require("kubernetes")
     from dask_kubernetes.operator import make_cluster_spec
 
+    if cfg.pools:  # the first pool is the cluster's own worker group, the others kube_worker_groups
+        cfg = next(iter(pool_sections(cfg).values()))
     kube = cfg.kubernetes
     spec = make_cluster_spec(
         name=kube.name,
@@ -140,6 +141,24 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     return spec
 
 
+def kube_worker_groups(cfg: ClusterConfig) -> list[dict[str, Any]]:
+    """A ``DaskWorkerGroup`` resource ``<name>-<pool>`` for every pool after the first (which is the
+    ``DaskCluster``'s own worker group): the same pod as the cluster's workers, sized by the pool."""
+    kube = cfg.kubernetes
+    groups = []
+    for pool, section in list(pool_sections(cfg).items())[1:] if cfg.pools else []:
+        group: dict[str, Any] = {
+            "apiVersion": "kubernetes.dask.org/v1",
+            "kind": "DaskWorkerGroup",
+            "metadata": {"name": f"{kube.name}-{pool}", "labels": {"app.kubernetes.io/name": "megaset"}},
+            "spec": {"cluster": kube.name, "worker": kube_cluster_spec(section)["spec"]["worker"]},
+        }
+        if kube.namespace:
+            group["metadata"]["namespace"] = kube.namespace
+        groups.append(group)
+    return groups
+
+
 def _discard_failed(name: str) -> None:
     """Close what a failed ``KubeCluster`` start left behind, deleting its DaskCluster if the
     start got that far; otherwise its event loop is left running until exit."""
@@ -175,12 +194,16 @@ def start_kube_cluster(cfg: ClusterConfig) -> Any:
 
     kube = cfg.kubernetes
     try:
-        return KubeCluster(
+        cluster = KubeCluster(
             custom_cluster_spec=kube_cluster_spec(cfg),
             namespace=kube.namespace,
             resource_timeout=kube.startup_timeout,
             quiet=True,
         )
+        for group in kube_worker_groups(cfg):
+            # The operator names the group <cluster>-<name>, as the rendered manifest does.
+            cluster.add_worker_group(group["metadata"]["name"].removeprefix(f"{kube.name}-"),
+                                     custom_spec=group["spec"]["worker"])
     except Exception as err:
         # kr8s, httpx and the operator raise many unrelated types; all mean the same here.
         _discard_failed(kube.name)
@@ -192,3 +215,4 @@ def start_kube_cluster(cfg: ClusterConfig) -> Any:
             "installed (docs/deploy.md)"
         )
         raise ConfigError(msg) from err
+    return cluster

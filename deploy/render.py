@@ -1,8 +1,9 @@
 """Print what a config would launch: ``python -m megaset.deploy.render CONFIG.yaml``.
 
-For ``kind: kubernetes`` the ``DaskCluster`` manifest (``kubectl apply -f`` it to keep a
-cluster running between runs, e.g. for ``kind: address``); for ``kind: htcondor`` the submit
-description of one worker job. The manifests in deploy/kubernetes/daskcluster*.yaml are this
+For ``kind: kubernetes`` the ``DaskCluster`` manifest, followed by a ``DaskWorkerGroup`` for each
+further pool (``kubectl apply -f`` it to keep a cluster running between runs, e.g. for ``kind:
+address``); for ``kind: htcondor`` the submit description of one worker job (of each pool). The
+manifests in deploy/kubernetes/daskcluster*.yaml and deploy/htcondor/workers-pools.sub are this
 output for the example configs beside them.
 """
 
@@ -27,14 +28,15 @@ def render(cfg: ClusterConfig, source: str = "the config") -> str:
     if cfg.kind == "kubernetes":
         import yaml
 
-        from megaset.deploy.kube import kube_cluster_spec
+        from megaset.deploy.kube import kube_cluster_spec, kube_worker_groups
 
         header = (
             f"# DaskCluster rendered from {source} by `python -m megaset.deploy.render`.\n"
             "# Edit the config and render again rather than editing this file.\n"
             "# `kubectl apply -f` it to keep a cluster running between runs (docs/deploy.md).\n"
         )
-        return header + yaml.safe_dump(kube_cluster_spec(cfg), sort_keys=False)
+        docs = [kube_cluster_spec(cfg), *kube_worker_groups(cfg)]
+        return header + yaml.safe_dump_all(docs, sort_keys=False)
     if cfg.kind == "htcondor":
         from megaset.deploy.condor import htcondor_job_script
 

@@ -144,6 +144,30 @@ def _connect(cfg):
         yield client
 
 
+def _machine_cluster(cfg):
+    """On a node with GPUs, a cluster section left at its defaults becomes a CPU pool and a GPU pool
+    (:func:`megaset.deploy.pools.gpu_box`), said in the first lines; elsewhere ``cfg`` as it is."""
+    import os
+
+    from megaset.config import ClusterConfig
+
+    if cfg.cluster != ClusterConfig():
+        return cfg
+    import torch
+    from distributed.system import MEMORY_LIMIT
+
+    from megaset.deploy.pools import gpu_box
+
+    cores, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
+    box = gpu_box(cores, gpus, MEMORY_LIMIT)
+    if box is None:
+        return cfg
+    log.info("this node has %d cores and %d GPU%s: ingest and mix on %d CPU workers, training and scoring on "
+             "%d GPU worker%s (one rank per GPU); a cluster: section in the config chooses otherwise",
+             cores, gpus, "" if gpus == 1 else "s", box.pools["cpu"].workers, gpus, "" if gpus == 1 else "s")
+    return cfg.replace(cluster=box.model_dump(mode="json", exclude_defaults=True))
+
+
 def _config_path(config: Path | None) -> Path | None:
     """``--config`` after the sub-command, else the one before it."""
     if config is not None and _session.config is not None and config != _session.config:
@@ -235,10 +259,11 @@ def simulate(config: ConfigOption = None, overrides: SetOption = None) -> None:
 @app.command()
 def ingest(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Select events, build RMMs and write per-channel staging arrays, chunk by chunk on Dask."""
+    from megaset.deploy.pools import placed
     from megaset.pipeline.ingest import ingest as run_ingest
 
     cfg = _config(config, overrides)
-    with _connect(cfg) as client:
+    with _connect(cfg) as client, placed(cfg.cluster, "ingest"):
         summary = run_ingest(cfg, client, status=not _session.quiet, log=log.info)
     _console().print(_cutflow_table(summary.channels))
     resumed = sum(c["resumed"] for c in summary.channels.values())
@@ -254,10 +279,11 @@ def ingest(config: ConfigOption = None, overrides: SetOption = None) -> None:
 @app.command()
 def mix(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Mix the staging arrays into the store: train / val / test / signal / data groups."""
+    from megaset.deploy.pools import placed
     from megaset.storage.mix import mix as run_mix
 
     cfg = _config(config, overrides)
-    with _connect(cfg) as client, _progress() as bar:
+    with _connect(cfg) as client, placed(cfg.cluster, "mix"), _progress() as bar:
         task = bar.add_task("mixing chunks", total=None)
         summary = run_mix(cfg, client, progress=lambda done, total: bar.update(task, completed=done, total=total))
     _console().print(_groups_table(f"store {cfg.store.url}", summary["groups"], "n_events", "n_chunks"))
@@ -361,6 +387,7 @@ def run(
     if dry_run:
         _print_status(cfg)
         return
+    cfg = _machine_cluster(cfg)
     with _connect(cfg) as client:
         out = run_all(cfg, client, log=log.info, status=not _session.quiet)
     total = sum(out["seconds"].values())

@@ -615,6 +615,25 @@ class HTCondorConfig(_Section):
         return value
 
 
+class PoolConfig(_Section):
+    """One pool of identical workers (``cluster.pools``): a pool without GPUs ingests and mixes, a pool with
+    GPUs trains and scores; see docs/deploy.md."""
+
+    workers: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, description="Threads (and cores asked for) per worker.")
+    memory: str = "4 GiB"
+    gpus: int = Field(0, ge=0, description="GPUs per worker, declared as the Dask resource GPU.")
+
+    @field_validator("memory")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        return _size(value)
+
+
+#: The keys that size a single pool; ``pools`` sizes each pool instead.
+_SINGLE_POOL_KEYS = ("workers", "adapt", "threads_per_worker", "memory_per_worker", "gpus_per_worker")
+
+
 class ClusterConfig(_Section):
     """Where the Dask workers run and how many; see docs/deploy.md."""
 
@@ -624,6 +643,13 @@ class ClusterConfig(_Section):
     threads_per_worker: int = Field(1, ge=1)
     memory_per_worker: str = "4 GiB"
     gpus_per_worker: int = Field(0, ge=0)
+    pools: dict[str, PoolConfig] | None = Field(
+        None, description="Pools of workers of their own size, e.g. {cpu: {workers: 14}, gpu: {workers: 1, gpus: 1}}, "
+        "instead of workers / threads_per_worker / memory_per_worker / gpus_per_worker: ingest and mix run on the "
+        "pools without GPUs, training and scoring on the GPU pools (on any worker where there are none).",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Further Dask resources every worker declares (the pools add CPU or GPU).")
     address: str | None = None
     dashboard: bool = False
     warm_workers: bool = Field(
@@ -651,9 +677,20 @@ class ClusterConfig(_Section):
         if self.kind == "address" and not self.address:
             msg = "kind: address needs address: tcp://host:port"
             raise ValueError(msg)
-        if self.kind != "address" and self.workers is None and self.adapt is None:
-            msg = f"kind: {self.kind} needs workers: N or adapt: {{minimum, maximum}}"
+        if self.kind != "address" and self.workers is None and self.adapt is None and not self.pools:
+            msg = f"kind: {self.kind} needs workers: N, adapt: {{minimum, maximum}} or pools"
             raise ValueError(msg)
+        if self.pools is not None:
+            # Compared with the defaults, not with the keys given: a dumped configuration holds them all.
+            fields = type(self).model_fields
+            both = [key for key in _SINGLE_POOL_KEYS if getattr(self, key) not in (fields[key].default, None)]
+            if both:
+                msg = (f"pools sizes each pool itself: drop {', '.join(both)} (or drop pools for one pool of "
+                       "workers); adaptive scaling is for a single pool")
+                raise ValueError(msg)
+            if not self.pools:
+                msg = "pools is empty: name at least one pool, e.g. pools: {cpu: {workers: 4}}"
+                raise ValueError(msg)
         return self
 
 

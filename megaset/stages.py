@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from megaset.config import Config
+from megaset.deploy.pools import placed
 from megaset.errors import CheckpointError, StoreError
 
 if TYPE_CHECKING:
@@ -191,7 +192,8 @@ def _ingest_stage(cfg: Config, log: Callable[[str], None], progress: bool) -> St
 
         if not resume:
             remove_staging(cfg.store.staging)
-        return ingest(cfg, client, status=progress, log=log)
+        with placed(cfg.cluster, "ingest"):
+            return ingest(cfg, client, status=progress, log=log)
 
     # The ingest reads the simulation's record itself: its upstream is what is on disk.
     return Stage("ingest", () if cfg.inputs.channels else ("simulate",), lambda _: ingest_record(cfg),
@@ -215,7 +217,8 @@ def _mix_stage(cfg: Config, after: str) -> Stage:
 
         if not resume:
             remove_store(cfg.store.url)
-        return mix(cfg, client)
+        with placed(cfg.cluster, "mix"):
+            return mix(cfg, client)
 
     return Stage("mix", (after,), lambda up: mix_record(cfg, {"stage": {"fingerprint": up[after]}}), recorded, work)
 

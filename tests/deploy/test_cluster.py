@@ -474,3 +474,115 @@ def test_release_memory_hands_the_workers_freed_heap_back():
         release_memory(client)
         (after,) = client.run(_rss_mib).values()
     assert held - after > 150, (held, after)
+
+
+# ------------------------------------------------------------------ pools
+
+
+POOLS = {"cpu": {"workers": 2, "memory": "1 GiB"}, "gpu": {"workers": 1, "memory": "1 GiB", "gpus": 1}}
+
+
+def test_pools_config_and_description():
+    cfg = ClusterConfig(pools={"cpu": {"workers": 14}, "gpu": {"workers": 1, "threads": 4, "gpus": 1}})
+    assert describe(cfg) == ("local cluster, pools: cpu 14 workers x 1 thread, 4 GiB each (ingest, mix); "
+                             "gpu 1 workers x 4 threads, 4 GiB each, 1 GPU (training, scoring)")
+    with pytest.raises(ValueError, match=r"pools sizes each pool itself: drop workers, gpus_per_worker"):
+        ClusterConfig(workers=4, gpus_per_worker=1, pools={"cpu": {"workers": 2}})
+    with pytest.raises(ValueError, match=r"drop adapt"):
+        ClusterConfig(adapt={"minimum": 1, "maximum": 3}, pools={"cpu": {"workers": 2}})
+    with pytest.raises(ValueError, match=r"pools is empty"):
+        ClusterConfig(pools={})
+    # A dumped configuration holds every key at its default: it loads back.
+    assert ClusterConfig.model_validate(cfg.model_dump()) == cfg
+
+
+def test_local_gpu_pools_without_devices_fail_fast():
+    cfg = ClusterConfig(pools={"cpu": {"workers": 1}, "gpu": {"workers": 2, "gpus": 32}})
+    refused_within(cfg, 15, r"gpu 2 x 32 needs 64 CUDA devices, but \d+ are visible.*GPU pools")
+
+
+@pytest.mark.slow
+def test_local_pools_start_workers_of_each_size():
+    cfg = ClusterConfig(pools={"narrow": {"workers": 2, "memory": "1 GiB"},
+                               "wide": {"workers": 1, "threads": 2, "memory": "2 GiB"}}, warm_workers=False)
+    with open_client(cfg) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        seen = sorted((w["name"], w["nthreads"], w["memory_limit"], w["resources"]) for w in workers)
+    assert seen == [("narrow-0", 1, 2**30, {"CPU": 1}), ("narrow-1", 1, 2**30, {"CPU": 1}),
+                    ("wide-0", 2, 2**31, {"CPU": 2})]
+
+
+@pytest.mark.slow
+def test_existing_pools_need_workers_declaring_their_resources(address):
+    cfg = ClusterConfig(kind="address", address=address, pools=POOLS, warm_workers=False)
+    refused_within(cfg, 10, rf"cluster.pools.cpu runs ingest and mix, but no worker of the scheduler at "
+                            rf"{address} declares the resource CPU; .*--resources CPU=1")
+
+
+@pytest.mark.slow
+def test_pools_place_ingest_and_mix_on_cpu_workers_and_ranks_on_gpu_workers(tmp_path):
+    """Two CPU workers and one worker declaring a GPU (none exists here): ingest and mix run on the
+    CPU workers alone; training ranks and scoring go to the GPU worker."""
+    from distributed import get_task_stream
+
+    from megaset.pipeline.simulate import generate, write_ntuple
+    from megaset.stages import chain
+    from megaset.storage.store import open_store
+    from megaset.training.ddp import _rank_workers
+    from megaset.training.score import scoring_device
+
+    signal = {"zmmjets": False, "ttbar": False, "c1n2_wz_800_50": True}
+    for c, channel in enumerate(signal):
+        write_ntuple(tmp_path / f"{channel}.root", generate(channel, 2000, seed=7 + c))
+    workers = [["--resources", "CPU=1"], ["--resources", "CPU=1"], ["--resources", "GPU=1"]]
+    with Scheduler(tmp_path, workers) as addr:
+        cfg = Config.model_validate({
+            "inputs": {"chunksize": 500, "channels": {
+                ch: {"files": [str(tmp_path / f"{ch}.root")], "signal": sig} for ch, sig in signal.items()}},
+            "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
+            "cluster": {"kind": "address", "address": addr, "pools": POOLS, "warm_workers": False},
+        })
+        stages = {stage.name: stage for stage in chain(cfg)}
+        with open_client(cfg.cluster) as client:
+            declared = client.run_on_scheduler(
+                lambda dask_scheduler: {a: dict(w.resources) for a, w in dask_scheduler.workers.items()})
+            cpu = {a for a, r in declared.items() if r.get("CPU")}
+            gpu = {a for a, r in declared.items() if r.get("GPU")}
+            with get_task_stream(client) as stream:
+                stages["ingest"].work(client, False)
+                stages["mix"].work(client, False)
+            ranks, on_gpus = _rank_workers(client, None, 30)
+            device = scoring_device("auto", client)
+    ran = {task["worker"] for task in stream.data}
+    assert len(cpu) == 2 and len(gpu) == 1
+    assert ran == cpu  # both CPU workers worked, the GPU worker took no ingest or mix task
+    assert len(stream.data) > 6
+    assert (ranks, on_gpus, device) == (sorted(gpu), True, "cuda")
+    assert open_store(cfg.store.url).group("train").n_events > 0
+
+
+def test_gpu_box_by_default():
+    """A node's cores and GPUs, as megaset run finds them when the config leaves cluster: at its defaults."""
+    from megaset.deploy.pools import gpu_box, stage_resources
+
+    box = gpu_box(16, 1, 128 * 2**30)
+    assert describe(box) == ("local cluster, pools: cpu 15 workers x 1 thread, 4 GiB each (ingest, mix); "
+                             "gpu 1 workers x 1 thread, 4 GiB each, 1 GPU (training, scoring)")
+    assert stage_resources(box, "ingest") == stage_resources(box, "mix") == {"CPU": 1}
+    assert stage_resources(box, "train") is stage_resources(box, "score") is None
+    big = gpu_box(64, 4, 512 * 2**30)
+    assert (big.pools["cpu"].workers, big.pools["gpu"].workers, big.pools["gpu"].gpus) == (60, 4, 1)
+    assert gpu_box(2, 1, 2**30).pools["cpu"].memory == "512.00 MiB"  # memory shared by 2 workers
+    assert gpu_box(1, 2, 2**34).pools["cpu"].workers == 1
+    assert gpu_box(16, 0, 2**37) is None  # no GPU: the default cluster as before
+
+
+def test_machine_cluster_keeps_a_configured_or_gpu_less_cluster():
+    from megaset.cli import _machine_cluster
+
+    configured = Config.model_validate({"cluster": {"workers": 3}})
+    assert _machine_cluster(configured) is configured
+    import torch
+
+    if not torch.cuda.is_available():
+        assert _machine_cluster(Config()) == Config()

@@ -17,7 +17,7 @@ from referencing.jsonschema import DRAFT202012
 
 from megaset.config import ClusterConfig, KubernetesConfig, load_config
 from megaset.deploy.condor import htcondor_job_script
-from megaset.deploy.kube import kube_cluster_spec
+from megaset.deploy.kube import kube_cluster_spec, kube_worker_groups
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -38,16 +38,15 @@ def resource(kind: str) -> dict:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def daskcluster_validator():
-    """The operator's DaskCluster CRD schema, with its Kubernetes definitions resolved offline.
+def crd_validator(crd_file: str) -> jsonschema.Draft202012Validator:
+    """The schema of one of the operator's CRDs, with its Kubernetes definitions resolved offline.
 
     The CRD shipped in dask-kubernetes refers to the core API (PodSpec, ServiceSpec) through
     ``python://k8s_crd_resolver/...``, which the operator's build resolves; here those
     definitions come from kubernetes-validate's strict schemas of the same API objects.
     """
     crd_dir = resources.files("dask_kubernetes") / "operator" / "customresources"
-    crd = yaml.safe_load((crd_dir / "daskcluster.yaml").read_text())
+    crd = yaml.safe_load((crd_dir / crd_file).read_text())
     templates = yaml.safe_load((crd_dir / "templates.yaml").read_text())
     k8s_dir = resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict"
     k8s = json.loads((k8s_dir / "_definitions.json").read_text())["$defs"]
@@ -62,11 +61,21 @@ def daskcluster_validator():
     return jsonschema.Draft202012Validator(version["schema"]["openAPIV3Schema"], registry=registry)
 
 
+@pytest.fixture(scope="module")
+def daskcluster_validator():
+    return crd_validator("daskcluster.yaml")
+
+
+@pytest.fixture(scope="module")
+def daskworkergroup_validator():
+    return crd_validator("daskworkergroup.yaml")
+
+
 # ------------------------------------------------------------------ every manifest validates
 
 
 @pytest.mark.parametrize("name", KUBE_FILES)
-def test_every_kubernetes_file_validates(name, daskcluster_validator):
+def test_every_kubernetes_file_validates(name, daskcluster_validator, daskworkergroup_validator):
     """Resources against the Kubernetes 1.37 schemas (strict: unknown fields are errors),
     DaskClusters against the operator's CRD, megaset configs against megaset's own model."""
     docs = documents(KUBE / name)
@@ -76,6 +85,8 @@ def test_every_kubernetes_file_validates(name, daskcluster_validator):
             load_config(KUBE / name)
         elif doc["kind"] == "DaskCluster":
             daskcluster_validator.validate(doc)
+        elif doc["kind"] == "DaskWorkerGroup":
+            daskworkergroup_validator.validate(doc)
         elif doc["kind"] == "Kustomization":
             listed = doc["resources"] + [f.split("=")[-1] for g in doc["configMapGenerator"] for f in g["files"]]
             assert all((KUBE / f).is_file() for f in listed), listed
@@ -134,6 +145,28 @@ def test_daskcluster_manifests_are_the_example_configs_rendered(manifest, config
 
 
 # ------------------------------------------------------------------ the pieces fit together
+
+
+def test_pools_manifest_is_the_example_config_rendered(daskworkergroup_validator):
+    """A CPU pool as the cluster's own worker group, the GPU pool as a DaskWorkerGroup of that cluster."""
+    committed = documents(KUBE / "daskcluster-pools.yaml")
+    cfg = load_config(KUBE / "config-pools.yaml").cluster
+    assert committed == [kube_cluster_spec(cfg), *kube_worker_groups(cfg)]
+    cluster, group = committed
+    assert [d["kind"] for d in committed] == ["DaskCluster", "DaskWorkerGroup"]
+    assert group["spec"]["cluster"] == cluster["metadata"]["name"] == "megaset-pools"
+    assert group["metadata"]["name"] == "megaset-pools-gpu"
+    cpu, gpu = cluster["spec"]["worker"], group["spec"]["worker"]
+    assert (cpu["replicas"], gpu["replicas"]) == (14, 1)
+    cpu_args, gpu_args = (w["spec"]["containers"][0]["args"] for w in (cpu, gpu))
+    assert cpu_args[cpu_args.index("--resources") + 1] == "CPU=1"
+    assert gpu_args[gpu_args.index("--resources") + 1] == "GPU=1"
+    assert "nvidia.com/gpu" not in cpu["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    broken = copy.deepcopy(group)
+    broken["spec"]["worker"]["replicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError, match="'one' is not of type 'integer'"):
+        daskworkergroup_validator.validate(broken)
 
 
 def test_driver_job_runs_megaset_with_the_configmap():
@@ -270,6 +303,24 @@ def submit_file(path: Path) -> dict[str, str]:
     return out
 
 
+def test_pool_worker_jobs_are_the_example_config_rendered():
+    """One job description per pool under one scheduler: CPU jobs declare CPU, GPU jobs request and declare GPUs."""
+    import dask
+
+    site = yaml.safe_load((CONDOR / "jobqueue.yaml").read_text())["jobqueue"]["htcondor"]
+    cfg = load_config(CONDOR / "config-pools.yaml").cluster
+    with dask.config.set({f"jobqueue.htcondor.{key}": value for key, value in site.items()}):
+        rendered = htcondor_job_script(cfg)
+    committed = (CONDOR / "workers-pools.sub").read_text()
+    assert committed.endswith(rendered)
+    assert "DASK_CONFIG=deploy/htcondor python -m megaset.deploy.render deploy/htcondor/config-pools.yaml" in committed
+    cpu, gpu = rendered.split("# pool gpu: 2 jobs\n")
+    assert cpu.startswith("# pool cpu: 20 jobs\n")
+    assert "--resources CPU=2'" in cpu and "request_GPUs" not in cpu and "MY.DaskWorkerCores = 2\n" in cpu
+    assert "--resources GPU=1'" in gpu and "request_GPUs = 1\n" in gpu and "MY.DaskWorkerCores = 4\n" in gpu
+    assert cpu.count("\nQueue\n") == gpu.count("\nQueue\n") == 1
+
+
 def test_driver_submit_file_runs_megaset_on_the_submit_node():
     sub = submit_file(CONDOR / "driver.sub")
     assert sub["universe"] == "local"
@@ -283,8 +334,8 @@ def test_driver_submit_file_runs_megaset_on_the_submit_node():
     assert re.search(r"^queue\s*$", (CONDOR / "driver.sub").read_text(), flags=re.MULTILINE)
 
 
-@pytest.mark.parametrize("name", ["config-shared-fs.yaml", "config-object-store.yaml"])
+@pytest.mark.parametrize("name", ["config-shared-fs.yaml", "config-object-store.yaml", "config-pools.yaml"])
 def test_htcondor_example_configs_load(name):
     cfg = load_config(CONDOR / name)
     assert cfg.cluster.kind == "htcondor"
-    assert cfg.store.url.startswith("s3://") == (name == "config-object-store.yaml")
+    assert cfg.store.url.startswith("s3://") == (name != "config-shared-fs.yaml")
