@@ -29,7 +29,7 @@ from megaset.errors import ConfigError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["open_client", "describe", "cluster_size", "ClusterSize", "release_memory"]
+__all__ = ["open_client", "describe", "cluster_size", "ClusterSize", "release_memory", "add_pools"]
 
 
 @dataclass(frozen=True)

@@ -99,5 +99,5 @@ def gpu_box(cores: int, gpus: int, memory: int) -> ClusterConfig | None:
     cpu_workers = max(1, cores - gpus)
     share = min(4 * 2**30, memory // (cpu_workers + gpus))
     size = "4 GiB" if share == 4 * 2**30 else format_bytes(share)
-    return ClusterConfig(pools={"cpu": {"workers": cpu_workers, "memory": size},
-                                "gpu": {"workers": gpus, "gpus": 1, "memory": size}})
+    return ClusterConfig.model_validate({"pools": {"cpu": {"workers": cpu_workers, "memory": size},
+                                                   "gpu": {"workers": gpus, "gpus": 1, "memory": size}}})

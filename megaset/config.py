@@ -28,6 +28,7 @@ from megaset.errors import ConfigError
 
 __all__ = [
     "Config",
+    "PoolConfig",
     "load_config",
     "demo_config",
     "DEMOS",
