@@ -27,7 +27,7 @@ from megaset.storage import stats
 from megaset.storage.backend import open_group, stored_bytes, writing
 from megaset.storage.mix_chunk import build_chunk
 from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, channel_roles, make_plan
-from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION
+from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION, channel_flags, column_dimensions
 from megaset.storage.tasks import map_chunks
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["mix", "prepare_mix", "MixJob", "mix_record"]
 
 _REQUIRED = ("weight", "channel", "event_id")
-_DIMENSIONS = {"rmm": ("event", "feature"), "image": ("event", "pixel"), "event_id": ("event", "id_field")}
 #: Train chunks whose scaler partials are read back at once when folding them.
 _FOLD_BATCH = 64
 
@@ -273,6 +272,7 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
             templates[key] = _new_metadata(chunks, dtype, codecs, fill, dimensions)
         return templates[key].update_shape(shape)
 
+    flags = channel_flags({s.id: s.name for s in plan.sequences.values()})
     for g in plan.groups:
         nodes[g.name] = GroupMetadata(zarr_format=3, attributes={
             "kind": g.kind, "n_events": g.n_events, "chunk_len": g.chunk_len,
@@ -280,16 +280,18 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
             "base_columns": list(columns), "compressor": codec.model_dump(mode="json"),
         })
         for name, (dtype, tail) in columns.items():
-            nodes[f"{g.name}/{name}"] = _array_metadata(
-                (g.n_events, *tail), (g.chunk_len, *tail), dtype, codecs, 0,
-                _DIMENSIONS.get(name, ("event", *(f"{name}_{k}" for k in range(1, len(tail) + 1)))))
+            array = _array_metadata((g.n_events, *tail), (g.chunk_len, *tail), dtype, codecs, 0,
+                                    column_dimensions(name, len(tail)))
+            nodes[f"{g.name}/{name}"] = array.update_attributes(flags) if name == "channel" else array
         book = f"{MIX_PREFIX}/{g.name}"
-        nodes[f"{book}/done"] = _array_metadata((g.n_chunks,), (1,), "bool", [], False)
+        nodes[f"{book}/done"] = _array_metadata((g.n_chunks,), (1,), "bool", [], False, ("chunk",))
         k = len(g.channel_ids)
-        nodes[f"{book}/weights"] = _array_metadata((g.n_chunks, k), (1, max(k, 1)), "f8", [], 0.0)
+        nodes[f"{book}/weights"] = _array_metadata((g.n_chunks, k), (1, max(k, 1)), "f8", [], 0.0,
+                                                   ("chunk", "channel_index"))
         if g.name == "train":
             nodes[f"{book}/stats"] = _array_metadata(
-                (g.n_chunks, stats.N_ROWS, width), (1, stats.N_ROWS, width), "f8", [], 0.0)
+                (g.n_chunks, stats.N_ROWS, width), (1, stats.N_ROWS, width), "f8", [], 0.0,
+                ("chunk", "statistic", "feature"))
     for _ in root.create_hierarchy(nodes):
         pass
     root.attrs["groups"] = [g.name for g in plan.groups]

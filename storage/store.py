@@ -10,6 +10,11 @@ Layout (Zarr v3, any fsspec URL)::
         aux columns [N] (met, m_ll, n_jets, ...), later score/<model> [N, ...]
     <store>/_mix/<group>/{done, weights, stats}   per-chunk bookkeeping of the mix pass
 
+Every array carries Zarr v3 ``dimension_names`` (:func:`column_dimensions`; ``event`` first),
+so ``xarray.open_zarr(url, group="test/score")`` opens any group or subgroup, and the
+``channel`` column names its codes as CF ``flag_values`` / ``flag_meanings``
+(:func:`channel_flags`). Stores mixed before they did still read: nothing here needs them.
+
 Every array of a group is chunked along events with the group's ``chunk_len``; chunk ``i``
 holds events ``i * chunk_len`` up to the next chunk (the last one may be short).
 
@@ -29,7 +34,8 @@ from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
 from megaset.storage.backend import checked_reads, chunk_exists, float_fill, open_group
 from megaset.storage.scores import scored_models
 
-__all__ = ["open_store", "remove_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION"]
+__all__ = ["open_store", "remove_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION", "column_dimensions",
+           "channel_flags"]
 
 #: Version of the store layout written by :mod:`megaset.storage.mix`.
 SCHEMA_VERSION = 1
@@ -37,6 +43,9 @@ SCHEMA_VERSION = 1
 #: Where the mix pass keeps its per-chunk bookkeeping; not a data group.
 MIX_PREFIX = "_mix"
 
+
+#: The names of the axes after the event axis of the base columns that have some.
+_DIMENSIONS = {"rmm": ("feature",), "image": ("pixel",), "event_id": ("id_field",)}
 
 # The root attributes every finished store has; a reader indexes them without checking.
 _COMPLETE_KEYS = ("channels", "groups", "feature_names")
@@ -96,6 +105,38 @@ def remove_store(url: str) -> None:
         msg = f"{url!r} holds a Zarr group that is not a megaset store; set store.url to another location"
         raise StoreError(msg)
     remove_tree(url)
+
+
+def column_dimensions(name: str, n_tail: int) -> tuple[str, ...]:
+    """The ``dimension_names`` of column ``name`` with ``n_tail`` axes after the event axis.
+
+    Every array of the store carries them, so that ``xarray.open_zarr(url, group=...)`` opens
+    each group and subgroup: ``event`` first, then the column's own axes, named after the
+    column's last path part where no common name exists (two models' latent columns of
+    different sizes must not share an axis name within their subgroup).
+
+    >>> column_dimensions("rmm", 1), column_dimensions("score/ae-deep", 0), column_dimensions("latent/jet-ae", 1)
+    (('event', 'feature'), ('event',), ('event', 'jet-ae_1'))
+    """
+    if name in _DIMENSIONS and len(_DIMENSIONS[name]) == n_tail:
+        return ("event", *_DIMENSIONS[name])
+    leaf = name.rsplit("/", 1)[-1]
+    return ("event", *(f"{leaf}_{k}" for k in range(1, n_tail + 1)))
+
+
+def channel_flags(names: Mapping[int, str]) -> dict[str, Any]:
+    """The attributes of the ``channel`` column that name its codes, as CF flags.
+
+    ``flag_values`` lists the codes and ``flag_meanings`` their names, blank-separated (a
+    blank inside a name becomes ``_``), so that CF-aware readers (``cf_xarray``, ncdump-style
+    tools) decode the int16 codes without the store's root attributes.
+
+    >>> channel_flags({1: "ttbar", 0: "Z jets"})
+    {'long_name': 'channel', 'flag_values': [0, 1], 'flag_meanings': 'Z_jets ttbar'}
+    """
+    ids = sorted(names)
+    return {"long_name": "channel", "flag_values": ids,
+            "flag_meanings": " ".join("_".join(str(names[i]).split()) for i in ids)}
 
 
 class Store:
@@ -319,6 +360,7 @@ class StoreGroup:
         group.create_array(
             name, shape=shape, dtype=dtype, chunks=(self.chunk_len, *shape_tail),
             compressors=compressors(codec), fill_value=float_fill(dtype), overwrite=True,
+            dimension_names=column_dimensions(name, len(shape_tail)),
         )
         self._handles.clear()
 

@@ -147,3 +147,62 @@ def test_refused_write_names_the_store_cause_fix_and_a_real_place(filename, plac
     assert str(info.value) == (f"cannot write to store '/data/s.zarr': read-only file system{place}; set store.url "
                                "to a location on a writable filesystem, then rerun `megaset mix`: finished chunks "
                                "are kept")
+
+
+def _subgroups(group, prefix=""):
+    for name, sub in group.groups():
+        yield f"{prefix}{name}"
+        yield from _subgroups(sub, f"{prefix}{name}/")
+
+
+def test_xarray_opens_every_group_and_subgroup(store_copy):
+    xr = pytest.importorskip("xarray")
+    store = open_store(store_copy)
+    train = store.group("train")
+    train.create_column("score/ae", np.float32)
+    train.create_column("latent/ae", np.float32, (3,))
+    for i in range(train.n_chunks):
+        rows = train.chunk_slice(i)
+        train.write_chunk("score/ae", i, np.arange(rows.start, rows.stop, dtype=np.float32))
+        train.write_chunk("latent/ae", i, np.ones((rows.stop - rows.start, 3), np.float32))
+    names = list(_subgroups(zarr.open_group(store_copy, mode="r")))
+    assert {"train", "train/score", "train/latent", "signal/susy", "_mix/train"} <= set(names)
+    for name in names:
+        ds = xr.open_zarr(store_copy, group=name, consolidated=False)
+        if name in store.group_names():
+            group = store.group(name)
+            assert ds.sizes["event"] == group.n_events
+            np.testing.assert_array_equal(ds["rmm"].values, group.read_chunks(range(group.n_chunks), ["rmm"])["rmm"])
+            assert ds["rmm"].dims == ("event", "feature")
+    scores = xr.open_zarr(store_copy, group="train/score", consolidated=False)
+    np.testing.assert_array_equal(scores["ae"].values, np.arange(train.n_events, dtype=np.float32))
+    assert xr.open_zarr(store_copy, group="train/latent", consolidated=False)["ae"].dims == ("event", "ae_1")
+
+
+def test_channel_codes_are_named_by_cf_flags(mixed_store):
+    xr = pytest.importorskip("xarray")
+    cfg, _, _ = mixed_store
+    store = open_store(cfg.store.url)
+    names = {c["id"]: c["name"] for c in store.channels}
+    for group in store.group_names():
+        attrs = xr.open_zarr(cfg.store.url, group=group, consolidated=False)["channel"].attrs
+        decoded = dict(zip(attrs["flag_values"], attrs["flag_meanings"].split(), strict=True))
+        assert decoded == names
+
+
+def test_a_store_without_dimension_names_still_reads_and_scores(store_copy):
+    """Stores mixed before the arrays carried dimension names."""
+    import json
+    from pathlib import Path
+
+    for meta in Path(store_copy).rglob("zarr.json"):
+        doc = json.loads(meta.read_text())
+        if doc.get("node_type") == "array":
+            doc.pop("dimension_names", None)
+            doc.get("attributes", {}).pop("flag_values", None)
+            meta.write_text(json.dumps(doc))
+    group = open_store(store_copy).group("test")
+    before = group.read_chunk(0, ("rmm", "channel"))
+    group.create_column("score/ae", np.float32)
+    group.write_chunk("score/ae", 0, np.zeros(group.chunk_slice(0).stop, np.float32))
+    assert group.read_chunk(0, ("score/ae",))["score/ae"].shape == before["channel"].shape
