@@ -15,7 +15,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -534,6 +534,32 @@ def score(
         + (f"; {summary['resumed']} chunks were already scored" if summary["resumed"] else "")
         + (f"; per-block errors: {', '.join(summary['blocks'])}" if summary["blocks"] else "")
     )
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="The trained model, e.g. ae-deep: <training.output>/<MODEL>/best.pt.")],
+    fmt: Annotated[Literal["onnx", "torchscript"], typer.Option("--format", "-f", help="The file format.")] = "onnx",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File to write; default model.onnx or model.torchscript.pt beside the checkpoint.",
+    )] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint; default <training.output>/<MODEL>/best.pt.")
+    ] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Write a trained model that takes raw rows of the store (scaling included) and returns the
+    reconstruction error per event, for use without megaset (ONNX Runtime, torch.jit.load)."""
+    from megaset.training.export import export_model
+    from megaset.training.score import checkpoint_path
+
+    path = checkpoint or checkpoint_path(_config(config, overrides), model)
+    out = export_model(path, output, fmt)
+    _console().print(
+        f"wrote {out['path']} ({fmt}): input {out['input']!r} float32 [events, {out['n_features']}], the raw "
+        f"{out['input_column']} rows as stored; output {out['output']!r} float32 [events], the reconstruction error "
+        f"(largest relative difference to the torch model {out['max_deviation']:.2g})", highlight=False)
 
 
 _QUERY_HELP = "\n\n".join([
