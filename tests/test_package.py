@@ -136,7 +136,10 @@ PUBLIC_API = {
         "staging_attrs", "unpack", "write_piece"
     ],
     "megaset.storage.stats": ["N_ROWS", "PASS_ROWS", "combine", "finalize", "partial_stats"],
-    "megaset.storage.store": ["MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "open_store", "remove_store"],
+    "megaset.storage.store": [
+        "MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "channel_flags", "column_dimensions", "open_store",
+        "remove_store",
+    ],
     "megaset.storage.tasks": ["map_chunks"],
     "megaset.storage.verify": ["verify"],
     "megaset.studies.channel_removal": ["channel_removal"],
@@ -151,6 +154,7 @@ PUBLIC_API = {
         "FORMAT", "load_checkpoint", "load_model", "rng_state", "save_checkpoint", "set_rng_state",
     ],
     "megaset.training.ddp": ["choose_backend", "process_group", "run_on_dask", "worker_resources"],
+    "megaset.training.export": ["FORMATS", "default_path", "export_model", "scoring_module"],
     "megaset.training.graph": ["FIELDS", "GraphAE", "OneOff", "TauRatio", "node_features"],
     "megaset.training.loader": ["ChunkDataset", "current_shard"],
     "megaset.training.loop": [
