@@ -79,6 +79,9 @@ class Adversarial(Autoencoder):
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.base.reconstruct(self._split(x)[0])
 
+    def start_from_train(self, mean: Tensor, rms: float) -> None:
+        self.base.start_from_train(mean, rms)
+
     def error(self, reconstruction: Tensor, x: Tensor) -> Tensor:
         return self.base.error(reconstruction, self._split(x)[0])
 

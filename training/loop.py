@@ -294,6 +294,11 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
 
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, len(features), arch).to(device)
+    if column == store.feature_column:
+        stats = store.scaler
+        mean = scaling(stats["mean"][None, :].astype(np.float32))[0]
+        rms = float(np.sqrt(np.mean((stats["std"] * scaling.factor) ** 2 + mean.astype(np.float64) ** 2)))
+        model.start_from_train(torch.from_numpy(mean).to(device), rms)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
     train_data, val_data = datasets(store, tc, column, scaling, device=device)
 

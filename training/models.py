@@ -59,6 +59,34 @@ class Autoencoder(nn.Module):
         """Per-event error of the deterministic reconstruction, shape ``[N]``."""
         return self.error(self.reconstruct(x), x)
 
+    def start_from_train(self, mean: Tensor, rms: float) -> None:
+        """Adapt a freshly built model to its train group: ``mean [F]``, the mean input, and
+        ``rms``, the root mean square of every input value.
+
+        Only the jet-image autoencoders use it (:func:`_start_image_model`); others start as built.
+        """
+
+
+def _scaled(x: Tensor, scale: Tensor | None) -> Tensor:
+    return x if scale is None else x * scale
+
+
+def _start_image_model(logit_bias: Tensor, input_scale: Tensor, mean: Tensor, rms: float) -> None:
+    """Start a jet-image autoencoder (softmax output) at the mean image, reading inputs of unit RMS.
+
+    Images of unit total pT have pixels far below 1 (RMS about 0.02 in 40 x 40): through
+    layers initialised for unit inputs the jet-to-jet differences vanish before the latent,
+    and a softmax over 1600 logits near 0 is the uniform image. Its error, the image's sum of
+    squared pixels over the pixel count, is largest for the jets with one hard core (QCD): a
+    model stuck there scores QCD as the anomaly. So the encoder reads the image times 1 / RMS
+    (the target stays the unit-sum image) and the output's logit offsets start at the log of
+    the mean image (empty pixels at e^-18 of the total): training begins at the mean image and
+    spends its steps on what differs from jet to jet.
+    """
+    with torch.no_grad():
+        logit_bias.copy_(torch.log(mean.clamp(min=1e-8)))
+        input_scale.fill_(1.0 / rms if rms > 0 else 1.0)
+
 
 def per_event_loss(model: nn.Module, output: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
     """The per-event training objective from a model's output: its error + penalty.
@@ -93,14 +121,22 @@ class DenseAE(Autoencoder):
         self.layers = _stack(widths, activations, slope)
         if softmax:  # Farina et al.: images of unit total pT
             self.layers.append(nn.Softmax(dim=1))
+        # Set by start_from_train for images; a buffer, so that scoring reads inputs as training did.
+        self.register_buffer("input_scale", torch.ones(()) if softmax else None)
         self.n_encoder = 2 * (len(hidden) + 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.layers(x), x.new_zeros(x.shape[0])
+        return self.layers(_scaled(x, self.input_scale)), x.new_zeros(x.shape[0])
+
+    def start_from_train(self, mean: Tensor, rms: float) -> None:
+        """With a softmax output, :func:`_start_image_model` (the last layer's bias is the logit offset)."""
+        if isinstance(self.layers[-1], nn.Softmax):
+            last = [layer for layer in self.layers if isinstance(layer, nn.Linear)][-1]
+            _start_image_model(last.bias, self.input_scale, mean, rms)
 
     def encode(self, x: Tensor) -> Tensor:
         """The latent representation (after the latent layer's activation)."""
-        return self.layers[: self.n_encoder](x)
+        return self.layers[: self.n_encoder](_scaled(x, self.input_scale))
 
 
 class DenseVAE(Autoencoder):
@@ -144,12 +180,12 @@ class ConvAE(Autoencoder):
     a linear latent layer; the decoder mirrors it with upsampling. The image is zero-padded to a
     multiple of the pooling factor (23 -> 24 for two poolings) and cropped back at the end. The
     output is linear for RMMs; for jet images (``softmax``) it is Farina's softmax over the pixels,
-    as the images are normalised to unit sum.
+    as the images are normalised to unit sum, with a per-pixel logit offset that training starts
+    at the log of the mean image (:meth:`start_from_train`).
     """
 
     def __init__(self, n_features: int, latent: int, channels: list[int], dense: int, softmax: bool = False):
         super().__init__()
-        self.softmax = softmax
         side = matrix_side(n_features)
         if side is None:
             msg = (
@@ -178,16 +214,25 @@ class ConvAE(Autoencoder):
             dec += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2)]
         dec.append(nn.Conv2d(rev[-1], 1, 3, padding=1))
         self.decoder = nn.Sequential(*dec)
+        # A per-pixel logit offset added to Farina's (one bias for the whole image), so that
+        # start_from_train can set the output to the mean image.
+        self.logit_bias = nn.Parameter(torch.zeros(side * side)) if softmax else None
+        self.register_buffer("input_scale", torch.ones(()) if softmax else None)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        n, pad = x.shape[0], self.padded - self.side
-        image = nn.functional.pad(x.view(n, 1, self.side, self.side), (0, pad, 0, pad))
-        out = self.decoder(self.encoder(image))[:, 0, : self.side, : self.side].reshape(n, -1)
-        if self.softmax:  # Farina et al.'s jet images: a softmax over the pixels
-            out = torch.softmax(out, dim=1)
+        n = x.shape[0]
+        out = self.decoder(self.encode(x))[:, 0, : self.side, : self.side].reshape(n, -1)
+        if self.logit_bias is not None:  # Farina et al.'s jet images: a softmax over the pixels
+            out = torch.softmax(out + self.logit_bias, dim=1)
         return out, x.new_zeros(n)
+
+    def start_from_train(self, mean: Tensor, rms: float) -> None:
+        """With a softmax output, :func:`_start_image_model`."""
+        if self.logit_bias is not None:
+            _start_image_model(self.logit_bias, self.input_scale, mean, rms)
 
     def encode(self, x: Tensor) -> Tensor:
         """The latent representation."""
         n, pad = x.shape[0], self.padded - self.side
-        return self.encoder(nn.functional.pad(x.view(n, 1, self.side, self.side), (0, pad, 0, pad)))
+        image = _scaled(x.view(n, 1, self.side, self.side), self.input_scale)
+        return self.encoder(nn.functional.pad(image, (0, pad, 0, pad)))

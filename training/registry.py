@@ -90,10 +90,14 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
             arch["kl_weight"] = cfg.kl_weight
     elif name == "cnn":
         arch.update(latent=cfg.latent or _THESIS_LATENT, channels=list(cfg.cnn_channels), dense=cfg.cnn_dense)
-    elif name == "jet-dense":  # Farina et al.'s appendix: 32 -> 6 -> 32, ReLU, softmax output
+    elif name == "jet-dense":
+        # Farina et al.'s appendix: 32 -> 6 -> 32, ReLU, softmax output; their ReLU on the softmax's
+        # logits is left out: a pixel whose logit dies at 0 gets no gradient, and the output
+        # stays near the uniform image (whose error ranks one-core QCD jets as the anomalies).
         hidden = list(cfg.hidden) if cfg.hidden is not None else [32]
+        default = ["relu"] * (2 * len(hidden) + 1) + ["linear"]
         arch.update(latent=cfg.latent or _FARINA_LATENT, hidden=hidden,
-                    activations=list(cfg.activations or ["relu"] * (2 * len(hidden) + 2)), leaky_slope=cfg.leaky_slope)
+                    activations=list(cfg.activations or default), leaky_slope=cfg.leaky_slope)
     elif name == "jet-cnn":
         arch.update(latent=cfg.latent or _FARINA_LATENT, channels=list(cfg.jet_cnn_channels), dense=cfg.jet_cnn_dense)
     elif name in ("graph-ae", "oneoff"):
