@@ -36,7 +36,8 @@ def _weights(values: np.ndarray, weights: Sequence[float] | np.ndarray | None, w
 
 
 def weighted_quantile(values, weights=None, q: float = 0.5) -> float:
-    """The smallest value at which the cumulative weight reaches ``q`` of the total.
+    """The smallest value at which the cumulative weight reaches ``q`` of the total: numpy's
+    weighted ``np.quantile(..., method="inverted_cdf")``, negative weights counted as zero.
 
     >>> weighted_quantile([1.0, 2.0, 3.0], [1.0, 1.0, 3.0], 0.5)
     3.0
@@ -48,12 +49,10 @@ def weighted_quantile(values, weights=None, q: float = 0.5) -> float:
     """
     x = np.asarray(values, dtype=np.float64)
     w = np.clip(_weights(x, weights, "weighted_quantile"), 0.0, None)
-    order = np.argsort(x, kind="stable")
-    cum = np.cumsum(w[order])
-    if not len(cum) or cum[-1] <= 0:
+    if not w.sum() > 0:
         msg = "weighted_quantile: no event with a positive weight"
         raise ValueError(msg)
-    return float(x[order][np.searchsorted(cum, q * cum[-1], side="left")])
+    return float(np.quantile(x, q, weights=w, method="inverted_cdf"))
 
 
 def weighted_median(values, weights=None) -> float:
@@ -125,21 +124,35 @@ def auc_error(background, signal, w_background=None, w_signal=None, *, replicas:
     """
     b, s, wb, ws = _labelled(background, signal, w_background, w_signal)
     rng = np.random.default_rng(seed)
-    values = [_reweighted_auc(b, s, wb, ws, rng.poisson(1.0, size=len(b) + len(s))) for _ in range(replicas)]
+    replica = _ReweightedAUC(b, s, wb, ws)
+    values = [replica(rng.poisson(1.0, size=len(b) + len(s))) for _ in range(replicas)]
     return float(np.std(values, ddof=1))
 
 
-def _reweighted_auc(b: np.ndarray, s: np.ndarray, wb: np.ndarray, ws: np.ndarray, factor: np.ndarray) -> float:
-    """The AUC with every weight (background first, then signal) multiplied by ``factor``;
-    equal scores count as half a win, as in :func:`auc`."""
-    scores = np.concatenate([b, s])
-    order = np.argsort(scores, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])  # one group per distinct score
-    w = (np.concatenate([wb, ws]) * factor)[order]
-    is_signal = (np.arange(len(scores)) >= len(b))[order]
-    gb = np.add.reduceat(np.where(is_signal, 0.0, w), starts)
-    gs = np.add.reduceat(np.where(is_signal, w, 0.0), starts)
-    return float(np.sum(gs * (np.cumsum(gb) - gb + 0.5 * gb)) / (gs.sum() * gb.sum()))
+class _ReweightedAUC:
+    """The AUC with every weight (background first, then signal) multiplied by a factor, for the
+    bootstrap replicas; equal scores count as half a win, as in :func:`auc`.
+
+    Kept by hand, and checked against scikit-learn's ``roc_auc_score`` in the tests: the scores
+    are sorted once for all replicas, which then only sum weights per distinct score. At 100,000
+    background and 10,000 signal events a replica took 3.5 ms (the sort shared by 20 replicas)
+    against 32 ms for ``roc_auc_score`` with the replica's weights, which sorts again each time
+    (best of 3, a 2-core CPU machine, no GPU, shared with other jobs): the report's 200 replicas
+    per signal and model take about 0.7 s instead of 6 s.
+    """
+
+    def __init__(self, b: np.ndarray, s: np.ndarray, wb: np.ndarray, ws: np.ndarray):
+        scores = np.concatenate([b, s])
+        self.order = np.argsort(scores, kind="stable")
+        self.starts = np.flatnonzero(np.r_[True, np.diff(scores[self.order]) != 0])  # one group per distinct score
+        self.w = np.concatenate([wb, ws])[self.order]
+        self.is_signal = (np.arange(len(scores)) >= len(b))[self.order]
+
+    def __call__(self, factor: np.ndarray) -> float:
+        w = self.w * factor[self.order]
+        gb = np.add.reduceat(np.where(self.is_signal, 0.0, w), self.starts)
+        gs = np.add.reduceat(np.where(self.is_signal, w, 0.0), self.starts)
+        return float(np.sum(gs * (np.cumsum(gb) - gb + 0.5 * gb)) / (gs.sum() * gb.sum()))
 
 
 def signal_efficiency(fpr: np.ndarray, tpr: np.ndarray, background_efficiency: float) -> float:

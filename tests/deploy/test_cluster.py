@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from dask.utils import parse_bytes
 
@@ -67,6 +68,17 @@ def test_describe_every_kind():
 def test_quantity_is_exact(size, expected):
     assert quantity(size) == expected
     assert parse_bytes(quantity(size)) == parse_bytes(size)
+
+
+def test_quantity_reads_back_through_the_kubernetes_client():
+    """Kubernetes' own reading of the quantities written into pod specs (the client library
+    parses them, it does not write them; dask-kubernetes installs it)."""
+    from kubernetes.utils import parse_quantity
+
+    sizes = ["4 GiB", "1.5 GiB", "2 GB", "3 TiB", "1000 B", "1001 B", "512 MiB", "7.25 GB", "100 kiB", "1 PiB"]
+    sizes += [f"{n} B" for n in np.random.default_rng(0).integers(1, 2**45, 200)]
+    for size in sizes:
+        assert parse_quantity(quantity(size)) == parse_bytes(size), size
 
 
 # ------------------------------------------------------------------ Kubernetes spec, offline

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from megaset.report.metrics import (
-    _reweighted_auc,
+    _ReweightedAUC,
     asimov_significance,
     auc,
     auc_error,
@@ -199,7 +199,8 @@ def test_auc_and_its_replicas_against_scikit_learn():
     assert auc(b, s, wb, ws) == pytest.approx(roc_auc_score(labels, scores, sample_weight=weights), rel=1e-12)
     # Each replica is the AUC of Poisson(1)-reweighted samples: the same number as scikit-learn's.
     draws = np.random.default_rng(0)
+    replica = _ReweightedAUC(b, s, np.clip(wb, 0, None), ws)
     for _ in range(5):
         factor = draws.poisson(1.0, 500)
-        assert _reweighted_auc(b, s, np.clip(wb, 0, None), ws, factor) == pytest.approx(
+        assert replica(factor) == pytest.approx(
             roc_auc_score(labels, scores, sample_weight=weights * factor), rel=1e-12)
