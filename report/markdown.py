@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_markdown", "table", "add_study", "studies", "study_records", "finite"]
+__all__ = ["write_markdown", "table", "add_study", "studies", "study_records", "finite", "working_point_cell"]
 
 #: Where a report folder keeps the summaries of the studies run against its store.
 STUDIES = "studies"
@@ -71,6 +71,27 @@ def _pm(value: float | None, error: float | None) -> str:
     digits = min(6, max(0, 1 - math.floor(math.log10(e))))
     text = f"{v:.{digits}f} ± {e:.{digits}f}"
     return f"({text})e{exponent}" if exponent else text
+
+
+def working_point_cell(row: Mapping[str, Any], name: str) -> str:
+    """A working point of an anomaly-table row: the efficiency with its background-MC
+    uncertainty, marked when its cut keeps too few background MC events to be a measurement.
+
+    >>> working_point_cell({"e1000": 0.21, "e1000_error": 0.034, "e1000_enough": False,
+    ...                     "e1000_background_events": 3}, "e1000")
+    '0.210 ± 0.034 (not enough background MC: 3 events)'
+    """
+    cell = _pm(row[name], row.get(f"{name}_error"))
+    if row.get(f"{name}_enough", True):
+        return cell
+    return f"{cell} (not enough background MC: {row[f'{name}_background_events']} events)"
+
+
+def _best_si_cell(best: Mapping[str, Any] | None) -> str:
+    if not best:
+        return "-"
+    return (f"{_pm(best['significance_improvement'], best['significance_improvement_error'])} "
+            f"at ε_B = {best['background_efficiency']:.2g}")
 
 
 def _figure(path: str | Path, base: Path, name: str | None = None) -> str:
@@ -177,10 +198,16 @@ def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
                for y in result["yields"]]),
         "", "## Cut flow", "", *_cutflow(result.get("cutflow") or {}),
         "## Anomaly detection (Farina et al. Table I)", "",
-        "E10 and E100: signal efficiency at 90 % and 99 % background rejection; the AUC's uncertainty "
+        "E10, E100 and E1000: signal efficiency at 90 %, 99 % and 99.9 % background rejection; best "
+        "ε_S/√ε_B: the largest significance improvement over the cuts that keep at least "
+        f"{result['statistics']['min_background_events']} background MC events. Their uncertainties "
+        "come from the background's MC statistics (the cut's background efficiency known to within "
+        "its weighted binomial error, sums of w²); a working point whose cut keeps fewer background MC "
+        "events than that is marked. The AUC's uncertainty "
         f"is the spread of {result['statistics']['auc_replicas']} bootstrap replicas.", "",
-        table(["signal", "model", "AUC", "E10", "E100"],
-              [[r["signal"], r["model"], _pm(r["auc"], r["auc_error"]), r["e10"], r["e100"]]
+        table(["signal", "model", "AUC", "E10", "E100", "E1000", "best ε_S/√ε_B"],
+              [[r["signal"], r["model"], _pm(r["auc"], r["auc_error"]),
+                *(working_point_cell(r, name) for name in ("e10", "e100", "e1000")), _best_si_cell(r.get("best_si"))]
                for r in result["auc_table"]]),
         "", "## Reconstruction errors", "", _figure(result["plots"]["errors"], base, "errors"), "",
     ]

@@ -20,9 +20,13 @@ import numpy as np
 
 __all__ = [
     "weighted_quantile", "weighted_median", "roc_curve", "auc", "auc_error", "signal_efficiency", "region_cuts",
+    "WORKING_POINTS", "efficiency_error", "working_point", "best_significance_improvement",
     "significance", "asimov_significance", "background_uncertainty", "yield_summary", "threshold_scan",
     "best_cut", "binned_mean", "separation_matrix",
 ]
+
+WORKING_POINTS = {"e10": 1e-1, "e100": 1e-2, "e1000": 1e-3}
+"""The background efficiencies of the report's working points, by the name of their column."""
 
 
 def _weights(values: np.ndarray, weights: Sequence[float] | np.ndarray | None, what: str) -> np.ndarray:
@@ -168,6 +172,94 @@ def signal_efficiency(fpr: np.ndarray, tpr: np.ndarray, background_efficiency: f
         return float(tpr[-1])
     p = idx - 1
     return float(tpr[p] + (tpr[idx] - tpr[p]) * (background_efficiency - fpr[p]) / (fpr[idx] - fpr[p]))
+
+
+def efficiency_error(sumw2_pass, sumw2_fail, efficiency, total):
+    """The MC statistical uncertainty of a weighted efficiency ``W_pass / W``.
+
+    The passing and failing weights are independent sums, each with variance sum w^2, so
+    var = ((1 - eff)^2 sum_pass w^2 + eff^2 sum_fail w^2) / W^2; for unit weights this is the
+    binomial eff (1 - eff) / N.
+
+    >>> round(float(efficiency_error(10.0, 990.0, 0.01, 1000.0)), 6)
+    0.003146
+    """
+    eff = np.asarray(efficiency, dtype=np.float64)
+    var = ((1 - eff) ** 2 * np.asarray(sumw2_pass) + eff**2 * np.asarray(sumw2_fail)) / np.asarray(total) ** 2
+    return np.sqrt(var)
+
+
+def _background_at(background: np.ndarray, w_background: np.ndarray, roc: tuple[np.ndarray, ...],
+                   background_efficiency: float) -> tuple[int, float, float]:
+    """MC events, sum of w^2 passing and failing, at the tightest ROC cut that keeps no more than
+    ``background_efficiency`` of the background (the cut the working point interpolates from)."""
+    fpr, _, thresholds = roc
+    p = int(np.searchsorted(fpr, background_efficiency * (1 + 1e-12), side="right")) - 1
+    passing = background >= thresholds[p]
+    w2 = w_background * w_background
+    return int(np.count_nonzero(passing & (w_background > 0))), float(w2[passing].sum()), float(w2[~passing].sum())
+
+
+def working_point(background, w_background, roc: tuple[np.ndarray, ...], background_efficiency: float, *,
+                  min_events: int = 10) -> dict[str, float | int | bool]:
+    """The signal efficiency and the significance improvement eps_S / sqrt(eps_B) at one
+    background efficiency, with their uncertainty from the background's MC statistics.
+
+    The cut that reaches ``background_efficiency`` is itself measured on the background MC: its
+    true background efficiency is uncertain by sigma_B (:func:`efficiency_error`, sums of w^2
+    on both sides of the cut). The signal efficiency's uncertainty is what that moves along the
+    ROC curve, ``(E(eps_B + sigma_B) - E(eps_B - sigma_B)) / 2``; the significance improvement's
+    is that divided by sqrt(eps_B).
+
+    Parameters
+    ----------
+    background, w_background
+        The background scores and weights the ROC curve was made of (negative weights count as zero).
+    roc
+        ``(fpr, tpr, thresholds)`` of :func:`roc_curve`.
+    min_events
+        Fewer background MC events kept by the working point's cut than this, and
+        ``enough_background`` is False: the efficiency is read on a handful of events and is
+        not a measurement (``report.min_background_events``, the floor of the threshold scans).
+
+    Returns
+    -------
+    dict
+        ``efficiency, efficiency_error, significance_improvement,
+        significance_improvement_error, background_events, enough_background``.
+    """
+    b = np.asarray(background, dtype=np.float64)
+    wb = np.clip(_weights(b, w_background, "background"), 0.0, None)
+    fpr, tpr, _ = roc
+    events, sumw2_pass, sumw2_fail = _background_at(b, wb, roc, background_efficiency)
+    sigma = float(efficiency_error(sumw2_pass, sumw2_fail, background_efficiency, wb.sum()))
+    efficiency = signal_efficiency(fpr, tpr, background_efficiency)
+    spread = (signal_efficiency(fpr, tpr, min(background_efficiency + sigma, 1.0))
+              - signal_efficiency(fpr, tpr, max(background_efficiency - sigma, 0.0))) / 2
+    root = float(np.sqrt(background_efficiency))
+    return {"efficiency": efficiency, "efficiency_error": spread,
+            "significance_improvement": efficiency / root, "significance_improvement_error": spread / root,
+            "background_events": events, "enough_background": events >= min_events}
+
+
+def best_significance_improvement(background, w_background, roc: tuple[np.ndarray, ...], *,
+                                  min_events: int = 10) -> dict[str, float | int | bool] | None:
+    """The largest eps_S / sqrt(eps_B) over the ROC cuts that keep at least ``min_events``
+    background MC events, as a :func:`working_point` (with ``background_efficiency`` added);
+    ``None`` when no cut keeps that many.
+
+    Without the floor the maximum sits at the tightest cuts, where eps_B is one MC event's weight.
+    """
+    b = np.asarray(background, dtype=np.float64)
+    wb = np.clip(_weights(b, w_background, "background"), 0.0, None)
+    fpr, tpr, thresholds = roc
+    events = threshold_scan(b, (wb > 0).astype(np.float64), thresholds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sic = np.where((fpr > 0) & (events >= min_events), tpr / np.sqrt(np.where(fpr > 0, fpr, 1.0)), -np.inf)
+    if not np.isfinite(sic).any():
+        return None
+    eps_b = float(fpr[int(np.argmax(sic))])
+    return {"background_efficiency": eps_b, **working_point(b, wb, roc, eps_b, min_events=min_events)}
 
 
 def region_cuts(median: float, regions: int = 3, step: float = 0.2) -> list[float]:

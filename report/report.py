@@ -14,8 +14,11 @@ plots it):
   sigma_b (its MC statistics sqrt(sum w^2), and ``report.background_systematic``), over the
   thresholds that keep at least ``report.min_background_events`` background MC events
   (``significance_<model>.png``);
-* ROC curves, AUC with its bootstrap uncertainty, E10 and E100 (signal efficiency at 10 % and
-  1 % background efficiency) per signal and model, Farina et al.'s Table I (``roc.png``);
+* ROC curves, AUC with its bootstrap uncertainty, E10, E100 and E1000 (signal efficiency at
+  10 %, 1 % and 0.1 % background efficiency) and the best significance improvement
+  eps_S / sqrt(eps_B), each with its uncertainty from the background's MC statistics and marked
+  where its cut keeps fewer than ``report.min_background_events`` background MC events, per
+  signal and model, Farina et al.'s Table I (``roc.png``);
 * the mean mass variable in bins of the error (decorrelation check, Farina et al. fig. 10,
   ``decorrelation_<model>.png``);
 * the pairwise separation matrix, the AUC of every sample as the anomaly against every other as
@@ -249,7 +252,9 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     dict
         What ``report.json`` holds: ``store, models, axis, mass_variable``, ``yields`` (per
         sample ``events, yield, error, n_eff``), ``cutflow``, ``auc_table`` (rows of signal,
-        model, auc, auc_error, e10, e100), ``sections`` per model (median, cuts, regions with
+        model, auc, auc_error and the working points e10, e100, e1000 with their uncertainties,
+        significance improvements and background MC events, best_si; see
+        :func:`~megaset.report.anomaly.anomaly_table`), ``sections`` per model (median, cuts, regions with
         yields, uncertainties and significances, decorrelation profiles, separation matrix, plot
         paths), ``training``, ``config`` (file and digest), ``colours``, ``statistics`` (the
         settings of the statistical treatment), ``studies``, ``plots`` and the paths of
@@ -306,7 +311,8 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     error_panels, rocs = [], {}
     for model in wanted:
         section, panel = _model_section(model, rc, samples, mass, out, style)
-        rows, model_rocs = (anomaly_table(model, background, signals, replicas=rc.auc_replicas)
+        rows, model_rocs = (anomaly_table(model, background, signals, replicas=rc.auc_replicas,
+                                          min_background_events=rc.min_background_events)
                             if signals else ([], {}))
         result["auc_table"] += rows
         for name, curve in model_rocs.items():

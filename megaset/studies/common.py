@@ -67,7 +67,8 @@ def anomaly_row(cfg: Config, signal: str) -> dict[str, Any]:
     samples = load_samples(store, [model], mass_variable(store))
     background = [s for s in samples if s.kind == "background"]
     rows, _ = anomaly_table(model, background, [s for s in samples if s.kind == "signal" and s.name == signal],
-                            replicas=cfg.report.auc_replicas)
+                            replicas=cfg.report.auc_replicas,
+                            min_background_events=cfg.report.min_background_events)
     return rows[0]
 
 

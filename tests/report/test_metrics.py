@@ -12,7 +12,9 @@ from megaset.report.metrics import (
     auc_error,
     background_uncertainty,
     best_cut,
+    best_significance_improvement,
     binned_mean,
+    efficiency_error,
     region_cuts,
     roc_curve,
     separation_matrix,
@@ -21,6 +23,7 @@ from megaset.report.metrics import (
     threshold_scan,
     weighted_median,
     weighted_quantile,
+    working_point,
     yield_summary,
 )
 
@@ -204,3 +207,59 @@ def test_auc_and_its_replicas_against_scikit_learn():
         factor = draws.poisson(1.0, 500)
         assert replica(factor) == pytest.approx(
             roc_auc_score(labels, scores, sample_weight=weights * factor), rel=1e-12)
+
+
+def _staircase(n: int = 20_000, m: int = 2_000) -> tuple[np.ndarray, np.ndarray]:
+    """Background scores 0 .. n-1; half the signal half a unit above each of the top m/2
+    background scores, the other half far below. A cut keeping the top k background events
+    (k < m/2) keeps k + 1 signal events: E(x) = (floor(x n) + 1) / m."""
+    background = np.arange(float(n))
+    signal = np.concatenate([background[-(m // 2):] + 0.5, np.full(m // 2, -1.0)])
+    return background, signal
+
+
+def test_e1000_its_background_mc_uncertainty_and_significance_improvement_by_hand():
+    n, m = 20_000, 2_000
+    background, signal = _staircase(n, m)
+    roc = roc_curve(background, signal)
+    wp = working_point(background, None, roc, 1e-3, min_events=20)
+    # eps_B = 1e-3 keeps the top 20 background events and 21 signal events.
+    assert wp["efficiency"] == pytest.approx(21 / m, rel=1e-12)
+    assert wp["background_events"] == 20 and wp["enough_background"] is True
+    # Binomial sigma_B = sqrt(eps (1 - eps) / n): 4.4699 background events either side of 20,
+    # so the cut moves between E = (15 + 1) / m and (24 + 1) / m.
+    sigma_events = math.sqrt(1e-3 * (1 - 1e-3) / n) * n
+    assert math.floor(20 - sigma_events) == 15 and math.floor(20 + sigma_events) == 24
+    assert wp["efficiency_error"] == pytest.approx((25 - 16) / 2 / m, rel=1e-12)
+    assert wp["significance_improvement"] == pytest.approx(21 / m / math.sqrt(1e-3), rel=1e-12)
+    assert wp["significance_improvement_error"] == pytest.approx(4.5 / m / math.sqrt(1e-3), rel=1e-12)
+    # One more background MC event required than the cut keeps: marked, still computed.
+    short = working_point(background, None, roc, 1e-3, min_events=21)
+    assert short["enough_background"] is False and short["efficiency"] == wp["efficiency"]
+    # Weights scaled by a constant change no efficiency and no uncertainty.
+    scaled = working_point(background, np.full(n, 7.0), roc_curve(background, signal, np.full(n, 7.0)), 1e-3)
+    assert scaled["efficiency"] == pytest.approx(wp["efficiency"]) and scaled["efficiency_error"] == pytest.approx(
+        wp["efficiency_error"])
+
+
+def test_weighted_efficiency_error_by_hand():
+    # Passing weights 1, 2 (sum w^2 = 5), failing 3, 4 (25): eff = 3 / 10.
+    expected = math.sqrt((0.7**2 * 5 + 0.3**2 * 25) / 100)
+    assert float(efficiency_error(5.0, 25.0, 0.3, 10.0)) == pytest.approx(expected, rel=1e-12)
+    # Unit weights: the binomial sqrt(eps (1 - eps) / N).
+    assert float(efficiency_error(30.0, 70.0, 0.3, 100.0)) == pytest.approx(math.sqrt(0.3 * 0.7 / 100), rel=1e-12)
+
+
+def test_best_significance_improvement_respects_the_background_floor():
+    n, m = 20_000, 2_000
+    background, signal = _staircase(n, m)
+    roc = roc_curve(background, signal)
+    # eps_S / sqrt(eps_B) = (k + 1) / m / sqrt(k / n) grows with k up to k = 999, where the
+    # signal runs out (E = 1/2 from then on).
+    best = best_significance_improvement(background, None, roc, min_events=10)
+    assert best["background_efficiency"] == pytest.approx(999 / n)
+    assert best["significance_improvement"] == pytest.approx(0.5 / math.sqrt(999 / n), rel=1e-12)
+    # A floor of 1000 background MC events moves it to k = 1000.
+    floor = best_significance_improvement(background, None, roc, min_events=1000)
+    assert floor["background_efficiency"] == pytest.approx(1000 / n) and floor["background_events"] == 1000
+    assert best_significance_improvement(background, None, roc, min_events=n + 1) is None

@@ -55,7 +55,8 @@ def test_report_writes_every_plot_and_the_summaries(written):
     assert [(r["signal"], r["model"]) for r in saved["auc_table"]] == [
         ("c1n2_wz_800_50", "ae-shallow"), ("c1n2_wz_450_300", "ae-shallow")]
     md = (out / "report.md").read_text()
-    assert "| signal | model | AUC | E10 | E100 |" in md and "| c1n2_wz_800_50 | ae-shallow |" in md
+    assert "| signal | model | AUC | E10 | E100 | E1000 | best ε_S/√ε_B |" in md
+    assert "| c1n2_wz_800_50 | ae-shallow |" in md
     assert "![errors](errors.png) ([PDF](errors.pdf))" in md and "separation_ae-shallow.png" in md
     kinds = {y["sample"]: y["kind"] for y in saved["yields"]}
     assert kinds == {"zeejets": "background", "zmmjets": "background", "ttbar": "background", "diboson": "background",
@@ -73,6 +74,12 @@ def test_auc_table_against_a_pairwise_count(scored, written):
         expected = float((ws[:, None] * wb[None, :] * wins).sum() / (ws.sum() * wb.sum()))
         assert row["auc"] == pytest.approx(expected, rel=1e-9)
         assert 0.0 <= row["e100"] <= row["e10"] <= 1.0
+        assert row["e1000"] <= row["e100"] and row["e1000_error"] >= 0.0
+        # The working point's cut keeps about eps_B of the test background's MC events; a
+        # handful at 1e-3 in this small store: marked, not measured.
+        kept = row["e1000_background_events"]
+        assert kept < 0.01 * len(b) and row["e1000_enough"] is (kept >= scored.report.min_background_events)
+        assert row["e1000_si"] == pytest.approx(row["e1000"] / np.sqrt(1e-3))
     # The SUSY signals are harder than the Z + jets background even for a two-epoch model.
     assert min(r["auc"] for r in result["auc_table"]) > 0.6
 
