@@ -190,8 +190,9 @@ def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[
     all_mass = np.concatenate([s.mass for s in samples])
     mass_edges = np.linspace(0.0, float(np.quantile(all_mass, 0.995)) if len(all_mass) else 1.0, rc.bins + 1)
     for model in models:
-        rows, model_rocs = anomaly_table(
-            model, background, signals, replicas=rc.auc_replicas, min_background_events=rc.min_background_events) if signals else ([], {})
+        rows, model_rocs = (anomaly_table(model, background, signals, replicas=rc.auc_replicas,
+                                          min_background_events=rc.min_background_events)
+                            if signals else ([], {}))
         result["auc_table"] += rows
         for name, curve in model_rocs.items():
             rocs.setdefault(name, {})[model] = curve
