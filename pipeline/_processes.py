@@ -24,7 +24,7 @@ import numpy as np
 from megaset.pipeline import _kinematics as kin
 
 __all__ = [
-    "TruthEvent", "Sample", "SAMPLES", "generate_truth",
+    "TruthEvent", "Sample", "SAMPLES", "ZOO", "generate_truth",
     "E", "MU", "TAU", "LIGHT", "CHARM", "BOTTOM", "TAU_JET", "PROMPT", "FROM_TAU", "NONPROMPT",
 ]
 
@@ -147,6 +147,7 @@ _ONE_LEPTON_ZZ = _filtered("Z", "Z", min_leptons=1)
 _TWO_LEPTON_WW = _filtered("W", "W", min_leptons=2)
 _TWO_LEPTON_WZ = _filtered("W", "Z", min_leptons=2)
 _TWO_LEPTON_ZZ = _filtered("Z", "Z", min_leptons=2)
+_TWO_LEPTON_WWWW = _filtered("W", "W", "W", "W", min_leptons=2)
 
 
 def _recoil(ev: TruthEvent, isr_mean: float, isr_index: float) -> tuple[np.ndarray, np.ndarray]:
@@ -166,20 +167,25 @@ def _recoil(ev: TruthEvent, isr_mean: float, isr_index: float) -> tuple[np.ndarr
 
 def _produce(
     ev: TruthEvent, masses: list[np.ndarray], *, y_sigma: float, isr_mean: float, isr_index: float,
-    excess: tuple[float, float] = (1.5, 80.0),
+    excess: tuple[float, float] = (1.5, 80.0), forward: float = 0.0,
 ) -> list[np.ndarray]:
     """Lab four-momenta of a produced resonance, or of a pair with a falling mass above threshold.
 
     ``excess`` is the (shape, scale) of the Gamma-distributed pair mass above threshold; the pair
     decays isotropically in its rest frame. The system recoils against the radiation jets and gets
-    a Gaussian rapidity, clipped to the kinematic limit.
+    a Gaussian rapidity, clipped to the kinematic limit; with ``forward > 0`` the rapidity is
+    ``±(forward + |N(0, y_sigma)|)`` instead (an asymmetric initial state: a valence quark
+    against a sea antiquark).
     """
     rng, n = ev.rng, ev.n
     px, py = _recoil(ev, isr_mean, isr_index)
     m = masses[0] if len(masses) == 1 else masses[0] + masses[1] + rng.gamma(*excess, n)
     mt = np.sqrt(m * m + px * px + py * py)
     y_max = np.arccosh(np.maximum(_SQRT_S / (2 * mt), 1.0))
-    system = kin.from_pxpy_y_m(px, py, np.clip(rng.normal(0.0, y_sigma, n), -y_max, y_max), m)
+    y = rng.normal(0.0, y_sigma, n)
+    if forward > 0:
+        y = np.where(rng.random(n) < 0.5, 1.0, -1.0) * (forward + np.abs(y))
+    system = kin.from_pxpy_y_m(px, py, np.clip(y, -y_max, y_max), m)
     if len(masses) == 1:
         return [system]
     return list(kin.two_body(rng, system, m, masses[0], masses[1]))
@@ -304,6 +310,82 @@ def _c1n2(ev: TruthEvent, heavy: float, lsp: float) -> None:
             _decay_z(ev, v, m, modes[:, 1])
 
 
+# ---------------------------------------------------------------------------- the signal zoo
+
+
+def _light_lepton(ev: TruthEvent) -> np.ndarray:
+    """e or mu in equal parts (a flavour-universal signal)."""
+    return ev.rng.integers(E, MU + 1, ev.n)
+
+
+def _compressed_sleptons(ev: TruthEvent, slepton: float, lsp: float) -> None:
+    """Selectron or smuon pairs ~l+ ~l- -> l+ chi1^0 l- chi1^0 with a small mass splitting: two
+    soft opposite-sign same-flavour leptons; the pair recoils against hard initial-state
+    radiation, which turns the neutralinos into modest MET (the monojet-like topology of
+    compressed searches)."""
+    mass = np.full(ev.n, slepton)
+    a, b = _produce(ev, [mass, mass], y_sigma=1.0, isr_mean=2.0, isr_index=2.2, excess=(1.5, 0.2 * slepton))
+    kind = _light_lepton(ev)
+    for parent, charge in ((a, 1), (b, -1)):
+        lepton, neutralino = kin.two_body(ev.rng, parent, mass, 0.0, lsp)
+        ev.charged(lepton, kind, charge, np.ones(ev.n, bool))
+        ev.escape(neutralino, np.ones(ev.n, bool))
+
+
+def _vbf_doubly_charged(ev: TruthEvent, mass: float, width: float) -> None:
+    """A doubly charged scalar (Georgi-Machacek H5++) from W+-W+- fusion, H++ -> W+ W+ -> l+ nu l+ nu
+    (H-- alike): two same-sign leptons, MET and two forward tagging jets in opposite hemispheres
+    that the scalar recoils against."""
+    rng, n = ev.rng, ev.n
+    side = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    px, py = rng.normal(0.0, _SOFT_KICK, (2, n))
+    for sign in (1.0, -1.0):
+        tag = kin.from_pt_eta_phi(kin.pareto(rng, 25.0, 2.6, 800.0, n), sign * side * rng.normal(3.0, 0.8, n),
+                                  rng.uniform(0, 2 * np.pi, n))
+        ev.jet(tag, LIGHT, np.ones(n, bool))
+        px -= tag[:, 1]
+        py -= tag[:, 2]
+    m = _bw(ev, mass, width, mass - 10 * width, mass + 10 * width)
+    h = kin.from_pxpy_y_m(px, py, rng.normal(0.0, 1.0, n), m)
+    m1, m2 = (_bw(ev, _MW, _GW, 40.0, 250.0) for _ in range(2))
+    w1, w2 = kin.two_body(rng, h, m, m1, m2)
+    charge = _sign(ev, 0.66)  # W+W+ fusion outweighs W-W- at the LHC (u-quark valence)
+    for w, m_w in ((w1, m1), (w2, m2)):
+        _decay_w(ev, w, m_w, charge, kin.categorical(rng, _W_BR[:3], n))
+
+
+def _heavy_higgs_llvv(ev: TruthEvent, mass: float, width: float) -> None:
+    """A heavy scalar from gluon fusion, H -> ZZ -> l+ l- nu nu: a Z peak in m_ll, large MET."""
+    m = _bw(ev, mass, width, mass - 8 * width, mass + 8 * width)
+    (h,) = _produce(ev, [m], y_sigma=1.6, isr_mean=1.0, isr_index=2.7)
+    m1, m2 = (_bw(ev, _MZ, _GZ, 60.0, 120.0) for _ in range(2))
+    a, b = kin.two_body(ev.rng, h, m, m1, m2)
+    _decay_z(ev, a, m1, _light_lepton(ev))
+    _decay_z(ev, b, m2, np.full(ev.n, _Z_NEUTRINOS))
+
+
+def _forward_resonance(ev: TruthEvent, mass: float, width: float) -> None:
+    """A narrow dilepton resonance produced at large rapidity (|y| > 2): leptons near the edge
+    of the tracker."""
+    m = _bw(ev, mass, width, mass - 10 * width, mass + 10 * width)
+    (z,) = _produce(ev, [m], y_sigma=0.4, isr_mean=0.7, isr_index=3.0, forward=2.0)
+    _decay_z(ev, z, m, _light_lepton(ev))
+
+
+def _four_tops(ev: TruthEvent) -> None:
+    """t tbar t tbar as two t tbar systems, at least two leptonic Ws: many jets, four b-jets,
+    same-sign leptons in part."""
+    # Tops within +-5 widths, systems above their sum: every decay is open.
+    tops = [[_bw(ev, _MT, _GT, 165.0, 180.0) for _ in range(2)] for _ in range(2)]
+    masses = [a + b + ev.rng.gamma(1.5, 120.0, ev.n) for a, b in tops]
+    systems = _produce(ev, masses, y_sigma=0.9, isr_mean=1.5, isr_index=2.5, excess=(1.5, 150.0))
+    modes = _TWO_LEPTON_WWWW.sample(ev.rng, ev.n)
+    for k, (system, m, (m1, m2)) in enumerate(zip(systems, masses, tops, strict=True)):
+        t, tbar = kin.two_body(ev.rng, system, m, m1, m2)
+        _decay_top(ev, t, m1, 1, modes[:, 2 * k])
+        _decay_top(ev, tbar, m2, -1, modes[:, 2 * k + 1])
+
+
 # ---------------------------------------------------------------------------- channels
 
 Process = Callable[[TruthEvent], None]
@@ -317,6 +399,7 @@ class Sample:
     processes: tuple[tuple[float, Process], ...]
     signal: bool = False
     negative_weight_fraction: float = 0.0
+    zoo: bool = False  # a signal of the zoo: simulated when named, not by default
 
     @property
     def xsec_pb(self) -> float:
@@ -358,7 +441,28 @@ SAMPLES: dict[str, Sample] = {
     )),
     "c1n2_wz_450_300": _signal(450.0, 300.0, 0.0754),
     "c1n2_wz_800_50": _signal(800.0, 50.0, 0.00485),
+    # The signal zoo: well-known scenarios with plausible kinematics and rough 13 TeV rates.
+    "sleptons_200_180": Sample(
+        "compressed selectron / smuon pairs (200, 180) GeV, ~l -> l chi1^0: two soft OS leptons",
+        ((0.025, partial(_compressed_sleptons, slepton=200.0, lsp=180.0)),), signal=True, zoo=True),
+    "hpp_vbf_500": Sample(
+        "doubly charged scalar H5++ (500 GeV) from VBF -> W+-W+- -> same-sign l nu l nu, two tag jets",
+        ((0.010 * _W_BR[:3].sum() ** 2, partial(_vbf_doubly_charged, mass=500.0, width=5.0)),),
+        signal=True, zoo=True),
+    "heavy_higgs_llvv_700": Sample(
+        "heavy scalar (700 GeV) from gluon fusion -> ZZ -> ll nu nu",
+        ((0.30 * 0.29 * 2 * 2 * 0.0336 * 0.20, partial(_heavy_higgs_llvv, mass=700.0, width=30.0)),),
+        signal=True, zoo=True),
+    "zprime_forward_300": Sample(
+        "narrow dilepton resonance (300 GeV) at |y| > 2",
+        ((0.010, partial(_forward_resonance, mass=300.0, width=3.0)),), signal=True, zoo=True),
+    "four_tops": Sample(
+        "t tbar t tbar (12 fb), at least two leptonic Ws",
+        ((0.012 * _TWO_LEPTON_WWWW.efficiency, _four_tops),), signal=True, zoo=True),
 }
+
+#: The signals of the zoo, simulated when ``simulate.channels`` names them.
+ZOO = tuple(name for name, sample in SAMPLES.items() if sample.zoo)
 
 
 def generate_truth(rng: np.random.Generator, sample: Sample, n: int) -> TruthEvent:

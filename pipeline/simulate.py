@@ -70,11 +70,13 @@ class ChannelSpec:
     signal: bool
     description: str
     negative_weight_fraction: float = 0.0
+    zoo: bool = False  # a signal of the zoo: simulated when simulate.channels names it
 
 
 #: Every simulated channel by name.
 CHANNELS: Mapping[str, ChannelSpec] = MappingProxyType({
-    name: ChannelSpec(sample.xsec_pb, sample.signal, sample.description, sample.negative_weight_fraction)
+    name: ChannelSpec(sample.xsec_pb, sample.signal, sample.description, sample.negative_weight_fraction,
+                      sample.zoo)
     for name, sample in truth.SAMPLES.items()
 })
 
@@ -264,7 +266,8 @@ def _weights(rng: np.random.Generator, channel: str, n: int, n_generated: int, l
 
 def event_counts(cfg: SimulateConfig) -> dict[str, int]:
     """Events per channel: backgrounds share ``cfg.events`` by cross-section with a floor."""
-    selected = list(dict.fromkeys(cfg.channels if cfg.channels is not None else CHANNELS))
+    default = [name for name, spec in CHANNELS.items() if not spec.zoo]
+    selected = list(dict.fromkeys(cfg.channels if cfg.channels is not None else default))
     _check_channels(selected, "simulate.channels")
     backgrounds = [c for c in selected if not CHANNELS[c].signal]
     shares = _floored_shares(np.array([CHANNELS[c].xsec_pb for c in backgrounds]), _BACKGROUND_FLOOR)

@@ -316,3 +316,44 @@ def test_breit_wigner_and_off_shell_pair_masses():
     m1, m2 = kin.off_shell_pair(rng, np.full(20_000, 125.2), 80.3692, 2.085, low=4.0)
     assert np.all(m1 + m2 < 125.2) and np.all(m1 >= m2) and m2.min() >= 4.0
     assert 76.0 < np.median(m1) < 81.0 and 20.0 < np.median(m2) < 45.0
+
+
+def _leading_pair(b) -> tuple[np.ndarray, ...]:
+    """Per event with two leptons or more: the leading pair's mass, rapidity, charge product, pTs."""
+    vector.register_awkward()
+    lep = ak.zip({"pt": b["lepPt"], "eta": b["lepEta"], "phi": b["lepPhi"], "mass": b["lepM"]},
+                 with_name="Momentum4D")[ak.num(b["lepPt"]) >= 2]
+    q = b["lepCharge"][ak.num(b["lepPt"]) >= 2]
+    pair = lep[:, 0] + lep[:, 1]
+    return tuple(ak.to_numpy(x) for x in (pair.mass, abs(pair.rapidity), q[:, 0] * q[:, 1], lep[:, 0].pt,
+                                          lep[:, 1].pt))
+
+
+def test_signal_zoo_kinematics():
+    from megaset.pipeline._processes import ZOO
+
+    assert set(ZOO) == {"sleptons_200_180", "hpp_vbf_500", "heavy_higgs_llvv_700", "zprime_forward_300", "four_tops"}
+    # Simulated when named, not by default.
+    assert not set(ZOO) & set(demo_inputs(SimulateConfig()))
+    assert all(CHANNELS[name].signal for name in ZOO)
+    b = {name: generate(name, 3000, 5) for name in ZOO}
+    # Compressed sleptons: soft opposite-sign same-flavour pairs (Delta m = 20 GeV).
+    m, _, qq, lead, sub = _leading_pair(b["sleptons_200_180"])
+    assert np.median(sub) < 20 and np.median(lead) < 35 and np.mean(qq < 0) > 0.95 and np.median(m) < 60
+    # The thesis' selection (m_ll > 70, both above 25 GeV) keeps few of them.
+    assert np.mean((m > 70) & (sub > 25)) < 0.05
+    # Doubly charged scalar: same-sign pairs, forward tagging jets in opposite hemispheres.
+    _, _, qq, _, _ = _leading_pair(b["hpp_vbf_500"])
+    assert np.mean(qq > 0) > 0.95
+    eta = b["hpp_vbf_500"]["jetEta"]
+    assert np.mean(ak.to_numpy((ak.sum(eta > 2, axis=1) >= 1) & (ak.sum(eta < -2, axis=1) >= 1))) > 0.3
+    # Heavy scalar -> ZZ -> ll nu nu: a Z peak in m_ll and MET of a few hundred GeV.
+    m, _, qq, _, _ = _leading_pair(b["heavy_higgs_llvv_700"])
+    assert abs(np.median(m) - 91.2) < 3 and np.mean(qq < 0) > 0.95
+    assert np.median(b["heavy_higgs_llvv_700"]["met_Et"]) > 200
+    # Forward resonance: m_ll at 300 GeV, the pair at |y| around 2.
+    m, y, _, _, _ = _leading_pair(b["zprime_forward_300"])
+    assert abs(np.median(m) - 300) < 10 and np.median(y) > 1.8
+    # Four tops: many jets, the leading lepton pair same-sign in a good part of the events.
+    _, _, qq, _, _ = _leading_pair(b["four_tops"])
+    assert np.median(ak.to_numpy(ak.num(b["four_tops"]["jetPt"]))) >= 6 and 0.25 < np.mean(qq > 0) < 0.6
