@@ -215,7 +215,7 @@ def main() -> None:
 
     from megaset.config import CompressorConfig, Config
     from megaset.deploy.cluster import open_client
-    from megaset.pipeline.rmm import build_rmm
+    from megaset.pipeline.rmm import build_rmm, rmm_inputs
     from megaset.pipeline.schema import read_events
     from megaset.pipeline.selection import select
     from megaset.pipeline.simulate import simulate
@@ -252,7 +252,7 @@ def main() -> None:
         arrays = f["mini"].arrays(branches, how=dict)
     ev = read_events(arrays, cfg.schema, sample)
     sel = select(ev, cfg.selection, sample)
-    objects = [sel.objects[o.source] for o in cfg.rmm.objects]
+    objects = rmm_inputs(sel.objects, cfg.rmm)
     kernel: dict[str, float] = {}
     forms: dict[str, Any] = {}
     for form, sparse in (("sparse", True), ("dense", False)):

@@ -32,7 +32,7 @@ SIGNAL = "c1n2_wz_800_50"
 def build_staging(url: str, events: int, signal_events: int, piece_events: int, cfg) -> None:
     """A finished staging area of simulated events, pieces of ``piece_events`` input events."""
     from megaset.pipeline.processor import piece_columns
-    from megaset.pipeline.rmm import build_rmm, feature_names
+    from megaset.pipeline.rmm import build_rmm, feature_names, rmm_inputs
     from megaset.pipeline.schema import read_events
     from megaset.pipeline.selection import select
     from megaset.pipeline.simulate import generate
@@ -50,7 +50,7 @@ def build_staging(url: str, events: int, signal_events: int, piece_events: int, 
             index, path = len(files), f"sim/{c['name']}_{first}.root"
             branches = generate(c["name"], n, seed=index, first_event=first)
             sel = select(read_events(branches, cfg.schema, path), cfg.selection, path)
-            objects = [sel.objects[o.source] for o in cfg.rmm.objects]
+            objects = rmm_inputs(sel.objects, cfg.rmm)
             # staged sparse, as the ingest stages it
             rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], cfg.rmm, sparse=True)
             write_piece(url, c["name"], piece_key(f"f{index:05d}", 0, n), piece_columns(sel, rmm, c["id"], index, 1.0),

@@ -338,12 +338,13 @@ def train(
             _console().print(f"  {key.replace('_', ' ')}: {summary[key]}", highlight=False)
 
 
-def _auc_table(rows: list[dict]) -> Table:
+def _auc_table(rows: list[dict], search: str | None = None) -> Table:
     """Farina et al.'s Table I of a report: AUC with its uncertainty, E10, E100, E1000 with
     theirs (marked where too few background MC events remain)."""
     from megaset.report.markdown import working_point_cell
 
-    table = Table(title="anomaly detection (Farina et al. Table I)")
+    title = "anomaly detection (Farina et al. Table I)"
+    table = Table(title=f"{search}: {title}" if search else title)
     for name in ("signal", "model", "AUC", "E10", "E100", "E1000"):
         table.add_column(name, justify="left" if name in ("signal", "model") else "right")
     for row in rows:
@@ -352,16 +353,19 @@ def _auc_table(rows: list[dict]) -> Table:
     return table
 
 
-def _print_status(cfg) -> None:
+def _print_status(cfg, search: str | None = None) -> None:
     from megaset.stages import status as stage_status
 
-    table = Table(title="stages (megaset run rebuilds the stale and missing ones, finishes the partial ones)")
+    title = "stages (megaset run rebuilds the stale and missing ones, finishes the partial ones)"
+    table = Table(title=f"search {search}: {title}" if search else title)
     for name in ("stage", "state", "why"):
         table.add_column(name)
     colours = {"current": "green", "partial": "yellow", "stale": "red", "missing": "red"}
     for state in stage_status(cfg):
         table.add_row(state.name, f"[{colours[state.state]}]{state.state}[/]", state.reason)
     _session.stdout.print(table)
+    for name in cfg.searches:
+        _print_status(cfg.search(name), name)
 
 
 @app.command()
@@ -378,11 +382,12 @@ def run(
     config: ConfigOption = None, overrides: SetOption = None, demo: DemoOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be rebuilt (megaset status).")] = False,
 ) -> None:
-    """Every stage in order; ends with the AUC / E10 / E100 table.
+    """Every stage in order; ends with the AUC / E10 / E100 / E1000 table.
 
     The stages: simulate (when no inputs are configured), ingest, mix, train, score, report. A stage whose
     artefact records the fingerprint of the current configuration and inputs is skipped, an interrupted one
-    finished, a changed one rebuilt with everything after it. `--demo jets` runs the boosted-jet demo.
+    finished, a changed one rebuilt with everything after it. Then every search of `searches` (another
+    selection or RMM on the same inputs), into its own store and report. `--demo jets` runs the boosted-jet demo.
     """
     from megaset.run import run as run_all
 
@@ -403,6 +408,12 @@ def run(
     )
     if out.get("report"):
         _console().print(_auc_table(out["report"]["auc_table"]))
+    for name, searched in (out.get("searches") or {}).items():
+        derived = cfg.search(name)
+        _console().print(f"search {name}: store {derived.store.url}; report {derived.report.output}/report.md",
+                         highlight=False)
+        if searched.get("report"):
+            _console().print(_auc_table(searched["report"]["auc_table"], f"search {name}"))
 
 
 @app.command()

@@ -51,6 +51,8 @@ __all__ = [
     "SelectionConfig",
     "RMMObject",
     "RMMConfig",
+    "charged_rmm_objects",
+    "SEARCH_SECTIONS",
     "CompressorConfig",
     "SplitsConfig",
     "ContaminationConfig",
@@ -404,8 +406,19 @@ class PhotonSelection(_Section):
     abs_eta_max: float = 2.37
 
 
+#: Per selection mode, the lepton keys it sets unless the configuration gives them.
+_MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Soft leptons of compressed spectra: down to the simulated reconstruction's 7 GeV.
+    "soft2lep": {"electrons": {"pt_min": 7.0}, "muons": {"pt_min": 7.0}},
+}
+
+
 class SelectionConfig(_Section):
-    mode: Literal["2lep", "3lep"] = "2lep"
+    """The event selection; ``mode`` picks the preset (docs/pipeline.md): ``2lep`` the thesis'
+    (m_ll > 70 GeV, two leptons above 25 GeV), ``3lep``, ``soft2lep`` (leptons from 7 GeV, no
+    m_ll floor, one lepton above 10 GeV) and ``ss2lep`` (the two leading leptons of one sign)."""
+
+    mode: Literal["2lep", "3lep", "soft2lep", "ss2lep"] = "2lep"
     jets: JetSelection = JetSelection()
     electrons: ElectronSelection = ElectronSelection()
     muons: MuonSelection = MuonSelection()
@@ -413,9 +426,23 @@ class SelectionConfig(_Section):
     mll_min: float = Field(70.0, description="2lep: m_ll of the two leading leptons above this.")
     trigger_pt_2lep: float = Field(25.0, description="2lep: at least two leptons above this pT.")
     trigger_pt_3lep: float = Field(20.0, description="3lep: at least two leptons above this pT.")
+    trigger_pt_soft2lep: float = Field(10.0, description="soft2lep: at least one lepton above this pT.")
     on_nonfinite: Literal["drop", "fail"] = Field(
         "drop", description="Events with NaN/inf in any read branch: counted, then dropped or fatal."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("mode") not in _MODE_DEFAULTS:
+            return data
+        out = dict(data)
+        for key, defaults in _MODE_DEFAULTS[data["mode"]].items():
+            given = out.get(key)
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            out[key] = {**defaults, **(given or {})}
+        return out
 
 
 # ---------------------------------------------------------------------------- rmm
@@ -427,6 +454,24 @@ class RMMObject(_Section):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")
     source: Literal["light_jets", "b_jets", "jets", "electrons", "muons", "photons"]
     count: int = Field(gt=0, le=50)
+    charge: Literal["any", "positive", "negative"] = Field(
+        "any", description="Only the source's objects of this charge sign (its 'charge' field): two types "
+        "'positive' and 'negative' of one lepton source let the RMM see charge (docs/pipeline.md).",
+    )
+
+
+def charged_rmm_objects(count: int = 3) -> list[RMMObject]:
+    """The charge-aware object types: jets as by default, electrons and muons each split into
+    a positive and a negative type of ``count`` slots (``ep``, ``em``, ``mp``, ``mm``).
+
+    >>> [(o.name, o.count) for o in charged_rmm_objects()]
+    [('ljet', 6), ('bjet', 6), ('ep', 3), ('em', 3), ('mp', 3), ('mm', 3)]
+    """
+    leptons = [RMMObject.model_validate({"name": f"{short}{suffix}", "source": source, "count": count,
+                                         "charge": sign})
+               for short, source in (("e", "electrons"), ("m", "muons"))
+               for suffix, sign in (("p", "positive"), ("m", "negative"))]
+    return [*_default_rmm_objects()[:2], *leptons]
 
 
 def _default_rmm_objects() -> list[RMMObject]:
@@ -443,7 +488,16 @@ class RMMConfig(_Section):
     normalize: Literal["none", "sqrt_s"] = "none"
     sqrt_s_gev: float = 13000.0
     C: float = 0.15
-    objects: list[RMMObject] = Field(default_factory=_default_rmm_objects, min_length=1)
+    objects: list[RMMObject] = Field(
+        default_factory=_default_rmm_objects, min_length=1,
+        description="Object types, in row order; the word 'charged' stands for the charge-aware list "
+        "(jets as by default, e+, e-, mu+, mu- with 3 slots each: docs/pipeline.md).",
+    )
+
+    @field_validator("objects", mode="before")
+    @classmethod
+    def _preset(cls, objects: Any) -> Any:
+        return charged_rmm_objects() if objects == "charged" else objects
 
     @field_validator("objects")
     @classmethod
@@ -990,6 +1044,22 @@ class ReportConfig(_Section):
 # ---------------------------------------------------------------------------- root
 
 
+#: The sections a search of ``searches`` may set; the inputs, schema, cluster and simulation
+#: are shared, and the store, checkpoints and report get the search's own paths.
+SEARCH_SECTIONS = ("selection", "rmm", "training", "scoring", "report")
+
+
+def _suffixed(url: str, name: str) -> str:
+    """``url`` with ``-<name>`` after the stem of its last component.
+
+    >>> _suffixed("megaset-demo/store.zarr", "soft"), _suffixed("s3://b/models/", "ss")
+    ('megaset-demo/store-soft.zarr', 's3://b/models-ss')
+    """
+    head, sep, last = url.rstrip("/").rpartition("/")
+    stem, dot, ext = last.partition(".")
+    return f"{head}{sep}{stem}-{name}{dot}{ext}"
+
+
 class Config(_Section):
     inputs: InputsConfig = InputsConfig()
     schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
@@ -1002,8 +1072,52 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     scoring: ScoringConfig = ScoringConfig()
     report: ReportConfig = ReportConfig()
+    searches: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")], dict[str, Any]] = Field(
+        default_factory=dict, description="Further searches on the same inputs, run by `megaset run` after this "
+        "one: name -> the sections it changes (selection, rmm, training, scoring, report), e.g. "
+        "{soft: {selection: {mode: soft2lep}}}; each gets its own store, checkpoints and report "
+        "(<path>-<name>).",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _searches_valid(self) -> Config:
+        for name, sections in self.searches.items():
+            other = sorted(set(sections) - set(SEARCH_SECTIONS))
+            if other:
+                msg = (f"searches.{name} sets {', '.join(other)}; a search may set only {', '.join(SEARCH_SECTIONS)} "
+                       "(the inputs, schema, cluster and simulation are shared; its paths are derived)")
+                raise ValueError(msg)
+            self.search(name)  # its sections validated now, not when it runs
+        return self
+
+    def search(self, name: str) -> Config:
+        """The configuration of the search ``name`` of ``searches``: this one with the search's
+        sections merged in, its store, staging area, checkpoints and report at ``<path>-<name>``
+        (unless it sets them), and no searches of its own.
+
+        >>> cfg = Config.model_validate({"searches": {"ss": {"selection": {"mode": "ss2lep"}}}})
+        >>> ss = cfg.search("ss")
+        >>> ss.selection.mode, ss.store.url, ss.report.output
+        ('ss2lep', 'megaset-demo/store-ss.zarr', 'megaset-demo/report-ss')
+        """
+        if name not in self.searches:
+            close = difflib.get_close_matches(name, list(self.searches), n=1)
+            msg = (f"no search {name!r} in searches (searches: {', '.join(self.searches) or 'none'})"
+                   + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise ConfigError(msg)
+        # What was set, not every default: a selection mode's own defaults must still apply.
+        data = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        data["searches"] = {}
+        paths = {("store", "url"): self.store.url, ("store", "staging_url"): self.store.staging_url,
+                 ("training", "output"): self.training.output, ("report", "output"): self.report.output}
+        for (section, key), url in paths.items():
+            if url:
+                data.setdefault(section, {})[key] = _suffixed(url, name)
+        for key, value in self.searches[name].items():
+            data[key] = _merge(data.get(key) or {}, value) if isinstance(value, dict) else value
+        return _validate(data, f"searches.{name}")
 
     @property
     def schema(self) -> SchemaConfig:  # type: ignore[override]  # the field "schema" shadows BaseModel.schema

@@ -9,6 +9,10 @@ fingerprint the configuration gives now is skipped; an interrupted one is finish
 skips finished chunks, mix finished output chunks, training continues from its last
 checkpoint, scoring skips scored chunks); a stale one is rebuilt, and with it every stage
 downstream, after one line that names the changed key.
+
+Then every search of ``searches`` (say a soft-dilepton and a same-sign selection beside the
+thesis' 2-lepton one) runs the same chain on the same inputs into its own store, checkpoints
+and report (:meth:`megaset.config.Config.search`).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     dict
         Per stage that ran, its summary; ``seconds`` per stage that ran; ``skipped``, the stages
         found current; ``report``, the report's summary (read back from ``report.json`` when
-        the report was current).
+        the report was current); ``searches``, per search of ``cfg.searches``, all of this for
+        that search.
     """
     from megaset.stages import chain
 
@@ -60,6 +65,9 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     _drive(chain(cfg, log=log, progress=status), client, out, log)
     if "report" in out["skipped"]:
         out["report"] = json.loads((Path(cfg.report.output) / "report.json").read_text())
+    if cfg.searches:
+        out["searches"] = {name: run(cfg.search(name), client, log=lambda line, name=name: log(f"[{name}] {line}"),
+                                     status=status) for name in cfg.searches}
     return out
 
 

@@ -23,7 +23,7 @@ from coffea import processor
 from megaset.config import Config
 from megaset.errors import BranchError, MegasetError
 from megaset.pipeline.open_files import OPEN_TREES
-from megaset.pipeline.rmm import build_rmm
+from megaset.pipeline.rmm import build_rmm, rmm_inputs
 from megaset.pipeline.schema import check_branches, read_events
 from megaset.pipeline.selection import Selection, select
 from megaset.pipeline.weights import weight_stats
@@ -165,7 +165,7 @@ class RMMProcessor(processor.ProcessorABC):
         non-finite counts per branch."""
         ev = read_events(source, self.cfg.schema, filename, entry_start=start)
         sel = select(ev, self.cfg.selection, filename)
-        objects = [sel.objects[o.source] for o in self.cfg.rmm.objects]
+        objects = rmm_inputs(sel.objects, self.cfg.rmm)
         rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm, sparse=True)
         columns = piece_columns(sel, rmm, self.channel_ids[channel], self.file_index[filename],
                                 self.weight_scale[filename])

@@ -20,6 +20,11 @@ mass sqrt(E^2 - pz^2) = sqrt(m^2 + pT^2) without MET, and dE_T is computed from 
 slots leave zeros in their row and column. ``normalize: sqrt_s`` divides the energy and mass
 cells ((0, 0), (0, k), the first E_T of a type, the upper triangle) by sqrt(s).
 
+Charge is opt-in, and the convention stays Chekanov's: an object type with ``charge: positive``
+(or ``negative``) takes only the objects of that sign of its source (:func:`rmm_inputs`), so that
+with e+, e-, mu+, mu- as four types an opposite-sign pair fills the cells between two types and
+a same-sign pair the block of one.
+
 The matrix is built by one compiled numba kernel (the hot path of ingest): numba is imported
 on the first call, so importing this module for :func:`feature_names` stays cheap.
 """
@@ -27,14 +32,14 @@ on the first call, so importing this module for :func:`feature_names` stays chea
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from megaset.config import RMMConfig
 from megaset.pipeline.objects import Jagged
 
-__all__ = ["feature_names", "build_rmm"]
+__all__ = ["feature_names", "rmm_inputs", "build_rmm"]
 
 _KINEMATICS = ("pt", "eta", "phi", "mass")
 
@@ -65,6 +70,36 @@ def feature_names(cfg: RMMConfig) -> list[str]:
             else:
                 names.append(f"m_{name_i}_{name_j}")
     return names
+
+
+def rmm_inputs(objects: Mapping[str, Jagged], cfg: RMMConfig) -> list[Jagged]:
+    """The collection of every type of ``cfg.objects``, in order, from the selected objects by
+    source: the whole source, or its objects of one charge sign (charge 0 belongs to neither).
+
+    >>> from megaset.config import RMMConfig, RMMObject
+    >>> cfg = RMMConfig(objects=[RMMObject(name="lp", source="muons", count=2, charge="positive")])
+    >>> muons = Jagged.from_counts(np.array([2]), {"pt": np.array([30.0, 20.0]), "charge": np.array([-1, 1])})
+    >>> rmm_inputs({"muons": muons}, cfg)[0]["pt"].tolist()
+    [20.0]
+
+    Raises
+    ------
+    ValueError
+        A type asks for a charge sign but its source has no ``charge`` field.
+    """
+    out = []
+    for spec in cfg.objects:
+        source = objects[spec.source]
+        if spec.charge != "any":
+            if "charge" not in source.columns:
+                msg = (f"rmm object {spec.name!r} takes the {spec.charge} {spec.source} only, but they have no "
+                       f"'charge' field (fields: {sorted(source.columns)}); map it in "
+                       "schema.collections.<collection>.fields.charge, or set charge: any")
+                raise ValueError(msg)
+            charge = source["charge"]
+            source = source.select_objects(charge > 0 if spec.charge == "positive" else charge < 0)
+        out.append(source)
+    return out
 
 
 def build_rmm(

@@ -74,11 +74,18 @@ def cutflow_steps(cfg: SelectionConfig) -> list[str]:
     ['all', 'finite', '>=2 leptons', 'm_ll > 70 GeV', 'trigger: >=2 leptons pT > 25 GeV']
     >>> cutflow_steps(SelectionConfig(mode="3lep"))
     ['all', 'finite', '==3 leptons', 'trigger: >=2 leptons pT > 20 GeV']
+    >>> cutflow_steps(SelectionConfig(mode="soft2lep"))
+    ['all', 'finite', '>=2 leptons', 'trigger: >=1 lepton pT > 10 GeV']
+    >>> cutflow_steps(SelectionConfig(mode="ss2lep"))[2:]
+    ['>=2 leptons', 'same-sign leading leptons', 'trigger: >=2 leptons pT > 25 GeV']
     """
-    if cfg.mode == "2lep":
-        cuts = [">=2 leptons", f"m_ll > {cfg.mll_min:g} GeV", f"trigger: >=2 leptons pT > {cfg.trigger_pt_2lep:g} GeV"]
-    else:
-        cuts = ["==3 leptons", f"trigger: >=2 leptons pT > {cfg.trigger_pt_3lep:g} GeV"]
+    trigger_2lep = f"trigger: >=2 leptons pT > {cfg.trigger_pt_2lep:g} GeV"
+    cuts = {
+        "2lep": [">=2 leptons", f"m_ll > {cfg.mll_min:g} GeV", trigger_2lep],
+        "3lep": ["==3 leptons", f"trigger: >=2 leptons pT > {cfg.trigger_pt_3lep:g} GeV"],
+        "soft2lep": [">=2 leptons", f"trigger: >=1 lepton pT > {cfg.trigger_pt_soft2lep:g} GeV"],
+        "ss2lep": [">=2 leptons", "same-sign leading leptons", trigger_2lep],
+    }[cfg.mode]
     return ["all", "finite", *cuts]
 
 
@@ -172,6 +179,27 @@ def _leading_masses(
     return masses[0], masses[1]
 
 
+def _leading_charge_product(leptons: list[tuple[Jagged, np.ndarray]],
+                            sources: dict[str, tuple[str, np.ndarray]], n: int) -> np.ndarray:
+    """The product of the charges of the two leading signal leptons (by pT, electrons and muons
+    together) of each of ``n`` events; 0 for an event with fewer than two."""
+    events, pts, charges = [], [], []
+    for (coll, mask), (name, _) in zip(leptons, (sources["electrons"], sources["muons"]), strict=True):
+        charge = _role(coll, "charge", name, "selection.mode: ss2lep")
+        events.append(coll.event_index()[mask])
+        pts.append(coll["pt"][mask])
+        charges.append(charge[mask])
+    event, pt, charge = (np.concatenate(parts) for parts in (events, pts, charges))
+    order = np.lexsort((-pt, event))  # by event, then pT descending
+    event, charge = event[order], np.sign(charge[order])
+    counts = np.bincount(event, minlength=n)
+    first = np.searchsorted(event, np.arange(n))
+    two = np.flatnonzero(counts >= 2)
+    product = np.zeros(n)
+    product[two] = charge[first[two]] * charge[first[two] + 1]
+    return product
+
+
 def _take(coll: Jagged, objects: np.ndarray, rows: np.ndarray) -> Jagged:
     """The objects under the mask ``objects`` in the events ``rows``."""
     counts, index = kernels().kept_objects(coll.offsets, objects, rows)
@@ -220,15 +248,20 @@ def select(ev: EventArrays, cfg: SelectionConfig, filename: str = "<memory>") ->
     leptons = [(colls[c], mask) for c, mask in (sources["electrons"], sources["muons"])]
     picked = [_picked_offsets(coll.offsets, mask) for coll, mask in leptons]
     n_lep = np.diff(picked[0]) + np.diff(picked[1])
-    trigger_pt = cfg.trigger_pt_2lep if cfg.mode == "2lep" else cfg.trigger_pt_3lep
+    trigger_pt = {"3lep": cfg.trigger_pt_3lep, "soft2lep": cfg.trigger_pt_soft2lep}.get(cfg.mode, cfg.trigger_pt_2lep)
     n_trig = sum(np.diff(_picked_offsets(coll.offsets, mask & (coll["pt"] > trigger_pt))) for coll, mask in leptons)
     # Only events with two leptons have a mass: the others (most W+jets and ttbar events)
     # are left out of the trigonometry and get 0.
     m_ll, m_lll = _leading_masses(leptons, np.flatnonzero(n_lep >= 2), n)
     if cfg.mode == "2lep":
         cuts = [n_lep >= 2, m_ll > cfg.mll_min, n_trig >= 2]
-    else:
+    elif cfg.mode == "3lep":
         cuts = [n_lep == 3, n_trig >= 2]
+    elif cfg.mode == "soft2lep":
+        cuts = [n_lep >= 2, n_trig >= 1]
+    else:
+        same_sign = _leading_charge_product(leptons, sources, n) > 0
+        cuts = [n_lep >= 2, same_sign, n_trig >= 2]
 
     weight = ev.weight
     cutflow, mask = _cutflow(cutflow_steps(cfg), [~bad, *cuts], np.where(np.isfinite(weight), weight, 0.0))

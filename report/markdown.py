@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_markdown", "table", "add_study", "studies", "study_records", "finite", "working_point_cell"]
+__all__ = ["write_markdown", "table", "family_table", "add_study", "studies", "study_records", "finite",
+           "working_point_cell"]
 
 #: Where a report folder keeps the summaries of the studies run against its store.
 STUDIES = "studies"
@@ -85,6 +86,23 @@ def working_point_cell(row: Mapping[str, Any], name: str) -> str:
     if row.get(f"{name}_enough", True):
         return cell
     return f"{cell} (not enough background MC: {row[f'{name}_background_events']} events)"
+
+
+def family_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every model against every signal: ``AUC / E100 / E1000`` in each cell (E1000 with a
+    dagger where its cut keeps too few background MC events).
+
+    >>> print(family_table([{"signal": "s", "model": "m", "auc": 0.91, "e100": 0.5, "e1000": 0.2,
+    ...                      "e1000_enough": False}]))
+    | model | s |
+    |---|---|
+    | m | 0.910 / 0.500 / 0.200† |
+    """
+    signals = list(dict.fromkeys(r["signal"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cells = {(r["model"], r["signal"]): f"{r['auc']:.3f} / {r['e100']:.3f} / {r['e1000']:.3f}"
+             f"{'' if r.get('e1000_enough', True) else '†'}" for r in rows}
+    return table(["model", *signals], [[m, *(cells.get((m, s), "-") for s in signals)] for m in models])
 
 
 def _best_si_cell(best: Mapping[str, Any] | None) -> str:
@@ -209,6 +227,8 @@ def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
               [[r["signal"], r["model"], _pm(r["auc"], r["auc_error"]),
                 *(working_point_cell(r, name) for name in ("e10", "e100", "e1000")), _best_si_cell(r.get("best_si"))]
                for r in result["auc_table"]]),
+        "", "Model families against signals (AUC / E100 / E1000; † marks an E1000 on too few background "
+        "MC events):", "", family_table(result["auc_table"]),
         "", "## Reconstruction errors", "", _figure(result["plots"]["errors"], base, "errors"), "",
     ]
     if "roc" in result["plots"]:

@@ -255,3 +255,30 @@ def test_known_url_schemes_load(tmp_path):
     cfg = load_config(write(tmp_path, "store: {url: 's3://bucket/store.zarr'}\n"
                                       "inputs: {channels: {a: {files: ['root://eos//a.root', 'data/*.root']}}}\n"))
     assert cfg.store.url == "s3://bucket/store.zarr"
+
+
+def test_searches_derive_their_own_paths_and_keep_the_presets_defaults():
+    cfg = Config.model_validate({
+        "store": {"url": "out/store.zarr", "staging_url": "out/staging"},
+        "selection": {"muons": {"abs_eta_max": 2.5}},
+        "searches": {"soft": {"selection": {"mode": "soft2lep"}},
+                     "ss": {"selection": {"mode": "ss2lep"}, "rmm": {"objects": "charged"},
+                            "report": {"output": "elsewhere"}}},
+    })
+    soft, ss = cfg.search("soft"), cfg.search("ss")
+    assert (soft.store.url, soft.store.staging_url, soft.training.output, soft.report.output) == (
+        "out/store-soft.zarr", "out/staging-soft", "megaset-demo/models-soft", "megaset-demo/report-soft")
+    # The soft preset's lepton thresholds apply; what the configuration set stays.
+    assert soft.selection.muons.pt_min == 7.0 and soft.selection.muons.abs_eta_max == 2.5
+    assert soft.searches == {} and soft.rmm == cfg.rmm and cfg.selection.mode == "2lep"
+    assert ss.report.output == "elsewhere" and ss.rmm.size == 25 and ss.selection.mode == "ss2lep"
+    with pytest.raises(ConfigError, match=r"no search 'sof' in searches \(searches: soft, ss\); did you mean 'soft'"):
+        cfg.search("sof")
+
+
+def test_a_search_may_not_change_the_shared_sections():
+    with pytest.raises(ValueError, match=r"searches\.x sets inputs, store; a search may set only selection, rmm, "
+                                         r"training, scoring, report"):
+        Config.model_validate({"searches": {"x": {"inputs": {}, "store": {}}}})
+    with pytest.raises(ValueError, match=r"mode"):
+        Config.model_validate({"searches": {"x": {"selection": {"mode": "4lep"}}}})

@@ -88,7 +88,7 @@ def altered_rmms(built: Config, inputs: Mapping[int, Mapping[str, Any]], event_i
                  factors: Sequence[float]) -> dict[float, np.ndarray]:
     """The RMMs of the events ``event_id [N, 4]`` with the leading electron and muon pT times
     each factor (1.0 included: the unaltered rebuild), in the order of ``event_id``."""
-    from megaset.pipeline.rmm import build_rmm
+    from megaset.pipeline.rmm import build_rmm, rmm_inputs
 
     n_features = built.rmm.size ** 2
     out = {k: np.empty((len(event_id), n_features), dtype=np.float32) for k in (1.0, *factors)}
@@ -103,7 +103,7 @@ def altered_rmms(built: Config, inputs: Mapping[int, Mapping[str, Any]], event_i
         met, met_phi = sel.aux["met"][keep], sel.aux["met_phi"][keep]
         for k in out:
             altered = {**objects, **{s: scale_leading(objects[s], k) for s in ALTERED if s in objects and k != 1.0}}
-            out[k][rows] = build_rmm([altered[o.source] for o in built.rmm.objects], met, met_phi, built.rmm)
+            out[k][rows] = build_rmm(rmm_inputs(altered, built.rmm), met, met_phi, built.rmm)
     return out
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import vector
 
-from megaset.config import RMMConfig, RMMObject
+from megaset.config import RMMConfig, RMMObject, charged_rmm_objects
 from megaset.pipeline.objects import Jagged
-from megaset.pipeline.rmm import build_rmm, feature_names
+from megaset.pipeline.rmm import build_rmm, feature_names, rmm_inputs
 
 C = 0.15
 SQRT_S = 13000.0
@@ -324,3 +324,61 @@ def test_event_count_mismatch():
         build_rmm([jets], np.ones(3), np.zeros(3), cfg)
     with pytest.raises(ValueError, match=r"met_et has 2 events but met_phi has 1"):
         build_rmm([jets], np.ones(2), np.zeros(1), cfg)
+
+
+# Two electrons, pT 40 and 30, and a muon; charges given per electron.
+_DILEPTON = [(40.0, 0.5, 0.0, 0.000511), (30.0, -0.3, 2.0, 0.000511)]
+
+
+def _charged_leptons(charges: list[int]) -> dict[str, Jagged]:
+    electrons = _jagged([_DILEPTON])
+    muons = _jagged([[(25.0, 1.2, -1.0, 0.10566)]])
+    return {"electrons": Jagged(electrons.offsets, {**electrons.columns, "charge": np.array(charges)}),
+            "muons": Jagged(muons.offsets, {**muons.columns, "charge": np.array([1])})}
+
+
+def test_charged_types_put_opposite_and_same_sign_pairs_in_different_cells():
+    cfg = RMMConfig(objects=[RMMObject(name="ep", source="electrons", count=2, charge="positive"),
+                             RMMObject(name="em", source="electrons", count=2, charge="negative"),
+                             RMMObject(name="mp", source="muons", count=1, charge="positive"),
+                             RMMObject(name="mm", source="muons", count=1, charge="negative")])
+    names = feature_names(cfg)
+    e1, e2 = (_vec(o) for o in _DILEPTON)
+    mu = _vec((25.0, 1.2, -1.0, 0.10566))
+    os_ = build_rmm(rmm_inputs(_charged_leptons([1, -1]), cfg), np.array([20.0]), np.array([0.3]), cfg)[0]
+    ss = build_rmm(rmm_inputs(_charged_leptons([1, 1]), cfg), np.array([20.0]), np.array([0.3]), cfg)[0]
+    cell = {name: i for i, name in enumerate(names)}
+    # Opposite sign: e+ (pT 40) and e- (pT 30) lead their own types; their mass sits between them.
+    assert os_[cell["m_ep_0_em_0"]] == pytest.approx((e1 + e2).mass, rel=1e-6)
+    assert os_[cell["e_T_em_0"]] == pytest.approx(e2.mt, rel=1e-6) and os_[cell["m_ep_0_ep_1"]] == 0.0
+    # Same sign: both are e+; the mass moves into the e+ block and dE_T appears.
+    assert ss[cell["m_ep_0_ep_1"]] == pytest.approx((e1 + e2).mass, rel=1e-6)
+    assert ss[cell["delta_e_T_ep_1"]] == pytest.approx((e1.mt - e2.mt) / (e1.mt + e2.mt), rel=1e-6)
+    assert ss[cell["m_ep_0_em_0"]] == 0.0 and ss[cell["e_T_em_0"]] == 0.0
+    # The mu+ pairs with whichever electrons exist, the mu- slot stays empty.
+    assert os_[cell["m_em_0_mp_0"]] == pytest.approx((e2 + mu).mass, rel=1e-6)
+    assert ss[cell["m_ep_1_mp_0"]] == pytest.approx((e2 + mu).mass, rel=1e-6)
+    assert os_[cell["e_T_mm_0"]] == ss[cell["e_T_mm_0"]] == 0.0
+    # Without the charge option both events give one and the same matrix.
+    plain = RMMConfig(objects=[RMMObject(name="ele", source="electrons", count=2),
+                               RMMObject(name="muo", source="muons", count=1)])
+    np.testing.assert_array_equal(
+        build_rmm(rmm_inputs(_charged_leptons([1, -1]), plain), np.array([20.0]), np.array([0.3]), plain),
+        build_rmm(rmm_inputs(_charged_leptons([1, 1]), plain), np.array([20.0]), np.array([0.3]), plain))
+
+
+def test_charged_preset_and_its_cost_in_features():
+    cfg = RMMConfig(objects="charged")
+    assert [(o.name, o.source, o.count, o.charge) for o in cfg.objects[2:]] == [
+        ("ep", "electrons", 3, "positive"), ("em", "electrons", 3, "negative"),
+        ("mp", "muons", 3, "positive"), ("mm", "muons", 3, "negative")]
+    assert cfg.objects == charged_rmm_objects()
+    # 1 + 6 + 6 + 4 * 3 = 25 rows: 625 cells against the default's 529.
+    assert cfg.size**2 == 625 and RMMConfig().size**2 == 529
+
+
+def test_charge_option_without_a_charge_field():
+    cfg = RMMConfig(objects=[RMMObject(name="ep", source="electrons", count=2, charge="positive")])
+    with pytest.raises(ValueError, match=r"rmm object 'ep' takes the positive electrons only, but they have no "
+                                         r"'charge' field .* schema.collections.<collection>.fields.charge"):
+        rmm_inputs({"electrons": _jagged([_DILEPTON])}, cfg)

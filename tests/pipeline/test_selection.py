@@ -466,3 +466,76 @@ def test_relative_applies_to_isolation_only():
     with pytest.raises(ValueError, match=r"fields\.tight: relative: true divides an isolation cone sum by pT; it "
                        r"applies to iso only, remove it from tight"):
         _lepton_fields(tight={"branch": "lepID", "min": 4, "relative": True})
+def _charged_sample(events: list[dict], charges: list[list[int]], schema=SchemaConfig()):
+    data = branches(events)
+    data["lepCharge"] = ak.Array([np.array(c, dtype=np.int32) for c in charges])
+    return read_events(data, schema, "charged.root")
+
+
+# Events for the soft and same-sign presets, each built to pass or fail one of their cuts.
+SOFT = [
+    # 0: two soft muons from a compressed spectrum, m_ll ~ 10 GeV: soft passes, the thesis' 2lep does not.
+    dict(w=1.0, leps=[mu(12, 0.0, 0.0), mu(8, 0.3, 0.8)], jets=[]),
+    # 1: two electrons at 8 and 9.5 GeV: no lepton above 10 GeV, fails the soft trigger.
+    dict(w=1.0, leps=[e(8, 0.0, 0.0), e(9.5, 0.0, 2.0)], jets=[]),
+    # 2: an electron at 6.9 GeV is below the soft threshold: one lepton.
+    dict(w=1.0, leps=[mu(15, 0.0, 0.0), e(6.9, 0.0, 2.0)], jets=[]),
+    # 3: an electron at exactly 7 GeV is in: passes.
+    dict(w=1.0, leps=[mu(15, 0.0, 0.0), e(7.0, 0.0, 2.0)], jets=[]),
+    # 4: the thesis' Z -> ee event: passes both.
+    dict(w=1.0, leps=[e(50, 0.5, 0.0), e(45, -0.5, 2.8)], jets=[]),
+]
+
+
+def test_soft_dilepton_preset_keeps_soft_pairs_without_an_mll_floor():
+    cfg = SelectionConfig(mode="soft2lep")
+    assert cfg.electrons.pt_min == cfg.muons.pt_min == 7.0
+    ev = _charged_sample(SOFT, [[1, -1]] * len(SOFT))
+    sel = select(ev, cfg)
+    assert np.flatnonzero(sel.mask).tolist() == [0, 3, 4]
+    assert [(step, raw) for step, raw, _ in sel.cutflow] == [
+        ("all", 5), ("finite", 5), (">=2 leptons", 4), ("trigger: >=1 lepton pT > 10 GeV", 3)]
+    assert sel.aux["m_ll"][0] == pytest.approx((p4(mu(12, 0.0, 0.0)) + p4(mu(8, 0.3, 0.8))).mass, rel=1e-5)
+    assert np.flatnonzero(select(ev, SelectionConfig()).mask).tolist() == [4]
+    # A threshold given in the configuration wins over the preset's.
+    assert SelectionConfig(mode="soft2lep", muons={"pt_min": 9.0}).muons.pt_min == 9.0
+    assert np.flatnonzero(select(ev, SelectionConfig(mode="soft2lep", muons={"pt_min": 9.0})).mask).tolist() == [3, 4]
+
+
+SAME_SIGN = [
+    # 0: e+ mu+: passes.
+    dict(w=1.0, leps=[e(50, 0.0, 0.0), mu(40, 0.5, 2.0)], jets=[]),
+    # 1: e+ e-: opposite sign, fails.
+    dict(w=1.0, leps=[e(50, 0.0, 0.0), e(45, 0.5, 2.0)], jets=[]),
+    # 2: e+ mu- mu+: the leading pair is opposite-sign although a same-sign pair exists: fails.
+    dict(w=1.0, leps=[e(50, 0.0, 0.0), mu(40, 0.5, 2.0), mu(30, -0.5, -2.0)], jets=[]),
+    # 3: e+ (20 GeV), e- (60), mu- (35), out of pT order: the leading two are e- mu-: passes.
+    dict(w=1.0, leps=[e(20, 0.0, 0.0), e(60, 0.5, 2.0), mu(35, -0.5, -2.0)], jets=[]),
+    # 4: mu- mu- with the second at 20 GeV: fails the 25 GeV trigger.
+    dict(w=1.0, leps=[mu(50, 0.0, 0.0), mu(20, 0.5, 2.0)], jets=[]),
+    # 5: one lepton.
+    dict(w=1.0, leps=[mu(50, 0.0, 0.0)], jets=[]),
+]
+SAME_SIGN_CHARGES = [[1, 1], [1, -1], [1, -1, 1], [1, -1, -1], [-1, -1], [1]]
+
+
+def test_same_sign_preset_requires_the_leading_pair_of_one_sign():
+    cfg = SelectionConfig(mode="ss2lep")
+    sel = select(_charged_sample(SAME_SIGN, SAME_SIGN_CHARGES), cfg)
+    assert np.flatnonzero(sel.mask).tolist() == [0, 3]
+    assert [(step, raw) for step, raw, _ in sel.cutflow] == [
+        ("all", 6), ("finite", 6), (">=2 leptons", 5), ("same-sign leading leptons", 3),
+        ("trigger: >=2 leptons pT > 25 GeV", 2)]
+    assert [step for step, _, _ in sel.cutflow] == cutflow_steps(cfg)
+    # Every charge flipped: the same events.
+    flipped = select(_charged_sample(SAME_SIGN, [[-q for q in c] for c in SAME_SIGN_CHARGES]), cfg)
+    assert np.flatnonzero(flipped.mask).tolist() == [0, 3]
+    schema = SchemaConfig.model_validate({"collections": {
+        "jet": SchemaConfig().collections["jet"].model_dump(),
+        "lepton": {**SchemaConfig().collections["lepton"].model_dump(),
+                   "fields": {"flavor": "lepFlavor", "tight": "lepTight", "iso": "lepIsoLoose_VarRad",
+                              "d0sig": "lepD0Sig"}},
+    }})
+    with pytest.raises(ConfigError, match=r"selection\.mode: ss2lep needs the 'charge' field, but collection "
+                       r"'lepton' has none; add schema\.collections\.lepton\.fields\.charge"):
+        select(_charged_sample(SAME_SIGN, SAME_SIGN_CHARGES, schema), cfg)
