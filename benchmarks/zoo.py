@@ -22,7 +22,8 @@ import numpy as np
 #: The selection meant for each signal (the targets count a signal under this one only).
 MEANT_FOR = {"sleptons_200_180": "soft", "hpp_vbf_500": "ss", "four_tops": "ss"}
 SEARCHES = {"soft": {"selection": {"mode": "soft2lep"}},
-            "ss": {"selection": {"mode": "ss2lep"}, "rmm": {"objects": "charged"}}}
+            # a few per cent of the events pass: smaller chunks, so that every rank has some
+            "ss": {"selection": {"mode": "ss2lep"}, "rmm": {"objects": "charged"}, "store": {"chunk_len": 512}}}
 
 
 def _config(workdir: Path, events: int, signal_events: int, epochs: int):

@@ -1045,8 +1045,9 @@ class ReportConfig(_Section):
 
 
 #: The sections a search of ``searches`` may set; the inputs, schema, cluster and simulation
-#: are shared, and the store, checkpoints and report get the search's own paths.
-SEARCH_SECTIONS = ("selection", "rmm", "training", "scoring", "report")
+#: are shared, and the store, checkpoints and report get the search's own paths. A search's
+#: store may need another chunk length: a same-sign selection keeps a few per cent of the events.
+SEARCH_SECTIONS = ("selection", "rmm", "store", "training", "scoring", "report")
 
 
 def _suffixed(url: str, name: str) -> str:
@@ -1074,7 +1075,7 @@ class Config(_Section):
     report: ReportConfig = ReportConfig()
     searches: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")], dict[str, Any]] = Field(
         default_factory=dict, description="Further searches on the same inputs, run by `megaset run` after this "
-        "one: name -> the sections it changes (selection, rmm, training, scoring, report), e.g. "
+        "one: name -> the sections it changes (selection, rmm, store, training, scoring, report), e.g. "
         "{soft: {selection: {mode: soft2lep}}}; each gets its own store, checkpoints and report "
         "(<path>-<name>).",
     )

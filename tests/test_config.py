@@ -277,8 +277,8 @@ def test_searches_derive_their_own_paths_and_keep_the_presets_defaults():
 
 
 def test_a_search_may_not_change_the_shared_sections():
-    with pytest.raises(ValueError, match=r"searches\.x sets inputs, store; a search may set only selection, rmm, "
-                                         r"training, scoring, report"):
-        Config.model_validate({"searches": {"x": {"inputs": {}, "store": {}}}})
+    with pytest.raises(ValueError, match=r"searches\.x sets cluster, inputs; a search may set only selection, rmm, "
+                                         r"store, training, scoring, report"):
+        Config.model_validate({"searches": {"x": {"inputs": {}, "cluster": {}}}})
     with pytest.raises(ValueError, match=r"mode"):
         Config.model_validate({"searches": {"x": {"selection": {"mode": "4lep"}}}})
