@@ -133,6 +133,23 @@ def _progress() -> Progress:
     return Progress(console=_console(), transient=True, disable=_session.quiet)
 
 
+def _locked(cfg, *stages: str, places: dict[str, str] | None = None):
+    """The locks of what ``stages`` write (:func:`megaset.run.outputs_locked`), taken before a
+    cluster starts, so that a second writer refuses at once."""
+    from megaset.run import outputs_locked
+
+    return outputs_locked(cfg, stages, places=places)
+
+
+def _reach(cfg, url: str, key: str = "store.url") -> str:
+    """``url``, once its object store answered (:func:`megaset.storage.backend.reach`): a reader's
+    first request to an unreachable one ends in one line, not in a client's retries and traceback."""
+    from megaset.storage.backend import reach
+
+    reach(url, key=key, timeout_s=cfg.store.connect_timeout_s)
+    return url
+
+
 @contextmanager
 def _connect(cfg):
     """The configured cluster's client, after saying what it is connected to."""
@@ -233,7 +250,9 @@ def simulate(config: ConfigOption = None, overrides: SetOption = None) -> None:
 
     cfg = _config(config, overrides)
     t0 = time.perf_counter()
-    with _progress() as bar:
+    out = cfg.jets.simulate.output if cfg.inputs.kind == "jets" else cfg.simulate.output
+    key = "jets.simulate.output" if cfg.inputs.kind == "jets" else "simulate.output"
+    with _locked(cfg, places={key: out}), _progress() as bar:
         task = bar.add_task("simulating", total=None)
         if cfg.inputs.kind == "jets":
             from megaset.pipeline.jets_simulate import simulate_jets
@@ -263,7 +282,7 @@ def ingest(config: ConfigOption = None, overrides: SetOption = None) -> None:
     from megaset.pipeline.ingest import ingest as run_ingest
 
     cfg = _config(config, overrides)
-    with _connect(cfg) as client, placed(cfg.cluster, "ingest"):
+    with _locked(cfg, "ingest"), _connect(cfg) as client, placed(cfg.cluster, "ingest"):
         summary = run_ingest(cfg, client, status=not _session.quiet, log=log.info)
     _console().print(_cutflow_table(summary.channels))
     resumed = sum(c["resumed"] for c in summary.channels.values())
@@ -283,7 +302,7 @@ def mix(config: ConfigOption = None, overrides: SetOption = None) -> None:
     from megaset.storage.mix import mix as run_mix
 
     cfg = _config(config, overrides)
-    with _connect(cfg) as client, placed(cfg.cluster, "mix"), _progress() as bar:
+    with _locked(cfg, "mix"), _connect(cfg) as client, placed(cfg.cluster, "mix"), _progress() as bar:
         task = bar.add_task("mixing chunks", total=None)
         summary = run_mix(cfg, client, progress=lambda done, total: bar.update(task, completed=done, total=total))
     _console().print(_groups_table(f"store {cfg.store.url}", summary["groups"], "n_events", "n_chunks"))
@@ -302,7 +321,8 @@ def verify(
     """Re-check the store invariants: chunk mixtures, counts, unique event ids, finite values, scores."""
     from megaset.storage.verify import verify as run_verify
 
-    url = store or _config(config, overrides).store.url
+    cfg = _config(config, overrides)
+    url = _reach(cfg, store or cfg.store.url, "STORE" if store else "store.url")
     problems = run_verify(url)
     for problem in problems:
         _console().print(f"[red]FAIL[/red] {problem}", highlight=False)
@@ -327,7 +347,7 @@ def train(
         log.info("epoch %3d  loss %.5g  val %.5g  %s samples/s%s", entry["epoch"], entry["loss"],
                  entry["val_loss"], f"{entry['samples_per_s']:,.0f}", " *" if entry["improved"] else "")
 
-    with _connect(cfg) as client:
+    with _locked(cfg, "train"), _connect(cfg) as client:
         summary = run_train(cfg, client, resume=resume, progress=progress)
     stopped = " (early stopping)" if summary.get("stopped_early") else ""
     rate = summary.get("samples_per_s")
@@ -356,6 +376,8 @@ def _auc_table(rows: list[dict], search: str | None = None) -> Table:
 def _print_status(cfg, search: str | None = None) -> None:
     from megaset.stages import status as stage_status
 
+    _reach(cfg, cfg.store.staging, "store.staging_url")
+    _reach(cfg, cfg.store.url)
     title = "stages (megaset run rebuilds the stale and missing ones, finishes the partial ones)"
     table = Table(title=f"search {search}: {title}" if search else title)
     for name in ("stage", "state", "why"):
@@ -389,6 +411,7 @@ def run(
     finished, a changed one rebuilt with everything after it. Then every search of `searches` (another
     selection or RMM on the same inputs), into its own store and report. `--demo jets` runs the boosted-jet demo.
     """
+    from megaset.run import STAGES
     from megaset.run import run as run_all
 
     cfg = _config(config, overrides, demo)
@@ -396,7 +419,7 @@ def run(
         _print_status(cfg)
         return
     cfg = _machine_cluster(cfg)
-    with _connect(cfg) as client:
+    with _locked(cfg, *STAGES), _connect(cfg) as client:
         out = run_all(cfg, client, log=log.info, status=not _session.quiet)
     total = sum(out["seconds"].values())
     if out["skipped"]:
@@ -537,7 +560,7 @@ def score(
     from megaset.training.score import score as run_score
 
     cfg = _config(config, overrides)
-    with _connect(cfg) as client, _progress() as bar:
+    with _locked(cfg, "score"), _connect(cfg) as client, _progress() as bar:
         task = bar.add_task("scoring chunks", total=None)
         summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -609,7 +632,8 @@ def query(
     if len(words) > 2:
         msg = f"give the SQL as one argument (in quotes), after the store if any; got {len(words)} arguments"
         raise typer.BadParameter(msg)
-    store = words[0] if len(words) == 2 else _config(config, overrides).store.url
+    cfg = _config(config, overrides)
+    store = _reach(cfg, words[0], "STORE") if len(words) == 2 else _reach(cfg, cfg.store.url)
     sql = words[-1]
     if output is not None:
         path = export(store, sql, output)
@@ -662,7 +686,9 @@ def report(
     from megaset.reporting import write_report
 
     cfg = _config(config, overrides)
-    summary = write_report(cfg, out_dir=output, models=model or None)
+    _reach(cfg, cfg.store.url)
+    with _locked(cfg, places={"report --output": str(output)}) if output else _locked(cfg, "report"):
+        summary = write_report(cfg, out_dir=output, models=model or None)
     _console().print(_auc_table(summary["auc_table"]))
     _console().print(f"report: {summary['markdown']} and {summary['json']}")
 

@@ -561,6 +561,14 @@ class StoreConfig(_Section):
         "background (every other channel becomes a signal): one staging area serves a study that trains on "
         "each sample in turn.",
     )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds an object store (store.url, store.staging_url on s3://...) has to answer "
+        "the first request of a command before it stops with one line naming the endpoint and the cause.",
+    )
+    lock_lease_s: float = Field(
+        60.0, gt=0, description="Lease of the lock object that a command writing to an object store holds (renewed "
+        "every third of it): a lock without renewal for this long is taken over (docs/store.md, locks).",
+    )
 
     @property
     def staging(self) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "MegasetError", "ConfigError", "InputFileError", "BranchError", "NonFiniteInputError", "StoreError",
-    "IncompleteStoreError", "StoreKeyError", "DamagedChunkError", "TrainingError", "CheckpointError",
+    "IncompleteStoreError", "StoreKeyError", "DamagedChunkError", "OutputLockedError", "TrainingError",
+    "CheckpointError",
 ]
 
 
@@ -62,6 +63,11 @@ class NonFiniteInputError(InputFileError, ValueError):
 
 class StoreError(MegasetError, OSError):
     """A store is missing, incomplete, or violates one of its invariants."""
+
+
+class OutputLockedError(StoreError, BlockingIOError):
+    """Another process holds the lock of an output this command would write; the message names
+    it (host, pid, start time, command) and what to do."""
 
 
 class IncompleteStoreError(StoreError):

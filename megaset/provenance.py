@@ -59,7 +59,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 #: Keys of those sections that say where or how fast a stage works, not what it makes: a change
 #: of them keeps every artefact current (a new location simply holds no artefact yet).
 IGNORED = frozenset({
-    "inputs.remote", "store.url", "store.staging_url", "store.staging_compressor", "training.output",
+    "inputs.remote", "store.url", "store.staging_url", "store.staging_compressor", "store.connect_timeout_s",
+    "store.lock_lease_s", "training.output",
     "training.loader.read_ahead", "training.loader.threads", "training.ddp.timeout_s", "training.ddp.backend",
     "report.output",
 })

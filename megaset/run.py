@@ -17,9 +17,10 @@ and report (:meth:`megaset.config.Config.search`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,40 @@ if TYPE_CHECKING:
 
     from megaset.stages import Stage
 
-__all__ = ["run", "STAGES"]
+__all__ = ["run", "STAGES", "written", "outputs_locked"]
 
 #: The stages of event inputs, before the studies run on their report.
 STAGES = ("simulate", "ingest", "mix", "train", "score", "report")
+
+
+def written(cfg: Config, stages: tuple[str, ...] = STAGES) -> dict[str, str]:
+    """What ``stages`` write, by the config key that sets each place (staging area, store, model
+    and report folders; the simulated sample when no inputs are configured)."""
+    places = {
+        "simulate": ("jets.simulate.output", cfg.jets.simulate.output) if cfg.inputs.kind == "jets" else (
+            "simulate.output", cfg.simulate.output),
+        "ingest": ("store.staging_url", cfg.store.staging), "mix": ("store.url", cfg.store.url),
+        "train": ("training.output", cfg.training.output), "score": ("store.url", cfg.store.url),
+        "report": ("report.output", cfg.report.output),
+    }
+    if cfg.inputs.channels:
+        stages = tuple(s for s in stages if s != "simulate")  # nothing is simulated
+    return dict(places[s] for s in stages)
+
+
+@contextlib.contextmanager
+def outputs_locked(cfg: Config, stages: tuple[str, ...] = STAGES, *,
+                   places: dict[str, str] | None = None) -> Iterator[None]:
+    """Hold the lock of everything ``stages`` write (and of ``places``, key -> URL), in one order
+    for every command, while the block runs (:mod:`megaset.storage.lock`): a second writer of any
+    of them refuses at once, naming this one."""
+    from megaset.storage.lock import locked
+
+    with contextlib.ExitStack() as stack:
+        for key, url in {**written(cfg, stages), **(places or {})}.items():
+            stack.enter_context(locked(url, key=key, lease_s=cfg.store.lock_lease_s,
+                                       timeout_s=cfg.store.connect_timeout_s))
+        yield
 
 
 def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = print,
@@ -51,6 +82,9 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     status
         Show the per-stage progress bars of the libraries underneath.
 
+    Every place the run writes is locked while it runs (:func:`outputs_locked`); another
+    writer of one of them makes it refuse at once with :class:`~megaset.errors.OutputLockedError`.
+
     Returns
     -------
     dict
@@ -62,7 +96,8 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     from megaset.stages import chain
 
     out: dict[str, Any] = {"seconds": {}, "skipped": []}
-    _drive(chain(cfg, log=log, progress=status), client, out, log)
+    with outputs_locked(cfg):
+        _drive(chain(cfg, log=log, progress=status), client, out, log)
     if "report" in out["skipped"]:
         out["report"] = json.loads((Path(cfg.report.output) / "report.json").read_text())
     if cfg.searches:

@@ -32,7 +32,7 @@ import numpy as np
 
 from megaset.config import Config
 from megaset.report import metrics, plots
-from megaset.report.markdown import table
+from megaset.report.markdown import skipped_files, skipped_section, table
 from megaset.report.samples import Sample
 from megaset.report.style import Style
 
@@ -184,7 +184,7 @@ def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[
     names = [s.name for s in samples]
     result: dict[str, Any] = {"store": store.url, "kind": "jets", "models": list(models), "samples": names,
                               "auc_table": [], "separation": {}, "pairwise": {}, "sculpting": {}, "latent": {},
-                              "plots": {}}
+                              "plots": {}, "skipped": skipped_files(store.attrs)}
     rocs: dict[str, dict] = {}
     panels, profiles = [], {}
     all_mass = np.concatenate([s.mass for s in samples])
@@ -261,6 +261,7 @@ def _markdown(path: Path, r: dict[str, Any]) -> Path:
         lines += [f"## Contamination with {c['signal']} ({c['model']})", "",
                   table(["fraction", "AUC", "E10", "E100"], [[x["fraction"], x["auc"], x["e10"], x["e100"]]
                                                                for x in c["rows"]]), ""]
+    lines += skipped_section(r["skipped"])
     lines += ["## Figures", ""]
     figures = [*r["plots"].values(), *(v["plot"] for v in r["separation"].values()),
                *(v["plot"] for v in r["pairwise"].values()), *(v["plot"] for v in r["latent"].values())]

@@ -1,9 +1,9 @@
 """The Markdown page of a report, and the studies listed on it.
 
 ``report.md`` holds the yields with their MC statistical uncertainty and effective number of
-MC events, the cut flow of every channel, Farina et al.'s Table I with the AUC's uncertainty,
-the signal regions with their significances, the training of each model, the configuration's
-digest and every study recorded into the report folder with :func:`add_study`.
+MC events, the cut flow of every channel, the input files the ingest skipped, Farina et al.'s
+Table I with the AUC's uncertainty, the signal regions with their significances, the training of
+each model, the configuration's digest and every study recorded into the report folder with :func:`add_study`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["write_markdown", "table", "family_table", "add_study", "studies", "study_records", "finite",
-           "working_point_cell"]
+           "working_point_cell", "skipped_files", "skipped_section"]
 
 #: Where a report folder keeps the summaries of the studies run against its store.
 STUDIES = "studies"
@@ -165,6 +165,21 @@ def _cutflow(cutflow: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
             "Expected events after each cut:", "", table(["channel", *cuts], rows("yield")), ""]
 
 
+def skipped_files(store_attrs: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The input files the ingest skipped (``inputs.on_bad_file: skip``), each with its reason,
+    as the store records them."""
+    return [{"file": str(e["file"]), "reason": str(e["reason"])} for e in store_attrs.get("skipped") or []]
+
+
+def skipped_section(skipped: Sequence[Mapping[str, str]]) -> list[str]:
+    """The report's section of skipped input files: their events are in no yield of the report."""
+    if not skipped:
+        return ["## Input files skipped", "", "None: every input file was read.", ""]
+    return [f"## Input files skipped ({len(skipped)})", "",
+            "Skipped by `inputs.on_bad_file: skip`; their events are in no cut flow, yield or score of this report.",
+            "", table(["file", "reason"], [[e["file"], e["reason"]] for e in skipped]), ""]
+
+
 def _training(training: Mapping[str, Mapping[str, Any]], base: Path) -> list[str]:
     if not training:
         return ["No training record was given with this report (`megaset report` and `megaset run` read it "
@@ -214,7 +229,7 @@ def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
         table(["sample", "kind", "MC events", "expected yield", "N_eff"],
               [[y["sample"], y["kind"], y["events"], _pm(y["yield"], y["error"]), y["n_eff"]]
                for y in result["yields"]]),
-        "", "## Cut flow", "", *_cutflow(result.get("cutflow") or {}),
+        "", "## Cut flow", "", *_cutflow(result.get("cutflow") or {}), *skipped_section(result.get("skipped") or []),
         "## Anomaly detection (Farina et al. Table I)", "",
         "E10, E100 and E1000: signal efficiency at 90 %, 99 % and 99.9 % background rejection; best "
         "ε_S/√ε_B: the largest significance improvement over the cuts that keep at least "

@@ -47,7 +47,7 @@ from megaset.config import Config, ReportConfig
 from megaset.errors import StoreError, StoreKeyError
 from megaset.report import metrics, plots
 from megaset.report.anomaly import anomaly_table
-from megaset.report.markdown import finite, studies, write_markdown
+from megaset.report.markdown import finite, skipped_files, studies, write_markdown
 from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable
 from megaset.report.style import DATA_COLOUR, Style
 
@@ -251,7 +251,8 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     -------
     dict
         What ``report.json`` holds: ``store, models, axis, mass_variable``, ``yields`` (per
-        sample ``events, yield, error, n_eff``), ``cutflow``, ``auc_table`` (rows of signal,
+        sample ``events, yield, error, n_eff``), ``cutflow``, ``skipped`` (the input files the
+        ingest skipped, with their reasons), ``auc_table`` (rows of signal,
         model, auc, auc_error and the working points e10, e100, e1000 with their uncertainties,
         significance improvements and background MC events, best_si; see
         :func:`~megaset.report.anomaly.anomaly_table`), ``sections`` per model (median, cuts, regions with
@@ -300,7 +301,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     result: dict[str, Any] = {
         "store": store.url, "models": wanted, "axis": rc.axis, "mass_variable": mass,
         "yields": [{"sample": s.name, "kind": s.kind, **metrics.yield_summary(s.weight)} for s in samples],
-        "cutflow": _cutflow(store.attrs),
+        "cutflow": _cutflow(store.attrs), "skipped": skipped_files(store.attrs),
         "statistics": {"min_background_events": rc.min_background_events,
                        "background_systematic": rc.background_systematic, "auc_replicas": rc.auc_replicas},
         "auc_table": [], "sections": {}, "plots": {},

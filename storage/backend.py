@@ -20,7 +20,7 @@ from megaset.errors import DamagedChunkError, MegasetError, StoreError
 from megaset.extras import require_for_url
 
 __all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing", "checked_reads", "damaged_chunks",
-           "remove_tree"]
+           "remove_tree", "is_local", "reach"]
 
 #: Write failures that no retry cures, and what would.
 _REFUSED = {
@@ -72,6 +72,102 @@ def remove_tree(url: str) -> None:
     fs, root = url_to_fs(url)
     if fs.exists(root):
         fs.rm(root, recursive=True)
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` is a path or ``file://`` URL (else an object store or other remote filesystem)."""
+    from fsspec.core import split_protocol
+
+    protocol, _ = split_protocol(url)
+    return protocol in (None, "file", "local")
+
+
+def _probe_options(protocol: str, timeout_s: float) -> dict[str, Any]:
+    """Options of a filesystem that answers or fails within about ``timeout_s``: botocore would
+    otherwise retry a refused connection for half a minute (its retries within s3fs's)."""
+    if protocol in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": timeout_s, "read_timeout": timeout_s,
+                                  "retries": {"max_attempts": 1, "mode": "standard"}}}
+    return {}
+
+
+def _endpoint(fs: Any, url: str) -> str:
+    """The server ``fs`` talks to: S3's endpoint (``AWS_ENDPOINT_URL`` or AWS), else the URL's host."""
+    from urllib.parse import urlsplit
+
+    try:
+        client = fs.s3  # s3fs's client, once connected
+    except Exception:  # noqa: BLE001  # not s3fs, or not connected: the other sources below
+        client = None
+    if client is not None:
+        return str(client.meta.endpoint_url)
+    options = getattr(fs, "client_kwargs", None) or {}
+    return str(options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or urlsplit(url).netloc)
+
+
+def _cause(err: BaseException, timeout_s: float) -> str:
+    """What failed, in a few words and the library's own message."""
+    chain = [err, err.__cause__, err.__context__]
+    text = " ".join(str(e) for e in chain if e is not None)
+    if isinstance(err, TimeoutError) or "timeout" in text.lower() or "timed out" in text.lower():
+        return _silent(timeout_s)
+    if isinstance(err, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        return (f"access denied ({err}): check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                "~/.aws) and the bucket's policy")
+    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        return f"the credentials are refused ({err}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws"
+    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return f"no such bucket ({err}): create it, or name an existing one"
+    if "Could not connect" in text or "Connect call failed" in text or isinstance(err, ConnectionError):
+        return f"nothing answers there ({err}): check the endpoint (AWS_ENDPOINT_URL) and that the server runs"
+    return f"{type(err).__name__}: {err}"
+
+
+def _silent(timeout_s: float) -> str:
+    return (f"no answer within {timeout_s:g} s: check the endpoint and the network, or raise store.connect_timeout_s "
+            "for a slow one")
+
+
+def reach(url: str, *, key: str = "store.url", timeout_s: float = 5.0) -> None:
+    """Ask the filesystem of ``url`` about it once, giving up after about ``timeout_s``: an
+    unreachable or refusing object store raises :class:`StoreError` naming ``key``, ``url``,
+    the endpoint and the cause, before any work starts. A local path is not asked."""
+    import threading
+
+    from fsspec.core import split_protocol, url_to_fs
+
+    if is_local(url):
+        return
+    protocol, _ = split_protocol(url)
+    outcome: list[BaseException | None] = []
+    box: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            fs, path = url_to_fs(url, skip_instance_cache=True, **_probe_options(str(protocol), timeout_s))
+            box["fs"] = fs
+            if hasattr(fs, "retries"):
+                fs.retries = 1  # s3fs's own retries, around botocore's
+            with contextlib.suppress(FileNotFoundError):  # reachable; the output is made by its writer
+                fs.info(path)
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001  # every failure of a foreign client is reported in one line below
+            outcome.append(err)
+
+    # A thread bounds the wait for filesystems that take no timeout option.
+    thread = threading.Thread(target=ask, daemon=True, name=f"reach {url}")
+    thread.start()
+    thread.join(timeout_s + 2)
+    fs = box.get("fs")
+    endpoint = _endpoint(fs, url) if fs is not None else url
+    if not outcome:
+        cause = _silent(timeout_s)
+    elif outcome[0] is None:
+        return
+    else:
+        cause = _cause(outcome[0], timeout_s)
+    msg = f"{key} {url!r}: cannot reach the object store at {endpoint}: {cause}"
+    raise StoreError(msg)
 
 
 def float_fill(dtype: np.dtype) -> Any:
