@@ -136,9 +136,11 @@ def _progress() -> Progress:
 def _locked(cfg, *stages: str, places: dict[str, str] | None = None):
     """The locks of what ``stages`` write (:func:`megaset.run.outputs_locked`), taken before a
     cluster starts, so that a second writer refuses at once."""
+    import shlex
+
     from megaset.run import outputs_locked
 
-    return outputs_locked(cfg, stages, places=places)
+    return outputs_locked(cfg, stages, places=places, command=shlex.join(["megaset", *sys.argv[1:]]))
 
 
 def _reach(cfg, url: str, key: str = "store.url") -> str:

@@ -53,16 +53,16 @@ def written(cfg: Config, stages: tuple[str, ...] = STAGES) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def outputs_locked(cfg: Config, stages: tuple[str, ...] = STAGES, *,
-                   places: dict[str, str] | None = None) -> Iterator[None]:
+def outputs_locked(cfg: Config, stages: tuple[str, ...] = STAGES, *, places: dict[str, str] | None = None,
+                   command: str | None = None) -> Iterator[None]:
     """Hold the lock of everything ``stages`` write (and of ``places``, key -> URL), in one order
     for every command, while the block runs (:mod:`megaset.storage.lock`): a second writer of any
-    of them refuses at once, naming this one."""
+    of them refuses at once, naming this one (and ``command``, default this process's command line)."""
     from megaset.storage.lock import locked
 
     with contextlib.ExitStack() as stack:
         for key, url in {**written(cfg, stages), **(places or {})}.items():
-            stack.enter_context(locked(url, key=key, lease_s=cfg.store.lock_lease_s,
+            stack.enter_context(locked(url, key=key, command=command, lease_s=cfg.store.lock_lease_s,
                                        timeout_s=cfg.store.connect_timeout_s))
         yield
 

@@ -64,7 +64,7 @@ PUBLIC_API = {
     ],
     "megaset.errors": [
         "BranchError", "CheckpointError", "ConfigError", "DamagedChunkError", "IncompleteStoreError", "InputFileError",
-        "MegasetError", "NonFiniteInputError", "StoreError", "StoreKeyError", "TrainingError",
+        "MegasetError", "NonFiniteInputError", "OutputLockedError", "StoreError", "StoreKeyError", "TrainingError",
     ],
     "megaset.pipeline.ingest": ["IngestSummary", "ingest", "ingest_record"],
     "megaset.pipeline.inputs": [
@@ -97,7 +97,8 @@ PUBLIC_API = {
     ],
     "megaset.report.jets": ["FARINA_TABLE_I", "PAIRWISE_FILE", "jet_report", "mass_sculpting", "separated_cells"],
     "megaset.report.markdown": [
-        "add_study", "family_table", "finite", "studies", "study_records", "table", "working_point_cell",
+        "add_study", "family_table", "finite", "skipped_files", "skipped_section", "studies", "study_records",
+        "table", "working_point_cell",
         "write_markdown",
     ],
     "megaset.report.metrics": [
@@ -118,13 +119,14 @@ PUBLIC_API = {
     "megaset.provenance": ["IGNORED", "SECTIONS", "changes", "fingerprint_of", "make_record", "record", "stage_config"],
     "megaset.stages": ["Stage", "StageState", "assess", "chain", "fingerprint", "status"],
     "megaset.reporting": ["REPORT_JSON", "report_record", "training_records", "write_report"],
-    "megaset.run": ["STAGES", "run"],
+    "megaset.run": ["STAGES", "outputs_locked", "run", "written"],
     "megaset.storage.backend": [
-        "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "open_group", "remove_tree", "stored_bytes",
-        "writing",
+        "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "is_local", "open_group", "reach",
+        "remove_tree", "stored_bytes", "writing",
     ],
     "megaset.storage.codecs": ["compressors"],
     "megaset.storage.layout": ["BLOCKS", "block_masks", "matrix_side"],
+    "megaset.storage.lock": ["holder", "lock_url", "locked"],
     "megaset.storage.mix": ["MixJob", "mix", "mix_record", "prepare_mix"],
     "megaset.storage.mix_chunk": ["build_chunk"],
     "megaset.storage.plan": [

@@ -115,3 +115,56 @@ def test_run_jets_writes_every_table_and_plot(tmp_path):
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["fraction"] for r in summary["contamination"]["rows"]] == [0.0, 0.2]
     assert summary["stage"]["basis"]["upstream"]["contamination"] == states["contamination"].fingerprint
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_one_refuses_the_other_finishes_and_reports_skipped_files(tmp_path, cluster_client):
+    """Two `megaset run` processes started together on one configuration: one refuses at once in
+    one line naming the other, the other finishes a store that verifies. Its inputs hold a
+    truncated file with `on_bad_file: skip`: the report lists it with its reason."""
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from megaset.pipeline.simulate import simulate
+    from megaset.storage.verify import verify
+
+    channels = ["zmmjets", "ttbar", "c1n2_wz_800_50"]
+    sim = Config.model_validate({"simulate": {"output": str(tmp_path / "ntuples"), "events": 4000,
+                                              "signal_events": 400, "channels": channels}}).simulate
+    simulate(sim)
+    good = next((tmp_path / "ntuples" / "ttbar").glob("*.root"))
+    bad = good.with_name("ttbar_truncated.root")
+    bad.write_bytes(good.read_bytes()[:int(good.stat().st_size * 0.6)])
+    cfg = {
+        "inputs": {"on_bad_file": "skip", "channels": {
+            c: {"files": [str(tmp_path / "ntuples" / c / "*.root")], "signal": c.startswith("c1n2")}
+            for c in channels}},
+        "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
+        "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 256},
+        "report": {"output": str(tmp_path / "report"), "auc_replicas": 20},
+        "cluster": {"kind": "address", "address": cluster_client.scheduler.address},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    command = [sys.executable, "-c", "from megaset.cli import main; main()", "run", "-c", str(path)]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=600) for r in runs]
+    codes = [r.returncode for r in runs]
+    assert sorted(codes) == [0, 1], outs
+    winner, loser = (runs[0], runs[1]) if codes[0] == 0 else (runs[1], runs[0])
+    refusal = outs[runs.index(loser)][1]
+    assert refusal.count("\n") == 1 and "Traceback" not in refusal, refusal
+    staging = str(tmp_path / "store.staging.zarr")
+    assert refusal.startswith(f"error: store.staging_url {staging!r} is being written by `megaset run -c {path}` "
+                              f"(pid {winner.pid} on host {socket.gethostname()}, since "), refusal
+    assert verify(cfg["store"]["url"]) == []
+    assert not list(tmp_path.glob("*.lock")), "every lock is released"
+
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    [skipped] = summary["skipped"]
+    assert skipped["file"] == str(bad) and "is truncated" in skipped["reason"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Input files skipped (1)" in markdown and f"| {bad} | {skipped['reason']} |" in markdown

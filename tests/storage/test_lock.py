@@ -122,7 +122,8 @@ def test_s3_lock_refuses_a_second_holder_and_is_taken_over_from_a_dead_one(s3_bu
     with caplog.at_level(logging.INFO, logger="megaset.storage.lock"), locked(url, key="store.url"):
         assert holder(url)["pid"] == os.getpid()
     assert f"store.url '{url}': taking over the lock of" in caplog.text
-    assert f"(pid {process.pid} on host {socket.gethostname()}" in caplog.text and "whose process is gone" in caplog.text
+    assert f"(pid {process.pid} on host {socket.gethostname()}" in caplog.text
+    assert "whose process is gone" in caplog.text
     assert holder(url) is None  # released: the lock object is deleted
 
 
@@ -135,9 +136,8 @@ def test_s3_lock_expires_by_its_lease_and_its_old_holder_fails(s3_bucket, caplog
     process = _hold(url, lease)
     try:
         process.send_signal(signal.SIGSTOP)
-        with pytest.raises(OutputLockedError):  # still within its lease
-            with locked(url, key="store.url", lease_s=lease):
-                pass
+        with pytest.raises(OutputLockedError), locked(url, key="store.url", lease_s=lease):  # still within its lease
+            pass
         time.sleep(2 * lease + 1)  # the lease runs out (the server's clock has whole seconds)
         with caplog.at_level(logging.INFO, logger="megaset.storage.lock"), locked(url, key="store.url", lease_s=lease):
             assert "whose lease ran out" in caplog.text
