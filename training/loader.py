@@ -7,6 +7,12 @@ and ranks can read disjoint chunks in any order:
 * per epoch, a permutation of the chunk indices seeded by ``(seed, epoch)``, the same on every
   rank; shard s of n (a shard is one rank, or one DataLoader worker of one rank) takes
   every n-th chunk of it, so the shards read disjoint chunks that cover the group once;
+* a group of fewer chunks than shards (a small sample's train group under DDP) is read in
+  pieces instead: every chunk is cut into n row ranges and shard s takes one of each (the
+  ranges rotate along the permutation so that no shard always gets the shorter ones), so every
+  shard still has events and the shards still cover the group once; each shard then reads every
+  chunk and keeps its rows, which costs little for a group that small. Only a group of fewer
+  events than shards is refused;
 * consecutive chunks of a shard are grouped in windows of ``shuffle_chunks`` chunks whose rows
   are shuffled together (a permutation seeded by the epoch and the window's first chunk) and cut
   into batches; batches run on across windows, so all but a shard's last batch are full;
@@ -146,6 +152,8 @@ class ChunkDataset(IterableDataset):
         self.epoch = 0
         self._position = 0
         self._n_shards: int | None = None
+        # The pieces read by the shards of the running epoch (see _pieces).
+        self._piece_chunk, self._piece_start, self._piece_sizes = _whole_chunks(self.chunk_sizes)
 
     # ------------------------------------------------------------------ plan
 
@@ -153,22 +161,44 @@ class ChunkDataset(IterableDataset):
         """Start epoch ``epoch`` at its first batch (as ``DistributedSampler.set_epoch``)."""
         self.epoch, self._position, self._n_shards = epoch, 0, None
 
+    def pieces_per_chunk(self, n_shards: int) -> int:
+        """Row ranges every chunk is cut into for ``n_shards`` shards: 1 (whole chunks) unless the
+        group has fewer chunks than shards, then ``n_shards``."""
+        return 1 if len(self.chunk_sizes) >= n_shards else n_shards
+
+    def _pieces(self, n_shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Chunk, first row within it, and size of every piece; piece ``c * k + j`` is range j
+        of chunk c, k = :meth:`pieces_per_chunk`."""
+        k = self.pieces_per_chunk(n_shards)
+        if k == 1:
+            return _whole_chunks(self.chunk_sizes)
+        # Range j of a chunk of n rows: rows [j * n // k, (j + 1) * n // k).
+        bounds = (self.chunk_sizes[:, None] * np.arange(k + 1)[None, :]) // k
+        chunk = np.repeat(np.arange(len(self.chunk_sizes)), k)
+        return chunk, bounds[:, :-1].ravel(), np.diff(bounds, axis=1).ravel()
+
     def assignment(self, n_shards: int) -> list[np.ndarray]:
-        """Chunk indices of every shard in this epoch, in reading order."""
+        """Piece indices of every shard in this epoch, in reading order: chunk indices when
+        every shard gets whole chunks (see :meth:`pieces_per_chunk` and :meth:`_pieces`)."""
         n = len(self.chunk_sizes)
         order = np.random.default_rng((self.seed, self.epoch)).permutation(n) if self.shuffle else np.arange(n)
-        return [order[s::n_shards] for s in range(n_shards)]
+        k = self.pieces_per_chunk(n_shards)
+        if k == 1:
+            return [order[s::n_shards] for s in range(n_shards)]
+        position = np.arange(n)
+        return [order * k + (s + position) % k for s in range(n_shards)]
 
     def n_batches(self, shard: int, n_shards: int) -> int:
         """Batches shard ``shard`` of ``n_shards`` yields in this epoch."""
-        rows = [int(self.chunk_sizes[c].sum()) for c in self.assignment(n_shards)]
+        sizes = self._pieces(n_shards)[2]
+        rows = [int(sizes[p].sum()) for p in self.assignment(n_shards)]
         if not self.equal_batches:
             return -(-rows[shard] // self.batch_size)
         if min(rows) == 0:
             msg = (
-                f"group {self.group.name!r} has {len(self.chunk_sizes)} chunks with events, fewer "
-                f"than the {n_shards} ranks x loader workers reading it; lower store.chunk_len "
-                "or training.ddp.world_size"
+                f"group {self.group.name!r} has {int(self.chunk_sizes.sum())} events, fewer than the "
+                f"{n_shards} ranks x loader workers reading it: some would train on nothing; lower "
+                "training.ddp.world_size, or give the sample more events"
             )
             raise ConfigError(msg)
         return min(-(-r // self.batch_size) for r in rows)
@@ -191,11 +221,12 @@ class ChunkDataset(IterableDataset):
             )
             raise CheckpointError(msg)
         self._n_shards = n_shards
-        chunks = self.assignment(n_shards)[shard]
+        self._piece_chunk, self._piece_start, self._piece_sizes = self._pieces(n_shards)
+        pieces = self.assignment(n_shards)[shard]
         n_batches = self.n_batches(shard, n_shards)
         k = self.shuffle_chunks
-        windows = [chunks[i : i + k] for i in range(0, len(chunks), k)]
-        ends = np.cumsum([self.chunk_sizes[w].sum() for w in windows], dtype=np.int64)
+        windows = [pieces[i : i + k] for i in range(0, len(pieces), k)]
+        ends = np.cumsum([self._piece_sizes[w].sum() for w in windows], dtype=np.int64)
         start = self._position * self.batch_size
         stop = min(int(ends[-1]) if len(ends) else 0, n_batches * self.batch_size)
         first = int(np.searchsorted(ends, start, side="right"))
@@ -242,8 +273,8 @@ class ChunkDataset(IterableDataset):
             yield rest
 
     def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Each window's scaled rows, weights and (shuffled) row order on the device, read ahead
-        by the thread pool.
+        """Each window's scaled rows, weights and (shuffled) row order on the device, its pieces
+        read ahead by the thread pool.
 
         The chunks of a window are copied into one buffer reused from window to window, each as
         soon as it is read, so that a window holds its chunks once (a fresh window-sized array
@@ -270,11 +301,11 @@ class ChunkDataset(IterableDataset):
                 pending.append(pool.submit(self._read, c))
             submitted = len(pending)
             for window in windows:
-                n, at = int(self.chunk_sizes[window].sum()), 0
+                n, at = int(self._piece_sizes[window].sum()), 0
                 for _ in window:
                     part = take()
                     if x_buffer is None:
-                        rows = self.shuffle_chunks * int(self.chunk_sizes.max())
+                        rows = self.shuffle_chunks * int(self._piece_sizes.max())
                         width = part[0].shape[1] + (part[2] is not None)
                         x_buffer = torch.empty((rows, width), dtype=torch.float32, device=self.device)
                         w_buffer = torch.empty(rows, dtype=torch.float32, device=self.device)
@@ -305,15 +336,17 @@ class ChunkDataset(IterableDataset):
         w[at:stop].copy_(weight, non_blocking=True)
         return stop
 
-    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One chunk's raw features ``[n, F]``, weights and context, as host tensors (pinned
+    def _read(self, piece: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One piece's raw features ``[n, F]``, weights and context, as host tensors (pinned
         for a GPU, so that their copy to it does not block)."""
         names = (self.column, "weight", *((self.context,) if self.context else ()))
-        data = self.group.read_chunk(index, columns=names)
-        x = np.asarray(data[self.column], dtype=np.float32)
-        arrays = [x.reshape(len(x), -1), np.asarray(data["weight"], dtype=np.float32)]
+        data = self.group.read_chunk(int(self._piece_chunk[piece]), columns=names)
+        start = int(self._piece_start[piece])
+        rows = slice(start, start + int(self._piece_sizes[piece]))
+        x = np.asarray(data[self.column][rows], dtype=np.float32)
+        arrays = [x.reshape(len(x), -1), np.asarray(data["weight"][rows], dtype=np.float32)]
         if self.context:
-            arrays.append(np.asarray(data[self.context], dtype=np.float32))
+            arrays.append(np.asarray(data[self.context][rows], dtype=np.float32))
         # A read-only array (a memory-mapped chunk) is copied rather than shared.
         host = [torch.from_numpy(a) if a.flags.writeable else torch.tensor(a) for a in arrays]
         if self.device.type == "cuda":
@@ -353,6 +386,11 @@ class ChunkDataset(IterableDataset):
                 raise CheckpointError(msg)
         self.epoch, self._position = state["epoch"], state["position"]
         self._n_shards = state["n_shards"] if state["position"] else None
+
+
+def _whole_chunks(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pieces of a group read in whole chunks: piece i is chunk i."""
+    return np.arange(len(sizes)), np.zeros(len(sizes), dtype=np.int64), sizes
 
 
 def _on_own_stream(batches: Generator, device: torch.device, consumer: torch.cuda.Stream) -> Generator:

@@ -86,3 +86,9 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def one_chunk_store(tmp_path_factory) -> Config:
+    """The tiny store's events in chunks of 1024: its train group (768 events) is one chunk."""
+    return make_store(tmp_path_factory.mktemp("one-chunk"), chunk_len=1024)

@@ -101,6 +101,19 @@ def test_ddp_ranks_on_dask_equal_one_process_on_the_same_global_batches(tiny_sto
     assert not torch.allclose(trained["layers.0.weight"], untrained.state_dict()["layers.0.weight"])
 
 
+def test_ddp_ranks_share_a_train_group_of_one_chunk(one_chunk_store, cluster_client, tmp_path):
+    # A small sample (a jet demo's signal trained on in the pairwise study) fills one chunk:
+    # both ranks train on pieces of it, as one process would on the same global batches.
+    cfg = one_chunk_store.replace(training={**DDP, "output": str(tmp_path / "models")})
+    assert open_store(cfg.store.url).group("train").n_chunks == 1
+    summary = train(cfg, cluster_client)
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    trained = load_checkpoint(summary["checkpoints"]["last"])["state"]
+    expected = _reference(cfg)
+    for key in expected:
+        torch.testing.assert_close(trained[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
 def test_torchrun_runs_the_same_trainer(tiny_store, cluster_client, tmp_path):
     dask_cfg = tiny_store.replace(training={**DDP, "output": str(tmp_path / "dask")})
     on_dask = train(dask_cfg, cluster_client)

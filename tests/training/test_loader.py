@@ -182,11 +182,41 @@ def test_resuming_mid_epoch_with_another_world_size_is_refused(train):
         next(resumed.iter_shard(0, 3))
 
 
-def test_more_shards_than_chunks_is_a_config_error(train):
+@pytest.mark.parametrize("n_shards", [13, 24])
+def test_more_shards_than_chunks_read_pieces_of_every_chunk_covering_the_group_once(train, n_shards):
+    group, scaling, chunks, rows = train
+    ds = ChunkDataset(group, batch_size=16, scaling=scaling, seed=2, shuffle_chunks=3)
+    assert ds.pieces_per_chunk(n_shards) == n_shards and ds.pieces_per_chunk(12) == 1
+    seen, counts = [], []
+    for shard in range(n_shards):
+        ds.set_epoch(1)
+        rec = Recording(group)
+        ds.group = rec
+        batches = list(ds.iter_shard(shard, n_shards))
+        assert sorted(set(rec.reads)) == list(range(12))  # a piece of every chunk
+        counts.append(len(batches))
+        seen.append(_rows(batches))
+    assert len(set(counts)) == 1 and counts[0] >= 1  # every shard trains, on as many batches
+    keys = [r.tobytes() for s in seen for r in s]
+    assert len(keys) == len(set(keys))  # disjoint
+    # The shortest shard's batches only: each shard has 768 / n_shards events, give or take one.
+    assert len(keys) >= n_shards * (768 // n_shards - 16)
+    assert set(keys) <= set(rows)
+    ds.group = group
+    ds.equal_batches = False
+    together = []
+    for shard in range(n_shards):
+        ds.set_epoch(1)
+        together.append(_rows(ds.iter_shard(shard, n_shards)))
+    expected = np.concatenate([scaling(c["rmm"]) for c in chunks])
+    np.testing.assert_array_equal(_sorted(np.concatenate(together)), _sorted(expected))  # every event once
+
+
+def test_more_shards_than_events_is_a_config_error(train):
     group, _, _, _ = train
     ds = ChunkDataset(group, batch_size=32)
-    with pytest.raises(ConfigError, match=r"'train' has 12 chunks with events, fewer than the 13 ranks"):
-        next(ds.iter_shard(0, 13))
+    with pytest.raises(ConfigError, match=r"'train' has 768 events, fewer than the 769 ranks .* training.ddp.world_size"):
+        next(ds.iter_shard(0, 769))
 
 
 def _numpy_batches(group, scaling, *, batch_size, seed, epoch, shuffle_chunks, shard, n_shards):
