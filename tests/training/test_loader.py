@@ -215,7 +215,7 @@ def test_more_shards_than_chunks_read_pieces_of_every_chunk_covering_the_group_o
 def test_more_shards_than_events_is_a_config_error(train):
     group, _, _, _ = train
     ds = ChunkDataset(group, batch_size=32)
-    with pytest.raises(ConfigError, match=r"'train' has 768 events, fewer than the 769 ranks .* training.ddp.world_size"):
+    with pytest.raises(ConfigError, match=r"has 768 events, fewer than the 769 ranks .* training.ddp.world_size"):
         next(ds.iter_shard(0, 769))
 
 
