@@ -14,7 +14,9 @@ For every scored model, the background being the ``test`` group (QCD unless conf
 * mass sculpting (Farina et al. fig. 10): the background jet-mass distribution before and after
   cuts on the score keeping 10 % and 1 % of it, the Jensen-Shannon divergence of each from the
   uncut one, and the mean jet mass in bins of the score (``mass_<model>.png``,
-  ``mass_profile.png``);
+  ``mass_profile.png``); for every model also trained with the adversary (``<model>-adv``),
+  the two side by side: the divergences and the mean AUC over the signals without and with
+  decorrelation (what the flatter mass costs in sensitivity);
 * latent-space clustering for models whose latent representation was exported: k-means
   (scikit-learn) with one cluster per sample on the test background and the signals, its
   adjusted Rand index against the true samples, and a 2-D projection (``latent_<model>.png``);
@@ -36,7 +38,7 @@ from megaset.report.markdown import skipped_files, skipped_section, table
 from megaset.report.samples import Sample
 from megaset.report.style import Style
 
-__all__ = ["jet_report", "FARINA_TABLE_I", "separated_cells", "mass_sculpting", "PAIRWISE_FILE"]
+__all__ = ["jet_report", "FARINA_TABLE_I", "separated_cells", "mass_sculpting", "decorrelation", "PAIRWISE_FILE"]
 
 #: Farina et al., Table I: E10 / E100 for top and 400 GeV gluino jets (CNN and dense: k = 6,
 #: mean of five trainings on 100 k QCD jets).
@@ -91,6 +93,26 @@ def mass_sculpting(scores: np.ndarray, mass: np.ndarray, weight: np.ndarray, edg
         out["after"][f"{f:g}"], out["cuts"][f"{f:g}"] = after.tolist(), float(cut)
         out["js"][f"{f:g}"] = _js(before.astype(float), after.astype(float))
     return out
+
+
+def decorrelation(sculpting: dict[str, dict[str, Any]], auc_table: Sequence[dict[str, Any]],
+                  suffix: str = "-adv") -> dict[str, dict[str, Any]]:
+    """Every model scored with and without the adversary (``<model>`` and ``<model>-adv``):
+    the Jensen-Shannon divergences of :func:`mass_sculpting` and the mean AUC over the signals,
+    without (``js``, ``auc``) and with (``js_adv``, ``auc_adv``) decorrelation.
+
+    >>> sc = {"m": {"js": {"0.1": 0.3}}, "m-adv": {"js": {"0.1": 0.1}}}
+    >>> rows = [{"model": "m", "auc": 0.8}, {"model": "m-adv", "auc": 0.7}]
+    >>> decorrelation(sc, rows)["m"]["js_adv"], decorrelation(sc, rows)["m"]["auc_adv"]
+    ({'0.1': 0.1}, 0.7)
+    """
+    def mean_auc(model: str) -> float | None:
+        values = [r["auc"] for r in auc_table if r["model"] == model]
+        return float(np.mean(values)) if values else None
+
+    return {m: {"js": sculpting[m]["js"], "js_adv": sculpting[m + suffix]["js"], "auc": mean_auc(m),
+                "auc_adv": mean_auc(m + suffix)}
+            for m in sculpting if not m.endswith(suffix) and m + suffix in sculpting}
 
 
 def _pooled(samples: Sequence[Sample], model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,6 +234,7 @@ def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[
         latent = _latent(store, model, samples, out)
         if latent is not None:
             result["latent"][model] = latent
+    result["decorrelation"] = decorrelation(result["sculpting"], result["auc_table"])
     result["plots"]["errors"] = str(plots.stacked_panels(out / "errors.png", panels))
     if rocs:
         result["plots"]["roc"] = str(plots.roc_curves(out / "roc.png", rocs))
@@ -252,6 +275,14 @@ def _markdown(path: Path, r: dict[str, Any]) -> Path:
              table(["model", *(f"keep {k}" for k in next(iter(r["sculpting"].values()), {"js": {}})["js"])],
                    [[m, *s["js"].values()] for m, s in r["sculpting"].items()]),
              ""]
+    if r.get("decorrelation"):
+        keeps = list(next(iter(r["decorrelation"].values()))["js"])
+        lines += ["## Decorrelation (the adversary on the jet mass): sculpting and sensitivity", "",
+                  table(["model", *(f"JS keep {k}: without / with" for k in keeps),
+                         "mean AUC over the signals: without / with"],
+                        [[m, *(f"{d['js'][k]:.3f} / {d['js_adv'][k]:.3f}" for k in keeps),
+                          f"{d['auc']:.3f} / {d['auc_adv']:.3f}" if d["auc"] is not None and d["auc_adv"] is not None
+                          else "-"] for m, d in r["decorrelation"].items()]), ""]
     if r["latent"]:
         lines += ["## Latent space (k-means, one cluster per sample)", "",
                   table(["model", "k", "adjusted Rand index"],

@@ -95,7 +95,9 @@ PUBLIC_API = {
         "CHANNELS", "ChannelSpec", "demo_inputs", "event_counts", "generate", "is_simulated", "simulate",
         "simulate_record", "simulated_record", "write_ntuple"
     ],
-    "megaset.report.jets": ["FARINA_TABLE_I", "PAIRWISE_FILE", "jet_report", "mass_sculpting", "separated_cells"],
+    "megaset.report.jets": [
+        "FARINA_TABLE_I", "PAIRWISE_FILE", "decorrelation", "jet_report", "mass_sculpting", "separated_cells",
+    ],
     "megaset.report.markdown": [
         "add_study", "family_table", "finite", "skipped_files", "skipped_section", "studies", "study_records",
         "table", "working_point_cell",

@@ -92,9 +92,11 @@ def test_run_jets_writes_every_table_and_plot(tmp_path):
     assert {(r["model"], r["signal"]) for r in summary["auc_table"]} >= {("tau32", "top"), ("jet-dense-adv", "gluino")}
     assert np.array(summary["pairwise"]["tau32"]["auc"]).shape == (3, 3)
     assert set(summary["sculpting"]) == {"pca", "jet-dense", "tau32", "jet-dense-adv"}
+    assert set(summary["decorrelation"]) == {"jet-dense"}
     assert [r["fraction"] for r in summary["contamination"]["rows"]] == [0.0, 0.1]
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Farina et al. E10 / E100" in markdown and "0.66 / 0.13" in markdown
+    assert "## Decorrelation" in markdown
     for name in ("roc.png", "mass_sculpting.png", "pairwise_tau32.png", "separation_pca.png", "latent_jet-dense.png"):
         assert (tmp_path / "report" / name).is_file()
     # The studies and the report are stages: an unchanged rerun skips them, other fractions

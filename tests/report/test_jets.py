@@ -38,3 +38,16 @@ def test_a_score_that_is_the_mass_sculpts_and_an_independent_one_does_not():
     sculpted = mass_sculpting(mass, mass, w, edges)["js"]["0.1"]
     flat = mass_sculpting(rng.random(len(mass)), mass, w, edges)["js"]["0.1"]
     assert sculpted > 0.5 > 0.02 > flat
+
+
+def test_decorrelation_pairs_each_model_with_its_adversarial_twin():
+    from megaset.report.jets import decorrelation
+
+    sculpting = {"jet-dense": {"js": {"0.1": 0.30, "0.01": 0.50}}, "jet-dense-adv": {"js": {"0.1": 0.05, "0.01": 0.10}},
+                 "pca": {"js": {"0.1": 0.2, "0.01": 0.4}}}
+    table = [{"model": "jet-dense", "signal": "top", "auc": 0.8}, {"model": "jet-dense", "signal": "w", "auc": 0.6},
+             {"model": "jet-dense-adv", "signal": "top", "auc": 0.7}, {"model": "pca", "signal": "top", "auc": 0.9}]
+    out = decorrelation(sculpting, table)
+    assert list(out) == ["jet-dense"]  # pca was not trained with the adversary
+    assert out["jet-dense"] == {"js": {"0.1": 0.30, "0.01": 0.50}, "js_adv": {"0.1": 0.05, "0.01": 0.10},
+                                "auc": 0.7, "auc_adv": 0.7}
