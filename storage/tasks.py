@@ -32,6 +32,7 @@ def map_chunks(
     stage: str,
     retries: int,
     progress: Callable[[int], None] | None = None,
+    sizes: Sequence[int] | None = None,
     resources: dict[str, float] | None = None,
     **kwargs: Any,
 ) -> list[R]:
@@ -51,7 +52,10 @@ def map_chunks(
     retries
         Dask retries of a task whose worker died.
     progress
-        Called with the number of items finished so far, after each one.
+        Called with the number of items finished so far, after each one; with ``sizes``,
+        with the sum of the finished items' sizes.
+    sizes
+        One size per item (e.g. the chunks of a run of chunks), for ``progress``.
     resources
         Dask resources every task holds while it runs (``{"GPU": 1}``: only workers declaring
         a GPU run them, one task per declared GPU at a time); ignored without a client.
@@ -63,11 +67,14 @@ def map_chunks(
         chunks finished so far are kept for a rerun.
     """
     advance = progress or (lambda n: None)
+    size = list(sizes) if sizes is not None else [1] * len(items)
+    done = 0
     if client is None:
         results = []
-        for n, item in enumerate(items, 1):
+        for item, n in zip(items, size, strict=True):
             results.append(fn(item, **kwargs))
-            advance(n)
+            done += n
+            advance(done)
         return results
     from distributed import KilledWorker, as_completed
 
@@ -77,6 +84,7 @@ def map_chunks(
     keys = [f"{prefix}-{name.replace('/', ':')}-{token}" for name in names]
     futures = client.map(fn, items, key=keys, retries=retries, pure=False, resources=resources, **kwargs)
     where = dict(zip(keys, names, strict=True))
+    size_of = dict(zip(keys, size, strict=True))
     results = []
     try:
         # The results come with the completions, in batches: a result fetched future by future
@@ -84,7 +92,7 @@ def map_chunks(
         # fetched on this client's loop: as_completed defaults to the default client's, and where a
         # process holds two clients, the other loop's thread would write on this client's sockets.
         completed = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
-        for n, (future, result) in enumerate(completed, 1):
+        for future, result in completed:
             try:
                 results.append(future.result() if future.status == "error" else result)
             except KilledWorker as err:
@@ -94,7 +102,8 @@ def map_chunks(
                 )
                 raise StoreError(msg) from None
             future.release()
-            advance(n)
+            done += size_of[future.key]
+            advance(done)
     finally:
         client.cancel(futures)
     return results

@@ -1,11 +1,13 @@
 """``score``: the reconstruction error of a trained model for every event of a store.
 
-One Dask task per chunk of every group (``train``, ``val``, ``test``, ``signal/<name>``,
-``data``). A worker process loads the checkpoint once (``torch.load(weights_only=True)``, no
-code) and keeps it for every chunk it scores; the task moves the chunk's RMM rows to the
-scoring device, scales them there with the scaling saved in the checkpoint (built by the
-trainer from the store's train statistics, so events are scaled exactly as in training), runs
-the model and writes, chunk-aligned:
+One Dask task per run of consecutive chunks of a group (``train``, ``val``, ``test``,
+``signal/<name>``, ``data``), a few runs per worker thread. A task carries the checkpoint's
+path and digest, never the model: a worker process loads the checkpoint once
+(``torch.load(weights_only=True)``, no code) and keeps it for every chunk it scores, with one
+torch thread per task on a CPU worker. Chunk by chunk, reading the next chunk while the model
+runs, the task moves the chunk's RMM rows to the scoring device, scales them there with the
+scaling saved in the checkpoint (built by the trainer from the store's train statistics, so
+events are scaled exactly as in training), runs the model and writes, chunk-aligned:
 
 ``score/<model>`` [N] float32
     per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
@@ -18,11 +20,12 @@ GPU, ``scoring.gpu_batch_size`` events per forward pass); a cluster without scor
 workers, which never open a CUDA context. Without a cluster, the chunks are scored in this
 process, on its GPU when torch sees one.
 
-Exactly once: chunk ``i`` of every column is written by the task of chunk ``i`` only, whole,
-with the same bytes on every attempt, so a task retried after its worker died rewrites its own
-chunk. The total column is written last: a chunk whose total is stored is finished, and a
-rerun skips it (resumable scoring). The checkpoint's digest is recorded with the columns; a
-rerun with another checkpoint (a retrained model) starts the columns afresh.
+Exactly once: chunk ``i`` of every column is written by the task of the run holding chunk
+``i`` only, whole, with the same bytes on every attempt, so a task retried after its worker
+died rewrites its own chunks. The total column is written last, chunk by chunk: a chunk whose
+total is stored is finished, and a retry or a rerun skips it (resumable scoring). The
+checkpoint's digest is recorded with the columns; a rerun with another checkpoint (a
+retrained model) starts the columns afresh.
 
 >>> summary = score(cfg, client)                 # doctest: +SKIP
 >>> summary["column"], summary["resumed"]        # doctest: +SKIP
@@ -110,6 +113,8 @@ def checkpoint_digest(path: Path) -> str:
 
 
 _LOCK = threading.Lock()
+#: Scoring tasks per worker thread on a cluster.
+_RUNS_PER_THREAD = 4
 
 
 def _here(kind: str) -> torch.device:
@@ -192,19 +197,32 @@ def latent_column(model: str) -> str:
     return f"latent/{model}"
 
 
-def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, digest: str, device: str,
-                 blocks: bool, events_per_pass: int, column: str = "rmm", latent: bool = False) -> tuple[int, bool]:
-    """Score chunk ``index`` of ``group`` (``task``) on this process's ``device`` (``cpu`` or
-    ``cuda``); ``(events, already done)``."""
+def _torch_threads(device: torch.device) -> None:
+    """One torch thread per task on a CPU Dask worker: the worker runs as many tasks at once as
+    it has threads, which are the cores it was given. Dask's nanny sets ``OMP_NUM_THREADS=1``
+    for the same reason; a worker started without one would otherwise give every task a thread
+    per core of the machine, and the tasks would take the cores from each other."""
     import torch
 
-    group, index = task
-    total = score_column(model)
-    if group.chunk_written(total, index):
-        return 0, True
-    net, scaling, here = _model(checkpoint, digest, device)
-    values = np.asarray(group.read_chunk(index, (column,))[column], dtype=np.float32)
-    rows = values.reshape(len(values), -1)
+    if device.type != "cpu":
+        return
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):  # not in a Dask worker: torch's own default
+        return
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _score_chunk(group: StoreGroup, index: int, values: np.ndarray, *, model: str, net: Autoencoder,
+                 scaling: DeviceScaling, here: torch.device, blocks: bool, events_per_pass: int,
+                 latent: bool) -> int:
+    """Score chunk ``index`` of ``group`` whose input column holds ``values``; its events."""
+    import torch
+
+    rows = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
     if not rows.flags.writeable or not rows.flags.c_contiguous:
         rows = np.array(rows, order="C")
     x = torch.from_numpy(rows)
@@ -220,8 +238,48 @@ def _score_chunk(task: tuple[StoreGroup, int], *, model: str, checkpoint: str, d
         with torch.no_grad():
             group.write_chunk(latent_column(model), index, net.encode(x).cpu().numpy())
     # Last: a stored total marks the chunk finished.
-    group.write_chunk(total, index, errors["total"])
-    return len(values), False
+    group.write_chunk(score_column(model), index, errors["total"])
+    return len(rows)
+
+
+def _score_run(task: tuple[StoreGroup, range], *, model: str, checkpoint: str, digest: str, device: str,
+               blocks: bool, events_per_pass: int, column: str = "rmm", latent: bool = False) -> tuple[int, int]:
+    """Score the chunks ``indices`` of ``group`` (``task``) on this process's ``device`` (``cpu``
+    or ``cuda``), chunk by chunk, each chunk's read overlapping the forward pass of the one
+    before; ``(events scored, chunks already done)``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    group, indices = task
+    total = score_column(model)
+    todo = [i for i in indices if not group.chunk_written(total, i)]
+    if not todo:
+        return 0, len(indices)
+    net, scaling, here = _model(checkpoint, digest, device)
+    _torch_threads(here)
+    settings = {"model": model, "net": net, "scaling": scaling, "here": here, "blocks": blocks,
+                "events_per_pass": events_per_pass, "latent": latent}
+    events = 0
+    # One chunk read ahead: zarr's reads and decodes, and torch's forward pass, leave the GIL.
+    with ThreadPoolExecutor(1, thread_name_prefix="megaset-score-read") as reader:
+        ahead = reader.submit(group.read_chunk, todo[0], (column,))
+        for k, index in enumerate(todo):
+            values = ahead.result()[column]
+            if k + 1 < len(todo):
+                ahead = reader.submit(group.read_chunk, todo[k + 1], (column,))
+            events += _score_chunk(group, index, values, **settings)
+    return events, len(indices) - len(todo)
+
+
+def _run_name(group: StoreGroup, run: range) -> str:
+    """``test-3`` for one chunk, ``test-3..9`` for a run."""
+    return f"{group.name}-{run[0]}" + (f"..{run[-1]}" if len(run) > 1 else "")
+
+
+def _runs(groups: list[StoreGroup], parts: int) -> list[tuple[StoreGroup, range]]:
+    """Every group's chunks in runs of consecutive chunks, about ``parts`` runs in all (more
+    where groups are small: a run stays in one group)."""
+    per = max(1, -(-sum(g.n_chunks for g in groups) // parts))
+    return [(g, range(first, min(first + per, g.n_chunks))) for g in groups for first in range(0, g.n_chunks, per)]
 
 
 def _check_settings(path: Path, ckpt: Mapping[str, Any], store: Store) -> None:
@@ -371,8 +429,13 @@ def score(
     entry = {"checkpoint": str(path), "digest": digest, "blocks": blocks,
              "stage": score_record(cfg, trained, digest), "config": cfg.resolved(), "complete": False}
     groups = [store.group(name) for name in store.group_names()]
-    tasks = [(g, i) for g in groups for i in range(g.n_chunks)]
-    advance = (lambda n: progress(n, len(tasks))) if progress else (lambda n: None)
+    n_chunks = sum(g.n_chunks for g in groups)
+    # Runs of chunks, a few per worker thread: a task's fixed costs (its key on the scheduler,
+    # the group's arrays opened on the worker) are paid per run, and the runs still balance
+    # the workers. In one process, one run per group.
+    threads = sum(client.nthreads().values()) if client is not None else 0
+    tasks = _runs(groups, _RUNS_PER_THREAD * threads if threads else 1)
+    advance = (lambda n: progress(n, n_chunks)) if progress else (lambda n: None)
     kwargs = {"model": label, "checkpoint": str(path), "digest": digest, "blocks": blocks, "device": device,
               # Not "batch_size": client.map has a keyword of that name.
               "events_per_pass": cfg.scoring.gpu_batch_size if device == "cuda" else cfg.scoring.batch_size,
@@ -382,8 +445,9 @@ def score(
         for g in groups if latent is not None else ():
             g.create_column(latent_column(label), np.float32, (latent,), overwrite=overwrite)
         advance(0)
-        results = map_chunks(client, _score_chunk, tasks, names=[f"{g.name}-{i}" for g, i in tasks],
+        results = map_chunks(client, _score_run, tasks, names=[_run_name(g, run) for g, run in tasks],
                              stage="megaset score", retries=cfg.scoring.retries, progress=advance,
+                             sizes=[len(run) for _, run in tasks],
                              resources={"GPU": 1} if device == "cuda" else None, **kwargs)
         for g in groups:
             g.set_column_attrs(score_column(label), {**entry, "complete": True})
@@ -396,7 +460,7 @@ def score(
         "checkpoint": str(path),
         "blocks": list(BLOCKS) if blocks else [],
         "groups": {g.name: {"events": g.n_events, "chunks": g.n_chunks} for g in groups},
-        "chunks": len(tasks),
+        "chunks": n_chunks,
         "resumed": sum(done for _, done in results),
         "rescored": rescored,
         "events_scored": scored,
