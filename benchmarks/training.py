@@ -3,8 +3,9 @@
 (a) the trainer's epoch fed by the streaming loader vs by in-memory tensors, in turn on one
     model (samples/s of the training steps; target: streaming >= 0.95 x in-memory), with torch
     on every core and on all but one;
-(b) the loader alone ("fast consumer", no model step) with 1 and 2 reader threads, and the
-    bytes read per event against the uncompressed size;
+(b) the loader alone ("fast consumer", no model step) with 1 and 2 reader threads, the bytes
+    read per event against the uncompressed size, and the bytes per event the loader moves to
+    its device (the features' non-zero cells and the weight) against the dense rows;
 (c) the thesis' megaset loop (10 megasets as .npy, each loaded whole, fitted with validation
     every epoch as Keras' fit did, weights saved and reloaded into a new model) vs the streaming
     trainer at equal samples seen: wall time, peak RSS, final val loss; and the megasets'
@@ -285,6 +286,16 @@ def _ddp(cfg, world_size: int) -> dict[str, Any]:
         return {"wall_s": time.perf_counter() - start, "history": summary["history"]}
 
 
+def _moved_bytes(url: str) -> float:
+    """Bytes per train event the loader hands to its device: the non-zero cells of the features
+    (positions and values) and the weight, as its reader threads read them."""
+    from megaset.storage.store import open_store
+
+    group = open_store(url).group("train")
+    chunks = (group.read_chunk(i, ("rmm", "weight"), compact=("rmm",)) for i in range(group.n_chunks))
+    return sum(c["rmm"].nbytes + 4 * len(c["weight"]) for c in chunks) / group.n_events
+
+
 def _stored_bytes(url: str, arrays: list[str]) -> int:
     return sum(p.stat().st_size for a in arrays for p in Path(url, "train", a).rglob("*") if p.is_file())
 
@@ -372,11 +383,14 @@ def main() -> None:
     if "b" in args.sections:
         loader = {t: max(isolated(_loader_alone, cfg, t)[0] for _ in range(args.repeat)) for t in (1, 2)}
         stored = _stored_bytes(url, ["rmm", "weight"]) / n if not url.startswith(("s3:", "gs:")) else float("nan")
+        moved = _moved_bytes(url)
         out["b"] = {"loader_samples_per_s": loader, "bytes_per_event_read": stored,
-                    "bytes_per_event_raw": 4 * (f + 1)}
+                    "bytes_per_event_raw": 4 * (f + 1), "bytes_per_event_moved": moved}
         print(f"(b) loader alone, samples/s        1 thread  {loader[1]:>12,.0f}   2 threads {loader[2]:>12,.0f}")
         print(f"    bytes per event read           {stored:>10,.1f}   uncompressed {4 * (f + 1):,}   "
               f"ratio {4 * (f + 1) / stored:.1f}x")
+        print(f"    bytes per event moved          {moved:>10,.1f}   dense rows   {4 * (f + 1):,}   "
+              f"ratio {4 * (f + 1) / moved:.1f}x")
 
     if "c" in args.sections:
         out["c"] = _versus_megasets(cfg, work, n, f, args)

@@ -25,7 +25,7 @@ holds events ``i * chunk_len`` up to the next chunk (the last one may be short).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -303,16 +303,26 @@ class StoreGroup:
             raise IndexError(msg)
         return slice(i * self.chunk_len, min((i + 1) * self.chunk_len, self.n_events))
 
-    def read_chunk(self, i: int, columns: Sequence[str] = ("rmm", "weight")) -> dict[str, np.ndarray]:
-        """The values of ``columns`` in chunk ``i``."""
-        return self.read_chunks(range(i, i + 1), columns)
+    def read_chunk(self, i: int, columns: Sequence[str] = ("rmm", "weight"),
+                   compact: Collection[str] = ()) -> dict[str, Any]:
+        """The values of ``columns`` in chunk ``i``; those named in ``compact`` as
+        :class:`~megaset.storage.compact.CompactRows` (their non-zero cells)."""
+        return self.read_chunks(range(i, i + 1), columns, compact)
 
-    def read_chunks(self, indices: range, columns: Sequence[str] = ("rmm", "weight")) -> dict[str, np.ndarray]:
-        """The values of ``columns`` in the consecutive chunks ``indices``, one array per column."""
+    def read_chunks(self, indices: range, columns: Sequence[str] = ("rmm", "weight"),
+                    compact: Collection[str] = ()) -> dict[str, Any]:
+        """The values of ``columns`` in the consecutive chunks ``indices``, one array per column
+        (one :class:`~megaset.storage.compact.CompactRows` per column named in ``compact``)."""
         from zarr.core.sync import sync
+
+        from megaset.storage.compact import CompactRows
 
         if not indices or indices.step != 1:
             msg = f"read_chunks takes a non-empty range of consecutive chunks, not {indices}"
+            raise ValueError(msg)
+        if not set(compact) <= set(columns):
+            msg = (f"compact names {sorted(set(compact) - set(columns))}, which are not among the columns read "
+                   f"{list(columns)}")
             raise ValueError(msg)
         first, last = self.chunk_slice(indices[0]), self.chunk_slice(indices[-1])
         rows = slice(first.start, last.stop)
@@ -321,7 +331,7 @@ class StoreGroup:
             [(self._array(name).async_array, rows) for name in columns], f"group {self.name!r} of store {self.url!r}",
             "run `megaset verify` to list every damaged chunk, then rebuild the store from its staging area "
             "(`megaset mix` into a new store.url) or rescore a damaged score/ column"))
-        return dict(zip(columns, values, strict=True))
+        return {name: CompactRows.of(v) if name in compact else v for name, v in zip(columns, values, strict=True)}
 
     def iter_chunks(self, columns: Sequence[str] = ("rmm", "weight"),
                     indices: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

@@ -17,8 +17,8 @@ class Recording:
     def __getattr__(self, name):
         return getattr(self._group, name)
 
-    def read_chunk(self, i, columns=("rmm", "weight")):
+    def read_chunk(self, i, columns=("rmm", "weight"), compact=()):
         with self._lock:
             self.reads.append(int(i))
             self.threads.add(threading.current_thread().name)
-        return self._group.read_chunk(i, columns)
+        return self._group.read_chunk(i, columns, compact)

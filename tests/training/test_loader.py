@@ -115,11 +115,11 @@ def test_read_ahead_is_bounded_and_runs_in_reader_threads(train):
 
 
 class _Failing(Recording):
-    def read_chunk(self, i, columns=("rmm", "weight")):
+    def read_chunk(self, i, columns=("rmm", "weight"), compact=()):
         if i == 5:
             msg = f"chunk {i} of group 'train' cannot be read"
             raise OSError(msg)
-        return super().read_chunk(i, columns)
+        return super().read_chunk(i, columns, compact)
 
 
 def test_batches_are_assembled_ahead_in_a_thread_that_ends_with_the_consumer(train):
@@ -269,3 +269,41 @@ def test_the_device_path_on_a_gpu_gives_the_cpu_batches_in_the_same_order(train)
         assert x.device.type == "cuda" and w.device.type == "cuda"
         torch.testing.assert_close(x.cpu(), x0, rtol=1e-6, atol=1e-7)
         assert torch.equal(w.cpu(), w0)
+
+
+def test_a_context_column_follows_the_densified_features_unscaled(train):
+    group, scaling, _, _ = train
+    options = {"batch_size": 40, "scaling": scaling, "seed": 6, "shuffle_chunks": 2}
+    plain = list(ChunkDataset(group, **options))
+    with_context = list(ChunkDataset(group, **options, context="weight"))
+    assert len(with_context) == len(plain)
+    for (x, w), (x0, w0) in zip(with_context, plain, strict=True):
+        assert x.shape == (len(w), x0.shape[1] + 1)
+        assert torch.equal(x[:, :-1], x0) and torch.equal(x[:, -1], w) and torch.equal(w, w0)
+
+
+def test_a_model_trained_on_the_loader_is_the_model_trained_on_dense_numpy_batches(train):
+    """The loader moves the non-zero cells and densifies them: training on its batches gives
+    the very parameters that training on the dense rows scaled in numpy gives."""
+    from megaset.config import TrainingConfig
+    from megaset.training.loop import train_epoch
+    from megaset.training.registry import build_model
+
+    group, scaling, _, _ = train
+    cfg = TrainingConfig()
+    options = {"batch_size": 64, "seed": 9, "epoch": 0, "shuffle_chunks": 2, "shard": 0, "n_shards": 1}
+
+    def trained(batches):
+        torch.manual_seed(0)
+        model = build_model("ae-shallow", group.column_info("rmm")["shape"][1], cfg.architecture)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        train_epoch(model, optimizer, batches, cfg, 1.0, torch.device("cpu"))
+        return model.state_dict()
+
+    loader = ChunkDataset(group, batch_size=64, scaling=scaling, seed=9, shuffle_chunks=2)
+    dense = [(torch.from_numpy(x.copy()), torch.from_numpy(w.copy()))
+             for x, w in _numpy_batches(group, scaling, **options)]
+    got, expected = trained(loader), trained(dense)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
