@@ -5,9 +5,12 @@ Both paths run the same function on every rank after ``torch.distributed`` is in
 
 Dask: one rank per worker, submitted with ``client.submit(..., workers=[address], pure=False)``;
 rank 0's worker host is ``MASTER_ADDR`` and a port found free on that worker is
-``MASTER_PORT``. When the cluster declares GPUs (Dask resources ``{"GPU": n}``), only GPU
-workers take ranks and each rank holds ``{"GPU": 1}``. The driver watches the futures and the
-workers: a rank that fails or whose worker disappears fails the whole job with a
+``MASTER_PORT``. Each rank task sets ``LOCAL_RANK``, as torchrun does, to the rank's index among
+the ranks on its host (:func:`local_ranks`), so that the ranks of a local cluster on a box of
+several GPUs each take their own GPU (:func:`rank_device`) instead of all taking the first.
+When the cluster declares GPUs (Dask resources ``{"GPU": n}``), only GPU workers take ranks
+and each rank holds ``{"GPU": 1}``. The driver watches the futures and the workers: a rank
+that fails or whose worker disappears fails the whole job with a
 :class:`~megaset.errors.TrainingError` naming the rank and the worker, without waiting for the
 others. Rank 0's per-epoch reports reach the driver through a ``distributed.Queue``.
 
@@ -21,12 +24,14 @@ torchrun::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
+import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from megaset.errors import ConfigError, TrainingError
@@ -34,7 +39,8 @@ from megaset.errors import ConfigError, TrainingError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["process_group", "choose_backend", "run_on_dask", "worker_resources"]
+__all__ = ["process_group", "choose_backend", "run_on_dask", "worker_resources", "local_ranks", "local_rank",
+           "rank_device"]
 
 #: Seconds between two looks of the driver at the ranks' futures and workers.
 _POLL_S = 0.25
@@ -52,6 +58,41 @@ def choose_backend(backend: str, gpus: bool) -> str:
     if backend == "auto":
         return "nccl" if gpus else "gloo"
     return backend
+
+
+def local_ranks(workers: Sequence[str]) -> list[int]:
+    """Each rank's index among the ranks on the same host, for ranks on ``workers`` (one per
+    worker address, rank order): the ``LOCAL_RANK`` that torchrun would give them.
+
+    >>> local_ranks(["tcp://10.0.0.1:4001", "tcp://10.0.0.2:4001", "tcp://10.0.0.1:4002"])
+    [0, 0, 1]
+    """
+    from distributed.comm import get_address_host
+
+    seen: collections.Counter[str] = collections.Counter()
+    out = []
+    for address in workers:
+        host = get_address_host(address)
+        out.append(seen[host])
+        seen[host] += 1
+    return out
+
+
+def local_rank() -> int:
+    """This rank's ``LOCAL_RANK`` (set by torchrun, or by :func:`run_on_dask` on each rank); 0 without."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(on_gpu: bool, local: int, n_gpus: int) -> str:
+    """The device of the rank of local index ``local`` on a host with ``n_gpus`` visible GPUs.
+
+    Ranks on one host share its GPUs in turn; a worker that sees only its own GPU (one per
+    pod or slot, ``CUDA_VISIBLE_DEVICES`` set for it) takes that one.
+
+    >>> [rank_device(True, k, 2) for k in range(3)], rank_device(True, 1, 1), rank_device(False, 1, 2)
+    (['cuda:0', 'cuda:1', 'cuda:0'], 'cuda:0', 'cpu')
+    """
+    return f"cuda:{local % n_gpus}" if on_gpu and n_gpus else "cpu"
 
 
 @contextlib.contextmanager
@@ -78,20 +119,28 @@ def _free_port() -> int:
 
 
 def _rank_task(
-    rank: int, world_size: int, master: str, backend: str, timeout_s: float, queue: str | None,
+    rank: int, local: int, world_size: int, master: str, backend: str, timeout_s: float, queue: str | None,
     fn: Callable[..., Any], args: tuple, kwargs: dict,
 ) -> Any:
-    """Runs on a Dask worker: one rank, holding the worker's threads for torch."""
+    """Runs on a Dask worker: one rank, holding the worker's threads for torch, with
+    ``LOCAL_RANK`` set to its index ``local`` among the ranks on its host."""
     import torch
     from distributed import Queue, get_worker
 
     torch.set_num_threads(max(1, get_worker().state.nthreads))
     channel = Queue(queue) if rank == 0 and queue is not None else None
     report = channel.put if channel is not None else None
+    before = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = str(local)
     try:
         with process_group(backend, rank=rank, world_size=world_size, init_method=master, timeout_s=timeout_s):
             return fn(*args, report=report, **kwargs)
     finally:
+        # The worker outlives the rank: leave its environment as it was.
+        if before is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = before
         if channel is not None:
             channel.close()
 
@@ -179,11 +228,11 @@ def run_on_dask(
     resources = {"GPU": 1} if gpus else None
     futures = [
         client.submit(
-            _rank_task, rank, len(workers), master, backend, timeout_s, queue_name, fn, args, kwargs,
+            _rank_task, rank, local, len(workers), master, backend, timeout_s, queue_name, fn, args, kwargs,
             workers=[addr], allow_other_workers=False, resources=resources, pure=False,
             key=f"megaset-rank-{rank}-{uuid.uuid4().hex[:8]}",
         )
-        for rank, addr in enumerate(workers)
+        for rank, (addr, local) in enumerate(zip(workers, local_ranks(workers), strict=True))
     ]
     try:
         _watch(client, futures, workers, queue, progress)

@@ -30,7 +30,6 @@ loss estimates) and ``val_error`` the |w|-weighted mean squared error alone.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from megaset.config import Config, TrainingConfig
 from megaset.errors import CheckpointError, ConfigError
 from megaset.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from megaset.training.ddp import local_rank, rank_device
 from megaset.training.loader import ChunkDataset
 from megaset.training.models import Autoencoder, per_event_loss
 from megaset.training.registry import build_model, resolve_architecture
@@ -104,13 +104,16 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _device() -> torch.device:
+    """This rank's device: its own GPU under nccl (or without DDP where there is one), else the CPU."""
     dist = torch.distributed
     on_gpu = torch.cuda.is_available() and (
         not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "nccl"
     )
-    if not on_gpu:
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    device = torch.device(rank_device(on_gpu, local_rank(), torch.cuda.device_count() if on_gpu else 0))
+    if device.type == "cuda":
+        # The current device too: pinned memory and nccl's own buffers open a context on it.
+        torch.cuda.set_device(device)
+    return device
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:

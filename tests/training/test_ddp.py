@@ -177,3 +177,24 @@ def test_a_dead_rank_fails_the_job_in_bounded_time():
 def test_more_ranks_than_workers_is_a_config_error(cluster_client):
     with pytest.raises(ConfigError, match=r"world_size=3 ranks, but the cluster has 2 workers"):
         run_on_dask(cluster_client, _fail_on_rank_one, world_size=3, timeout_s=1)
+
+
+def _local_device(*, report) -> tuple:
+    import torch.distributed as dist
+
+    from megaset.training.ddp import local_rank, rank_device
+
+    # As the trainer chooses, on a pretend host of two GPUs shared by the cluster's workers.
+    return dist.get_rank(), os.environ["LOCAL_RANK"], rank_device(True, local_rank(), 2)
+
+
+def _environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_ranks_of_a_local_cluster_each_take_their_own_gpu(cluster_client):
+    # The local cluster's workers share one host: the launcher numbers its ranks 0 and 1.
+    results = run_on_dask(cluster_client, _local_device, world_size=2, timeout_s=30)
+    assert sorted(results) == [(0, "0", "cuda:0"), (1, "1", "cuda:1")]
+    # The workers outlive the ranks: their environment is left as it was.
+    assert set(cluster_client.run(_environment, "LOCAL_RANK").values()) == {None}
