@@ -127,6 +127,7 @@ PUBLIC_API = {
         "remove_tree", "stored_bytes", "writing",
     ],
     "megaset.storage.codecs": ["compressors"],
+    "megaset.storage.compact": ["CompactRows"],
     "megaset.storage.layout": ["BLOCKS", "block_masks", "matrix_side"],
     "megaset.storage.lock": ["holder", "lock_url", "locked"],
     "megaset.storage.mix": ["MixJob", "mix", "mix_record", "prepare_mix"],
@@ -161,7 +162,8 @@ PUBLIC_API = {
     "megaset.training.checkpoint": [
         "FORMAT", "load_checkpoint", "load_model", "rng_state", "save_checkpoint", "set_rng_state",
     ],
-    "megaset.training.ddp": ["choose_backend", "process_group", "run_on_dask", "worker_resources"],
+    "megaset.training.ddp": ["choose_backend", "local_rank", "local_ranks", "process_group", "rank_device",
+                             "run_on_dask", "worker_resources"],
     "megaset.training.export": ["FORMATS", "default_path", "export_model", "scoring_module"],
     "megaset.training.graph": ["FIELDS", "GraphAE", "OneOff", "TauRatio", "node_features"],
     "megaset.training.loader": ["ChunkDataset", "current_shard"],
