@@ -1032,8 +1032,10 @@ class ReportConfig(_Section):
     pt_group: Literal["val", "test"] = Field("val", description="pT-altering test: the events altered.")
     pt_events: int = Field(100_000, gt=0, description="pT-altering test: at most this many events.")
     min_background_events: int = Field(
-        10, ge=1, description="Threshold scans refuse cuts that leave fewer background MC events than this, and the "
-        "working points (E10, E100, E1000) that keep fewer are marked as not enough background MC.",
+        10, ge=1, description="Threshold scans refuse cuts whose background rests on fewer effective MC events "
+        "(N_eff = (sum w)^2 / sum w^2; the events themselves for unit weights, fewer where weights of both signs "
+        "cancel) than this, and the working points (E10, E100, E1000) that keep fewer background MC events are "
+        "marked as not enough background MC.",
     )
     background_systematic: float = Field(
         0.0, ge=0, description="Flat relative uncertainty of the background, added in quadrature to its MC "

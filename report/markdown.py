@@ -125,24 +125,27 @@ def _regions(model: str, section: Mapping[str, Any], stats: Mapping[str, Any], b
            f"cuts at m + i |m| / 5: {', '.join(f'{c:.4g}' for c in section['cuts'])}. "
            f"b and s with their MC statistical uncertainty sqrt(sum w²); Z Asimov with σ_b = the MC "
            f"statistical uncertainty{f' and a {systematic:.0%} systematic' if systematic else ''}. "
-           f"MET cuts leaving fewer than {stats['min_background_events']} background MC events are refused.", ""]
+           f"MET cuts whose background rests on fewer than {stats['min_background_events']} effective MC events "
+           "(N_eff = (sum w)² / sum w², which weights of both signs lower) are refused.", ""]
     rows, notes = [], []
     for entry in section["regions"]:
         name = f"SR{entry['region']}"
         b = _pm(entry["background"], entry["background_error"])
         for signal, sig in entry["signals"].items():
             best = sig["best_met_cut"] or {}
-            rows.append([name, entry["cut"], signal, b, entry["background_events"],
+            rows.append([name, entry["cut"], signal, b, entry["background_events"], entry["background_n_eff"],
                          _pm(sig["yield"], sig["yield_error"]), sig["z"], sig["z_asimov"], best.get("met_min"),
                          best.get("z_asimov"), best.get("background_events")])
         if not entry["signals"]:
-            rows.append([name, entry["cut"], "-", b, entry["background_events"], *[None] * 6])
+            rows.append([name, entry["cut"], "-", b, entry["background_events"], entry["background_n_eff"],
+                         *[None] * 6])
         if entry["few_mc_events"]:
-            notes.append(f"{name} itself keeps only {entry['background_events']} background MC events: its "
-                         "background is a fluctuation, not an estimate.")
+            notes.append(f"{name} itself keeps {entry['background_events']} background MC events worth "
+                         f"{entry['background_n_eff']:.3g} effective ones: its background is a fluctuation, "
+                         "not an estimate.")
         elif entry["met_refused_from"] is not None:
             notes.append(f"{name}: MET cuts from {entry['met_refused_from']:g} GeV up are refused.")
-    out.append(table(["region", "cut", "signal", "b", "b MC events", "s", "s/sqrt(b)", "Z Asimov (σ_b)",
+    out.append(table(["region", "cut", "signal", "b", "b MC events", "b N_eff", "s", "s/sqrt(b)", "Z Asimov (σ_b)",
                       "best MET cut [GeV]", "Z Asimov there", "b MC events there"], rows))
     out += ["", *(f"- {n}" for n in notes), "" if notes else None]
     out += [*(_figure(path, base, kind) for kind, path in section["plots"].items()), ""]

@@ -21,8 +21,8 @@ import numpy as np
 __all__ = [
     "weighted_quantile", "weighted_median", "roc_curve", "auc", "auc_error", "signal_efficiency", "region_cuts",
     "WORKING_POINTS", "efficiency_error", "working_point", "best_significance_improvement",
-    "significance", "asimov_significance", "background_uncertainty", "yield_summary", "threshold_scan",
-    "best_cut", "binned_mean", "separation_matrix",
+    "significance", "asimov_significance", "background_uncertainty", "effective_events", "yield_summary",
+    "threshold_scan", "best_cut", "binned_mean", "separation_matrix",
 ]
 
 WORKING_POINTS = {"e10": 1e-1, "e100": 1e-2, "e1000": 1e-3}
@@ -328,7 +328,20 @@ def yield_summary(weights) -> dict[str, float]:
     w = np.asarray(weights, dtype=np.float64)
     total, sumw2 = float(w.sum()), float(np.sum(w * w))
     return {"events": len(w), "yield": total, "error": float(np.sqrt(sumw2)),
-            "n_eff": total * total / sumw2 if sumw2 > 0 else 0.0}
+            "n_eff": float(effective_events(total, sumw2))}
+
+
+def effective_events(total, sumw2) -> np.ndarray:
+    """The effective number of MC events (sum w)^2 / sum w^2 of yields ``total`` with sums of
+    squared weights ``sumw2``: the events themselves for unit weights, never more, and far fewer
+    where weights of both signs cancel. A yield that is not positive rests on none.
+
+    >>> effective_events([3525.0, 4.0, -1.0], [30623.0**2, 4.0, 1.0]).round(4).tolist()
+    [0.0133, 4.0, 0.0]
+    """
+    total, sumw2 = np.asarray(total, dtype=np.float64), np.asarray(sumw2, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((total > 0) & (sumw2 > 0), total * total / sumw2, 0.0)
 
 
 def threshold_scan(values, weights, thresholds) -> np.ndarray:

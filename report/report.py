@@ -12,8 +12,8 @@ plots it):
   (``regions_<model>.png``); in each region the significance of every signal against a
   threshold on MET: Z = s / sqrt(b), and the Asimov Z with the background's uncertainty
   sigma_b (its MC statistics sqrt(sum w^2), and ``report.background_systematic``), over the
-  thresholds that keep at least ``report.min_background_events`` background MC events
-  (``significance_<model>.png``);
+  thresholds whose background rests on at least ``report.min_background_events`` effective MC
+  events, N_eff = (sum w)^2 / sum w^2 (``significance_<model>.png``);
 * ROC curves, AUC with its bootstrap uncertainty, E10, E100 and E1000 (signal efficiency at
   10 %, 1 % and 0.1 % background efficiency) and the best significance improvement
   eps_S / sqrt(eps_B), each with its uncertainty from the background's MC statistics and marked
@@ -92,16 +92,18 @@ def _components(samples: Sequence[Sample], values: dict[str, np.ndarray], mask: 
 
 
 def _scan(values: np.ndarray, weights: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
-    """Yield, sum of w^2 and MC events at or above every threshold."""
-    return {"yield": metrics.threshold_scan(values, weights, thresholds),
+    """Yield, sum of w^2, MC events and their effective number at or above every threshold."""
+    scan = {"yield": metrics.threshold_scan(values, weights, thresholds),
             "sumw2": metrics.threshold_scan(values, weights * weights, thresholds),
             "events": metrics.threshold_scan(values, np.ones_like(weights), thresholds)}
+    return {**scan, "n_eff": metrics.effective_events(scan["yield"], scan["sumw2"])}
 
 
 def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background: Sequence[Sample],
              signals: Sequence[Sample], thresholds: np.ndarray) -> tuple[dict, list]:
     """Signal-region cuts, yields with their MC uncertainty, significances with the background's
-    uncertainty, and the MET scan in each region (cuts with too few background MC events refused)."""
+    uncertainty, and the MET scan in each region (cuts whose background rests on too few effective
+    MC events refused)."""
     xb = np.concatenate([x[s.name] for s in background])
     wb = np.concatenate([s.weight for s in background])
     median = metrics.weighted_median(xb, wb)
@@ -115,12 +117,12 @@ def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background:
         sigma_b = float(metrics.background_uncertainty(b["error"] ** 2, b["yield"], rc.background_systematic))
         b_scan = _scan(met_b, w_b, thresholds)
         sigma_scan = metrics.background_uncertainty(b_scan["sumw2"], b_scan["yield"], rc.background_systematic)
-        refused = np.flatnonzero(b_scan["events"] < rc.min_background_events)
+        refused = np.flatnonzero(b_scan["n_eff"] < rc.min_background_events)
         refused_from = float(thresholds[refused[0]]) if len(refused) else None
         entry: dict[str, Any] = {
             "region": i, "cut": cut, "background": b["yield"], "background_error": b["error"],
-            "background_events": b["events"], "sigma_b": sigma_b,
-            "few_mc_events": b["events"] < rc.min_background_events, "met_refused_from": refused_from,
+            "background_events": b["events"], "background_n_eff": b["n_eff"], "sigma_b": sigma_b,
+            "few_mc_events": b["n_eff"] < rc.min_background_events, "met_refused_from": refused_from,
             "signals": {},
         }
         curves = {}
@@ -130,7 +132,7 @@ def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background:
             s_scan = metrics.threshold_scan(sig.met[keep], sig.weight[keep], thresholds)
             z = metrics.significance(s_scan, b_scan["yield"])
             za = metrics.asimov_significance(s_scan, b_scan["yield"], sigma_scan)
-            best = metrics.best_cut(za, b_scan["events"], rc.min_background_events)
+            best = metrics.best_cut(za, b_scan["n_eff"], rc.min_background_events)
             entry["signals"][sig.name] = {
                 "yield": s["yield"], "yield_error": s["error"],
                 "z": float(metrics.significance(s["yield"], b["yield"])),
@@ -139,10 +141,11 @@ def _regions(model: str, rc: ReportConfig, x: dict[str, np.ndarray], background:
                     "met_min": float(thresholds[best]), "signal": float(s_scan[best]),
                     "background": float(b_scan["yield"][best]),
                     "background_error": float(np.sqrt(b_scan["sumw2"][best])),
-                    "background_events": int(b_scan["events"][best]), "sigma_b": float(sigma_scan[best]),
+                    "background_events": int(b_scan["events"][best]),
+                    "background_n_eff": float(b_scan["n_eff"][best]), "sigma_b": float(sigma_scan[best]),
                     "z": float(z[best]), "z_asimov": float(za[best])},
             }
-            allowed = b_scan["events"] >= rc.min_background_events
+            allowed = b_scan["n_eff"] >= rc.min_background_events
             curves[sig.name] = (np.where(allowed, z, np.nan), np.where(allowed, za, np.nan))
         regions.append(entry)
         scans.append((f"SR{i}: {cut_label(model, rc.axis, cut)}", curves, refused_from))

@@ -105,7 +105,8 @@ PUBLIC_API = {
     ],
     "megaset.report.metrics": [
         "WORKING_POINTS", "asimov_significance", "auc", "auc_error", "background_uncertainty", "best_cut",
-        "best_significance_improvement", "binned_mean", "efficiency_error", "region_cuts", "roc_curve",
+        "best_significance_improvement", "binned_mean", "effective_events", "efficiency_error", "region_cuts",
+        "roc_curve",
         "separation_matrix", "signal_efficiency", "significance", "threshold_scan", "weighted_median",
         "weighted_quantile", "working_point", "yield_summary",
     ],

@@ -217,12 +217,17 @@ def test_significances_use_the_background_mc_uncertainty_and_refuse_thin_cuts(sc
         inside = x >= region["cut"]
         assert region["background_events"] == int(inside.sum())
         assert region["background_error"] == pytest.approx(np.sqrt(np.sum(w[inside] ** 2)), rel=1e-9)
+        # The floor counts effective MC events, so that weights of both signs cannot pass it.
+        total, sumw2 = w[inside].sum(), np.sum(w[inside] ** 2)
+        n_eff = total * total / sumw2 if total > 0 else 0.0
+        assert region["background_n_eff"] == pytest.approx(n_eff, rel=1e-9)
+        assert region["few_mc_events"] is bool(n_eff < 10)
         for sig in region["signals"].values():
             expected = asimov_significance(sig["yield"], region["background"], region["background_error"])
             assert sig["z_asimov"] == pytest.approx(float(expected), rel=1e-9, nan_ok=True)
             best = sig["best_met_cut"]
             if best is not None:
-                assert best["background_events"] >= 10
+                assert best["background_events"] >= best["background_n_eff"] >= 10
                 assert best["z_asimov"] == pytest.approx(float(asimov_significance(
                     best["signal"], best["background"], best["background_error"])), rel=1e-9)
 
@@ -236,8 +241,9 @@ def test_significances_use_the_background_mc_uncertainty_and_refuse_thin_cuts(sc
         # A 20 % systematic on top of the MC statistics.
         assert region["sigma_b"] == pytest.approx(np.hypot(region["background_error"], 0.2 * region["background"]))
     md = (tmp_path / "report.md").read_text()
-    assert "MET cuts leaving fewer than 1000000000 background MC events are refused" in md
-    assert "SR1 itself keeps only" in md and "and a 20% systematic" in md
+    assert "MET cuts whose background rests on fewer than 1000000000 effective MC events" in md
+    assert "SR1 itself keeps " in md and "effective ones: its background is a fluctuation" in md
+    assert "and a 20% systematic" in md
 
 
 def test_auc_uncertainty_is_the_bootstrap_spread(scored, written):
