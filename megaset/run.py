@@ -52,6 +52,11 @@ def written(cfg: Config, stages: tuple[str, ...] = STAGES) -> dict[str, str]:
     return dict(places[s] for s in stages)
 
 
+#: What each written place is, as a refusal to write it says.
+_WHAT = {"store.staging_url": "staging area", "store.url": "store", "training.output": "model folder",
+         "report.output": "report folder"}
+
+
 @contextlib.contextmanager
 def outputs_locked(cfg: Config, stages: tuple[str, ...] = STAGES, *, places: dict[str, str] | None = None,
                    command: str | None = None) -> Iterator[None]:
@@ -62,8 +67,8 @@ def outputs_locked(cfg: Config, stages: tuple[str, ...] = STAGES, *, places: dic
 
     with contextlib.ExitStack() as stack:
         for key, url in {**written(cfg, stages), **(places or {})}.items():
-            stack.enter_context(locked(url, key=key, command=command, lease_s=cfg.store.lock_lease_s,
-                                       timeout_s=cfg.store.connect_timeout_s))
+            stack.enter_context(locked(url, key=key, what=_WHAT.get(key, "output"), command=command,
+                                       lease_s=cfg.store.lock_lease_s, timeout_s=cfg.store.connect_timeout_s))
         yield
 
 

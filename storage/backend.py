@@ -138,6 +138,7 @@ def reach(url: str, *, key: str = "store.url", timeout_s: float = 5.0) -> None:
 
     if is_local(url):
         return
+    require_for_url(url)  # a missing client is a missing extra, not an unreachable store
     protocol, _ = split_protocol(url)
     outcome: list[BaseException | None] = []
     box: dict[str, Any] = {}

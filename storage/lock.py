@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megaset.errors import OutputLockedError, StoreError
-from megaset.storage.backend import is_local, reach
+from megaset.storage.backend import is_local, reach, writing
 
 __all__ = ["locked", "lock_url", "holder"]
 
@@ -70,13 +70,14 @@ class _Held:
 
 
 @contextlib.contextmanager
-def locked(url: str, *, key: str, command: str | None = None, lease_s: float = 60.0,
+def locked(url: str, *, key: str, what: str = "output", command: str | None = None, lease_s: float = 60.0,
            timeout_s: float = 5.0) -> Iterator[None]:
-    """Hold the exclusive lock of the output at ``url`` (set by the config ``key``) while the
-    block runs.
+    """Hold the exclusive lock of the output at ``url`` (a ``what``, set by the config ``key``)
+    while the block runs.
 
     Raises :class:`~megaset.errors.OutputLockedError` at once, naming the holder and the fix,
-    when another process holds it; an unreachable object store raises
+    when another process holds it; an unreachable object store, or a place where the lock
+    cannot be written (read-only, full, no permission), raises
     :class:`~megaset.errors.StoreError` within about ``timeout_s``. ``command`` is what the
     holder record says is writing (default: this process's command line).
     """
@@ -88,12 +89,14 @@ def locked(url: str, *, key: str, command: str | None = None, lease_s: float = 6
         else:
             entry = None
     if entry is None:
+        command = command or shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
         record = {"host": socket.gethostname(), "pid": os.getpid(),
                   "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                  "command": command or shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+                  "command": command,
                   "token": uuid.uuid4().hex}
         if is_local(target):
-            release = _LocalLock(target, url, key).acquire(record)
+            with writing(url, command, what=what, key=key):
+                release = _LocalLock(target, url, key).acquire(record)
         else:
             reach(url, key=key, timeout_s=timeout_s)
             release = _ObjectLock(target, url, key, lease_s).acquire(record)
@@ -148,12 +151,7 @@ class _LocalLock:
         import fcntl
 
         path = self.path
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        except OSError as err:
-            msg = (f"cannot create the lock of {self.key} {self.url!r} at {path}: {err.strerror}; set {self.key} "
-                   "to a location you can write to")
-            raise StoreError(msg) from err
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

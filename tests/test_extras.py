@@ -88,7 +88,7 @@ def test_command_line_says_which_extra_for_a_store_on_s3(tmp_path):
     result = _megaset_without(("s3fs",), "run", "--dry-run", "-c", str(config))
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: s3://megaset-test/store.zarr: s3:// stores and inputs need the S3 client: "
+        "error: s3://megaset-test/store.staging.zarr: s3:// stores and inputs need the S3 client: "
         "pip install 'megaset[s3]' (s3fs is not installed)"
     ]
 

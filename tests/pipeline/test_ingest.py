@@ -402,8 +402,10 @@ def test_read_only_staging_stops_the_ingest_with_one_line(sample, tmp_path):
     config.write_text(yaml.safe_dump(cfg.resolved()))
     result = confined(read_only(disk), f"{MEGASET} ingest -c {config}")
     assert result.returncode not in (0, UNHANDLED), result.stderr
-    assert (f"error: cannot write to staging area '{cfg.store.staging}': read-only file system; set "
-            "store.staging_url to a location on a writable filesystem, then rerun `megaset ingest`") in result.stderr
+    assert (f"error: cannot write to staging area '{cfg.store.staging}': read-only file system "
+            f"(at {cfg.store.staging}.lock); set "
+            f"store.staging_url to a location on a writable filesystem, then rerun `megaset ingest -c {config}`"
+            ) in result.stderr
     assert not any(disk.iterdir())
 
 
