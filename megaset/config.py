@@ -897,13 +897,19 @@ class ArchitectureConfig(_Section):
 
     latent: int | None = Field(
         None, gt=0, description="Latent size; null: 150 (thesis) for the RMM networks, 6 (Farina et "
-        "al.) for the jet networks, the scree-plot suggestion (pca_variance) for pca.",
+        "al.) for the jet networks, the scree-plot suggestion (pca_variance) for pca, 32 for deep-svdd's "
+        "embedding (Ruff et al.).",
     )
     hidden: list[int] | None = Field(
-        None, description="Encoder hidden widths, input side first; the decoder mirrors them."
+        None, description="Encoder hidden widths, input side first; the decoder mirrors them. deep-svdd "
+        "(no decoder): null is [128].",
     )
     activations: list[Literal["tanh", "relu", "leaky_relu", "sigmoid", "linear"]] | None = Field(
-        None, description="One per dense layer from the first encoder layer to the output.",
+        None, description="One per dense layer from the first encoder layer to the output; deep-svdd: null is "
+        "leaky_relu on the hidden layers and a linear embedding (unbounded, as Ruff et al. require).",
+    )
+    ensemble_members: int = Field(
+        5, ge=2, description="ae-ensemble: shallow autoencoders trained together, each from its own start.",
     )
     leaky_slope: float = Field(0.3, ge=0, description="Negative slope of leaky_relu (thesis: 0.3).")
     kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term per feature.")
@@ -963,8 +969,8 @@ class DDPConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "jet-dense", "jet-cnn",
-                   "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
+    model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "deep-svdd", "ae-ensemble",
+                   "jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
     output: Url = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
     epochs: int = Field(40, ge=1, description="At most this many epochs; early stopping ends most runs before.")
     batch_size: int = Field(
@@ -997,7 +1003,8 @@ class ScoringConfig(_Section):
 
     blocks: bool = Field(
         True, description="Also write the error of each RMM block (met, mass, rapidity, energy) "
-        "as score/<model>.<block>; needs a square number of features.",
+        "as score/<model>.<block>; needs a square number of features. Skipped for the models that "
+        "reconstruct no rows (deep-svdd, ae-ensemble).",
     )
     batch_size: int = Field(65_536, gt=0, description="Events per forward pass inside a chunk, on a CPU.")
     gpu_batch_size: int = Field(

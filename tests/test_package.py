@@ -165,6 +165,7 @@ PUBLIC_API = {
     ],
     "megaset.training.ddp": ["choose_backend", "local_rank", "local_ranks", "process_group", "rank_device",
                              "run_on_dask", "worker_resources"],
+    "megaset.training.ensemble": ["AEEnsemble"],
     "megaset.training.export": ["FORMATS", "default_path", "export_model", "scoring_module"],
     "megaset.training.graph": ["FIELDS", "GraphAE", "OneOff", "TauRatio", "node_features"],
     "megaset.training.loader": ["ChunkDataset", "current_shard"],
@@ -177,13 +178,14 @@ PUBLIC_API = {
     "megaset.training.pca": ["PCAModel", "fit_pca", "suggest_latent"],
     "megaset.training.plots": ["loss_curve", "scree_plot"],
     "megaset.training.registry": [
-        "CUTS", "JET_MODELS", "MODELS", "build_model", "input_column", "resolve_architecture",
+        "CUTS", "JET_MODELS", "MODELS", "NOT_RECONSTRUCTING", "build_model", "input_column", "resolve_architecture",
     ],
     "megaset.training.scaling": ["DeviceScaling", "Scaling"],
     "megaset.training.score": [
         "checkpoint_digest", "checkpoint_path", "latent_column", "reconstruction_errors", "score", "score_record",
         "scored_record", "scoring_device",
     ],
+    "megaset.training.svdd": ["DeepSVDD", "EPSILON"],
     "megaset.training.trainer": ["train"],
 }
 

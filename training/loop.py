@@ -123,6 +123,27 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _all_sum_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` summed over the ranks (float64, on ``t``'s device)."""
+    return torch.tensor(_all_sum(t.tolist(), device), dtype=torch.float64, device=t.device)
+
+
+def _all_rows(t: torch.Tensor) -> torch.Tensor:
+    """The rows of ``t`` (on the host) of every rank, rank after rank."""
+    if _rank_world()[1] == 1:
+        return t
+    parts: list[Any] = [None] * _rank_world()[1]
+    torch.distributed.all_gather_object(parts, t.numpy())
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def _rows(store: Any, tc: TrainingConfig, column: str, scaling: Scaling,
+          device: torch.device) -> Iterable[torch.Tensor]:
+    """This rank's scaled rows of the train group, unshuffled, on ``device``: read only when iterated."""
+    for x, _ in datasets(store, tc, column, scaling, shuffle=False, device=device)[0]:
+        yield x.to(device, non_blocking=True)
+
+
 def evaluate(
     model: Autoencoder, dataset: ChunkDataset, cfg: TrainingConfig, device: torch.device
 ) -> dict[str, float]:
@@ -131,9 +152,13 @@ def evaluate(
     Returns ``loss`` (the objective weighted by |w|, the monitored metric), ``loss_weighted``
     (weighted as the training loss is) and ``error`` (the |w|-weighted mean squared error).
     Every rank reads its shard; the sums are added over ranks, so all ranks get the same values.
+    A model that calibrates its score (an ensemble) is calibrated on the whole group here, every
+    rank's values gathered on every rank, so that each checkpoint holds the calibration of its
+    own weights.
     """
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)
+    values = []
     with torch.no_grad():
         for x, weight in dataset:
             x = x.to(device, non_blocking=True)
@@ -143,7 +168,11 @@ def evaluate(
             error = model.error(reconstruction, x).double()
             loss = error + penalty
             sums += torch.stack([(a * loss).sum(), (a * error).sum(), a.sum(), (w * loss).sum(), w.sum()])
+            if model.calibrates:
+                values.append(model.calibration_values(reconstruction, x).cpu())
     loss_sum, error_sum, a_sum, weighted_sum, w_sum = _all_sum(sums.tolist(), device)
+    if model.calibrates:
+        model.calibrate(_all_rows(torch.cat(values)).to(device))
     return {"loss": loss_sum / a_sum, "loss_weighted": weighted_sum / w_sum, "error": error_sum / a_sum}
 
 
@@ -317,6 +346,7 @@ def fit(cfg: Config, *, resume: bool = False, report: Callable[[dict[str, Any]],
         progress, history, norm = ckpt["progress"], ckpt["history"], ckpt["weight_norm"]
     else:
         norm = weight_norm(train_group, tc)
+        model.start_from_pass(_rows(store, tc, column, scaling, device), lambda t: _all_sum_tensor(t, device))
 
     net = model
     if world > 1:

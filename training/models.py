@@ -22,7 +22,9 @@ every VAE; the thesis' Tanh "input" activation of the shallow VAE therefore has 
 own, and the ReLU input activation of the deep VAE is the identity on min-max-scaled
 (non-negative) inputs and is left out.
 
-The registry (:mod:`megaset.training.registry`) builds them by name from these defaults.
+The registry (:mod:`megaset.training.registry`) builds them by name from these defaults, and the
+score families beside them: Deep SVDD (:mod:`megaset.training.svdd`) and an ensemble of shallow
+autoencoders (:mod:`megaset.training.ensemble`).
 
 >>> model = DenseAE(529, 150, [450, 300, 200], ["tanh"] * 8, 0.3)
 >>> [layer.out_features for layer in model.layers if hasattr(layer, "out_features")]
@@ -32,6 +34,7 @@ The registry (:mod:`megaset.training.registry`) builds them by name from these d
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -44,8 +47,21 @@ __all__ = ["Autoencoder", "DenseAE", "DenseVAE", "ConvAE", "per_event_loss"]
 
 class Autoencoder(nn.Module):
     """Base class: ``forward(x) -> (reconstruction, penalty)``, deterministic ``reconstruct``,
-    and ``error(reconstruction, x) -> [N]``, the anomaly score (the mean squared error over
-    features here; models on other inputs, such as the graph autoencoder, define their own)."""
+    and ``error(reconstruction, x) -> [N]``, the training error and anomaly score (the mean
+    squared error over features here; models on other inputs, such as the graph autoencoder,
+    define their own).
+
+    The score families that reconstruct nothing use the same interface: Deep SVDD's
+    "reconstruction" is its embedding and its error the squared distance to its centre
+    (:mod:`megaset.training.svdd`); an ensemble's is every member's reconstruction, and its
+    score (:meth:`anomaly_score`) standardises the members' errors
+    (:mod:`megaset.training.ensemble`). Two hooks of the training loop serve them:
+    :meth:`start_from_pass` (a first pass over the train group) and :meth:`calibrate` (the
+    validation errors of every epoch).
+    """
+
+    #: Whether :meth:`calibrate` wants the :meth:`calibration_values` of every validation pass.
+    calibrates = False
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """The deterministic reconstruction used for scoring (a VAE decodes its mean)."""
@@ -55,9 +71,30 @@ class Autoencoder(nn.Module):
         """Per-event error of a reconstruction of ``x``: the mean squared error over features."""
         return torch.mean((reconstruction - x) ** 2, dim=1)
 
+    def anomaly_score(self, reconstruction: Tensor, x: Tensor) -> Tensor:
+        """The per-event score that scoring writes, from ``reconstruct(x)``: the training error,
+        unless the model calibrates it after training."""
+        return self.error(reconstruction, x)
+
     def reconstruction_error(self, x: Tensor) -> Tensor:
-        """Per-event error of the deterministic reconstruction, shape ``[N]``."""
-        return self.error(self.reconstruct(x), x)
+        """Per-event anomaly score of the deterministic reconstruction, shape ``[N]``."""
+        return self.anomaly_score(self.reconstruct(x), x)
+
+    def start_from_pass(self, batches: Iterable[Tensor], total: Callable[[Tensor], Tensor]) -> None:
+        """Adapt a freshly built model to one pass over its train group: ``batches`` are this
+        rank's scaled rows (unshuffled), ``total`` sums a tensor over the ranks.
+
+        Only Deep SVDD uses it (its centre); the others leave the batches unread.
+        """
+
+    def calibration_values(self, reconstruction: Tensor, x: Tensor) -> Tensor:
+        """Per-event values ``[N, ...]`` of a validation batch that :meth:`calibrate` reads."""
+        msg = f"{type(self).__name__} does not calibrate"
+        raise NotImplementedError(msg)
+
+    def calibrate(self, values: Tensor) -> None:
+        """Set the model's score calibration from the :meth:`calibration_values` of the whole
+        validation group (every rank's), after each epoch's validation."""
 
     def start_from_train(self, mean: Tensor, rms: float) -> None:
         """Adapt a freshly built model to its train group: ``mean [F]``, the mean input, and
@@ -104,10 +141,10 @@ def _activation(name: str, slope: float) -> nn.Module:
     return {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}[name]()
 
 
-def _stack(widths: list[int], activations: list[str], slope: float) -> nn.Sequential:
+def _stack(widths: list[int], activations: list[str], slope: float, bias: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
     for n_in, n_out, act in zip(widths[:-1], widths[1:], activations, strict=True):
-        layers += [nn.Linear(n_in, n_out), _activation(act, slope)]
+        layers += [nn.Linear(n_in, n_out, bias=bias), _activation(act, slope)]
     return nn.Sequential(*layers)
 
 

@@ -18,7 +18,7 @@ from megaset.errors import ConfigError
 from megaset.training.models import Autoencoder, ConvAE, DenseAE, DenseVAE
 from megaset.training.pca import PCAModel
 
-__all__ = ["MODELS", "JET_MODELS", "CUTS", "build_model", "resolve_architecture", "input_column"]
+__all__ = ["MODELS", "JET_MODELS", "CUTS", "NOT_RECONSTRUCTING", "build_model", "resolve_architecture", "input_column"]
 
 #: Thesis defaults per dense model: encoder widths and one activation per dense layer.
 _DENSE = {
@@ -32,9 +32,14 @@ _DENSE = {
 }
 _THESIS_LATENT = 150
 
+#: Deep SVDD's defaults: one hidden layer, Ruff et al.'s 32-dimensional embedding.
+_SVDD_HIDDEN, _SVDD_LATENT = [128], 32
+
 #: Models of jet inputs; pca serves both kinds.
 JET_MODELS = ("jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21")
-MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", *JET_MODELS)
+MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "deep-svdd", "ae-ensemble", *JET_MODELS)
+#: Models whose score is no reconstruction error of the rows: no per-block errors exist for them.
+NOT_RECONSTRUCTING = ("deep-svdd", "ae-ensemble")
 #: Baselines with nothing to train.
 CUTS = ("tau32", "tau21")
 _FARINA_LATENT = 6
@@ -65,8 +70,10 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
         msg = f"unknown model {name!r} (training.model); choose one of {', '.join(MODELS)}"
         raise ConfigError(msg)
     arch: dict[str, Any] = {"latent": cfg.latent}
-    if name in _DENSE:
-        hidden, activations = _DENSE[name]
+    # An ensemble's members are shallow autoencoders.
+    dense = "ae-shallow" if name == "ae-ensemble" else name
+    if dense in _DENSE:
+        hidden, activations = _DENSE[dense]
         hidden = list(cfg.hidden) if cfg.hidden is not None else hidden
         if cfg.activations is not None:
             activations = list(cfg.activations)
@@ -88,6 +95,19 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
         arch["latent"] = cfg.latent or _THESIS_LATENT
         if name.startswith("vae"):
             arch["kl_weight"] = cfg.kl_weight
+        if name == "ae-ensemble":
+            arch["members"] = cfg.ensemble_members
+    elif name == "deep-svdd":
+        hidden = list(cfg.hidden) if cfg.hidden is not None else list(_SVDD_HIDDEN)
+        activations = list(cfg.activations or ["leaky_relu"] * len(hidden) + ["linear"])
+        if len(activations) != len(hidden) + 1:
+            msg = (
+                f"training.architecture.activations has {len(activations)} entries, but 'deep-svdd' with "
+                f"hidden={hidden} has {len(hidden) + 1} dense layers (no decoder); give one per layer"
+            )
+            raise ConfigError(msg)
+        arch.update(latent=cfg.latent or _SVDD_LATENT, hidden=hidden, activations=activations,
+                    leaky_slope=cfg.leaky_slope)
     elif name == "cnn":
         arch.update(latent=cfg.latent or _THESIS_LATENT, channels=list(cfg.cnn_channels), dense=cfg.cnn_dense)
     elif name == "jet-dense":
@@ -108,7 +128,7 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
     else:
         arch.update(latent=cfg.latent or n_features, variance=cfg.pca_variance)
     if adversary is not None:
-        if name in CUTS or name in ("pca", "oneoff") or name.startswith("vae"):
+        if name in CUTS or name in ("pca", "oneoff", *NOT_RECONSTRUCTING) or name.startswith("vae"):
             msg = (f"training.adversary needs a trained autoencoder with a latent space; "
                    f"{name!r} has none to decorrelate")
             raise ConfigError(msg)
@@ -158,6 +178,15 @@ def _build(name: str, n_features: int, arch: dict[str, Any]) -> Autoencoder:
                        softmax=True)
     if name == "jet-cnn":
         return ConvAE(n_features, arch["latent"], arch["channels"], arch["dense"], softmax=True)
+    if name == "deep-svdd":
+        from megaset.training.svdd import DeepSVDD
+
+        return DeepSVDD(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"])
+    if name == "ae-ensemble":
+        from megaset.training.ensemble import AEEnsemble
+
+        return AEEnsemble(n_features, arch["members"], arch["latent"], arch["hidden"], arch["activations"],
+                          arch["leaky_slope"])
     if name.startswith("ae"):
         return DenseAE(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"])
     if name.startswith("vae"):

@@ -12,7 +12,9 @@ events are scaled exactly as in training), runs the model and writes, chunk-alig
 ``score/<model>`` [N] float32
     per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
 ``score/<model>.<block>`` [N] float32, with ``scoring.blocks``
-    the mean squared error over one block of the n x n matrix (:func:`megaset.storage.layout.block_masks`).
+    the mean squared error over one block of the n x n matrix (:func:`megaset.storage.layout.block_masks`);
+    not for the models that reconstruct no rows (``deep-svdd``, ``ae-ensemble``): their summary
+    says ``blocks: []``.
 
 Where (``scoring.device``): a cluster whose workers declare the Dask resource ``GPU`` scores on
 them, every task holding ``{"GPU": 1}`` (one chunk per GPU at a time, one model per worker and
@@ -83,6 +85,11 @@ def reconstruction_errors(
     ``total`` is the model's ``reconstruction_error`` (for the autoencoders of RMMs and jet
     images, the mean squared error over features of the deterministic reconstruction); a
     block's error is the mean over its cells.
+
+    Raises
+    ------
+    ConfigError
+        ``blocks`` for a model that reconstructs no rows (Deep SVDD, an ensemble).
     """
     import torch
 
@@ -95,8 +102,13 @@ def reconstruction_errors(
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size].to(device)
             reconstruction = model.reconstruct(batch)
+            if masks and reconstruction.shape != batch.shape:
+                msg = (f"per-block errors need a reconstruction of the rows, but {type(model).__name__} returns "
+                       f"{tuple(reconstruction.shape)} for rows {tuple(batch.shape)}; score it without blocks "
+                       "(scoring.blocks: false)")
+                raise ConfigError(msg)
             stop = start + len(batch)
-            out["total"][start:stop] = model.error(reconstruction, batch).cpu().numpy()
+            out["total"][start:stop] = model.anomaly_score(reconstruction, batch).cpu().numpy()
             squared = (reconstruction - batch) ** 2 if masks else None
             for name, idx in masks.items():
                 out[name][start:stop] = torch.mean(squared[:, idx], dim=1).cpu().numpy()
@@ -300,9 +312,9 @@ def _check_settings(path: Path, ckpt: Mapping[str, Any], store: Store) -> None:
         raise CheckpointError(msg)
 
 
-def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None, str | None]:
-    """The column the checkpoint's model reads, its latent size if it has an encoder, and its
-    stage fingerprint (:mod:`megaset.provenance`) if it records one."""
+def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None, str | None, str]:
+    """The column the checkpoint's model reads, its latent size if it has an encoder, its
+    stage fingerprint (:mod:`megaset.provenance`) if it records one, and the model's name."""
     from megaset.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -317,7 +329,7 @@ def _check_checkpoint(path: Path, store: Store) -> tuple[str, int | None, str | 
         features = [f"{column}_{k}" for k in range(int(np.prod(shape, dtype=np.int64)))]
     latent = ckpt["architecture"].get("latent") if ckpt["model"] in ("jet-dense", "jet-cnn", "graph-ae") else None
     if saved == features:
-        return column, latent, trained
+        return column, latent, trained, ckpt["model"]
     if len(saved) != len(features):
         found = f"{len(saved)} features there, {len(features)} in the store"
     else:
@@ -422,9 +434,12 @@ def score(
     device = scoring_device(cfg.scoring.device, client, cfg.cluster.gpus_per_worker)
     t0 = time.perf_counter()
     store = open_store(cfg.store.url)
-    column, latent, trained = _check_checkpoint(path, store)
+    from megaset.training.registry import NOT_RECONSTRUCTING
+
+    column, latent, trained, trained_model = _check_checkpoint(path, store)
     n_features = len(store.feature_names)
-    blocks = cfg.scoring.blocks and store.kind == "events" and matrix_side(n_features) is not None
+    blocks = (cfg.scoring.blocks and store.kind == "events" and matrix_side(n_features) is not None
+              and trained_model not in NOT_RECONSTRUCTING)
     digest = checkpoint_digest(path)
     entry = {"checkpoint": str(path), "digest": digest, "blocks": blocks,
              "stage": score_record(cfg, trained, digest), "config": cfg.resolved(), "complete": False}

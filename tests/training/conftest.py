@@ -92,3 +92,13 @@ def _one_torch_thread():
 def one_chunk_store(tmp_path_factory) -> Config:
     """The tiny store's events in chunks of 1024: its train group (768 events) is one chunk."""
     return make_store(tmp_path_factory.mktemp("one-chunk"), chunk_len=1024)
+
+
+@pytest.fixture(scope="module")
+def private_store(tiny_store, tmp_path_factory) -> Config:
+    """A copy of the tiny store that a test module may score into (``training.output`` inside it)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("private")
+    shutil.copytree(tiny_store.store.url, root / "store.zarr")
+    return tiny_store.replace(store={"url": str(root / "store.zarr")}, training={"output": str(root / "models")})

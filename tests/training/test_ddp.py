@@ -12,6 +12,7 @@ import pytest
 import recording
 import torch
 import yaml
+from rows import scaled_rows
 
 from megaset.errors import ConfigError, TrainingError
 from megaset.storage.store import open_store
@@ -71,6 +72,8 @@ def _reference(cfg) -> dict[str, torch.Tensor]:
     n_features = len(store.feature_names)
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, n_features, resolve_architecture(tc.model, n_features, tc.architecture))
+    rows = ChunkDataset(group, batch_size=tc.batch_size, scaling=scaling, shuffle=False, equal_batches=False)
+    model.start_from_pass((x for x, _ in rows), lambda t: t)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
     ds = ChunkDataset(group, batch_size=tc.batch_size, scaling=scaling, seed=tc.seed, shuffle_chunks=2)
     for epoch in range(tc.epochs):
@@ -112,6 +115,28 @@ def test_ddp_ranks_share_a_train_group_of_one_chunk(one_chunk_store, cluster_cli
     expected = _reference(cfg)
     for key in expected:
         torch.testing.assert_close(trained[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["deep-svdd", "ae-ensemble"])
+def test_score_families_on_ddp_ranks_equal_one_process(tiny_store, cluster_client, tmp_path, name):
+    # Deep SVDD's centre is summed over the ranks' first passes; the ensemble's calibration
+    # gathers every rank's validation errors.
+    arch = {"latent": 4, "ensemble_members": 2, **({"hidden": [12]} if name == "deep-svdd" else {})}
+    cfg = tiny_store.replace(training={**DDP, "model": name, "architecture": arch, "output": str(tmp_path)})
+    summary = train(cfg, cluster_client)
+    assert summary["world_size"] == 2
+    trained = load_checkpoint(summary["checkpoints"]["last"])["state"]
+    expected = _reference(cfg)
+    for key in expected:
+        if key != "scale":
+            torch.testing.assert_close(trained[key], expected[key], rtol=1e-5, atol=1e-6)
+    if name == "ae-ensemble":
+        model = build_model(name, 16, resolve_architecture(name, 16, cfg.training.architecture))
+        model.load_state_dict(trained)
+        val = torch.from_numpy(scaled_rows(cfg, "val"))
+        with torch.no_grad():
+            errors = model.member_errors(model(val)[0], val)
+        torch.testing.assert_close(trained["scale"], errors.sort(0).values[(len(val) - 1) // 2])
 
 
 def test_torchrun_runs_the_same_trainer(tiny_store, cluster_client, tmp_path):

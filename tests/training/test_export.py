@@ -14,12 +14,15 @@ from megaset.training.export import export_model
 from megaset.training.score import score
 from megaset.training.trainer import train
 
-#: A dense autoencoder, a VAE (scored on its mean), the CNN (rows read as an image) and PCA.
+#: A dense autoencoder, a VAE (scored on its mean), the CNN (rows read as an image), PCA, Deep SVDD
+#: (a distance to its centre) and an ensemble (its members' standardised errors).
 MODELS = {
     "ae-shallow": {"epochs": 1},
     "vae-shallow": {"epochs": 1, "architecture": {"kl_weight": 0.1}},
     "cnn": {"epochs": 1, "batch_size": 32, "architecture": {"cnn_channels": [4, 4], "cnn_dense": 16}},
     "pca": {"architecture": {"pca_variance": 0.95}},
+    "deep-svdd": {"epochs": 1},
+    "ae-ensemble": {"epochs": 1, "architecture": {"ensemble_members": 3}},
 }
 
 
@@ -82,7 +85,8 @@ def test_onnx_export_scores_raw_store_rows_like_torch(scored_models, tmp_path, n
     assert meta["model"] == name and meta["feature_names"] == open_store(cfg.store.url).feature_names
 
 
-@pytest.mark.parametrize("name", ["ae-shallow", pytest.param("cnn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["ae-shallow", *(pytest.param(m, marks=pytest.mark.slow) for m in ("cnn", "ae-ensemble"))])
 def test_torchscript_export_loads_with_torch_jit(scored_models, tmp_path, name):
     cfg = scored_models(name)
     out = export_model(f"{cfg.training.output}/{name}/best.pt", tmp_path / "model.pt", "torchscript")

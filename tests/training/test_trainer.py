@@ -26,6 +26,7 @@ SETTINGS = {
     "cnn": {"learning_rate": 1e-2, "epochs": 5, "batch_size": 32,
             "architecture": {"latent": 8, "cnn_channels": [16, 16], "cnn_dense": 64}},
     "pca": {"architecture": {"pca_variance": 0.95}},
+    "ae-ensemble": {"learning_rate": 1e-2, "epochs": 4, "architecture": {"ensemble_members": 3}},
 }
 
 
