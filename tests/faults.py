@@ -2,7 +2,8 @@
 
 * :func:`worker_killed_at`: the Dask worker process that reaches a chosen point of a task is
   killed with SIGKILL, by its pid, while it waits there (e.g. with a chunk's data written and
-  its done mark not yet).
+  its done mark not yet). :func:`paused_at` runs any action there instead (grow or shrink the
+  cluster) and lets the worker carry on.
 * :func:`confined` runs a command in a private mount namespace set up by :func:`small_disk`
   (a tmpfs that fills up: ENOSPC) or :func:`read_only` (EROFS); the test is skipped where
   the system does not allow that. :func:`unprivileged` runs a command without root's
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from distributed import WorkerPlugin
@@ -41,7 +43,7 @@ CLUSTER_WITH_SECRETS = {
                  "job_extra_directives": {"environment": f'"API_TOKEN={SECRET} LANG=C"'}},
 }
 
-#: Seconds a worker waits at the chosen point to be killed; it then carries on, and the test fails.
+#: Seconds a worker waits at the chosen point for the action on it; it then carries on, and the test fails.
 _WAIT_S = 60.0
 
 #: Exit status of a ``MEGASET`` command that ends in an exception it does not handle (Python's is 1,
@@ -66,9 +68,15 @@ def _claim(marker: str) -> bool:
     return True
 
 
+def _released(marker: str) -> str:
+    """The file whose appearance lets the worker waiting at ``marker`` carry on."""
+    return f"{marker}.released"
+
+
 class _WaitAt(WorkerPlugin):
     """Wraps ``target`` ("module:attribute.path") on every worker: the first call anywhere
-    whose arguments satisfy ``when`` writes the worker's pid to ``marker`` and waits."""
+    whose arguments satisfy ``when`` writes the worker's pid to ``marker`` and waits until
+    it is released (or killed)."""
 
     def __init__(self, target: str, when: Callable[..., bool], marker: str):
         self.target, self.when, self.marker = target, when, marker
@@ -84,7 +92,9 @@ class _WaitAt(WorkerPlugin):
 
         def wait(args, kwargs) -> None:
             if when(*args, **kwargs) and _claim(marker):
-                time.sleep(_WAIT_S)
+                deadline = time.monotonic() + _WAIT_S
+                while not os.path.exists(_released(marker)) and time.monotonic() < deadline:
+                    time.sleep(0.02)
 
         if inspect.iscoroutinefunction(original):
             @functools.wraps(original)
@@ -100,38 +110,60 @@ class _WaitAt(WorkerPlugin):
 
 
 @contextlib.contextmanager
-def worker_killed_at(client, target: str, when: Callable[..., bool], marker: Path) -> Iterator[None]:
-    """Kill (SIGKILL, by pid) the worker that first calls ``target`` with arguments for which
-    ``when(*args, **kwargs)`` is true, while it waits just before that call.
+def paused_at(client, target: str, when: Callable[..., bool], marker: Path,
+              action: Callable[[int], None]) -> Iterator[None]:
+    """The worker that first calls ``target`` with arguments for which ``when(*args, **kwargs)``
+    is true waits just before that call while ``action(its pid)`` runs here, then carries on
+    (unless the action ended it). It happens once per ``marker``.
 
     ``target`` is ``"module:attribute.path"``, e.g. ``"megaset.storage.store:StoreGroup.write_chunk"``
-    (a method's ``when`` receives ``self`` first). Use a fresh cluster: the wrapper stays
-    installed. The block fails if no worker of the cluster was killed.
+    (a method's ``when`` receives ``self`` first). The wrapper stays installed on the workers
+    present now and on those that join later. The block fails if no worker of the cluster
+    reached the point, or if the action raised.
     """
-    pids = set(client.run(os.getpid).values())
     client.register_plugin(_WaitAt(target, when, str(marker)))
-    killed: dict[str, int] = {}
+    done: dict[str, Any] = {}
     stop = threading.Event()
 
-    def kill() -> None:
+    def act() -> None:
         while not stop.is_set():
             try:
                 pid = int(marker.read_text())
             except (FileNotFoundError, ValueError):  # not there, or its pid not written yet
                 stop.wait(0.02)
                 continue
-            os.kill(pid, signal.SIGKILL)
-            killed["pid"] = pid
+            try:
+                action(pid)
+                done["pid"] = pid
+            except Exception as err:  # noqa: BLE001 - reported by the block, in the test's thread
+                done["error"] = err
+            finally:
+                Path(_released(str(marker))).touch()
             return
 
-    thread = threading.Thread(target=kill, daemon=True)
+    thread = threading.Thread(target=act, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
-    assert killed.get("pid") in pids, f"no worker of {sorted(pids)} reached {target} with the chosen arguments"
+    if "error" in done:
+        raise done["error"]
+    assert "pid" in done, f"no worker reached {target} with the chosen arguments"
+
+
+@contextlib.contextmanager
+def worker_killed_at(client, target: str, when: Callable[..., bool], marker: Path) -> Iterator[None]:
+    """Kill (SIGKILL, by pid) the worker that first calls ``target`` with arguments for which
+    ``when(*args, **kwargs)`` is true, while it waits just before that call (:func:`paused_at`).
+
+    Use a fresh cluster: the wrapper stays installed. The block fails if no worker of the
+    cluster was killed.
+    """
+    # Only the workers carry the wrapper: the pid waiting there is a worker's, present or joined since.
+    with paused_at(client, target, when, marker, lambda pid: os.kill(pid, signal.SIGKILL)):
+        yield
 
 
 def small_disk(mountpoint: Path, copies: dict[Path, str], room_kib: int) -> list[str]:
