@@ -911,6 +911,12 @@ class ArchitectureConfig(_Section):
     ensemble_members: int = Field(
         5, ge=2, description="ae-ensemble: shallow autoencoders trained together, each from its own start.",
     )
+    flow_layers: int = Field(6, ge=1, description="flow: affine coupling layers (RealNVP).")
+    flow_hidden: int = Field(256, gt=0, description="flow: width of the two hidden layers of each coupling's network.")
+    flow_noise: float = Field(
+        0.01, gt=0, description="flow: width of the Gaussian smearing of the scaled inputs in training (the "
+        "RMM's empty cells would otherwise draw an unbounded density); validation and scoring read them as is.",
+    )
     leaky_slope: float = Field(0.3, ge=0, description="Negative slope of leaky_relu (thesis: 0.3).")
     kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term per feature.")
     cnn_channels: list[int] = Field(
@@ -970,7 +976,7 @@ class DDPConfig(_Section):
 
 class TrainingConfig(_Section):
     model: Literal["ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "deep-svdd", "ae-ensemble",
-                   "jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
+                   "flow", "jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21"] = "ae-shallow"
     output: Url = Field("megaset-demo/models", description="Checkpoints go to <output>/<model>/.")
     epochs: int = Field(40, ge=1, description="At most this many epochs; early stopping ends most runs before.")
     batch_size: int = Field(
@@ -1004,7 +1010,7 @@ class ScoringConfig(_Section):
     blocks: bool = Field(
         True, description="Also write the error of each RMM block (met, mass, rapidity, energy) "
         "as score/<model>.<block>; needs a square number of features. Skipped for the models that "
-        "reconstruct no rows (deep-svdd, ae-ensemble).",
+        "reconstruct no rows (deep-svdd, ae-ensemble, flow).",
     )
     batch_size: int = Field(65_536, gt=0, description="Events per forward pass inside a chunk, on a CPU.")
     gpu_batch_size: int = Field(

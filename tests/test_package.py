@@ -167,6 +167,7 @@ PUBLIC_API = {
                              "run_on_dask", "worker_resources"],
     "megaset.training.ensemble": ["AEEnsemble"],
     "megaset.training.export": ["FORMATS", "default_path", "export_model", "scoring_module"],
+    "megaset.training.flow": ["RealNVP"],
     "megaset.training.graph": ["FIELDS", "GraphAE", "OneOff", "TauRatio", "node_features"],
     "megaset.training.loader": ["ChunkDataset", "current_shard"],
     "megaset.training.loop": [

@@ -23,8 +23,8 @@ own, and the ReLU input activation of the deep VAE is the identity on min-max-sc
 (non-negative) inputs and is left out.
 
 The registry (:mod:`megaset.training.registry`) builds them by name from these defaults, and the
-score families beside them: Deep SVDD (:mod:`megaset.training.svdd`) and an ensemble of shallow
-autoencoders (:mod:`megaset.training.ensemble`).
+score families beside them: Deep SVDD (:mod:`megaset.training.svdd`), an ensemble of shallow
+autoencoders (:mod:`megaset.training.ensemble`) and a normalizing flow (:mod:`megaset.training.flow`).
 
 >>> model = DenseAE(529, 150, [450, 300, 200], ["tanh"] * 8, 0.3)
 >>> [layer.out_features for layer in model.layers if hasattr(layer, "out_features")]
@@ -55,7 +55,8 @@ class Autoencoder(nn.Module):
     "reconstruction" is its embedding and its error the squared distance to its centre
     (:mod:`megaset.training.svdd`); an ensemble's is every member's reconstruction, and its
     score (:meth:`anomaly_score`) standardises the members' errors
-    (:mod:`megaset.training.ensemble`). Two hooks of the training loop serve them:
+    (:mod:`megaset.training.ensemble`); a flow's is its negative log-likelihood
+    (:mod:`megaset.training.flow`). Two hooks of the training loop serve them:
     :meth:`start_from_pass` (a first pass over the train group) and :meth:`calibrate` (the
     validation errors of every epoch).
     """

@@ -37,9 +37,10 @@ _SVDD_HIDDEN, _SVDD_LATENT = [128], 32
 
 #: Models of jet inputs; pca serves both kinds.
 JET_MODELS = ("jet-dense", "jet-cnn", "graph-ae", "oneoff", "tau32", "tau21")
-MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "deep-svdd", "ae-ensemble", *JET_MODELS)
+MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "deep-svdd", "ae-ensemble", "flow",
+          *JET_MODELS)
 #: Models whose score is no reconstruction error of the rows: no per-block errors exist for them.
-NOT_RECONSTRUCTING = ("deep-svdd", "ae-ensemble")
+NOT_RECONSTRUCTING = ("deep-svdd", "ae-ensemble", "flow")
 #: Baselines with nothing to train.
 CUTS = ("tau32", "tau21")
 _FARINA_LATENT = 6
@@ -108,6 +109,8 @@ def resolve_architecture(name: str, n_features: int, cfg: ArchitectureConfig,
             raise ConfigError(msg)
         arch.update(latent=cfg.latent or _SVDD_LATENT, hidden=hidden, activations=activations,
                     leaky_slope=cfg.leaky_slope)
+    elif name == "flow":
+        arch = {"latent": None, "layers": cfg.flow_layers, "hidden": cfg.flow_hidden, "noise": cfg.flow_noise}
     elif name == "cnn":
         arch.update(latent=cfg.latent or _THESIS_LATENT, channels=list(cfg.cnn_channels), dense=cfg.cnn_dense)
     elif name == "jet-dense":
@@ -187,6 +190,10 @@ def _build(name: str, n_features: int, arch: dict[str, Any]) -> Autoencoder:
 
         return AEEnsemble(n_features, arch["members"], arch["latent"], arch["hidden"], arch["activations"],
                           arch["leaky_slope"])
+    if name == "flow":
+        from megaset.training.flow import RealNVP
+
+        return RealNVP(n_features, arch["layers"], arch["hidden"], arch["noise"])
     if name.startswith("ae"):
         return DenseAE(n_features, arch["latent"], arch["hidden"], arch["activations"], arch["leaky_slope"])
     if name.startswith("vae"):

@@ -13,7 +13,7 @@ events are scaled exactly as in training), runs the model and writes, chunk-alig
     per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
 ``score/<model>.<block>`` [N] float32, with ``scoring.blocks``
     the mean squared error over one block of the n x n matrix (:func:`megaset.storage.layout.block_masks`);
-    not for the models that reconstruct no rows (``deep-svdd``, ``ae-ensemble``): their summary
+    not for the models that reconstruct no rows (``deep-svdd``, ``ae-ensemble``, ``flow``): their summary
     says ``blocks: []``.
 
 Where (``scoring.device``): a cluster whose workers declare the Dask resource ``GPU`` scores on
@@ -89,7 +89,7 @@ def reconstruction_errors(
     Raises
     ------
     ConfigError
-        ``blocks`` for a model that reconstructs no rows (Deep SVDD, an ensemble).
+        ``blocks`` for a model that reconstructs no rows (Deep SVDD, an ensemble, a flow).
     """
     import torch
 

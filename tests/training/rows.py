@@ -40,3 +40,22 @@ def separations(cfg: Config, checkpoint: str) -> tuple[float, float]:
     model, _, _ = load_model(checkpoint)
     baseline = auc(*[((x - mean) ** 2).mean(1) for x in (val, off)])
     return baseline, auc(*[reconstruction_errors(model, x)["total"] for x in (val, off)])
+
+
+def stored_and_rebuilt(cfg: Config, name: str, group: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the events of ``group``: the ``score/<name>`` column that scoring wrote, the score of
+    the model rebuilt from its best checkpoint on their rows, and those rows scaled. Checks that
+    scoring wrote no per-block column beside it."""
+    import torch
+
+    from megaset.storage.store import open_store
+    from megaset.training.checkpoint import load_model
+
+    model, scaling, _ = load_model(f"{cfg.training.output}/{name}/best.pt")
+    g = open_store(cfg.store.url).group(group)
+    assert not [c for c in g.columns() if c.startswith(f"score/{name}.")]
+    values = [v for _, v in g.iter_chunks(("rmm", f"score/{name}"))]
+    x = scaling(np.concatenate([v["rmm"] for v in values]))
+    with torch.no_grad():
+        direct = model.reconstruction_error(torch.from_numpy(x)).numpy()
+    return np.concatenate([v[f"score/{name}"] for v in values]), direct, x

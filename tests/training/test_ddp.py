@@ -117,17 +117,19 @@ def test_ddp_ranks_share_a_train_group_of_one_chunk(one_chunk_store, cluster_cli
         torch.testing.assert_close(trained[key], expected[key], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["deep-svdd", "ae-ensemble"])
+@pytest.mark.parametrize("name", ["deep-svdd", "ae-ensemble", "flow"])
 def test_score_families_on_ddp_ranks_equal_one_process(tiny_store, cluster_client, tmp_path, name):
-    # Deep SVDD's centre is summed over the ranks' first passes; the ensemble's calibration
-    # gathers every rank's validation errors.
-    arch = {"latent": 4, "ensemble_members": 2, **({"hidden": [12]} if name == "deep-svdd" else {})}
+    # Deep SVDD's centre and the flow's standardisation are summed over the ranks' first passes;
+    # the ensemble's calibration gathers every rank's validation errors. (The flow's smearing
+    # draws from each rank's own generator: only its standardisation can equal one process's.)
+    arch = {"latent": 4, "ensemble_members": 2, "flow_layers": 2, "flow_hidden": 8,
+            **({"hidden": [12]} if name == "deep-svdd" else {})}
     cfg = tiny_store.replace(training={**DDP, "model": name, "architecture": arch, "output": str(tmp_path)})
     summary = train(cfg, cluster_client)
     assert summary["world_size"] == 2
     trained = load_checkpoint(summary["checkpoints"]["last"])["state"]
     expected = _reference(cfg)
-    for key in expected:
+    for key in ("mean", "std") if name == "flow" else expected:
         if key != "scale":
             torch.testing.assert_close(trained[key], expected[key], rtol=1e-5, atol=1e-6)
     if name == "ae-ensemble":

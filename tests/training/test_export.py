@@ -15,7 +15,7 @@ from megaset.training.score import score
 from megaset.training.trainer import train
 
 #: A dense autoencoder, a VAE (scored on its mean), the CNN (rows read as an image), PCA, Deep SVDD
-#: (a distance to its centre) and an ensemble (its members' standardised errors).
+#: (a distance to its centre), an ensemble (its members' standardised errors) and a flow (its NLL).
 MODELS = {
     "ae-shallow": {"epochs": 1},
     "vae-shallow": {"epochs": 1, "architecture": {"kl_weight": 0.1}},
@@ -23,6 +23,7 @@ MODELS = {
     "pca": {"architecture": {"pca_variance": 0.95}},
     "deep-svdd": {"epochs": 1},
     "ae-ensemble": {"epochs": 1, "architecture": {"ensemble_members": 3}},
+    "flow": {"epochs": 1, "architecture": {"flow_layers": 2, "flow_hidden": 16}},
 }
 
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rows import scaled_rows, separations
+from rows import scaled_rows, separations, stored_and_rebuilt
 
 from megaset.config import AdversaryConfig, ArchitectureConfig
 from megaset.errors import ConfigError
-from megaset.storage.store import open_store
 from megaset.training.checkpoint import load_checkpoint, load_model
 from megaset.training.registry import build_model, resolve_architecture
 from megaset.training.score import reconstruction_errors, score
@@ -80,14 +79,9 @@ def test_the_centre_is_fixed_by_the_untrained_network(trained):
 def test_scoring_writes_the_distance_of_the_rebuilt_model_and_no_blocks(trained):
     cfg, summary, scored = trained
     assert scored["column"] == "score/deep-svdd" and scored["blocks"] == []
-    model, scaling, meta = load_model(summary["checkpoints"]["best"])
+    stored, direct, x = stored_and_rebuilt(cfg, "deep-svdd", "test")
+    np.testing.assert_array_equal(stored, direct)
+    model, _, meta = load_model(summary["checkpoints"]["best"])
     assert meta["architecture"]["latent"] == 4
-    group = open_store(cfg.store.url).group("test")
-    assert not [c for c in group.columns() if c.startswith("score/deep-svdd.")]
-    values = [v for _, v in group.iter_chunks(("rmm", "score/deep-svdd"))]
-    rows = np.concatenate([v["rmm"] for v in values])
-    with torch.no_grad():
-        direct = model.reconstruction_error(torch.from_numpy(scaling(rows))).numpy()
-    np.testing.assert_array_equal(np.concatenate([v["score/deep-svdd"] for v in values]), direct)
     with pytest.raises(ConfigError, match=r"per-block errors need a reconstruction of the rows, but DeepSVDD"):
-        reconstruction_errors(model, scaling(rows), blocks=True)
+        reconstruction_errors(model, x, blocks=True)
