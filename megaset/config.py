@@ -914,8 +914,9 @@ class ArchitectureConfig(_Section):
     flow_layers: int = Field(6, ge=1, description="flow: affine coupling layers (RealNVP).")
     flow_hidden: int = Field(256, gt=0, description="flow: width of the two hidden layers of each coupling's network.")
     flow_noise: float = Field(
-        0.01, gt=0, description="flow: width of the Gaussian smearing of the scaled inputs in training (the "
-        "RMM's empty cells would otherwise draw an unbounded density); validation and scoring read them as is.",
+        0.05, gt=0, description="flow: width of the Gaussian smearing of the scaled inputs in training (the "
+        "RMM's empty cells would otherwise draw an unbounded density); validation and scoring read them as is. "
+        "On a demo-like store 0.05 separated the signals better than 0.002, 0.01 or 0.1.",
     )
     leaky_slope: float = Field(0.3, ge=0, description="Negative slope of leaky_relu (thesis: 0.3).")
     kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term per feature.")

@@ -17,7 +17,11 @@ The flow maps an event ``x [F]`` to ``z = f(x)`` with a tractable Jacobian and m
 Dequantisation: an RMM is mostly exact zeros (empty cells), on which a flow could pile up an
 unbounded density. In training mode every input is smeared by a Gaussian of width ``noise``
 (``training.architecture.flow_noise``, in scaled units); validation and scoring read the
-rows as they are, deterministically.
+rows as they are, deterministically. On a demo-like store (1 M background events, the
+2-lepton selection, the zoo's signals, 2-core CPU), a width of 0.05 separated the signals
+better than 0.002, 0.01 or 0.1 (signal efficiency at 1 % background efficiency for heavy
+H -> ZZ -> llvv: 0.78 against 0.25 at 0.01), yet the flow's AUC stayed below ``ae-shallow``'s
+for every signal there (one seed each): a density model of the RMM is no better score by itself.
 
 Objective and score: the training error is the negative log-likelihood per feature,
 ``-log p(x) / F`` (the per-feature scale of the autoencoders' mean squared error; it may be
