@@ -205,11 +205,12 @@ def roc_curves(fig, per_signal: Mapping[str, Mapping[str, tuple]], *, style: Sty
 
 @_styled
 def curves(fig, x: np.ndarray, ys: Mapping[str, np.ndarray], *, style: Style, xlabel: str, ylabel: str,
-           title: str = "", marker: str = "o", logx: bool = False, reference: float | None = None,
-           errors: Mapping[str, np.ndarray] | None = None, colours: Mapping[str, str] | None = None,
-           linestyles: Mapping[str, str] | None = None) -> None:
+           title: str = "", marker: str = "o", logx: bool = False, logy: bool = False,
+           reference: float | None = None, errors: Mapping[str, np.ndarray] | None = None,
+           colours: Mapping[str, str] | None = None, linestyles: Mapping[str, str] | None = None) -> None:
     """Lines (with markers and, where given, error bars) of several samples or metrics against a
-    common x; a line named after a process takes its colour unless ``colours`` names one."""
+    common x; a line named after a process takes its colour unless ``colours`` names one. ``logy``
+    for values spanning decades (rates of different stages)."""
     ax = fig.add_subplot()
     fig.set_size_inches(7.0, 4.8)
     for j, (name, y) in enumerate(ys.items()):
@@ -220,6 +221,8 @@ def curves(fig, x: np.ndarray, ys: Mapping[str, np.ndarray], *, style: Style, xl
         ax.axhline(reference, color="grey", ls=":", lw=1)
     if logx:
         ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=9, title=title or None, title_fontsize=9)
     style.label_axes(ax)

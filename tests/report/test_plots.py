@@ -58,3 +58,22 @@ def test_stack_carries_the_mc_statistical_band_and_events_per_bin():
     filled = [p for p in ax.patches if p.get_label() in ("a", "b")]
     assert {tuple(np.round(p.get_facecolor()[:3], 3)) for p in filled} == {
         (0.071, 0.204, 0.337), (0.396, 0.263, 0.129)}
+
+
+def test_curves_draw_each_series_in_its_colour_and_style_on_a_log_axis_when_asked():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    x = np.array([1.0, 2.0, 4.0])
+    ys = {"ingest": np.array([1e5, 2e5, 4e5]), "score": np.array([1e4, 1.5e4, 3e4])}
+    plots.curves.__wrapped__(fig, x, ys, style=Style(), xlabel="workers", ylabel="events / s", logy=True,
+                             colours={"ingest": "#123456"}, linestyles={"score": "--"})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"
+    # errorbar labels its container; the container's first member is the data line
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    for name, y in ys.items():
+        np.testing.assert_array_equal(lines[name].get_ydata(), y)
+    assert lines["ingest"].get_color() == "#123456" and lines["score"].get_linestyle() == "--"
