@@ -151,7 +151,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> list[Path]:
 
     style = Style(label="Simulation, benchmark")
     rate = curves(path, x, series("per_s"), style=style, xlabel="workers", ylabel="events / s", title=title,
-                  colours=colours, linestyles=dashes)
+                  logy=True, colours=colours, linestyles=dashes)
     efficiency = curves(path.with_name(f"{path.stem}-efficiency{path.suffix}"), x, series("efficiency"), style=style,
                         xlabel="workers", ylabel="rate(n) / (n x rate(1))", title=title, reference=1.0,
                         colours=colours, linestyles=dashes)
