@@ -29,7 +29,7 @@ from megaset.errors import ConfigError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["open_client", "describe", "cluster_size", "ClusterSize", "release_memory", "add_pools"]
+__all__ = ["open_client", "describe", "dashboard_link", "cluster_size", "ClusterSize", "release_memory", "add_pools"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,22 @@ def _pool(cfg: ClusterConfig) -> str:
     gpus = f", {cfg.gpus_per_worker} GPU" if cfg.gpus_per_worker else ""
     stages = "training, scoring" if cfg.gpus_per_worker else "ingest, mix"
     return f"{cfg.workers} workers x {threads}, {cfg.memory_per_worker} each{gpus} ({stages})"
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The address of the cluster's Dask dashboard, as the client gives it; ``None`` where the
+    scheduler serves none: one started without it (``cluster.dashboard: false``) still serves
+    its health and metrics routes on that port, and the client names that port all the same."""
+    link = client.dashboard_link
+    if not link:
+        return None
+
+    def serves_status(dask_scheduler: Any) -> bool:  # defined here: sent by value, the scheduler needs no megaset
+        rules = dask_scheduler.http_application.wildcard_router.rules
+        return any(str(getattr(rule.matcher, "regex", None) and rule.matcher.regex.pattern).endswith("/status$")
+                   for rule in rules)
+
+    return link if client.run_on_scheduler(serves_status) else None
 
 
 def cluster_size(client: Client) -> ClusterSize:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,10 +128,45 @@ def _options(
 
 
 def _progress() -> Progress:
-    """A transient progress display on the message console; none with ``-q``."""
-    from rich.progress import Progress
+    """A transient progress display on the message console; none with ``-q``, nor where the
+    messages do not go to a terminal (a pipe, a CI log keeps the plain lines alone)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(console=_console(), transient=True, disable=_session.quiet)
+    console = _console()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=_session.quiet or not console.is_terminal)
+
+
+@contextmanager
+def _bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """One progress bar, as the ``progress(done, total)`` callback the library functions take."""
+    with _progress() as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _epoch_text(epoch: int, epochs: int, info: Mapping[str, Any]) -> str:
+    """An epoch's figures, as the progress display and the log show them."""
+    return (f"epoch {epoch}/{epochs}  loss {info['loss']:.5g}  val {info['val_loss']:.5g}  "
+            f"{info['samples_per_s']:,.0f} samples/s")
+
+
+class _StageBars:
+    """The progress display of ``megaset run``: the bar of the stage running now, and for
+    training its last epoch's figures (a :data:`megaset.progress.StageProgress`)."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.stage: str | None = None
+        self.task: Any = None
+
+    def __call__(self, stage: str, done: int, total: int | None, info: Mapping[str, Any]) -> None:
+        if stage != self.stage:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.stage, self.task = stage, self.bar.add_task(stage, total=total)
+        text = f"{stage}  {_epoch_text(done, total or 0, info)}" if "loss" in info else stage
+        self.bar.update(self.task, completed=done, total=total, description=text)
 
 
 def _locked(cfg, *stages: str, places: dict[str, str] | None = None):
@@ -155,11 +191,14 @@ def _reach(cfg, url: str, key: str = "store.url") -> str:
 @contextmanager
 def _connect(cfg):
     """The configured cluster's client, after saying what it is connected to."""
-    from megaset.deploy.cluster import cluster_size, describe, open_client
+    from megaset.deploy.cluster import cluster_size, dashboard_link, describe, open_client
 
     log.info("cluster: %s", describe(cfg.cluster))
     with open_client(cfg.cluster) as client:
         log.info("connected to %s: %s", client.scheduler.address, cluster_size(client))
+        link = dashboard_link(client)
+        if link:
+            log.info("dashboard: %s", link)
         yield client
 
 
@@ -284,8 +323,9 @@ def ingest(config: ConfigOption = None, overrides: SetOption = None) -> None:
     from megaset.pipeline.ingest import ingest as run_ingest
 
     cfg = _config(config, overrides)
-    with _locked(cfg, "ingest"), _connect(cfg) as client, placed(cfg.cluster, "ingest"):
-        summary = run_ingest(cfg, client, status=not _session.quiet, log=log.info)
+    with (_locked(cfg, "ingest"), _connect(cfg) as client, placed(cfg.cluster, "ingest"),
+          _bar("ingesting chunks") as bar):
+        summary = run_ingest(cfg, client, progress=bar, log=log.info)
     _console().print(_cutflow_table(summary.channels))
     resumed = sum(c["resumed"] for c in summary.channels.values())
     _console().print(
@@ -304,9 +344,8 @@ def mix(config: ConfigOption = None, overrides: SetOption = None) -> None:
     from megaset.storage.mix import mix as run_mix
 
     cfg = _config(config, overrides)
-    with _locked(cfg, "mix"), _connect(cfg) as client, placed(cfg.cluster, "mix"), _progress() as bar:
-        task = bar.add_task("mixing chunks", total=None)
-        summary = run_mix(cfg, client, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with _locked(cfg, "mix"), _connect(cfg) as client, placed(cfg.cluster, "mix"), _bar("mixing chunks") as bar:
+        summary = run_mix(cfg, client, progress=bar)
     _console().print(_groups_table(f"store {cfg.store.url}", summary["groups"], "n_events", "n_chunks"))
     _console().print(
         f"{summary['mb_written']:,.1f} MB written in {summary['seconds']:.1f} s"
@@ -345,11 +384,16 @@ def train(
 
     cfg = _config(config, overrides)
 
-    def progress(entry: dict) -> None:
-        log.info("epoch %3d  loss %.5g  val %.5g  %s samples/s%s", entry["epoch"], entry["loss"],
-                 entry["val_loss"], f"{entry['samples_per_s']:,.0f}", " *" if entry["improved"] else "")
+    epochs = cfg.training.epochs
 
-    with _locked(cfg, "train"), _connect(cfg) as client:
+    with _locked(cfg, "train"), _connect(cfg) as client, _progress() as bar:
+        task = bar.add_task("training", total=epochs)
+
+        def progress(entry: dict) -> None:
+            text = _epoch_text(entry["epoch"], epochs, entry)
+            log.info("%s%s", text, " *" if entry["improved"] else "")
+            bar.update(task, completed=entry["epoch"], description=f"training  {text}")
+
         summary = run_train(cfg, client, resume=resume, progress=progress)
     stopped = " (early stopping)" if summary.get("stopped_early") else ""
     rate = summary.get("samples_per_s")
@@ -372,6 +416,30 @@ def _auc_table(rows: list[dict], search: str | None = None) -> Table:
     for row in rows:
         table.add_row(row["signal"], row["model"], f"{row['auc']:.3f} ± {row['auc_error']:.3f}",
                       *(working_point_cell(row, name) for name in ("e10", "e100", "e1000")))
+    return table
+
+
+def _count(n: int, what: str) -> str:
+    """``n`` of ``what`` (a plural noun, then any words), in the singular for one.
+
+    >>> _count(1, "events selected"), _count(2_650, "events selected")
+    ('1 event selected', '2,650 events selected')
+    """
+    if n == 1:
+        noun, _, rest = what.partition(" ")
+        what = " ".join(filter(None, (noun.removesuffix("s"), rest)))
+    return f"{n:,} {what}"
+
+
+def _stages_table(stages: list[dict], search: str | None = None) -> Table:
+    """What ``megaset run`` did per stage: done, resumed or skipped, its time, what it made."""
+    table = Table(title=f"search {search}: stages" if search else "stages")
+    for name in ("stage", "state", "time", "made"):
+        table.add_column(name, justify="right" if name == "time" else "left")
+    for stage in stages:
+        seconds = stage["seconds"]
+        made = ", ".join(_count(n, what) for what, n in stage["counts"].items())
+        table.add_row(stage["name"], stage["state"], "-" if seconds is None else f"{seconds:.1f} s", made or "-")
     return table
 
 
@@ -421,11 +489,11 @@ def run(
         _print_status(cfg)
         return
     cfg = _machine_cluster(cfg)
-    with _locked(cfg, *STAGES), _connect(cfg) as client:
-        out = run_all(cfg, client, log=log.info, status=not _session.quiet)
+    with _locked(cfg, *STAGES), _connect(cfg) as client, _progress() as bar:
+        out = run_all(cfg, client, log=log.info, progress=_StageBars(bar))
     total = sum(out["seconds"].values())
-    if out["skipped"]:
-        _console().print(f"current, not rebuilt: {', '.join(out['skipped'])}", highlight=False)
+    if not _session.quiet:
+        _console().print(_stages_table(out["stages"]))
     report_dir = cfg.report.output
     _console().print(
         f"finished in {total:.1f} s. store: {cfg.store.url}; report: {report_dir}/report.md "
@@ -435,6 +503,8 @@ def run(
         _console().print(_auc_table(out["report"]["auc_table"]))
     for name, searched in (out.get("searches") or {}).items():
         derived = cfg.search(name)
+        if not _session.quiet:
+            _console().print(_stages_table(searched["stages"], name))
         _console().print(f"search {name}: store {derived.store.url}; report {derived.report.output}/report.md",
                          highlight=False)
         if searched.get("report"):
@@ -480,8 +550,8 @@ def study_channel_removal(
     from megaset.studies.channel_removal import channel_removal
 
     cfg = _config(config, overrides)
-    with _connect(cfg) as client:
-        out = channel_removal(cfg, client, channel, workdir=workdir / channel)
+    with _connect(cfg) as client, _bar(f"channel removal of {channel}: steps") as bar:
+        out = channel_removal(cfg, client, channel, workdir=workdir / channel, progress=bar)
     _console().print(
         f"{out['channel']} left out of training of {out['model']}: AUC {out['auc']:.4f}, "
         f"E10 {out['e10']:.4f}, E100 {out['e100']:.4f}; store {out['store']}", highlight=False,
@@ -498,7 +568,8 @@ def study_pt_altering(
     from megaset.studies.pt_altering import pt_altering
 
     cfg = _config(config, overrides)
-    out = pt_altering(cfg, model=model)
+    with _bar("pT altering: files, factors, figures") as bar:
+        out = pt_altering(cfg, model=model, progress=bar)
     _console().print(_rows_table(f"pT altering, {out['model']} ({out['events']:,} {out['group']} events)",
                               "factor", out["rows"]))
     _console().print(f"plots: {', '.join(map(str, out['plots'].values()))}", highlight=False)
@@ -518,8 +589,8 @@ def study_contamination(
 
     cfg = _config(config, overrides)
     values = [float(f) for f in fractions.split(",")]
-    with _connect(cfg) as client:
-        out = contamination(cfg, client, signal=signal, fractions=values, workdir=workdir)
+    with _connect(cfg) as client, _bar(f"contamination with {signal}: mix, train, score per fraction") as bar:
+        out = contamination(cfg, client, signal=signal, fractions=values, workdir=workdir, progress=bar)
     _console().print(_rows_table(f"contamination with {out['signal']}, {out['model']}", "fraction", out["rows"]))
     _console().print(f"plot: {out['plot']}", highlight=False)
 
@@ -562,10 +633,8 @@ def score(
     from megaset.training.score import score as run_score
 
     cfg = _config(config, overrides)
-    with _locked(cfg, "score"), _connect(cfg) as client, _progress() as bar:
-        task = bar.add_task("scoring chunks", total=None)
-        summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    with _locked(cfg, "score"), _connect(cfg) as client, _bar("scoring chunks") as bar:
+        summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite, progress=bar)
     _console().print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
     rate = f" ({summary['events_per_s']:,.0f} events/s)" if summary["events_scored"] else ""
     _console().print(
@@ -689,8 +758,9 @@ def report(
 
     cfg = _config(config, overrides)
     _reach(cfg, cfg.store.url)
-    with _locked(cfg, places={"report --output": str(output)}) if output else _locked(cfg, "report"):
-        summary = write_report(cfg, out_dir=output, models=model or None)
+    with (_locked(cfg, places={"report --output": str(output)}) if output else _locked(cfg, "report"),
+          _bar("report: samples, models, figures") as bar):
+        summary = write_report(cfg, out_dir=output, models=model or None, progress=bar)
     _console().print(_auc_table(summary["auc_table"]))
     _console().print(f"report: {summary['markdown']} and {summary['json']}")
 

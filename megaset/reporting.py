@@ -16,6 +16,7 @@ from typing import Any
 
 from megaset.config import Config
 from megaset.errors import CheckpointError
+from megaset.progress import Progress
 
 __all__ = ["write_report", "training_records", "report_record", "REPORT_JSON"]
 
@@ -69,15 +70,15 @@ def report_record(cfg: Config, expected: Mapping[str, str | None] | None = None,
 
 
 def write_report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None,
-                 stage: Mapping[str, Any] | None = None) -> dict:
-    """:func:`megaset.report.report.report` with the training records of the reported models;
+                 stage: Mapping[str, Any] | None = None, progress: Progress | None = None) -> dict:
+    """:func:`megaset.report.report.report` (``progress`` as there) with the training records of the reported models;
     ``report.json`` also carries the report's stage record (``stage``): the one given, else, for
     the configured report (``report.output``, every model), :func:`report_record`."""
     import json
 
     from megaset.report.report import report
 
-    result = report(cfg, out_dir=out_dir, models=models, training=training_records(cfg, models))
+    result = report(cfg, out_dir=out_dir, models=models, training=training_records(cfg, models), progress=progress)
     if stage is None and models is None and out_dir is None:
         # Only the configured report is a stage of the chain; another folder or choice of models is not.
         stage = report_record(cfg)

@@ -29,9 +29,10 @@ from megaset.config import Config
 if TYPE_CHECKING:
     from distributed import Client
 
+    from megaset.progress import StageProgress
     from megaset.stages import Stage
 
-__all__ = ["run", "STAGES", "written", "outputs_locked"]
+__all__ = ["run", "STAGES", "written", "outputs_locked", "stage_counts"]
 
 #: The stages of event inputs, before the studies run on their report.
 STAGES = ("simulate", "ingest", "mix", "train", "score", "report")
@@ -73,7 +74,7 @@ def outputs_locked(cfg: Config, stages: tuple[str, ...] = STAGES, *, places: dic
 
 
 def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = print,
-        status: bool = False) -> dict[str, Any]:
+        progress: StageProgress | None = None) -> dict[str, Any]:
     """Run (or finish) the whole chain for ``cfg``; returns each stage's summary and timing.
 
     Parameters
@@ -84,8 +85,12 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
         The Dask client every distributed stage uses.
     log
         Called with one line per stage (done, skipped, resumed, rebuilt and why).
-    status
-        Show the per-stage progress bars of the libraries underneath.
+    progress
+        Called as ``progress(stage, done, total, info)`` (:data:`megaset.progress.StageProgress`):
+        ``(stage, 0, None, {})`` as a stage starts, then in its own unit: events simulated,
+        chunks ingested, mixed and scored, epochs trained (``info``: ``loss``, ``val_loss``,
+        ``samples_per_s``), steps of the report and of a study. The stages of a search are
+        named ``[search] stage``.
 
     Every place the run writes is locked while it runs (:func:`outputs_locked`); another
     writer of one of them makes it refuse at once with :class:`~megaset.errors.OutputLockedError`.
@@ -94,36 +99,70 @@ def run(cfg: Config, client: Client | None, *, log: Callable[[str], None] = prin
     -------
     dict
         Per stage that ran, its summary; ``seconds`` per stage that ran; ``skipped``, the stages
-        found current; ``report``, the report's summary (read back from ``report.json`` when
-        the report was current); ``searches``, per search of ``cfg.searches``, all of this for
-        that search.
+        found current; ``stages``, per stage in order, its ``name``, ``state`` (``done``,
+        ``resumed``: an interrupted one finished, or ``skipped``: current), ``seconds`` (``None``
+        when skipped) and ``counts`` (:func:`stage_counts`); ``report``, the report's summary
+        (read back from ``report.json`` when the report was current); ``searches``, per search
+        of ``cfg.searches``, all of this for that search.
     """
     from megaset.stages import chain
 
-    out: dict[str, Any] = {"seconds": {}, "skipped": []}
+    out: dict[str, Any] = {"seconds": {}, "skipped": [], "stages": []}
     with outputs_locked(cfg):
-        _drive(chain(cfg, log=log, progress=status), client, out, log)
+        _drive(chain(cfg, log=log), client, out, log, progress or (lambda stage, done, total, info: None))
     if "report" in out["skipped"]:
         out["report"] = json.loads((Path(cfg.report.output) / "report.json").read_text())
     if cfg.searches:
-        out["searches"] = {name: run(cfg.search(name), client, log=lambda line, name=name: log(f"[{name}] {line}"),
-                                     status=status) for name in cfg.searches}
+        out["searches"] = {
+            name: run(cfg.search(name), client, log=lambda line, name=name: log(f"[{name}] {line}"),
+                      progress=progress and (lambda stage, *rest, name=name: progress(f"[{name}] {stage}", *rest)))
+            for name in cfg.searches}
     return out
 
 
-def _timed(name: str, work: Callable[[], Any], client: Client | None, out: dict[str, Any],
-           log: Callable[[str], None]) -> None:
+def stage_counts(name: str, result: Any) -> dict[str, int]:
+    """What the stage ``name`` made, from what it returned: files simulated, events selected and
+    chunks written by the ingest, events and chunks mixed and scored, epochs trained, models and
+    signals reported, the rows of a study's table (none known: empty)."""
+    kind = name.split()[0]
+    if kind == "simulate":
+        return {"files": sum(len(files) for files in result.values())}
+    if kind == "ingest":
+        return {"events selected": result.n_selected, "chunks": sum(c["chunks"] for c in result.channels.values())}
+    if kind == "mix":
+        groups = result["groups"].values()
+        return {"events": sum(g["n_events"] for g in groups), "chunks": sum(g["n_chunks"] for g in groups)}
+    if kind == "train":
+        return {"epochs": result["epochs"]}
+    if kind == "score":
+        return {"events": result["events_scored"], "chunks": result["chunks"]}
+    if kind == "report":
+        return {"models": len(result["models"]), "signals": len({row["signal"] for row in result.get("auc_table", [])})}
+    if isinstance(result, dict) and isinstance(result.get("rows"), list):
+        return {"rows": len(result["rows"])}
+    if isinstance(result, dict) and isinstance(result.get("samples"), list):
+        return {"samples": len(result["samples"])}
+    return {}
+
+
+def _timed(stage: Stage, resume: bool, client: Client | None, out: dict[str, Any], log: Callable[[str], None],
+           progress: StageProgress) -> None:
     from megaset.deploy.cluster import release_memory
 
+    name = stage.name
     t0 = time.perf_counter()
-    out[name] = work()
+    progress(name, 0, None, {})
+    out[name] = stage.work(client, resume, lambda done, total, **info: progress(name, done, total, info))
     if client is not None:
         release_memory(client)  # so that the next stage does not start on this one's freed heap
     out["seconds"][name] = time.perf_counter() - t0
+    out["stages"].append({"name": name, "state": "resumed" if resume else "done", "seconds": out["seconds"][name],
+                          "counts": stage_counts(name, out[name])})
     log(f"{name}: done in {out['seconds'][name]:.1f} s")
 
 
-def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log: Callable[[str], None]) -> None:
+def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log: Callable[[str], None],
+           progress: StageProgress) -> None:
     """Skip the current stages, finish the partial ones, rebuild the stale and missing ones."""
     from megaset.stages import assess, fingerprint
 
@@ -134,6 +173,7 @@ def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log:
         if state.state == "current":
             log(f"{stage.name}: current, skipped")
             out["skipped"].append(stage.name)
+            out["stages"].append({"name": stage.name, "state": "skipped", "seconds": None, "counts": {}})
         else:
             if state.state == "stale" and not rebuilding:
                 rest = ", ".join(s.name for s in stages[k:])
@@ -141,6 +181,5 @@ def _drive(stages: list[Stage], client: Client | None, out: dict[str, Any], log:
                 rebuilding = True
             elif state.state == "partial":
                 log(f"{stage.name}: interrupted earlier, finishing it")
-            resume = state.state == "partial"
-            _timed(stage.name, lambda stage=stage, resume=resume: stage.work(client, resume), client, out, log)
+            _timed(stage, state.state == "partial", client, out, log, progress)
         fingerprints[stage.name] = fingerprint(stage)

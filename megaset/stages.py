@@ -43,22 +43,27 @@ from megaset.errors import CheckpointError, StoreError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["Stage", "StageState", "chain", "assess", "status", "fingerprint"]
+__all__ = ["Stage", "StageState", "StepProgress", "chain", "assess", "status", "fingerprint"]
 
 #: What a stage's artefact holds: its record and whether it is finished; ``None``: no artefact.
 Found = tuple[dict[str, Any], bool] | None
+
+#: How far a stage is: ``progress(done, total, **info)`` (:mod:`megaset.progress`); ``total`` is
+#: ``None`` while unknown, ``info`` holds training's ``loss``, ``val_loss`` and ``samples_per_s``.
+StepProgress = Callable[..., None]
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage: its upstream stages, the record it would write now given their fingerprints
-    (by name), the record its artefact holds, and the work (``resume``: finish a partial one)."""
+    (by name), the record its artefact holds, and the work (``work(client, resume, progress)``;
+    ``resume``: finish a partial one; ``progress``: a :data:`StepProgress`)."""
 
     name: str
     after: tuple[str, ...]
     expected: Callable[[Mapping[str, str | None]], dict[str, Any]]
     recorded: Callable[[], Found]
-    work: Callable[[Client | None, bool], Any]
+    work: Callable[[Client | None, bool, StepProgress], Any]
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ def _found(record: dict[str, Any] | None, finished: bool) -> Found:
     return None if record is None else (record, finished)
 
 
-def chain(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = False) -> list[Stage]:
+def chain(cfg: Config, *, log: Callable[[str], None] = print) -> list[Stage]:
     """The fingerprinted stages of ``megaset run``, in order: simulate (when no inputs are
     configured), ingest, mix, then train, score and report of ``training.model`` and every study
     run on that report; for jet inputs train and score of every model of ``jets.models`` and
@@ -133,7 +138,7 @@ def chain(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = F
     require_for_url(cfg.store.url)
     require_for_url(cfg.store.staging)
     stages = [_simulate_stage(cfg)] if not cfg.inputs.channels else []
-    stages += [_ingest_stage(cfg, log, progress), _mix_stage(cfg, "ingest")]
+    stages += [_ingest_stage(cfg, log), _mix_stage(cfg, "ingest")]
     if cfg.inputs.kind == "jets":
         models = _jet_models(cfg)
         studies = _jet_studies(cfg)
@@ -166,16 +171,29 @@ def _simulate_stage(cfg: Config) -> Stage:
 
         jc = cfg.jets.simulate
         return Stage("simulate", (), lambda _: simulate_jets_record(jc),
-                     lambda: _found(simulated_jets_record(jc), True), lambda client, resume: simulate_jets(jc))
+                     lambda: _found(simulated_jets_record(jc), True),
+                     lambda client, resume, progress: simulate_jets(jc, progress=_counted(progress)))
     from megaset.pipeline.simulate import simulate, simulate_record, simulated_record
 
     sc, tree, lumi = cfg.simulate, cfg.inputs.tree, cfg.inputs.lumi_ifb
     return Stage("simulate", (), lambda _: simulate_record(sc, tree=tree, lumi_ifb=lumi),
                  lambda: _found(simulated_record(sc), True),
-                 lambda client, resume: simulate(sc, tree=tree, lumi_ifb=lumi))
+                 lambda client, resume, progress: simulate(sc, tree=tree, lumi_ifb=lumi, progress=_counted(progress)))
 
 
-def _ingest_stage(cfg: Config, log: Callable[[str], None], progress: bool) -> Stage:
+def _counted(progress: StepProgress) -> Callable[[int], None]:
+    """The simulation's ``progress(n)`` (n more events) as ``progress(events so far, None)``."""
+    seen = 0
+
+    def add(n: int) -> None:
+        nonlocal seen
+        seen += n
+        progress(seen, None)
+
+    return add
+
+
+def _ingest_stage(cfg: Config, log: Callable[[str], None]) -> Stage:
     from megaset.pipeline.ingest import ingest, ingest_record
 
     def recorded() -> Found:
@@ -187,13 +205,13 @@ def _ingest_stage(cfg: Config, log: Callable[[str], None], progress: bool) -> St
             return None
         return attrs.get("stage") or {}, bool(attrs.get("complete"))
 
-    def work(client: Client | None, resume: bool) -> Any:
+    def work(client: Client | None, resume: bool, progress: StepProgress) -> Any:
         from megaset.storage.staging import remove_staging
 
         if not resume:
             remove_staging(cfg.store.staging)
         with placed(cfg.cluster, "ingest"):
-            return ingest(cfg, client, status=progress, log=log)
+            return ingest(cfg, client, progress=progress, log=log)
 
     # The ingest reads the simulation's record itself: its upstream is what is on disk.
     return Stage("ingest", () if cfg.inputs.channels else ("simulate",), lambda _: ingest_record(cfg),
@@ -212,13 +230,13 @@ def _mix_stage(cfg: Config, after: str) -> Stage:
             return None
         return store.attrs.get("stage") or {}, bool(store.attrs.get("complete"))
 
-    def work(client: Client | None, resume: bool) -> Any:
+    def work(client: Client | None, resume: bool, progress: StepProgress) -> Any:
         from megaset.storage.store import remove_store
 
         if not resume:
             remove_store(cfg.store.url)
         with placed(cfg.cluster, "mix"):
-            return mix(cfg, client)
+            return mix(cfg, client, progress=progress)
 
     return Stage("mix", (after,), lambda up: mix_record(cfg, {"stage": {"fingerprint": up[after]}}), recorded, work)
 
@@ -240,8 +258,14 @@ def train_stage(cfg: Config, name: str, after: str = "mix") -> Stage:
             return {}, False  # a checkpoint of another format: trained afresh
         return ckpt.get("stage") or {}, training_finished(ckpt) and paths["best"].is_file()
 
-    return Stage(name, (after,), lambda up: train_record(cfg, up[after]), recorded,
-                 lambda client, resume: train(cfg, client, resume=resume))
+    def work(client: Client | None, resume: bool, progress: StepProgress) -> Any:
+        def epoch(entry: dict[str, Any]) -> None:
+            progress(entry["epoch"], cfg.training.epochs, loss=entry["loss"], val_loss=entry["val_loss"],
+                     samples_per_s=entry["samples_per_s"])
+
+        return train(cfg, client, resume=resume, progress=epoch)
+
+    return Stage(name, (after,), lambda up: train_record(cfg, up[after]), recorded, work)
 
 
 def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
@@ -265,7 +289,8 @@ def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
         return _found(*scored_record(store, label))
 
     return Stage(name, (after,), expected, recorded,
-                 lambda client, resume: score(cfg, client, model=label, checkpoint=checkpoint, overwrite=not resume))
+                 lambda client, resume, progress: score(cfg, client, model=label, checkpoint=checkpoint,
+                                                        overwrite=not resume, progress=progress))
 
 
 def _report_recorded(cfg: Config) -> Found:
@@ -291,7 +316,7 @@ def _report_stage(cfg: Config) -> Stage:
         return report_record(cfg, {model: up["score"]} if shown else None)
 
     return Stage("report", ("score",), expected, lambda: _report_recorded(cfg),
-                 lambda client, resume: write_report(cfg))
+                 lambda client, resume, progress: write_report(cfg, progress=progress))
 
 
 def _jet_report_stage(cfg: Config, models: list[Stage], studies: list[Stage]) -> Stage:
@@ -306,9 +331,9 @@ def _jet_report_stage(cfg: Config, models: list[Stage], studies: list[Stage]) ->
     def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
         return report_record(cfg, {m: up[f"score {m}"] for m in labels}, studies={s: up[s] for s in shown})
 
-    def work(client: Client | None, resume: bool) -> Any:
-        return write_report(cfg, models=labels,
-                            stage=expected({s.name: fingerprint(s) for s in (*models, *studies)}))
+    def work(client: Client | None, resume: bool, progress: StepProgress) -> Any:
+        return write_report(cfg, models=labels, stage=expected({s.name: fingerprint(s) for s in (*models, *studies)}),
+                            progress=progress)
 
     return Stage("report", (*scores, *shown), expected, lambda: _report_recorded(cfg), work)
 
@@ -323,7 +348,7 @@ def _study_recorded(cfg: Config, key: str, also: Path | None = None) -> Found:
 
 
 def _study_stage(cfg: Config, name: str, params: Mapping[str, Any], recorded: Callable[[], Found],
-                 work: Callable[[Client | None, bool], Any]) -> Stage:
+                 work: Callable[[Client | None, bool, StepProgress], Any]) -> Stage:
     """A study with the arguments ``params``: its upstream is the ingest (the studies that mix
     or ingest anew) or the score of its model (pT altering), in the chain when the chain has it."""
     from megaset.studies.common import score_fingerprint, study_record, study_upstream
@@ -354,8 +379,8 @@ def _event_studies(cfg: Config) -> list[Stage]:
 def _event_study(cfg: Config, key: str, params: Mapping[str, Any]) -> Stage:
     from megaset.studies.common import run_study
 
-    def work(client: Client | None, resume: bool) -> Any:
-        return run_study(cfg, client, params)
+    def work(client: Client | None, resume: bool, progress: StepProgress) -> Any:
+        return run_study(cfg, client, params, progress)
 
     return _study_stage(cfg, f"study {key}", params, lambda: _study_recorded(cfg, key), work)
 
@@ -382,9 +407,9 @@ def _jet_studies(cfg: Config) -> list[Stage]:
                 return None
             return result.get("stage") or {}, True
 
-        def pairs(client: Client | None, resume: bool) -> dict[str, Any]:
+        def pairs(client: Client | None, resume: bool, progress: StepProgress) -> dict[str, Any]:
             result = pairwise(cfg, client, models=jc.pairwise_models, workdir=work / "pairwise",
-                              epochs=jc.pairwise_epochs)
+                              epochs=jc.pairwise_epochs, progress=progress)
             report_dir.mkdir(parents=True, exist_ok=True)
             (report_dir / PAIRWISE_FILE).write_text(json.dumps(result))
             return result
@@ -398,9 +423,9 @@ def _jet_studies(cfg: Config) -> list[Stage]:
                                       workdir=work / "contamination")
         done = report_dir / "contamination.json"
 
-        def contaminate(client: Client | None, resume: bool) -> dict[str, Any]:
+        def contaminate(client: Client | None, resume: bool, progress: StepProgress) -> dict[str, Any]:
             result = contamination(one, client, signal=jc.contamination_signal, fractions=jc.contamination,
-                                   workdir=work / "contamination")
+                                   workdir=work / "contamination", progress=progress)
             done.write_text(json.dumps(result))
             return result
 

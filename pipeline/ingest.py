@@ -28,6 +28,8 @@ from megaset.storage.staging import LAYOUT_VERSION
 if TYPE_CHECKING:
     from distributed import Client
 
+    from megaset.progress import Progress
+
 __all__ = ["ingest", "IngestSummary", "ingest_record"]
 
 
@@ -166,7 +168,7 @@ def _kind(cfg: Config) -> tuple[type, dict[str, Any]]:
                           "rmm": cfg.rmm.model_dump(mode="json")}
 
 
-def _runner(client: Client | None, cfg: Config, files: list[FileInfo], status: bool):
+def _runner(client: Client | None, cfg: Config, files: list[FileInfo], progress: Progress | None):
     import uuid
 
     from coffea import processor
@@ -176,7 +178,7 @@ def _runner(client: Client | None, cfg: Config, files: list[FileInfo], status: b
     from megaset.pipeline.retry import retrying_executor
 
     remote = cfg.inputs.remote
-    executor = retrying_executor(client, remote, skip=cfg.inputs.on_bad_file == "skip", status=status)
+    executor = retrying_executor(client, remote, skip=cfg.inputs.on_bad_file == "skip", progress=progress)
     # The file check already read each tree's entry count and the file's UUID: handed to
     # coffea as its metadata cache, they spare the Runner a pass that opens every file again.
     known = {FileMeta(i.channel, i.path, i.tree): {"numentries": i.entries, "uuid": uuid.UUID(i.uuid).bytes}
@@ -185,7 +187,7 @@ def _runner(client: Client | None, cfg: Config, files: list[FileInfo], status: b
                             metadata_cache=known, xrootdtimeout=remote.timeout)
 
 
-def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
+def ingest(cfg: Config, client: Client | None = None, *, progress: Progress | None = None,
            log: Callable[[str], None] | None = None) -> IngestSummary:
     """Run the ingest of ``cfg`` and return its summary.
 
@@ -195,8 +197,8 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
         The configuration; ``cfg.store.staging`` receives the pieces.
     client
         A Dask client (``megaset.deploy.cluster.open_client``); ``None`` runs in this process.
-    status
-        Show coffea's progress bar.
+    progress
+        Called as ``progress(done, total)`` in chunks of input files, resumed chunks included.
     log
         Called with one-line messages (bad files skipped, chunks resumed).
 
@@ -230,12 +232,12 @@ def ingest(cfg: Config, client: Client | None = None, *, status: bool = False,
     _check_resumable(staging, fingerprint)
     # A staging area on a full, read-only or foreign filesystem: one line, not a traceback.
     with writing(staging, "megaset ingest", what="staging area", key="store.staging_url"):
-        return _stage(cfg, client, channels, infos, good, skipped, fingerprint, log, status,
+        return _stage(cfg, client, channels, infos, good, skipped, fingerprint, log, progress,
                       (t0, t_inspect))
 
 
 def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], good: list[FileInfo],
-           skipped: list[dict[str, str]], fingerprint: str, log: Callable[[str], None], status: bool,
+           skipped: list[dict[str, str]], fingerprint: str, log: Callable[[str], None], progress: Progress | None,
            times: tuple[float, float]) -> IngestSummary:
     """The ingest once its files are checked: every chunk staged, then the summary."""
     from megaset.storage.staging import finish_staging, init_staging
@@ -268,7 +270,7 @@ def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], 
         skip_bad=cfg.inputs.on_bad_file == "skip",
         uproot_options=options,
     )
-    out = _runner(client, cfg, good, status)(
+    out = _runner(client, cfg, good, progress)(
         fileset, proc, treename=None, iteritems_options={"filter_name": cfg.input_schema.branches()},
         # The tree coffea reads for a chunk is the one the processor reads the chunk from.
         uproot_options={**options, "object_cache": OPEN_TREES},

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from megaset.config import RemoteConfig
+    from megaset.progress import Progress
 
 __all__ = ["Failure", "classify", "damaged", "with_retries", "RetryingWork", "retrying_executor"]
 
@@ -246,14 +247,25 @@ class RetryingWork:
 
     With ``skip``, a chunk whose file cannot be reached is reported in the output under
     ``"skipped"`` (as the processor reports an unreadable one) instead of failing the run.
+    With ``topic``, a chunk done on a Dask worker logs an event of that topic, which the
+    executor counts for its ``progress``.
     """
 
-    def __init__(self, function: Callable[[Any], Any], remote: RemoteConfig, skip: bool):
+    def __init__(self, function: Callable[[Any], Any], remote: RemoteConfig, skip: bool, topic: str | None = None):
         self.function = function
         self.remote = remote
         self.skip = skip
+        self.topic = topic
 
     def __call__(self, item: Any) -> Any:
+        out = self._run(item)
+        if self.topic is not None:
+            from distributed import get_worker
+
+            get_worker().log_event(self.topic, 1)
+        return out
+
+    def _run(self, item: Any) -> Any:
         chunk = item[0] if isinstance(item, tuple) else item  # the Dask executor adds the processor
         try:
             return with_retries(lambda: self.function(item), chunk.filename, self.remote)
@@ -279,13 +291,48 @@ class RetryingWork:
 
 @dataclass
 class _Retrying:
-    """Executor mixin: every chunk runs as a :class:`RetryingWork`."""
+    """Executor mixin: every chunk runs as a :class:`RetryingWork`, counted for ``progress``
+    (``progress(chunks done, chunks)``) as it finishes."""
 
     remote: Any = None
     skip: bool = False
+    progress: Progress | None = None
 
     def __call__(self, items, function, accumulator):
-        return super().__call__(items, RetryingWork(function, self.remote, self.skip), accumulator)
+        if self.progress is None:
+            return super().__call__(items, RetryingWork(function, self.remote, self.skip), accumulator)
+        import threading
+        import uuid
+
+        items = list(items)
+        total, done, lock = len(items), 0, threading.Lock()
+        report = self.progress
+
+        def tick(_event: Any = None) -> None:
+            nonlocal done
+            with lock:
+                if done < total:
+                    done += 1
+                    report(done, total)
+
+        report(0, total)
+        client = getattr(self, "client", None)
+        if client is None:
+            work = RetryingWork(function, self.remote, self.skip)
+            out = super().__call__(items, lambda item: (work(item), tick())[0], accumulator)
+        else:
+            # The workers log an event per chunk; the client calls tick for each as it arrives.
+            topic = f"megaset-ingest-{uuid.uuid4().hex}"
+            client.subscribe_topic(topic, tick)
+            try:
+                out = super().__call__(items, RetryingWork(function, self.remote, self.skip, topic), accumulator)
+            finally:
+                client.unsubscribe_topic(topic)
+        with lock:  # an event still on its way when the last result came
+            if done < total:
+                done = total
+                report(total, total)
+        return out
 
 
 @dataclass
@@ -298,12 +345,13 @@ class _RetryingDask(_Retrying, processor.DaskExecutor):
     pass
 
 
-def retrying_executor(client: Client | None, remote: RemoteConfig, skip: bool, status: bool = False):
+def retrying_executor(client: Client | None, remote: RemoteConfig, skip: bool, progress: Progress | None = None):
     """The coffea executor of the ingest: on the cluster of ``client``, else in this process.
 
     Its chunks run as :class:`RetryingWork`; the executor's own retries, which rerun any
-    failure at once, are off (a worker that dies is still the scheduler's to retry).
+    failure at once, are off (a worker that dies is still the scheduler's to retry). It draws
+    no bar of its own: ``progress(chunks done, chunks)`` is called as chunks finish.
     """
     if client is None:
-        return _RetryingIterative(remote=remote, skip=skip, status=status, retries=0)
-    return _RetryingDask(remote=remote, skip=skip, client=client, status=status, retries=0)
+        return _RetryingIterative(remote=remote, skip=skip, progress=progress, status=False, retries=0)
+    return _RetryingDask(remote=remote, skip=skip, client=client, progress=progress, status=False, retries=0)

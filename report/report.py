@@ -45,6 +45,7 @@ import yaml
 
 from megaset.config import Config, ReportConfig
 from megaset.errors import StoreError, StoreKeyError
+from megaset.progress import Progress, steps
 from megaset.report import metrics, plots
 from megaset.report.anomaly import anomaly_table
 from megaset.report.markdown import finite, skipped_files, studies, write_markdown
@@ -233,7 +234,7 @@ def _write_config(cfg: Config, out: Path) -> dict[str, str]:
 
 
 def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None,
-           training: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+           training: Mapping[str, Mapping[str, Any]] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Write the report of the scored store ``cfg.store.url`` into ``out_dir``.
 
     Parameters
@@ -249,6 +250,9 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     training
         Per model, the summary of its training (``epochs, best_epoch, best_val_loss,
         stopped_early, loss_curve, history``), shown in the training section.
+    progress
+        Called as ``progress(done, total)`` in steps: the samples read, each model's section,
+        the summary figures and tables (jet stores: the samples read, the jet report).
 
     Returns
     -------
@@ -287,8 +291,10 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
             f"{', '.join(available) or 'none'} (run `megaset score` for the others, or set report.models)"
         )
         raise StoreKeyError(msg)
+    step = steps(progress, 2 if store.kind == "jets" else len(wanted) + 2)
     mass = mass_variable(store)
     samples = load_samples(store, wanted, mass)
+    step()
     out = Path(out_dir if out_dir is not None else rc.output)
     out.mkdir(parents=True, exist_ok=True)
     if store.kind == "jets":
@@ -296,6 +302,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
 
         result = jet_report(cfg, store, samples, wanted, out)
         Path(result["json"]).write_text(json.dumps(finite(result), indent=1, allow_nan=False))
+        step()
         return result
     style = Style.from_config(cfg, store.channels)
     background = [s for s in samples if s.kind == "background"]
@@ -323,6 +330,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
             rocs.setdefault(name, {})[model] = curve
         result["sections"][model] = section
         error_panels.append(panel)
+        step()
     result["plots"]["errors"] = str(plots.stacked_panels(out / "errors.png", error_panels, style=style))
     if rocs:
         result["plots"]["roc"] = str(plots.roc_curves(out / "roc.png", rocs, style=style))
@@ -330,4 +338,5 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     result["json"] = str(out / "report.json")
     result["markdown"] = str(write_markdown(out / "report.md", result))
     Path(result["json"]).write_text(json.dumps(finite(result), indent=1, allow_nan=False))
+    step()
     return result

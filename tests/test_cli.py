@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import traceback
@@ -250,7 +251,7 @@ def test_simulate_ingest_mix_verify(tmp_path):
         "simulate": {"output": str(tmp_path / "ntuples"), "events": 4000, "signal_events": 300,
                      "events_per_file": 2000, "channels": ["zeejets", "ttbar", "c1n2_wz_450_300"]},
         "store": {"url": str(tmp_path / "store.zarr")},
-        "cluster": {"workers": 1},
+        "cluster": {"workers": 1, "dashboard": True},
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -266,11 +267,12 @@ def test_simulate_ingest_mix_verify(tmp_path):
         assert channel in result.stderr
     assert "events read from" in result.stderr and "selected" in result.stderr
     assert "connected to tcp://" in result.stderr
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/status$", result.stderr, re.MULTILINE), result.stderr
     assert (tmp_path / "store.staging.zarr" / "zarr.json").exists()
 
     result = megaset("-q", "mix", "-c", str(path))  # the results, without the progress messages
     assert result.returncode == 0, result.stderr
-    assert "connected to" not in result.stderr and "MB written" in result.stderr
+    assert "connected to" not in result.stderr and "dashboard" not in result.stderr and "MB written" in result.stderr
     for group in ("train", "val", "test", "signal/c1n2_wz_450_300"):
         assert group in result.stderr
     result = megaset("verify", str(tmp_path / "store.zarr"))
@@ -308,3 +310,33 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     tail = output[output.index("finished"):]
     assert "(Farinaetal.TableI)" in tail and all(column in tail for column in ("AUC", "E10", "E100"))
     assert "c1n2_wz_800_50" in tail and "ae-shallow" in tail and "±" in tail
+    # The closing table: what each stage did, how long it took, what it made.
+    rows = _table_rows(result.output, "stages")
+    assert list(rows) == ["simulate", "ingest", "mix", "train", "score", "report"]
+    assert {row[0] for row in rows.values()} == {"done"} and all(row[1].endswith(" s") for row in rows.values())
+    assert rows["simulate"][2] == "3 files" and rows["train"][2] == "1 epoch"
+    assert rows["report"][2] == "1 model, 1 signal"
+    mixed = int(rows["mix"][2].split(" events")[0].replace(",", ""))
+    assert rows["mix"][2].endswith(" chunks") and rows["score"][2].startswith(f"{mixed:,} events, ")
+    assert "connected to" in result.output and "dashboard" not in result.output  # a scheduler without one
+
+    again = CliRunner().invoke(app, ["-q", "run", "-c", str(path)])
+    assert again.exit_code == 0, again.output
+    assert "stages" not in again.output and "connected to" not in again.output and "finished" in again.output
+    assert "(Farina et al. Table I)" in again.output
+    rows = _table_rows(CliRunner().invoke(app, ["run", "-c", str(path)]).output, "stages")
+    assert {name: row[0] for name, row in rows.items()} == dict.fromkeys(rows, "skipped")
+    assert set(rows) == {"simulate", "ingest", "mix", "train", "score", "report"}
+
+
+def _table_rows(output: str, title: str) -> dict[str, list[str]]:
+    """The rows of the table printed under ``title``, by their first cell."""
+    lines = output.splitlines()
+    start = lines.index(title)
+    rows = {}
+    for line in lines[start + 4:]:  # the title, the top rule, the header, the rule under it
+        if not line.startswith("│"):
+            break
+        cells = [cell.strip() for cell in line.strip("│").split("│")]
+        rows[cells[0]] = cells[1:]
+    return rows

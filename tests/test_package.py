@@ -50,7 +50,9 @@ PUBLIC_API = {
     "megaset.config_dump": ["defaults_yaml", "json_schema", "resolved_yaml"],
     "megaset.config_overrides": ["apply_overrides", "parse_override"],
     "megaset.redaction": ["REDACTED", "redact"],
-    "megaset.deploy.cluster": ["ClusterSize", "add_pools", "cluster_size", "describe", "open_client", "release_memory"],
+    "megaset.deploy.cluster": [
+        "ClusterSize", "add_pools", "cluster_size", "dashboard_link", "describe", "open_client", "release_memory",
+    ],
     "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
     "megaset.deploy.kube": ["kube_cluster_spec", "kube_worker_groups", "quantity", "start_kube_cluster"],
     "megaset.deploy.pools": [
@@ -120,9 +122,10 @@ PUBLIC_API = {
     "megaset.report.style": ["DATA_COLOUR", "EVENTS_PER_BIN", "PALETTE", "Style", "process_colours"],
     "megaset.extras": ["EXTRAS", "missing_extra", "require", "require_for_url"],
     "megaset.provenance": ["IGNORED", "SECTIONS", "changes", "fingerprint_of", "make_record", "record", "stage_config"],
-    "megaset.stages": ["Stage", "StageState", "assess", "chain", "fingerprint", "status"],
+    "megaset.stages": ["Stage", "StageState", "StepProgress", "assess", "chain", "fingerprint", "status"],
+    "megaset.progress": ["Progress", "StageProgress", "steps"],
     "megaset.reporting": ["REPORT_JSON", "report_record", "training_records", "write_report"],
-    "megaset.run": ["STAGES", "outputs_locked", "run", "written"],
+    "megaset.run": ["STAGES", "outputs_locked", "run", "stage_counts", "written"],
     "megaset.storage.backend": [
         "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "is_local", "open_group", "reach",
         "remove_tree", "stored_bytes", "writing",

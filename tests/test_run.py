@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from progress_calls import Calls
 
 from megaset.config import Config
 from megaset.run import STAGES, run
@@ -22,18 +23,39 @@ def test_run_chains_every_stage_then_resumes_without_redoing_work(tmp_path, clus
         "report": {"output": str(tmp_path / "report")},
     })
     lines: list[str] = []
-    first = run(cfg, cluster_client, log=lines.append)
+    seen: dict[str, list] = {}
+
+    def progress(stage, done, total, info):
+        seen.setdefault(stage, []).append((done, total, dict(info)))
+
+    first = run(cfg, cluster_client, log=lines.append, progress=progress)
     assert set(first["seconds"]) == {"simulate", "ingest", "mix", "train", "score", "report"}
     store = open_store(cfg.store.url)
     test = store.group("test")
     assert "score/ae-shallow" in test.columns()
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {row["signal"] for row in summary["auc_table"]} == {"c1n2_wz_800_50"}
+    # Every stage's progress, in its own unit, from its start to its total.
+    assert list(seen) == list(STAGES) and all(calls[0] == (0, None, {}) for calls in seen.values())
+    simulated = [done for done, _, _ in seen["simulate"]]
+    assert simulated == sorted(simulated) and simulated[-1] > 60_000
+    for stage in ("ingest", "mix", "score", "report"):
+        calls = Calls((done, total) for done, total, _ in seen[stage][1:])
+        assert calls.counted(calls[0][1]), (stage, calls)
+    assert [(done, total) for done, total, _ in seen["train"][1:]] == [(1, 2), (2, 2)]
+    assert all(set(info) == {"loss", "val_loss", "samples_per_s"} for _, _, info in seen["train"][1:])
+    events = sum(store.group(g).n_events for g in store.group_names())
+    assert [(s["name"], s["state"]) for s in first["stages"]] == [(name, "done") for name in STAGES]
+    made = {s["name"]: s["counts"] for s in first["stages"]}
+    assert made["mix"] == {"events": events, "chunks": seen["mix"][-1][0]} and made["train"] == {"epochs": 2}
+    assert made["score"]["events"] == events and made["report"] == {"models": 1, "signals": 1}
 
     lines.clear()
-    second = run(cfg, cluster_client, log=lines.append)
+    seen.clear()
+    second = run(cfg, cluster_client, log=lines.append, progress=progress)
     assert lines == [f"{name}: current, skipped" for name in STAGES]
-    assert second["seconds"] == {} and first["train"]["epochs"] == 2
+    assert second["seconds"] == {} and first["train"]["epochs"] == 2 and seen == {}
+    assert [(s["state"], s["seconds"], s["counts"]) for s in second["stages"]] == [("skipped", None, {})] * 6
 
 
 @pytest.mark.slow

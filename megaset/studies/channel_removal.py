@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from megaset.config import Config
 from megaset.errors import ConfigError
+from megaset.progress import Progress, steps
 from megaset.studies.common import anomaly_row, auc_cell, train_and_score
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ __all__ = ["channel_removal"]
 
 
 def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir: str | Path,
-                    report: bool = True) -> dict[str, Any]:
+                    report: bool = True, progress: Progress | None = None) -> dict[str, Any]:
     """Train without the background ``channel`` and score it as a signal.
 
     Parameters
@@ -36,6 +37,8 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
         Receives ``staging.zarr``, ``store.zarr``, ``models/`` and, with ``report``, ``report/``.
     report
         Also write the full report of the derived store.
+    progress
+        Called as ``progress(done, total)`` in steps: ingest, mix, train, score and the report.
 
     The result is added to the report in ``report.output``, with a link to the derived report.
 
@@ -75,13 +78,16 @@ def channel_removal(cfg: Config, client: Client | None, channel: str, *, workdir
     # Built anew: a staging area or store left by an earlier run was made under other settings.
     remove_staging(derived.store.staging)
     remove_store(derived.store.url)
+    step = steps(progress, 5 if report else 4)
     ingest(derived, client)
-    train_and_score(derived, client)
+    step()
+    train_and_score(derived, client, step)
     out = {"channel": channel, "model": cfg.training.model, "store": derived.store.url,
            **{k: v for k, v in anomaly_row(derived, channel).items() if k in ("auc", "auc_error", "e10", "e100")}}
     links = {}
     if report:
         out["report"] = write_report(derived, out_dir=work / "report")
+        step()
         links = {f"report of the store without {channel} in training": out["report"]["markdown"]}
     add_study(cfg.report.output, f"channel-removal-{channel}",
               title=f"Channel removal: {channel} left out of training ({cfg.training.model})",

@@ -9,7 +9,7 @@ of its model (``score``) for the pT-altering test."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from megaset.config import Config
@@ -17,6 +17,7 @@ from megaset.config import Config
 if TYPE_CHECKING:
     from distributed import Client
 
+    from megaset.progress import Progress
     from megaset.report.style import Style
 
 __all__ = ["train_and_score", "anomaly_row", "style", "auc_cell", "study_record", "study_upstream", "score_fingerprint",
@@ -26,15 +27,19 @@ __all__ = ["train_and_score", "anomaly_row", "style", "auc_cell", "study_record"
 UPSTREAM = {"channel-removal": "ingest", "contamination": "ingest", "pairwise": "ingest", "pt-altering": "score"}
 
 
-def train_and_score(cfg: Config, client: Client | None) -> dict[str, Any]:
-    """Mix ``cfg``'s staging area into its store, train ``training.model`` and score the store."""
+def train_and_score(cfg: Config, client: Client | None, step: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Mix ``cfg``'s staging area into its store, train ``training.model`` and score the store;
+    ``step()`` after each of the three."""
     from megaset.storage.mix import mix
     from megaset.training.score import score
     from megaset.training.trainer import train
 
     mixed = mix(cfg, client)
+    step()
     trained = train(cfg, client)
+    step()
     scored = score(cfg, client)
+    step()
     return {"mix": mixed, "train": trained, "score": scored}
 
 
@@ -97,21 +102,25 @@ def score_fingerprint(cfg: Config, model: str) -> str | None:
     return (scored_record(store, model)[0] or {}).get("fingerprint")
 
 
-def run_study(cfg: Config, client: Client | None, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the study ``params`` records (as :func:`study_record` holds them) again on ``cfg``."""
+def run_study(cfg: Config, client: Client | None, params: Mapping[str, Any],
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Run the study ``params`` records (as :func:`study_record` holds them) again on ``cfg``,
+    telling ``progress`` its steps."""
     kind = params["kind"]
     if kind == "pt-altering":
         from megaset.studies.pt_altering import pt_altering
 
-        return pt_altering(cfg, model=params["model"], checkpoint=params["checkpoint"], out_dir=params["out_dir"])
+        return pt_altering(cfg, model=params["model"], checkpoint=params["checkpoint"], out_dir=params["out_dir"],
+                           progress=progress)
     if kind == "channel-removal":
         from megaset.studies.channel_removal import channel_removal
 
-        return channel_removal(cfg, client, params["channel"], workdir=params["workdir"], report=params["report"])
+        return channel_removal(cfg, client, params["channel"], workdir=params["workdir"], report=params["report"],
+                               progress=progress)
     if kind == "contamination":
         from megaset.studies.contamination import contamination
 
         return contamination(cfg, client, signal=params["signal"], fractions=params["fractions"],
-                             workdir=params["workdir"])
+                             workdir=params["workdir"], progress=progress)
     msg = f"a study of kind {kind!r} is run by the chain of jet inputs, not on its own"
     raise ValueError(msg)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from megaset.config import Config
+from megaset.progress import Progress, steps
 from megaset.studies.common import anomaly_row, auc_cell, style, train_and_score
 
 if TYPE_CHECKING:
@@ -29,14 +30,15 @@ def contamination_params(*, signal: str, fractions: Sequence[float], workdir: st
 
 
 def contamination(cfg: Config, client: Client | None, *, signal: str, fractions: Sequence[float],
-                  workdir: str | Path) -> dict[str, Any]:
+                  workdir: str | Path, progress: Progress | None = None) -> dict[str, Any]:
     """AUC, E10 and E100 of ``signal`` against the test background as a function of the
     fraction of it injected into train.
 
     The staging area of ``cfg`` (``megaset ingest``) is mixed once per fraction into
     ``<workdir>/f<fraction>/store.zarr``; fraction 0 is the uncontaminated store.
 
-    The table and the plot are added to the report in ``report.output``.
+    The table and the plot are added to the report in ``report.output``. ``progress`` is called
+    as ``progress(done, total)`` in steps: the mix, training and scoring of each fraction.
 
     Returns
     -------
@@ -62,6 +64,7 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
                           {"ingest": (staged.get("stage") or {}).get("fingerprint")})
     work = Path(workdir)
     rows = []
+    step = steps(progress, 3 * len(fractions))
     for fraction in fractions:
         base = work / f"f{fraction:g}"
         derived = cfg.replace(
@@ -70,7 +73,7 @@ def contamination(cfg: Config, client: Client | None, *, signal: str, fractions:
             training={"output": str(base / "models")},
         )
         remove_store(derived.store.url)  # mixed anew: an earlier one may come from another staging area
-        mixed = train_and_score(derived, client)["mix"]
+        mixed = train_and_score(derived, client, step)["mix"]
         injected = mixed["groups"]["train"]["channels"].get(signal, 0)
         row = anomaly_row(derived, signal)
         rows.append({"fraction": fraction, "auc": row["auc"], "auc_error": row["auc_error"], "e10": row["e10"],

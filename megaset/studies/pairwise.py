@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from megaset.config import Config
+from megaset.progress import Progress, steps
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -38,8 +39,9 @@ def _scores(group: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pairwise(cfg: Config, client: Client | None, *, models: Sequence[str], workdir: str | Path,
-             epochs: int | None = None) -> dict[str, Any]:
-    """The train-on-each-sample AUC matrix of every model in ``models``.
+             epochs: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """The train-on-each-sample AUC matrix of every model in ``models``; ``progress(done, total)``
+    in steps: per sample trained on, its mix, then each model's training and scoring.
 
     Returns
     -------
@@ -62,6 +64,7 @@ def pairwise(cfg: Config, client: Client | None, *, models: Sequence[str], workd
     work = Path(workdir)
     matrices = {m: np.full((len(names), len(names)), 0.5) for m in models}
     stores = {}
+    step = steps(progress, len(names) * (1 + 2 * len(models)))
     for j, trained_on in enumerate(names):
         base = work / trained_on
         derived = cfg.replace(
@@ -71,10 +74,13 @@ def pairwise(cfg: Config, client: Client | None, *, models: Sequence[str], workd
         )
         remove_store(derived.store.url)  # mixed anew: an earlier one may come from another staging area
         mix(derived, client)
+        step()
         for model in models:
             one = derived.replace(training={"model": model})
             train(one, client)
+            step()
             score(one, client)
+            step()
         store = open_store(derived.store.url)
         stores[trained_on] = derived.store.url
         for model in models:

@@ -17,7 +17,7 @@ and E100 of "altered" against "original" for every k, and the error distribution
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 from megaset.config import Config
 from megaset.errors import StoreError
 from megaset.pipeline.objects import Jagged
+from megaset.progress import Progress, steps
 
 __all__ = ["pt_altering", "altered_rmms", "scale_leading"]
 
@@ -85,9 +86,10 @@ def _read_file(info: Mapping[str, Any], entries: np.ndarray, built: Config):
 
 
 def altered_rmms(built: Config, inputs: Mapping[int, Mapping[str, Any]], event_id: np.ndarray,
-                 factors: Sequence[float]) -> dict[float, np.ndarray]:
+                 factors: Sequence[float], step: Callable[[], None] = lambda: None) -> dict[float, np.ndarray]:
     """The RMMs of the events ``event_id [N, 4]`` with the leading electron and muon pT times
-    each factor (1.0 included: the unaltered rebuild), in the order of ``event_id``."""
+    each factor (1.0 included: the unaltered rebuild), in the order of ``event_id``; ``step()``
+    after each input file read."""
     from megaset.pipeline.rmm import build_rmm, rmm_inputs
 
     n_features = built.rmm.size ** 2
@@ -104,6 +106,7 @@ def altered_rmms(built: Config, inputs: Mapping[int, Mapping[str, Any]], event_i
         for k in out:
             altered = {**objects, **{s: scale_leading(objects[s], k) for s in ALTERED if s in objects and k != 1.0}}
             out[k][rows] = build_rmm(rmm_inputs(altered, built.rmm), met, met_phi, built.rmm)
+        step()
     return out
 
 
@@ -121,7 +124,7 @@ def _read_group(group, limit: int) -> dict[str, np.ndarray]:
 
 
 def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path | None = None,
-                out_dir: str | Path | None = None) -> dict[str, Any]:
+                out_dir: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Run the pT-altering test of ``model`` on the store ``cfg.store.url``.
 
     Parameters
@@ -135,6 +138,9 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
         Where ``pt_altering_<model>.png`` and ``pt_altering_auc_<model>.png`` (and their PDFs)
         go; default ``report.output``. The table and the figures are added to the report in
         ``report.output``.
+    progress
+        Called as ``progress(done, total)`` in steps: each input file read again, the scoring of
+        each factor (and of the original events), the figures.
 
     Returns
     -------
@@ -166,7 +172,8 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
     record = study_record(cfg, params, {"score": score_fingerprint(cfg, label)})
     store = open_store(cfg.store.url)
     values = _read_group(store.group(rc.pt_group), rc.pt_events)
-    rmms = altered_rmms(_store_config(store.attrs), _inputs(store.attrs), values["event_id"], rc.pt_factors)
+    step = steps(progress, len(np.unique(values["event_id"][:, 2])) + len({1.0, *rc.pt_factors}) + 1)
+    rmms = altered_rmms(_store_config(store.attrs), _inputs(store.attrs), values["event_id"], rc.pt_factors, step)
     if not np.array_equal(rmms[1.0], values["rmm"]):
         bad = int(np.count_nonzero(np.any(rmms[1.0] != values["rmm"], axis=1)))
         msg = (
@@ -175,7 +182,10 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
         )
         raise StoreError(msg)
     net, scaling, _ = load_model(Path(checkpoint) if checkpoint else checkpoint_path(cfg, label))
-    errors = {k: reconstruction_errors(net, scaling(x))["total"].astype(np.float64) for k, x in rmms.items()}
+    errors = {}
+    for k, x in rmms.items():
+        errors[k] = reconstruction_errors(net, scaling(x))["total"].astype(np.float64)
+        step()
     weight = values["weight"].astype(np.float64)
     rows = []
     for k in rc.pt_factors:
@@ -210,6 +220,7 @@ def pt_altering(cfg: Config, *, model: str | None = None, checkpoint: str | Path
               header=["factor k", "AUC", "E10", "E100", "mean error"],
               rows=[[r["factor"], auc_cell(r), r["e10"], r["e100"], r["mean_error"]] for r in rows],
               plots=list(files.values()), stage=record)
+    step()
     return {"model": label, "group": rc.pt_group, "events": len(weight), "rows": rows,
             "original_mean_error": float(np.average(errors[1.0], weights=np.abs(weight))),
             "plots": {k: str(v) for k, v in files.items()}}

@@ -17,7 +17,7 @@ import pytest
 from dask.utils import parse_bytes
 
 from megaset.config import ClusterConfig, Config, load_config
-from megaset.deploy.cluster import ClusterSize, cluster_size, describe, open_client, release_memory
+from megaset.deploy.cluster import ClusterSize, cluster_size, dashboard_link, describe, open_client, release_memory
 from megaset.deploy.condor import SCHEDULER_PLACEHOLDER, htcondor_job_script, start_htcondor_cluster
 from megaset.deploy.kube import kube_cluster_spec, quantity
 from megaset.errors import ConfigError
@@ -269,6 +269,9 @@ def test_local_cluster_listens_on_loopback_alone(dashboard):
         sockets = _listening([os.getpid(), *children]) - before
         workers = set(client.run(os.getpid).values())
         http = client.scheduler_info()["services"]["dashboard"]
+        link = dashboard_link(client)
+    # The dashboard's address as megaset prints it, none where its port serves only health and metrics.
+    assert link == (f"http://127.0.0.1:{http}/status" if dashboard else None)
     # The scheduler's comm and HTTP server and the nannies here, each worker in its own process.
     assert {pid for pid, _, _ in sockets} >= {os.getpid(), *workers}
     assert any(port == http for pid, _, port in sockets if pid == os.getpid())
@@ -561,8 +564,8 @@ def test_pools_place_ingest_and_mix_on_cpu_workers_and_ranks_on_gpu_workers(tmp_
             cpu = {a for a, r in declared.items() if r.get("CPU")}
             gpu = {a for a, r in declared.items() if r.get("GPU")}
             with get_task_stream(client) as stream:
-                stages["ingest"].work(client, False)
-                stages["mix"].work(client, False)
+                stages["ingest"].work(client, False, lambda *a, **k: None)
+                stages["mix"].work(client, False, lambda *a, **k: None)
             ranks, on_gpus = _rank_workers(client, None, 30)
             device = scoring_device("auto", client)
     ran = {task["worker"] for task in stream.data}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import uproot
 import yaml
+from progress_calls import Calls
 
 from megaset.config import Config
 from megaset.errors import InputFileError, NonFiniteInputError, StoreError
@@ -63,12 +64,13 @@ def staged(url: str) -> dict[str, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def reference(sample, tmp_path_factory):
     cfg = make_config(sample, tmp_path_factory.mktemp("ref"))
-    summary = ingest(cfg)
-    return cfg, summary, staged(cfg.store.staging)
+    calls = Calls()
+    summary = ingest(cfg, progress=calls)
+    return cfg, summary, staged(cfg.store.staging), calls
 
 
 def test_single_process_ingest_records_everything(reference):
-    cfg, summary, data = reference
+    cfg, summary, data, calls = reference
     attrs = staging_attrs(cfg.store.staging)
     assert attrs["feature_names"] == feature_names(cfg.rmm)
     assert [c["name"] for c in attrs["channels"]] == list(CHANNELS)
@@ -87,11 +89,12 @@ def test_single_process_ingest_records_everything(reference):
         assert data[channel]["rmm"].shape == (len(ids), 529)
         assert np.isfinite(data[channel]["rmm"]).all()
     assert summary.channels["zmmjets"]["n_selected"] > 0.3 * 3000
+    assert calls.counted(4 * len(CHANNELS)) and len(calls) == 4 * len(CHANNELS) + 1  # 0, then every chunk
 
 
 def test_staged_rows_match_a_direct_recomputation(reference, sample):
     """Event ids point back to the input entries: recompute one event's MET and m_ll by hand."""
-    cfg, _, data = reference
+    cfg, _, data, _ = reference
     zmm = data["zmmjets"]
     file_index, entry = zmm["event_id"][0, 2], zmm["event_id"][0, 3]
     attrs = staging_attrs(cfg.store.staging)
@@ -109,7 +112,7 @@ def test_staged_rmm_equals_the_dense_rmm_of_the_same_events(reference, sample):
     from megaset.pipeline.schema import read_events
     from megaset.pipeline.selection import select
 
-    cfg, _, data = reference
+    cfg, _, data, _ = reference
     path = str(sample / "ttbar" / "ttbar_1.root")
     index = next(f["index"] for f in staging_attrs(cfg.store.staging)["files"] if f["path"] == path)
     mine = np.flatnonzero(data["ttbar"]["event_id"][:, 2] == index)
@@ -124,9 +127,12 @@ def test_staged_rmm_equals_the_dense_rmm_of_the_same_events(reference, sample):
 
 @pytest.mark.slow
 def test_two_worker_processes_equal_single_process(reference, sample, tmp_path, cluster_client):
-    _, _, expected = reference
+    _, _, expected, _ = reference
     cfg = make_config(sample, tmp_path)
-    ingest(cfg, cluster_client)
+    calls = Calls()
+    ingest(cfg, cluster_client, progress=calls)
+    # Counted as the workers finish chunks, through the events they log.
+    assert calls.counted(4 * len(CHANNELS)) and len(calls) > 2
     got = staged(cfg.store.staging)
     assert got.keys() == expected.keys()
     for channel in expected:
@@ -141,7 +147,7 @@ def test_worker_killed_while_writing_a_piece_leaves_every_event_once(reference, 
     from distributed import Client, LocalCluster
     from faults import worker_killed_at
 
-    _, clean, expected = reference
+    _, clean, expected, _ = reference
     cfg = make_config(sample, tmp_path)
 
     def completing_a_ttbar_piece(path, value) -> bool:
@@ -169,7 +175,7 @@ def test_worker_killed_while_writing_a_piece_leaves_every_event_once(reference, 
 
 @pytest.mark.slow
 def test_interrupted_ingest_rerun_holds_every_event_once(reference, sample, tmp_path):
-    _, _, expected = reference
+    _, _, expected, _ = reference
     cfg = make_config(sample, tmp_path)
     cfg = cfg.replace(inputs={"chunksize": 300}, cluster={"workers": 1})
     config_file = tmp_path / "cfg.yaml"
@@ -204,7 +210,7 @@ def test_interrupted_ingest_rerun_holds_every_event_once(reference, sample, tmp_
 
 
 def test_rerun_with_other_settings_refuses_to_reuse_staging(reference):
-    cfg, _, _ = reference
+    cfg, _, _, _ = reference
     with pytest.raises(StoreError, match=r"was written from other inputs or settings.*delete it"):
         ingest(cfg.replace(selection={"mll_min": 80.0}))
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from progress_calls import Calls
 
 from megaset.errors import StoreError, StoreKeyError
 from megaset.report.report import report
@@ -16,12 +17,16 @@ PLOTS = ("errors.png", "roc.png", "regions_ae-shallow.png", "significance_ae-sha
          "decorrelation_ae-shallow.png", "separation_ae-shallow.png")
 
 
+#: The progress the report of ``written`` told.
+WRITTEN_PROGRESS = Calls()
+
+
 @pytest.fixture(scope="module")
 def written(scored, tmp_path_factory):
     from megaset.reporting import write_report
 
     out = tmp_path_factory.mktemp("written")
-    return write_report(scored, out_dir=out), out
+    return write_report(scored, out_dir=out, progress=WRITTEN_PROGRESS), out
 
 
 def _test_group(cfg) -> dict[str, np.ndarray]:
@@ -45,6 +50,7 @@ def _signal(cfg, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_report_writes_every_plot_and_the_summaries(written):
     _, out = written
+    assert WRITTEN_PROGRESS.counted(3)  # the samples, the one model's section, the summary figures and tables
     for name in (*PLOTS, "report.md", "report.json"):
         assert (out / name).stat().st_size > 1000 or name == "report.md", name
     for name in PLOTS:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import uproot
 import vector
+from progress_calls import Calls
 
 from megaset.errors import StoreError
 from megaset.pipeline.schema import read_events
@@ -90,10 +91,14 @@ def test_scale_leading_touches_only_the_leading_object():
 
 
 def test_pt_altering_end_to_end(scored, tmp_path):
-    result = pt_altering(scored, out_dir=tmp_path)
+    calls = Calls()
+    result = pt_altering(scored, out_dir=tmp_path, progress=calls)
     assert [r["factor"] for r in result["rows"]] == [1.5, 3.0, 5.0, 7.0, 10.0]
     val = open_store(scored.store.url).group("val")
     n = min(scored.report.pt_events, val.n_events)
+    # Each input file of the events read again, the original and five factors scored, the figures.
+    ids = np.concatenate([v["event_id"] for _, v in val.iter_chunks(("event_id",))])[:n]
+    assert calls.counted(len(np.unique(ids[:, 2])) + 6 + 1)
     assert result["events"] == n and result["group"] == "val"
     # The unaltered events score as the scoring stage stored them.
     parts = [v for _, v in val.iter_chunks(("score/ae-shallow", "weight"))]

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from progress_calls import Calls
 
 from megaset.errors import ConfigError
 from megaset.report.style import process_colours
@@ -14,7 +15,10 @@ from megaset.studies.contamination import contamination
 
 @pytest.mark.slow
 def test_contamination_injects_the_signal_into_train(scored, tmp_path):
-    result = contamination(scored, None, signal="c1n2_wz_450_300", fractions=[0.0, 0.05], workdir=tmp_path)
+    calls = Calls()
+    result = contamination(scored, None, signal="c1n2_wz_450_300", fractions=[0.0, 0.05], workdir=tmp_path,
+                           progress=calls)
+    assert calls.counted(6)  # mix, train and score per fraction
     clean, dirty = result["rows"]
     assert (clean["fraction"], dirty["fraction"]) == (0.0, 0.05)
     train = open_store(str(tmp_path / "f0.05" / "store.zarr")).group("train")
@@ -33,7 +37,9 @@ def test_contamination_injects_the_signal_into_train(scored, tmp_path):
 
 @pytest.mark.slow
 def test_channel_removal_scores_the_left_out_channel_as_a_signal(scored, tmp_path):
-    result = channel_removal(scored, None, "ttbar", workdir=tmp_path, report=False)
+    calls = Calls()
+    result = channel_removal(scored, None, "ttbar", workdir=tmp_path, report=False, progress=calls)
+    assert calls.counted(4)  # ingest, mix, train, score
     derived = open_store(result["store"])
     ttbar = next(c for c in derived.channels if c["name"] == "ttbar")
     original = next(c for c in open_store(scored.store.url).channels if c["name"] == "ttbar")
