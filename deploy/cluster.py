@@ -81,12 +81,14 @@ def _pool(cfg: ClusterConfig) -> str:
     return f"{cfg.workers} workers x {threads}, {cfg.memory_per_worker} each{gpus} ({stages})"
 
 
-def dashboard_link(client: Client) -> str | None:
+def dashboard_link(client: Client, cfg: ClusterConfig) -> str | None:
     """The address of the cluster's Dask dashboard, as the client gives it; ``None`` where the
-    scheduler serves none: one started without it (``cluster.dashboard: false``) still serves
-    its health and metrics routes on that port, and the client names that port all the same."""
+    scheduler serves none. A scheduler without one still serves its health and metrics routes on
+    that port, and the client names the port all the same: a cluster started here (local,
+    HTCondor) has one only with ``cluster.dashboard``; another scheduler is asked whether it
+    serves the dashboard's page."""
     link = client.dashboard_link
-    if not link:
+    if not link or (cfg.kind in ("local", "htcondor") and not cfg.dashboard):
         return None
 
     def serves_status(dask_scheduler: Any) -> bool:  # defined here: sent by value, the scheduler needs no megaset
@@ -94,7 +96,11 @@ def dashboard_link(client: Client) -> str | None:
         return any(str(getattr(rule.matcher, "regex", None) and rule.matcher.regex.pattern).endswith("/status$")
                    for rule in rules)
 
-    return link if client.run_on_scheduler(serves_status) else None
+    try:
+        served = client.run_on_scheduler(serves_status)
+    except Exception:  # noqa: BLE001  # a scheduler that runs no function of its clients: take the client's word
+        served = True
+    return link if served else None
 
 
 def cluster_size(client: Client) -> ClusterSize:

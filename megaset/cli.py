@@ -196,7 +196,7 @@ def _connect(cfg):
     log.info("cluster: %s", describe(cfg.cluster))
     with open_client(cfg.cluster) as client:
         log.info("connected to %s: %s", client.scheduler.address, cluster_size(client))
-        link = dashboard_link(client)
+        link = dashboard_link(client, cfg.cluster)
         if link:
             log.info("dashboard: %s", link)
         yield client

@@ -293,6 +293,8 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     from typer.testing import CliRunner
 
     from megaset.cli import app
+    from megaset.config import ClusterConfig
+    from megaset.deploy.cluster import dashboard_link
 
     cfg = {
         "simulate": {"output": str(tmp_path / "ntuples"), "events": 6000, "signal_events": 500,
@@ -318,7 +320,9 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     assert rows["report"][2] == "1 model, 1 signal"
     mixed = int(rows["mix"][2].split(" events")[0].replace(",", ""))
     assert rows["mix"][2].endswith(" chunks") and rows["score"][2].startswith(f"{mixed:,} events, ")
-    assert "connected to" in result.output and "dashboard" not in result.output  # a scheduler without one
+    assert "connected to" in result.output
+    link = dashboard_link(cluster_client, ClusterConfig(kind="address", address=cluster_client.scheduler.address))
+    assert f"dashboard: {link}" in result.output if link else "dashboard" not in result.output
 
     again = CliRunner().invoke(app, ["-q", "run", "-c", str(path)])
     assert again.exit_code == 0, again.output

@@ -269,7 +269,7 @@ def test_local_cluster_listens_on_loopback_alone(dashboard):
         sockets = _listening([os.getpid(), *children]) - before
         workers = set(client.run(os.getpid).values())
         http = client.scheduler_info()["services"]["dashboard"]
-        link = dashboard_link(client)
+        link = dashboard_link(client, ClusterConfig(dashboard=dashboard))
     # The dashboard's address as megaset prints it, none where its port serves only health and metrics.
     assert link == (f"http://127.0.0.1:{http}/status" if dashboard else None)
     # The scheduler's comm and HTTP server and the nannies here, each worker in its own process.
