@@ -194,14 +194,51 @@ def _check_worker_pools(workers: dict[str, Any], cfg: ClusterConfig) -> None:
 def _connect(cfg: ClusterConfig, timeout: float) -> Client:
     from distributed import Client
 
+    from megaset.deploy.tls import configured_files
+
+    files = configured_files(cfg)
     try:
-        return Client(cfg.address, timeout=timeout)
-    except OSError as err:  # TimeoutError included
-        msg = (
-            f"cannot reach the Dask scheduler at cluster.address={cfg.address!r} within "
-            f"{timeout:g} s ({err}); check the address and that the scheduler is running"
-        )
+        return Client(cfg.address, timeout=timeout, security=files.security() if files else None)
+    except OSError as err:  # TimeoutError and ssl.SSLError included
+        if files and "certificate" in str(err).lower():
+            msg = (
+                f"the Dask scheduler at cluster.address={cfg.address!r} refused the certificates of cluster.tls "
+                f"(ca_file {files.ca}, cert_file {files.cert}): {err}; give the files of that cluster's "
+                "certificate authority"
+            )
+        elif not files and _speaks_tls(str(cfg.address), timeout):
+            msg = (
+                f"the Dask scheduler at cluster.address={cfg.address!r} speaks TLS alone: write the address as "
+                "tls://host:port and set cluster.tls.ca_file, cert_file and key_file to the certificates of "
+                "its cluster (docs/deploy.md, TLS)"
+            )
+        else:
+            msg = (
+                f"cannot reach the Dask scheduler at cluster.address={cfg.address!r} within "
+                f"{timeout:g} s ({err}); check the address and that the scheduler is running"
+            )
         raise ConfigError(msg) from None
+
+
+def _speaks_tls(address: str, timeout: float) -> bool:
+    """Whether ``host:port`` of ``address`` answers a TLS handshake with a certificate (one this
+    machine cannot verify: a cluster's own authority), which a plain-TCP Dask client cannot speak."""
+    import socket
+    import ssl
+
+    host, _, port = address.partition("://")[2].rpartition(":")
+    if not port.isdigit():
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    try:
+        with (socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout, 5)) as sock,
+              context.wrap_socket(sock)):
+            return True
+    except ssl.SSLCertVerificationError:
+        return True
+    except OSError:
+        return False
 
 
 def _local(cfg: ClusterConfig) -> Any:
@@ -210,6 +247,7 @@ def _local(cfg: ClusterConfig) -> Any:
 
     _check_local_gpus(cfg)
     cluster = LocalCluster(
+        **_local_tls(cfg),
         n_workers=0 if cfg.pools else _initial_workers(cfg),
         threads_per_worker=cfg.threads_per_worker,
         memory_limit=parse_bytes(cfg.memory_per_worker),
@@ -229,6 +267,17 @@ def _local(cfg: ClusterConfig) -> Any:
                                               "memory_limit": parse_bytes(pool.memory_per_worker),
                                               "resources": worker_resources(pool)})
     return cluster
+
+
+def _local_tls(cfg: ClusterConfig) -> dict[str, Any]:
+    """``LocalCluster`` arguments for ``cluster.tls``: the config's files, or a certificate made for this
+    cluster alone (kept in memory; the worker processes get it from their nanny)."""
+    from megaset.deploy.tls import configured_files, made_security, tls_enabled
+
+    if not tls_enabled(cfg):
+        return {}
+    files = configured_files(cfg)
+    return {"protocol": "tls://", "security": files.security() if files else made_security()}
 
 
 def add_pools(cluster: Any, cfg: ClusterConfig, options: Callable[[ClusterConfig], dict[str, Any]]) -> None:

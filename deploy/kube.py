@@ -13,15 +13,24 @@ offline and written out as a manifest; :func:`start_kube_cluster` hands it to ``
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 from megaset.config import ClusterConfig
 from megaset.deploy.pools import pool_sections, resources_arg
+from megaset.deploy.tls import MOUNT, SECRET_KEYS, TLSFiles, tls_enabled
 from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
 from megaset.extras import require
 
-__all__ = ["kube_cluster_spec", "kube_worker_groups", "start_kube_cluster", "quantity"]
+__all__ = ["kube_cluster_spec", "kube_worker_groups", "kube_network_policy", "start_kube_cluster", "quantity"]
+
+#: The files of the Secret ``cluster.tls.secret`` as scheduler, workers and driver see them.
+MOUNTED = TLSFiles(*(f"{MOUNT}/{name}" for name in SECRET_KEYS))
+#: The scheduler's port for Dask's own protocol (the operator's service exposes it).
+SCHEDULER_PORT = 8786
 
 _UNITS = (
     ("Ti", 2**40), ("T", 10**12), ("Gi", 2**30), ("G", 10**9),
@@ -57,6 +66,7 @@ def _worker_command(cfg: ClusterConfig) -> list[str]:
         "--nthreads", str(cfg.threads_per_worker),
         "--memory-limit", quantity(cfg.memory_per_worker),
         *resources_arg(cfg),
+        *(MOUNTED.args() if tls_enabled(cfg) else []),
     ]
 
 
@@ -121,7 +131,9 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     cpu = _cpu(kube.scheduler_cores)
     # make_cluster_spec starts the scheduler with the `dask-scheduler` script, which
     # distributed no longer installs.
-    scheduler["containers"][0]["args"] = ["dask", "scheduler", "--host", "0.0.0.0"]
+    # Every interface of the pod: the scheduler service reaches it through the pod's address; the
+    # NetworkPolicy (kube_network_policy) and TLS keep others out.
+    scheduler["containers"][0]["args"] = ["dask", "scheduler", "--host", "0.0.0.0", *_tls_args(cfg)]
     # It also gives the scheduler the workers' resources; it needs neither their size nor
     # their GPUs.
     scheduler["containers"][0]["resources"] = {
@@ -138,7 +150,68 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     if kube.tolerations:
         worker["tolerations"] = [dict(t) for t in kube.tolerations]
     _harden(worker, cfg)
+    if tls_enabled(cfg):
+        _mount_tls(scheduler, cfg)
+        _mount_tls(worker, cfg)
+        namespace = f".{kube.namespace}.svc.cluster.local" if kube.namespace else ""
+        # The operator gives workers a tcp:// address unless one is set already.
+        worker["containers"][0]["env"].append({"name": "DASK_SCHEDULER_ADDRESS",
+                                               "value": f"tls://{kube.name}-scheduler{namespace}:{SCHEDULER_PORT}"})
     return spec
+
+
+def _tls_args(cfg: ClusterConfig) -> list[str]:
+    return ["--protocol", "tls", *MOUNTED.args()] if tls_enabled(cfg) else []
+
+
+def _mount_tls(pod: dict[str, Any], cfg: ClusterConfig) -> None:
+    """The Secret ``cluster.tls.secret`` as files under MOUNT, readable by the containers' group alone."""
+    # 0o440: the Secret's files belong to root and to the pod's fsGroup, which the containers run as.
+    pod.setdefault("volumes", []).append({"name": "dask-tls",
+                                          "secret": {"secretName": cfg.tls.secret, "defaultMode": 0o440}})
+    for container in pod["containers"]:
+        container.setdefault("volumeMounts", []).append({"name": "dask-tls", "mountPath": MOUNT, "readOnly": True})
+
+
+def kube_network_policy(cfg: ClusterConfig) -> dict[str, Any]:
+    """The ``NetworkPolicy`` of the cluster of ``cfg``: its scheduler's and workers' ports (Dask's,
+    the dashboards') take connections only from the pods of the same Dask cluster and from the
+    driver Job (deploy/kubernetes/job.yaml); the dask-kubernetes operator may reach the scheduler's
+    HTTP port, through which it scales the cluster.
+
+    >>> from megaset.config import ClusterConfig
+    >>> policy = kube_network_policy(ClusterConfig(kind="kubernetes"))
+    >>> policy["spec"]["podSelector"]
+    {'matchLabels': {'dask.org/cluster-name': 'megaset'}}
+    """
+    kube = cfg.kubernetes
+
+    def own() -> dict[str, Any]:  # a fresh dict each time: YAML would write one shared twice as an alias
+        return {"matchLabels": {"dask.org/cluster-name": kube.name}}
+
+    metadata: dict[str, Any] = {"name": f"{kube.name}-dask"}
+    if kube.namespace:
+        metadata["namespace"] = kube.namespace
+    metadata["labels"] = {"app.kubernetes.io/name": "megaset"}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": own(),
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [
+                    {"podSelector": own()},
+                    {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "megaset",
+                                                     "app.kubernetes.io/component": "driver"}}},
+                ]},
+                {"from": [{"namespaceSelector": {},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "dask-kubernetes-operator"}}}],
+                 "ports": [{"protocol": "TCP", "port": 8787}]},
+            ],
+        },
+    }
 
 
 def kube_worker_groups(cfg: ClusterConfig) -> list[dict[str, Any]]:
@@ -190,16 +263,18 @@ def start_kube_cluster(cfg: ClusterConfig) -> Any:
         If the ``kubernetes`` extra is not installed.
     """
     require("kubernetes")
-    from dask_kubernetes.operator import KubeCluster
+    from megaset.deploy.tls import configured_files
 
     kube = cfg.kubernetes
+    files = configured_files(cfg) if tls_enabled(cfg) else None
     try:
-        cluster = KubeCluster(
-            custom_cluster_spec=kube_cluster_spec(cfg),
-            namespace=kube.namespace,
-            resource_timeout=kube.startup_timeout,
-            quiet=True,
-        )
+        with _operator_client_tls(files):
+            cluster = _kube_cluster_class(files is not None)(
+                custom_cluster_spec=kube_cluster_spec(cfg),
+                namespace=kube.namespace,
+                resource_timeout=kube.startup_timeout,
+                quiet=True,
+            )
         for group in kube_worker_groups(cfg):
             # The operator names the group <cluster>-<name>, as the rendered manifest does.
             cluster.add_worker_group(group["metadata"]["name"].removeprefix(f"{kube.name}-"),
@@ -215,4 +290,48 @@ def start_kube_cluster(cfg: ClusterConfig) -> Any:
             "installed (docs/deploy.md)"
         )
         raise ConfigError(msg) from err
+    if files is not None:
+        cluster.security = files.security()  # what Client(cluster) connects with
     return cluster
+
+
+def _kube_cluster_class(tls: bool) -> type:
+    """``KubeCluster``, or with ``tls`` one reaching its scheduler at ``tls://``: the operator's
+    client writes every scheduler address as ``tcp://``."""
+    from dask_kubernetes.operator import KubeCluster
+
+    if not tls:
+        return KubeCluster
+
+    class TLSKubeCluster(KubeCluster):
+        async def _get_scheduler_address(self) -> str:
+            address = await super()._get_scheduler_address()
+            return "tls://" + address.partition("://")[2]
+
+    return TLSKubeCluster
+
+
+@contextlib.contextmanager
+def _operator_client_tls(files: TLSFiles | None) -> Iterator[None]:
+    """While a ``KubeCluster`` starts, its connections to the scheduler carry ``files``' certificates.
+
+    The operator's client opens them with ``distributed.core.rpc(address)`` and no connection
+    arguments, which a TLS scheduler refuses; the two modules that do so get an ``rpc`` with
+    the client's TLS context for the start (the connection kept afterwards keeps it too).
+    """
+    if files is None:
+        yield
+        return
+    from dask_kubernetes.operator import networking
+    from dask_kubernetes.operator.kubecluster import kubecluster
+    from distributed.core import rpc
+
+    secured = functools.partial(rpc, connection_args=files.security().get_connection_args("client"))
+    modules = (networking, kubecluster)
+    for module in modules:
+        module.rpc = secured
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.rpc = rpc

@@ -60,6 +60,7 @@ __all__ = [
     "AdaptConfig",
     "KubernetesConfig",
     "HTCondorConfig",
+    "TLSConfig",
     "ClusterConfig",
     "SimulateConfig",
     "JET_SAMPLES",
@@ -678,6 +679,39 @@ class HTCondorConfig(_Section):
         return value
 
 
+class TLSConfig(_Section):
+    """Dask's TLS between driver, scheduler and workers (``cluster.tls``); see docs/deploy.md."""
+
+    enabled: bool | None = Field(
+        None, description="null: on for kubernetes and htcondor clusters and for a tls:// address, off for a local "
+        "cluster (it listens on loopback alone) and a tcp:// address.",
+    )
+    ca_file: str | None = Field(
+        None, min_length=1, description="PEM file of the cluster's certificate authority; with cert_file and "
+        "key_file. null: kubernetes reads the Secret mounted at /etc/dask-tls, htcondor and local clusters "
+        "make a certificate of their own.",
+    )
+    cert_file: str | None = Field(None, min_length=1, description="PEM certificate signed by that authority.")
+    key_file: str | None = Field(None, min_length=1, description="PEM private key of cert_file.")
+    secret: str = Field(
+        "megaset-dask-tls", pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$",
+        description="kind: kubernetes: the Secret (keys ca.crt, tls.crt, tls.key) mounted at /etc/dask-tls in "
+        "scheduler and workers; `python -m megaset.deploy.tls NAME NAMESPACE` prints a new one.",
+    )
+
+    @model_validator(mode="after")
+    def _all_three(self) -> TLSConfig:
+        given = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        missing = [key for key, value in given.items() if value is None]
+        if 0 < len(missing) < 3:
+            msg = f"give ca_file, cert_file and key_file together: {', '.join(missing)} missing"
+            raise ValueError(msg)
+        if self.enabled is False and not missing:
+            msg = "enabled: false with certificate files: drop the files, or set enabled: true"
+            raise ValueError(msg)
+        return self
+
+
 class PoolConfig(_Section):
     """One pool of identical workers (``cluster.pools``): a pool without GPUs ingests and mixes, a pool with
     GPUs trains and scores; see docs/deploy.md."""
@@ -729,6 +763,7 @@ class ClusterConfig(_Section):
     )
     kubernetes: KubernetesConfig = KubernetesConfig()
     htcondor: HTCondorConfig = HTCondorConfig()
+    tls: TLSConfig = TLSConfig()
 
     @field_validator("memory_per_worker")
     @classmethod
@@ -738,8 +773,10 @@ class ClusterConfig(_Section):
     @model_validator(mode="after")
     def _kind_needs(self) -> ClusterConfig:
         if self.kind == "address" and not self.address:
-            msg = "kind: address needs address: tcp://host:port"
+            msg = "kind: address needs address: tcp://host:port (or tls://host:port)"
             raise ValueError(msg)
+        if self.kind == "address":
+            self._address_tls()
         if self.kind != "address" and self.workers is None and self.adapt is None and not self.pools:
             msg = f"kind: {self.kind} needs workers: N, adapt: {{minimum, maximum}} or pools"
             raise ValueError(msg)
@@ -755,6 +792,19 @@ class ClusterConfig(_Section):
                 msg = "pools is empty: name at least one pool, e.g. pools: {cpu: {workers: 4}}"
                 raise ValueError(msg)
         return self
+
+    def _address_tls(self) -> None:
+        """An existing scheduler's scheme decides: tls:// needs the certificates, tcp:// takes none."""
+        tls, scheme = self.tls, str(self.address).partition("://")[0]
+        files = tls.ca_file is not None
+        if scheme == "tls" and (tls.enabled is False or not files):
+            msg = (f"address {self.address} is a TLS scheduler: set tls.ca_file, tls.cert_file and tls.key_file to "
+                   "the PEM files of its cluster's certificate authority, a certificate it signed and its key")
+            raise ValueError(msg)
+        if scheme != "tls" and (tls.enabled or files):
+            msg = (f"tls is set but address {self.address} is not tls://: write the scheduler's address as "
+                   "tls://host:port, or drop the tls settings")
+            raise ValueError(msg)
 
 
 # ---------------------------------------------------------------------------- simulate

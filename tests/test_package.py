@@ -44,7 +44,8 @@ PUBLIC_API = {
         "LeptonSelection", "LoaderConfig", "MetSchema", "MuonSelection",
         "OBJECT_SOURCES", "PASS_ROLES", "PhotonSelection", "PoolConfig", "QualityField",
         "RMMConfig", "RMMObject", "RemoteConfig", "ReportConfig", "SEARCH_SECTIONS", "SchemaConfig",
-        "ScoringConfig", "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TrainingConfig",
+        "ScoringConfig", "SelectionConfig", "SimulateConfig", "SplitsConfig", "StoreConfig", "TLSConfig",
+        "TrainingConfig",
         "WeightsConfig", "charged_rmm_objects", "demo_config", "load_config",
     ],
     "megaset.config_dump": ["defaults_yaml", "json_schema", "resolved_yaml"],
@@ -54,11 +55,17 @@ PUBLIC_API = {
         "ClusterSize", "add_pools", "cluster_size", "dashboard_link", "describe", "open_client", "release_memory",
     ],
     "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
-    "megaset.deploy.kube": ["kube_cluster_spec", "kube_worker_groups", "quantity", "start_kube_cluster"],
+    "megaset.deploy.kube": [
+        "kube_cluster_spec", "kube_network_policy", "kube_worker_groups", "quantity", "start_kube_cluster",
+    ],
     "megaset.deploy.pools": [
         "CPU_STAGES", "gpu_box", "placed", "pool_sections", "resources_arg", "stage_resources", "worker_resources",
     ],
     "megaset.deploy.render": ["main", "render"],
+    "megaset.deploy.tls": [
+        "MOUNT", "SECRET_KEYS", "TLSFiles", "configured_files", "generate", "made_security", "main", "secret_manifest",
+        "tls_enabled",
+    ],
     "megaset.deploy.worker_env": ["WORKER_MALLOC_ENV"],
     "megaset.loopback": ["HTTPServer", "XRootDServer", "http_server", "s3_server", "xrootd_server"],
     "megaset.warmup": [

@@ -18,8 +18,9 @@ from dask.utils import parse_bytes
 
 from megaset.config import ClusterConfig, Config, load_config
 from megaset.deploy.cluster import ClusterSize, cluster_size, dashboard_link, describe, open_client, release_memory
-from megaset.deploy.condor import SCHEDULER_PLACEHOLDER, htcondor_job_script, start_htcondor_cluster
+from megaset.deploy.condor import MADE_AT_START, SCHEDULER_PLACEHOLDER, htcondor_job_script, start_htcondor_cluster
 from megaset.deploy.kube import kube_cluster_spec, quantity
+from megaset.deploy.tls import TLSFiles, generate
 from megaset.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -99,12 +100,18 @@ def test_kube_spec_from_the_example_config():
     assert option(args, "--nthreads") == "2" and option(args, "--memory-limit") == "8Gi"
     assert "--resources" not in args
     assert worker["resources"] == {"requests": {"cpu": 2, "memory": "8Gi"}, "limits": {"cpu": 2, "memory": "8Gi"}}
-    # The scheduler: its own small size, the command distributed still installs.
-    assert scheduler["args"] == ["dask", "scheduler", "--host", "0.0.0.0"]
+    # The scheduler: its own small size, the command distributed still installs, TLS with the Secret's files.
+    tls = ["--tls-ca-file", "/etc/dask-tls/ca.crt", "--tls-cert", "/etc/dask-tls/tls.crt",
+           "--tls-key", "/etc/dask-tls/tls.key"]
+    assert scheduler["args"] == ["dask", "scheduler", "--host", "0.0.0.0", "--protocol", "tls", *tls]
+    assert " ".join(tls) in " ".join(args)
     assert scheduler["resources"] == {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"cpu": 1, "memory": "2Gi"}}
-    # Environment on both; object-store credentials only where tasks read and write.
+    # Environment on both; object-store credentials only where tasks read and write; the workers
+    # reach the scheduler at tls:// (the operator would give them tcp://).
     env = [MALLOC_ENV, {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
-    assert scheduler["env"] == worker["env"] == env
+    assert scheduler["env"] == env
+    assert worker["env"] == [*env, {"name": "DASK_SCHEDULER_ADDRESS",
+                                    "value": "tls://megaset-scheduler.megaset.svc.cluster.local:8786"}]
     assert worker["envFrom"] == [{"secretRef": {"name": "megaset-object-store"}}]
     assert "envFrom" not in scheduler
     for part in ("scheduler", "worker"):
@@ -114,6 +121,19 @@ def test_kube_spec_from_the_example_config():
         assert pod["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False,
                                                            "capabilities": {"drop": ["ALL"]}}
         assert "nodeSelector" not in pod and "tolerations" not in pod and "serviceAccountName" not in pod
+        assert pod["volumes"] == [{"name": "dask-tls",
+                                   "secret": {"secretName": "megaset-dask-tls", "defaultMode": 0o440}}]
+        assert pod["containers"][0]["volumeMounts"] == [{"name": "dask-tls", "mountPath": "/etc/dask-tls",
+                                                         "readOnly": True}]
+
+
+def test_kube_spec_without_tls():
+    spec = kube_cluster_spec(ClusterConfig(kind="kubernetes", tls={"enabled": False}))
+    scheduler, worker = containers(spec)
+    assert scheduler["args"] == ["dask", "scheduler", "--host", "0.0.0.0"]
+    assert not any(a.startswith("--tls") for a in worker["args"])
+    assert "DASK_SCHEDULER_ADDRESS" not in {e["name"] for e in worker["env"]}
+    assert "volumes" not in spec["spec"]["scheduler"]["spec"] and "volumeMounts" not in worker
 
 
 def test_kube_spec_gpu_variant():
@@ -143,7 +163,9 @@ def test_kube_spec_options():
     assert "namespace" not in spec["metadata"]  # the current namespace
     assert scheduler["resources"]["requests"]["cpu"] == "500m"
     assert worker["resources"]["limits"]["memory"] == "1536Mi"
-    assert "envFrom" not in worker and worker["env"] == [MALLOC_ENV]
+    assert "envFrom" not in worker
+    # The current namespace: the scheduler service by its short name.
+    assert worker["env"] == [MALLOC_ENV, {"name": "DASK_SCHEDULER_ADDRESS", "value": "tls://megaset-scheduler:8786"}]
     for part in ("scheduler", "worker"):
         pod = spec["spec"][part]["spec"]
         assert pod["serviceAccountName"] == "megaset-worker"
@@ -155,9 +177,17 @@ def test_kubernetes_without_credentials_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    cfg = ClusterConfig(kind="kubernetes", kubernetes={"name": "nowhere", "namespace": "megaset"})
+    cfg = ClusterConfig(kind="kubernetes", kubernetes={"name": "nowhere", "namespace": "megaset"},
+                        tls={"enabled": False})
     refused_within(cfg, 10, r"cannot start the Kubernetes Dask cluster 'nowhere' \(namespace "
                         r"megaset\).*credentials.*KUBECONFIG")
+
+
+def test_kubernetes_driver_without_the_tls_secret_names_it():
+    """Outside a pod that mounts the Secret, the driver says which file and key it misses, before any API call."""
+    cfg = ClusterConfig(kind="kubernetes", kubernetes={"name": "nowhere", "namespace": "megaset"})
+    refused_within(cfg, 5, r"cluster\.tls\.ca_file: cannot read /etc/dask-tls/ca\.crt \(the Secret "
+                       r"'megaset-dask-tls' mounted at /etc/dask-tls.*No such file")
 
 
 # ------------------------------------------------------------------ HTCondor job script, offline
@@ -182,6 +212,24 @@ def test_htcondor_job_script_shared_filesystem():
     assert "--nthreads 1 --memory-limit 4.00GiB" in arguments
     assert "--local-directory $_CONDOR_SCRATCH_DIR" in arguments
     assert "--resources" not in arguments
+    # TLS by default: the certificates made at start travel with each job into its scratch directory.
+    assert arguments.endswith(" --tls-ca-file $_CONDOR_SCRATCH_DIR/ca.crt --tls-cert $_CONDOR_SCRATCH_DIR/tls.crt "
+                              "--tls-key $_CONDOR_SCRATCH_DIR/tls.key --protocol tls://'\"")
+    assert "should_transfer_files = YES" in lines
+    assert f"transfer_input_files = {MADE_AT_START}/ca.crt,{MADE_AT_START}/tls.crt,{MADE_AT_START}/tls.key" in lines
+
+
+def test_htcondor_tls_files_and_transfer(tmp_path):
+    files = generate(tmp_path / "certs")
+    cfg = ClusterConfig(kind="htcondor", htcondor={"disk": "1 GiB"},
+                        tls={"ca_file": files.ca, "cert_file": files.cert, "key_file": files.key})
+    assert f"transfer_input_files = {files.ca},{files.cert},{files.key}" in htcondor_job_script(cfg).splitlines()
+    plain = htcondor_job_script(ClusterConfig(kind="htcondor", htcondor={"disk": "1 GiB"}, tls={"enabled": False}))
+    assert "--tls" not in plain and "transfer_input_files" not in plain and "--protocol" not in plain
+    no_transfer = ClusterConfig(kind="htcondor", htcondor={"disk": "1 GiB",
+                                                           "job_extra_directives": {"should_transfer_files": "NO"}})
+    with pytest.raises(ConfigError, match=r"job_extra_directives\.should_transfer_files is 'NO'.*cluster\.tls"):
+        htcondor_job_script(no_transfer)
 
 
 def test_htcondor_job_script_object_store_runs_in_the_image():
@@ -192,7 +240,8 @@ def test_htcondor_job_script_object_store_runs_in_the_image():
     assert "universe = container" in lines
     assert "container_image = docker://ghcr.io/megaset/megaset:0.1.0" in lines
     assert "transfer_executable = False" in lines and "should_transfer_files = YES" in lines
-    assert "transfer_input_files = $ENV(HOME)/.aws/credentials" in lines
+    # The object store's credentials, then the certificates of the cluster's TLS.
+    assert f"transfer_input_files = $ENV(HOME)/.aws/credentials,{MADE_AT_START}/ca.crt," in script
     assert "export AWS_SHARED_CREDENTIALS_FILE=$_CONDOR_SCRATCH_DIR/credentials;" in script
     assert "/usr/local/bin/python -m distributed.cli.dask_worker" in script
     assert "AWS_SECRET_ACCESS_KEY" not in script
@@ -229,9 +278,18 @@ def test_htcondor_cluster_submits_the_rendered_script(tmp_path, monkeypatch):
     cfg = load_config(DEPLOY / "htcondor" / "config-shared-fs.yaml").cluster
     cfg = cfg.model_copy(update={"dashboard": False})
     with start_htcondor_cluster(cfg) as cluster:
-        assert cluster.scheduler_address.startswith("tcp://")
+        assert cluster.scheduler_address.startswith("tls://")
+        folder = Path(cluster.megaset_tls_folder.name)
         assert cluster.job_script() == htcondor_job_script(cfg).replace(
-            SCHEDULER_PLACEHOLDER, cluster.scheduler_address)
+            SCHEDULER_PLACEHOLDER, cluster.scheduler_address).replace(MADE_AT_START, str(folder))
+        # The certificate made for this cluster: its key for its owner alone, gone with the cluster.
+        assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+        assert (folder / "tls.key").stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
+    del cluster
+    import gc
+
+    gc.collect()
+    assert not folder.exists()
 
 
 # ------------------------------------------------------------------ local clusters
@@ -311,11 +369,13 @@ def free_port() -> int:
 
 
 class Scheduler:
-    """A `dask scheduler` and `dask worker` processes on loopback, stopped on exit."""
+    """A `dask scheduler` and `dask worker` processes on loopback, stopped on exit; with ``tls``,
+    speaking tls:// alone with those certificates."""
 
-    def __init__(self, tmp_path: Path, workers: list[list[str]]):
+    def __init__(self, tmp_path: Path, workers: list[list[str]], tls: TLSFiles | None = None):
         self.tmp_path = tmp_path
         self.worker_args = workers
+        self.tls = tls
         self.procs: list[tuple[subprocess.Popen, Any]] = []
 
     def _spawn(self, args: list[str], name: str) -> None:
@@ -334,8 +394,9 @@ class Scheduler:
         from distributed import Client
 
         info = self.tmp_path / "scheduler.json"
+        tls = ["--protocol", "tls", *self.tls.args()] if self.tls else []
         self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(info)], "scheduler")
+                     "--scheduler-file", str(info), *tls], "scheduler")
         deadline = time.monotonic() + 60
         while not info.exists() or not info.read_text().strip():
             assert time.monotonic() < deadline, (self.tmp_path / "scheduler.log").read_text()
@@ -343,8 +404,8 @@ class Scheduler:
         address = json.loads(info.read_text())["address"]
         for i, extra in enumerate(self.worker_args):
             self._spawn(["worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
-                         "--memory-limit", "1GiB", "--no-dashboard", "--no-nanny", *extra], f"worker-{i}")
-        with Client(address, timeout=30) as client:
+                         "--memory-limit", "1GiB", "--no-dashboard", "--no-nanny", *tls[2:], *extra], f"worker-{i}")
+        with Client(address, timeout=30, security=self.tls.security() if self.tls else None) as client:
             client.wait_for_workers(len(self.worker_args), timeout=90)
         return address
 
@@ -439,6 +500,61 @@ def test_ingest_mix_train_score_on_an_existing_scheduler(address, tmp_path):
     assert trained["epochs"] == 1 and trained["world_size"] == 2
     store = open_store(cfg.store.url)
     assert scored["events_scored"] == sum(store.group(g).n_events for g in store.group_names())
+
+
+@pytest.mark.slow
+def test_tls_scheduler_admits_its_certificates_alone(tmp_path):
+    """A tls:// scheduler and worker with a certificate made for them: a client with it runs a task;
+    one without, or with another cluster's, is refused in one line naming the address and the key."""
+    files = generate(tmp_path / "certs")
+    with Scheduler(tmp_path, [[]], tls=files) as addr:
+        assert addr.startswith("tls://127.0.0.1:")
+        tls = {"ca_file": files.ca, "cert_file": files.cert, "key_file": files.key}
+        with open_client(ClusterConfig(kind="address", address=addr, tls=tls)) as client:
+            assert client.submit(lambda: "over tls", pure=False).result(timeout=30) == "over tls"
+            assert all(w.startswith("tls://") for w in client.scheduler_info()["workers"])
+        plain = addr.replace("tls://", "tcp://")
+        refused_within(ClusterConfig(kind="address", address=plain, connect_timeout=5), 8,
+                       rf"^the Dask scheduler at cluster.address='{plain}' speaks TLS alone: write the address as "
+                       r"tls://host:port and set cluster\.tls\.ca_file, cert_file and key_file")
+        other = generate(tmp_path / "other")
+        tls = {"ca_file": other.ca, "cert_file": other.cert, "key_file": other.key}
+        refused_within(ClusterConfig(kind="address", address=addr, tls=tls, connect_timeout=5), 8,
+                       rf"^the Dask scheduler at cluster.address='{addr}' refused the certificates of cluster\.tls "
+                       rf"\(ca_file {other.ca}, ")
+
+
+@pytest.mark.slow
+def test_local_cluster_with_tls_runs_over_tls():
+    cfg = ClusterConfig(workers=1, tls={"enabled": True})
+    with open_client(cfg) as client:
+        assert client.scheduler.address.startswith("tls://127.0.0.1:")
+        assert all(w.startswith("tls://127.0.0.1:") for w in client.scheduler_info()["workers"])
+        assert client.submit(lambda: 6 * 7, pure=False).result(timeout=30) == 42
+
+
+def test_tls_config_needs_all_three_files_and_a_tls_address(tmp_path):
+    files = generate(tmp_path / "certs")
+    assert oct((tmp_path / "certs").stat().st_mode & 0o777) == "0o700"
+    tls = {"ca_file": files.ca, "cert_file": files.cert, "key_file": files.key}
+    with pytest.raises(ValueError, match=r"address tls://10\.0\.0\.1:8786 is a TLS scheduler: set tls\.ca_file"):
+        ClusterConfig(kind="address", address="tls://10.0.0.1:8786")
+    with pytest.raises(ValueError, match=r"tls is set but address tcp://10\.0\.0\.1:8786 is not tls://"):
+        ClusterConfig(kind="address", address="tcp://10.0.0.1:8786", tls=tls)
+    with pytest.raises(ValueError, match=r"give ca_file, cert_file and key_file together: key_file missing"):
+        ClusterConfig(kind="htcondor", tls={"ca_file": files.ca, "cert_file": files.cert})
+    path = tmp_path / "megaset.yaml"
+    path.write_text("cluster:\n  kind: address\n  address: tls://10.0.0.1:8786\n  tls: {enabled: false}\n")
+    with pytest.raises(ConfigError, match=r"cluster: .*is a TLS scheduler"):
+        load_config(path)
+
+
+def test_unreadable_tls_file_names_its_key_and_path(tmp_path):
+    files = generate(tmp_path / "certs")
+    missing = tmp_path / "gone.key"
+    cfg = ClusterConfig(kind="address", address="tls://127.0.0.1:1", connect_timeout=1,
+                        tls={"ca_file": files.ca, "cert_file": files.cert, "key_file": str(missing)})
+    refused_within(cfg, 3, rf"^cluster\.tls\.key_file: cannot read {missing}: No such file or directory; give the PEM")
 
 
 def test_unreachable_address_fails_within_seconds():

@@ -17,7 +17,8 @@ from referencing.jsonschema import DRAFT202012
 
 from megaset.config import ClusterConfig, KubernetesConfig, load_config
 from megaset.deploy.condor import htcondor_job_script
-from megaset.deploy.kube import kube_cluster_spec, kube_worker_groups
+from megaset.deploy.kube import kube_cluster_spec, kube_network_policy, kube_worker_groups
+from megaset.deploy.tls import SECRET_KEYS, main, secret_manifest
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -139,8 +140,8 @@ def test_rendered_specs_validate_against_the_crd(cluster, daskcluster_validator)
                                                   ("daskcluster-gpu.yaml", "config-gpu.yaml")])
 def test_daskcluster_manifests_are_the_example_configs_rendered(manifest, config):
     """Whoever edits a config and forgets to re-render the manifest is told here."""
-    (committed,) = documents(KUBE / manifest)
-    assert committed == kube_cluster_spec(load_config(KUBE / config).cluster)
+    cfg = load_config(KUBE / config).cluster
+    assert documents(KUBE / manifest) == [kube_cluster_spec(cfg), kube_network_policy(cfg)]
     assert f"rendered from deploy/kubernetes/{config}" in (KUBE / manifest).read_text()
 
 
@@ -151,9 +152,9 @@ def test_pools_manifest_is_the_example_config_rendered(daskworkergroup_validator
     """A CPU pool as the cluster's own worker group, the GPU pool as a DaskWorkerGroup of that cluster."""
     committed = documents(KUBE / "daskcluster-pools.yaml")
     cfg = load_config(KUBE / "config-pools.yaml").cluster
-    assert committed == [kube_cluster_spec(cfg), *kube_worker_groups(cfg)]
-    cluster, group = committed
-    assert [d["kind"] for d in committed] == ["DaskCluster", "DaskWorkerGroup"]
+    assert committed == [kube_cluster_spec(cfg), *kube_worker_groups(cfg), kube_network_policy(cfg)]
+    cluster, group, _ = committed
+    assert [d["kind"] for d in committed] == ["DaskCluster", "DaskWorkerGroup", "NetworkPolicy"]
     assert group["spec"]["cluster"] == cluster["metadata"]["name"] == "megaset-pools"
     assert group["metadata"]["name"] == "megaset-pools-gpu"
     cpu, gpu = cluster["spec"]["worker"], group["spec"]["worker"]
@@ -225,6 +226,64 @@ def test_driver_service_account_may_run_a_kubecluster():
               ("daskworkergroups", "patch"), ("daskautoscalers", "create"), ("daskautoscalers", "patch"),
               ("daskautoscalers", "delete"), ("pods", "list"), ("pods", "watch"), ("services", "get")}
     assert needed <= granted
+
+
+# ------------------------------------------------------------------ TLS and the network policy
+
+
+EXAMPLES = ("config.yaml", "config-gpu.yaml", "config-pools.yaml")
+
+
+def test_network_policies_close_each_example_cluster_to_all_but_its_pods_and_the_driver():
+    policies = documents(KUBE / "networkpolicy.yaml")
+    configs = [load_config(KUBE / name).cluster for name in EXAMPLES]
+    assert policies == [kube_network_policy(cfg) for cfg in configs]
+    assert "networkpolicy.yaml" in resource("Kustomization")["resources"]
+    driver = resource("Job")["spec"]["template"]["metadata"]["labels"]
+    for policy, cfg in zip(policies, configs, strict=True):
+        own = {"matchLabels": {"dask.org/cluster-name": cfg.kubernetes.name}}
+        spec = policy["spec"]
+        # Every port of the cluster's pods (scheduler, workers, dashboards)...
+        assert spec["podSelector"] == own and spec["policyTypes"] == ["Ingress"]
+        peers, operator = spec["ingress"]
+        # ...from its own pods and the driver Job's pod, any port...
+        assert "ports" not in peers and peers["from"][0] == {"podSelector": own}
+        (driver_selector,) = [p["podSelector"]["matchLabels"] for p in peers["from"][1:]]
+        assert driver_selector.items() <= driver.items() and driver_selector["app.kubernetes.io/component"] == "driver"
+        # ...and the operator, which scales the cluster through the scheduler's HTTP port alone.
+        assert operator["ports"] == [{"protocol": "TCP", "port": 8787}]
+        assert operator["from"][0]["podSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": "dask-kubernetes-operator"}
+
+
+def test_driver_mounts_the_tls_secret_the_cluster_pods_mount():
+    pod = resource("Job")["spec"]["template"]["spec"]
+    cfg = load_config(KUBE / "config.yaml").cluster
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"] == {"secretName": cfg.tls.secret, "defaultMode": 0o440}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": "/etc/dask-tls", "readOnly": True}
+    spec = kube_cluster_spec(cfg)
+    for part in ("scheduler", "worker"):
+        assert spec["spec"][part]["spec"]["volumes"] == [{"name": "dask-tls", "secret": volume["secret"]}]
+
+
+def test_tls_secret_is_printed_ready_to_apply(capsys):
+    import base64
+    import ssl
+
+    assert main(["megaset-dask-tls", "megaset"]) == 0
+    secret = yaml.safe_load(capsys.readouterr().out)
+    assert kubernetes_validate.validate(secret, K8S_VERSION, strict=True) == "1.37"
+    assert secret["metadata"] == {"name": "megaset-dask-tls", "namespace": "megaset",
+                                  "labels": {"app.kubernetes.io/name": "megaset"}}
+    assert set(secret["data"]) == set(SECRET_KEYS)
+    ca, cert, key = (base64.b64decode(secret["data"][k]).decode() for k in SECRET_KEYS)
+    assert cert.startswith("-----BEGIN CERTIFICATE-----") and key.startswith("-----BEGIN PRIVATE KEY-----")
+    ssl.PEM_cert_to_DER_cert(ca)  # a certificate, as PEM
+    # A new certificate each time: no two clusters share one.
+    assert secret_manifest("x")["data"]["tls.key"] != secret["data"]["tls.key"]
+    assert main([]) == 2
 
 
 # ------------------------------------------------------------------ container image
@@ -317,8 +376,10 @@ def test_pool_worker_jobs_are_the_example_config_rendered():
     assert "DASK_CONFIG=deploy/htcondor python -m megaset.deploy.render deploy/htcondor/config-pools.yaml" in committed
     cpu, gpu = rendered.split("# pool gpu: 2 jobs\n")
     assert cpu.startswith("# pool cpu: 20 jobs\n")
-    assert "--resources CPU=2'" in cpu and "request_GPUs" not in cpu and "MY.DaskWorkerCores = 2\n" in cpu
-    assert "--resources GPU=1'" in gpu and "request_GPUs = 1\n" in gpu and "MY.DaskWorkerCores = 4\n" in gpu
+    assert "--resources CPU=2 " in cpu and "request_GPUs" not in cpu and "MY.DaskWorkerCores = 2\n" in cpu
+    assert "--resources GPU=1 " in gpu and "request_GPUs = 1\n" in gpu and "MY.DaskWorkerCores = 4\n" in gpu
+    for job in (cpu, gpu):  # both pools' workers reach the one scheduler over TLS
+        assert "--tls-key $_CONDOR_SCRATCH_DIR/tls.key --protocol tls://'" in job
     assert cpu.count("\nQueue\n") == gpu.count("\nQueue\n") == 1
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from megaset.config import load_config
-from megaset.deploy.kube import kube_cluster_spec
+from megaset.deploy.kube import kube_cluster_spec, kube_network_policy
 from megaset.deploy.render import main
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -20,7 +20,9 @@ def test_kubernetes_config_renders_its_daskcluster(capsys):
     assert main([str(config)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# DaskCluster rendered from {config} by")
-    assert yaml.safe_load(out) == kube_cluster_spec(load_config(config).cluster)
+    cfg = load_config(config).cluster
+    assert list(yaml.safe_load_all(out)) == [kube_cluster_spec(cfg), kube_network_policy(cfg)]
+    assert "python -m megaset.deploy.tls megaset-dask-tls megaset | kubectl apply -f -" in out
 
 
 def test_htcondor_config_renders_its_job_script(capsys):
