@@ -197,7 +197,15 @@ def _connect(cfg: ClusterConfig, timeout: float) -> Client:
     from megaset.deploy.tls import configured_files
 
     files = configured_files(cfg)
+    if files is None and str(cfg.address).startswith("tls://") and not _dask_tls_configured():
+        msg = (
+            f"cluster.address={cfg.address!r} is a TLS scheduler, but no certificates are given: set "
+            "cluster.tls.ca_file, cert_file and key_file to the PEM files of its cluster's certificate authority, "
+            "a certificate it signed and its key (or give them in the dask configuration, distributed.comm.tls.*)"
+        )
+        raise ConfigError(msg)
     try:
+        # Without cluster.tls files, Dask's own: its configuration, or a facility's security loader.
         return Client(cfg.address, timeout=timeout, security=files.security() if files else None)
     except OSError as err:  # TimeoutError and ssl.SSLError included
         if files and "certificate" in str(err).lower():
@@ -218,6 +226,13 @@ def _connect(cfg: ClusterConfig, timeout: float) -> Client:
                 f"{timeout:g} s ({err}); check the address and that the scheduler is running"
             )
         raise ConfigError(msg) from None
+
+
+def _dask_tls_configured() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.comm.tls.ca-file", None)
+                or dask.config.get("distributed.client.security-loader", None))
 
 
 def _speaks_tls(address: str, timeout: float) -> bool:

@@ -794,14 +794,13 @@ class ClusterConfig(_Section):
         return self
 
     def _address_tls(self) -> None:
-        """An existing scheduler's scheme decides: tls:// needs the certificates, tcp:// takes none."""
+        """An existing scheduler's scheme decides: tls:// speaks TLS (certificates from tls or from the dask
+        configuration, checked on connecting), tcp:// takes no certificates."""
         tls, scheme = self.tls, str(self.address).partition("://")[0]
-        files = tls.ca_file is not None
-        if scheme == "tls" and (tls.enabled is False or not files):
-            msg = (f"address {self.address} is a TLS scheduler: set tls.ca_file, tls.cert_file and tls.key_file to "
-                   "the PEM files of its cluster's certificate authority, a certificate it signed and its key")
+        if scheme == "tls" and tls.enabled is False:
+            msg = f"address {self.address} is a TLS scheduler: drop tls.enabled: false"
             raise ValueError(msg)
-        if scheme != "tls" and (tls.enabled or files):
+        if scheme != "tls" and (tls.enabled or tls.ca_file is not None):
             msg = (f"tls is set but address {self.address} is not tls://: write the scheduler's address as "
                    "tls://host:port, or drop the tls settings")
             raise ValueError(msg)

@@ -513,6 +513,13 @@ def test_tls_scheduler_admits_its_certificates_alone(tmp_path):
         with open_client(ClusterConfig(kind="address", address=addr, tls=tls)) as client:
             assert client.submit(lambda: "over tls", pure=False).result(timeout=30) == "over tls"
             assert all(w.startswith("tls://") for w in client.scheduler_info()["workers"])
+        # A facility's way: the certificates in the dask configuration, none in cluster.tls.
+        import dask
+
+        with dask.config.set({"distributed.comm.tls.ca-file": files.ca, "distributed.comm.tls.client.cert": files.cert,
+                              "distributed.comm.tls.client.key": files.key}), \
+                open_client(ClusterConfig(kind="address", address=addr)) as client:
+            assert client.submit(lambda: 1, pure=False).result(timeout=30) == 1
         plain = addr.replace("tls://", "tcp://")
         refused_within(ClusterConfig(kind="address", address=plain, connect_timeout=5), 8,
                        rf"^the Dask scheduler at cluster.address='{plain}' speaks TLS alone: write the address as "
@@ -537,15 +544,17 @@ def test_tls_config_needs_all_three_files_and_a_tls_address(tmp_path):
     files = generate(tmp_path / "certs")
     assert oct((tmp_path / "certs").stat().st_mode & 0o777) == "0o700"
     tls = {"ca_file": files.ca, "cert_file": files.cert, "key_file": files.key}
-    with pytest.raises(ValueError, match=r"address tls://10\.0\.0\.1:8786 is a TLS scheduler: set tls\.ca_file"):
-        ClusterConfig(kind="address", address="tls://10.0.0.1:8786")
+    # Certificates of a tls:// scheduler come from cluster.tls, else from the dask configuration.
+    bare = ClusterConfig(kind="address", address="tls://127.0.0.1:1", connect_timeout=1)
+    refused_within(bare, 3, r"^cluster\.address='tls://127\.0\.0\.1:1' is a TLS scheduler, but no certificates are "
+                            r"given: set cluster\.tls\.ca_file, cert_file and key_file")
     with pytest.raises(ValueError, match=r"tls is set but address tcp://10\.0\.0\.1:8786 is not tls://"):
         ClusterConfig(kind="address", address="tcp://10.0.0.1:8786", tls=tls)
     with pytest.raises(ValueError, match=r"give ca_file, cert_file and key_file together: key_file missing"):
         ClusterConfig(kind="htcondor", tls={"ca_file": files.ca, "cert_file": files.cert})
     path = tmp_path / "megaset.yaml"
     path.write_text("cluster:\n  kind: address\n  address: tls://10.0.0.1:8786\n  tls: {enabled: false}\n")
-    with pytest.raises(ConfigError, match=r"cluster: .*is a TLS scheduler"):
+    with pytest.raises(ConfigError, match=r"cluster: .*is a TLS scheduler: drop tls\.enabled: false"):
         load_config(path)
 
 
