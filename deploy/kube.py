@@ -31,6 +31,12 @@ __all__ = ["kube_cluster_spec", "kube_worker_groups", "kube_network_policy", "st
 MOUNTED = TLSFiles(*(f"{MOUNT}/{name}" for name in SECRET_KEYS))
 #: The scheduler's port for Dask's own protocol (the operator's service exposes it).
 SCHEDULER_PORT = 8786
+#: The scheduler's HTTP routes with TLS: distributed's defaults and its API, through which the operator
+#: retires workers and reads the adaptive target; the Dask RPC it would fall back on speaks tcp:// alone.
+HTTP_ROUTES = (
+    "distributed.http.scheduler.prometheus", "distributed.http.scheduler.info", "distributed.http.scheduler.json",
+    "distributed.http.health", "distributed.http.proxy", "distributed.http.statics", "distributed.http.scheduler.api",
+)
 
 _UNITS = (
     ("Ti", 2**40), ("T", 10**12), ("Gi", 2**30), ("G", 10**9),
@@ -153,6 +159,8 @@ def kube_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     if tls_enabled(cfg):
         _mount_tls(scheduler, cfg)
         _mount_tls(worker, cfg)
+        scheduler["containers"][0]["env"].append({"name": "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES",
+                                                  "value": repr(list(HTTP_ROUTES))})
         namespace = f".{kube.namespace}.svc.cluster.local" if kube.namespace else ""
         # The operator gives workers a tcp:// address unless one is set already.
         worker["containers"][0]["env"].append({"name": "DASK_SCHEDULER_ADDRESS",

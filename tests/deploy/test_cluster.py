@@ -3,6 +3,7 @@ clusters (a `dask scheduler` and `dask worker` processes on loopback), and fast,
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -109,7 +110,13 @@ def test_kube_spec_from_the_example_config():
     # Environment on both; object-store credentials only where tasks read and write; the workers
     # reach the scheduler at tls:// (the operator would give them tcp://).
     env = [MALLOC_ENV, {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "5"}]
-    assert scheduler["env"] == env
+    # The operator scales through the scheduler's HTTP API (its RPC fallback speaks tcp:// alone).
+    (routes,) = [e["value"] for e in scheduler["env"] if e["name"] == "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"]
+    import dask
+
+    assert set(ast.literal_eval(routes)) == {*dask.config.get("distributed.scheduler.http.routes"),
+                                             "distributed.http.scheduler.api"}
+    assert scheduler["env"][:2] == env
     assert worker["env"] == [*env, {"name": "DASK_SCHEDULER_ADDRESS",
                                     "value": "tls://megaset-scheduler.megaset.svc.cluster.local:8786"}]
     assert worker["envFrom"] == [{"secretRef": {"name": "megaset-object-store"}}]
@@ -181,6 +188,28 @@ def test_kubernetes_without_credentials_fails_fast(tmp_path, monkeypatch):
                         tls={"enabled": False})
     refused_within(cfg, 10, r"cannot start the Kubernetes Dask cluster 'nowhere' \(namespace "
                         r"megaset\).*credentials.*KUBECONFIG")
+
+
+def test_kubernetes_driver_connects_with_its_certificates(tmp_path):
+    """The operator's client opens its scheduler connections with distributed's rpc and tcp://
+    addresses: while a TLS cluster starts, both carry the certificates, and nothing else after."""
+    import ssl
+
+    from dask_kubernetes.operator import KubeCluster, networking
+    from dask_kubernetes.operator.kubecluster import kubecluster
+    from distributed.core import rpc
+
+    from megaset.deploy.kube import _kube_cluster_class, _operator_client_tls
+
+    assert networking.rpc is kubecluster.rpc is rpc  # what is replaced is there
+    files = generate(tmp_path / "certs")
+    with _operator_client_tls(files):
+        for module in (networking, kubecluster):
+            assert isinstance(module.rpc.keywords["connection_args"]["ssl_context"], ssl.SSLContext)
+    assert networking.rpc is kubecluster.rpc is rpc
+    tls_class = _kube_cluster_class(tls=True)
+    assert issubclass(tls_class, KubeCluster) and _kube_cluster_class(tls=False) is KubeCluster
+    assert "_get_scheduler_address" in vars(tls_class) and hasattr(KubeCluster, "_get_scheduler_address")
 
 
 def test_kubernetes_driver_without_the_tls_secret_names_it():
