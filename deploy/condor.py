@@ -131,6 +131,9 @@ def _scheduler_options(cfg: ClusterConfig) -> dict[str, Any]:
         options.setdefault("dashboard_address", ":8787")
     else:
         options["dashboard"] = False
+        # The scheduler serves its health and info routes even then, on port 8787 of every interface
+        # unless told otherwise: worker jobs never use them, so they stay on loopback.
+        options["dashboard_address"] = "127.0.0.1:0"
     return options
 
 

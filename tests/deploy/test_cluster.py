@@ -306,8 +306,13 @@ def test_htcondor_cluster_submits_the_rendered_script(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     cfg = load_config(DEPLOY / "htcondor" / "config-shared-fs.yaml").cluster
     cfg = cfg.model_copy(update={"dashboard": False})
+    before = _listening([os.getpid()])
     with start_htcondor_cluster(cfg) as cluster:
         assert cluster.scheduler_address.startswith("tls://")
+        # Worker jobs reach the scheduler's TLS port from elsewhere; its HTTP routes stay on loopback.
+        port = int(cluster.scheduler_address.rpartition(":")[2])
+        sockets = _listening([os.getpid()]) - before
+        assert {p for _, address, p in sockets if address != "127.0.0.1"} == {port}, sockets
         folder = Path(cluster.megaset_tls_folder.name)
         assert cluster.job_script() == htcondor_job_script(cfg).replace(
             SCHEDULER_PLACEHOLDER, cluster.scheduler_address).replace(MADE_AT_START, str(folder))
