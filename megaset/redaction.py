@@ -31,7 +31,7 @@ REDACTED = "<redacted>"
 #: Environment maps of the configuration: every value may be a credential.
 _ENV_MAPS = {("cluster", "kubernetes", "env")}
 #: Keys named like a credential that hold none: the name of the Secret holding them.
-_KEEP = {("cluster", "kubernetes", "secret")}
+_KEEP = {("cluster", "kubernetes", "secret"), ("cluster", "tls", "secret")}
 
 #: Names that read like a credential (not those of a file or folder holding one).
 _NAME = (r"[A-Za-z0-9_.-]*(?:secret|passw|token|credential|signature|api[_-]?key|access[_-]?key|private[_-]?key"

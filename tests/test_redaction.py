@@ -22,6 +22,7 @@ def test_persisted_config_keeps_no_credential_and_the_rest_as_it_was():
     cluster = kept["cluster"]
     assert cluster["kubernetes"]["env"] == {"AWS_SECRET_ACCESS_KEY": REDACTED, "AWS_ENDPOINT_URL": REDACTED}
     assert cluster["kubernetes"]["secret"] == "megaset-s3"  # the Secret's name, no credential
+    assert cluster["tls"]["secret"] == cfg.cluster.tls.secret  # the certificates' Secret, by name
     assert cluster["htcondor"]["job_script_prologue"] == [
         f"export AWS_SECRET_ACCESS_KEY={REDACTED}", "export HOME=/scratch",
         "export AWS_SHARED_CREDENTIALS_FILE=/scratch/credentials"]
