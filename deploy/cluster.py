@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from megaset.config import ClusterConfig
-from megaset.deploy.pools import pool_sections, resources_arg, worker_resources
+from megaset.deploy.pools import add_pools, pool_sections, resources_arg, worker_resources
 from megaset.errors import ConfigError
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["open_client", "describe", "dashboard_link", "cluster_size", "ClusterSize", "release_memory", "add_pools"]
+__all__ = ["open_client", "describe", "dashboard_link", "cluster_size", "ClusterSize", "release_memory"]
 
 
 @dataclass(frozen=True)
@@ -293,17 +293,6 @@ def _local_tls(cfg: ClusterConfig) -> dict[str, Any]:
         return {}
     files = configured_files(cfg)
     return {"protocol": "tls://", "security": files.security() if files else made_security()}
-
-
-def add_pools(cluster: Any, cfg: ClusterConfig, options: Callable[[ClusterConfig], dict[str, Any]]) -> None:
-    """Give a cluster of Dask's ``SpecCluster`` family (local, HTCondor) the workers of every pool
-    of ``cfg``: its own worker spec with ``options(pool section)`` on top, named ``<pool>-<i>``."""
-    template = cluster.new_spec
-    for name, pool in pool_sections(cfg).items():
-        for i in range(pool.workers or 0):
-            cluster.worker_spec[f"{name}-{i}"] = {"cls": template["cls"],
-                                                  "options": {**template["options"], **options(pool)}}
-    cluster.scale(len(cluster.worker_spec))
 
 
 def _start(cfg: ClusterConfig) -> Any:

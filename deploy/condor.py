@@ -14,7 +14,7 @@ import tempfile
 from typing import Any
 
 from megaset.config import ClusterConfig
-from megaset.deploy.pools import pool_sections, resources_arg
+from megaset.deploy.pools import add_pools, pool_sections, resources_arg
 from megaset.deploy.tls import SECRET_KEYS, TLSFiles, configured_files, generate, tls_enabled
 from megaset.deploy.worker_env import WORKER_MALLOC_ENV
 from megaset.errors import ConfigError
@@ -183,8 +183,6 @@ def start_htcondor_cluster(cfg: ClusterConfig) -> Any:
                       **_job_kwargs(first, tls))
     cluster.megaset_tls_folder = folder
     if cfg.pools:
-        from megaset.deploy.cluster import add_pools
-
         # One job description per pool, under the one scheduler.
         add_pools(cluster, cfg, lambda pool: _job_kwargs(pool, tls))
     return cluster

@@ -19,11 +19,12 @@ section asks for nothing and declares only ``GPU`` if it has GPUs: it runs as be
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from megaset.config import ClusterConfig
 
-__all__ = ["pool_sections", "worker_resources", "stage_resources", "placed", "resources_arg", "CPU_STAGES",
+__all__ = ["add_pools", "pool_sections", "worker_resources", "stage_resources", "placed", "resources_arg", "CPU_STAGES",
            "gpu_box"]
 
 #: The stages that run on the CPU pools when the cluster has pools.
@@ -101,3 +102,14 @@ def gpu_box(cores: int, gpus: int, memory: int) -> ClusterConfig | None:
     size = "4 GiB" if share == 4 * 2**30 else format_bytes(share)
     return ClusterConfig.model_validate({"pools": {"cpu": {"workers": cpu_workers, "memory": size},
                                                    "gpu": {"workers": gpus, "gpus": 1, "memory": size}}})
+
+
+def add_pools(cluster: Any, cfg: ClusterConfig, options: Callable[[ClusterConfig], dict[str, Any]]) -> None:
+    """Give a cluster of Dask's ``SpecCluster`` family (local, HTCondor) the workers of every pool
+    of ``cfg``: its own worker spec with ``options(pool section)`` on top, named ``<pool>-<i>``."""
+    template = cluster.new_spec
+    for name, pool in pool_sections(cfg).items():
+        for i in range(pool.workers or 0):
+            cluster.worker_spec[f"{name}-{i}"] = {"cls": template["cls"],
+                                                  "options": {**template["options"], **options(pool)}}
+    cluster.scale(len(cluster.worker_spec))

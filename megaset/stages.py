@@ -377,12 +377,34 @@ def _event_studies(cfg: Config) -> list[Stage]:
 
 
 def _event_study(cfg: Config, key: str, params: Mapping[str, Any]) -> Stage:
-    from megaset.studies.common import run_study
-
     def work(client: Client | None, resume: bool, progress: StepProgress) -> Any:
-        return run_study(cfg, client, params, progress)
+        return _run_study(cfg, client, params, progress)
 
     return _study_stage(cfg, f"study {key}", params, lambda: _study_recorded(cfg, key), work)
+
+
+def _run_study(cfg: Config, client: Client | None, params: Mapping[str, Any],
+              progress: StepProgress | None = None) -> dict[str, Any]:
+    """Run the study ``params`` records (as :func:`study_record` holds them) again on ``cfg``,
+    telling ``progress`` its steps."""
+    kind = params["kind"]
+    if kind == "pt-altering":
+        from megaset.studies.pt_altering import pt_altering
+
+        return pt_altering(cfg, model=params["model"], checkpoint=params["checkpoint"], out_dir=params["out_dir"],
+                           progress=progress)
+    if kind == "channel-removal":
+        from megaset.studies.channel_removal import channel_removal
+
+        return channel_removal(cfg, client, params["channel"], workdir=params["workdir"], report=params["report"],
+                               progress=progress)
+    if kind == "contamination":
+        from megaset.studies.contamination import contamination
+
+        return contamination(cfg, client, signal=params["signal"], fractions=params["fractions"],
+                             workdir=params["workdir"], progress=progress)
+    msg = f"a study of kind {kind!r} is run by the chain of jet inputs, not on its own"
+    raise ValueError(msg)
 
 
 def _jet_studies(cfg: Config) -> list[Stage]:

@@ -52,14 +52,15 @@ PUBLIC_API = {
     "megaset.config_overrides": ["apply_overrides", "parse_override"],
     "megaset.redaction": ["REDACTED", "redact"],
     "megaset.deploy.cluster": [
-        "ClusterSize", "add_pools", "cluster_size", "dashboard_link", "describe", "open_client", "release_memory",
+        "ClusterSize", "cluster_size", "dashboard_link", "describe", "open_client", "release_memory",
     ],
     "megaset.deploy.condor": ["htcondor_job_script", "start_htcondor_cluster"],
     "megaset.deploy.kube": [
         "kube_cluster_spec", "kube_network_policy", "kube_worker_groups", "quantity", "start_kube_cluster",
     ],
     "megaset.deploy.pools": [
-        "CPU_STAGES", "gpu_box", "placed", "pool_sections", "resources_arg", "stage_resources", "worker_resources",
+        "CPU_STAGES", "add_pools", "gpu_box", "placed", "pool_sections", "resources_arg", "stage_resources",
+        "worker_resources",
     ],
     "megaset.deploy.render": ["main", "render"],
     "megaset.deploy.tls": [
@@ -163,7 +164,7 @@ PUBLIC_API = {
     "megaset.storage.tasks": ["map_chunks"],
     "megaset.storage.verify": ["verify"],
     "megaset.studies.channel_removal": ["channel_removal"],
-    "megaset.studies.common": ["UPSTREAM", "anomaly_row", "auc_cell", "run_study", "score_fingerprint", "study_record",
+    "megaset.studies.common": ["UPSTREAM", "anomaly_row", "auc_cell", "score_fingerprint", "study_record",
                                "study_upstream", "style", "train_and_score"],
     "megaset.studies.contamination": ["contamination", "contamination_params"],
     "megaset.studies.pairwise": ["pairwise", "pairwise_params"],

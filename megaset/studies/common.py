@@ -17,11 +17,10 @@ from megaset.config import Config
 if TYPE_CHECKING:
     from distributed import Client
 
-    from megaset.progress import Progress
     from megaset.report.style import Style
 
 __all__ = ["train_and_score", "anomaly_row", "style", "auc_cell", "study_record", "study_upstream", "score_fingerprint",
-           "run_study", "UPSTREAM"]
+           "UPSTREAM"]
 
 #: Per kind of study, the stage whose artefact it reads.
 UPSTREAM = {"channel-removal": "ingest", "contamination": "ingest", "pairwise": "ingest", "pt-altering": "score"}
@@ -100,27 +99,3 @@ def score_fingerprint(cfg: Config, model: str) -> str | None:
     except StoreError:
         return None
     return (scored_record(store, model)[0] or {}).get("fingerprint")
-
-
-def run_study(cfg: Config, client: Client | None, params: Mapping[str, Any],
-              progress: Progress | None = None) -> dict[str, Any]:
-    """Run the study ``params`` records (as :func:`study_record` holds them) again on ``cfg``,
-    telling ``progress`` its steps."""
-    kind = params["kind"]
-    if kind == "pt-altering":
-        from megaset.studies.pt_altering import pt_altering
-
-        return pt_altering(cfg, model=params["model"], checkpoint=params["checkpoint"], out_dir=params["out_dir"],
-                           progress=progress)
-    if kind == "channel-removal":
-        from megaset.studies.channel_removal import channel_removal
-
-        return channel_removal(cfg, client, params["channel"], workdir=params["workdir"], report=params["report"],
-                               progress=progress)
-    if kind == "contamination":
-        from megaset.studies.contamination import contamination
-
-        return contamination(cfg, client, signal=params["signal"], fractions=params["fractions"],
-                             workdir=params["workdir"], progress=progress)
-    msg = f"a study of kind {kind!r} is run by the chain of jet inputs, not on its own"
-    raise ValueError(msg)
