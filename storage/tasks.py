@@ -4,10 +4,18 @@ stage) run their chunks through.
 Each chunk is written whole by its own task, so tasks need no locks and a task retried after
 its worker died rewrites its own chunk with the same bytes. Without a client the chunks run
 one after the other in this process.
+
+A cluster that can never run the tasks is not waited on for ever: Dask pauses a worker whose
+process memory passes ``distributed.worker.memory.pause`` of its limit (80 %), and a worker
+without a nanny (``dask worker --no-nanny``) whose memory is held by its libraries (torch,
+numba, a finished training) stays paused. When every worker that could run the tasks has been
+paused for ``_PAUSED_S``, after their freed heap was handed back once, the map stops with an
+error naming them and their memory.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,7 +71,8 @@ def map_chunks(
     Raises
     ------
     StoreError
-        When the workers of one item die on every try (naming the item and the stage); the
+        When the workers of one item die on every try (naming the item and the stage), or
+        when every worker able to run the items stays paused for memory (naming them); the
         chunks finished so far are kept for a rerun.
     """
     advance = progress or (lambda n: None)
@@ -78,6 +87,7 @@ def map_chunks(
         return results
     from distributed import KilledWorker, as_completed
 
+    paused = _Paused(client, resources, stage)
     # A fresh token per run: a rerun must not pick up results the scheduler still holds.
     token = uuid.uuid4().hex[:12]
     prefix = stage.split()[-1]
@@ -92,18 +102,80 @@ def map_chunks(
         # fetched on this client's loop: as_completed defaults to the default client's, and where a
         # process holds two clients, the other loop's thread would write on this client's sockets.
         completed = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
-        for future, result in completed:
-            try:
-                results.append(future.result() if future.status == "error" else result)
-            except KilledWorker as err:
-                msg = (
-                    f"{stage}: the workers running chunk {where[future.key]} died {retries + 1} times "
-                    f"({err}); look at the worker logs (memory?), then rerun `{stage}`: finished chunks are kept"
-                )
-                raise StoreError(msg) from None
-            future.release()
-            done += size_of[future.key]
-            advance(done)
+        while not completed.is_empty():
+            if not completed.has_ready():
+                paused.check()
+                time.sleep(_POLL_S)
+                continue
+            for future, result in completed.next_batch(block=False):
+                try:
+                    results.append(future.result() if future.status == "error" else result)
+                except KilledWorker as err:
+                    msg = (
+                        f"{stage}: the workers running chunk {where[future.key]} died {retries + 1} times "
+                        f"({err}); look at the worker logs (memory?), then rerun `{stage}`: finished chunks are kept"
+                    )
+                    raise StoreError(msg) from None
+                future.release()
+                done += size_of[future.key]
+                advance(done)
     finally:
         client.cancel(futures)
     return results
+
+
+#: Seconds between looks at the results while none is ready, and between asking the scheduler
+#: whether the workers are paused.
+_POLL_S = 0.1
+_CHECK_S = 2.0
+#: Seconds every worker able to run the tasks may stay paused before the map stops.
+_PAUSED_S = 60.0
+
+
+def _able(dask_scheduler: Any, resources: dict[str, float] | None) -> list[tuple[str, str, int, int]]:
+    """Runs on the scheduler: ``(address, status, process memory, memory limit)`` of every worker
+    declaring ``resources``."""
+    needed = resources or {}
+    return [(ws.address, ws.status.name, ws.memory.process, ws.memory_limit or 0)
+            for ws in dask_scheduler.workers.values()
+            if all(ws.resources.get(name, 0) >= amount for name, amount in needed.items())]
+
+
+class _Paused:
+    """Watches, while a map waits, whether every worker able to run its tasks is paused."""
+
+    def __init__(self, client: Client, resources: dict[str, float] | None, stage: str):
+        self.client, self.resources, self.stage = client, resources, stage
+        self.since: float | None = None
+        self.next_look = time.monotonic() + _CHECK_S
+
+    def check(self) -> None:
+        """Raise :class:`StoreError` once those workers have all been paused for ``_PAUSED_S``."""
+        now = time.monotonic()
+        if now < self.next_look:
+            return
+        self.next_look = now + _CHECK_S
+        workers = self.client.run_on_scheduler(_able, resources=self.resources)
+        if not workers or any(status != "paused" for _, status, _, _ in workers):
+            self.since = None  # no worker yet (an adaptive cluster grows), or one can run tasks
+            return
+        if self.since is None:
+            from megaset.deploy.cluster import release_memory
+
+            # Freed heap that glibc keeps counts as process memory: handed back, it may resume them.
+            self.since = now
+            release_memory(self.client)
+            return
+        if now - self.since < _PAUSED_S:
+            return
+        from dask.utils import format_bytes
+
+        found = "; ".join(f"{address} at {format_bytes(memory)} of its {format_bytes(limit)} limit"
+                          for address, _, memory, limit in workers)
+        msg = (
+            f"{self.stage}: every worker able to run its tasks has been paused by Dask for memory for "
+            f"{now - self.since:.0f} s ({found}), so no chunk can start; give the workers more memory "
+            "(cluster.memory_per_worker, or `dask worker --memory-limit`: a worker that has trained a model "
+            f"holds 0.6 to 0.75 GiB), then rerun `{self.stage}`: finished chunks are kept"
+        )
+        raise StoreError(msg)
