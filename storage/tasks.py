@@ -132,15 +132,6 @@ _CHECK_S = 2.0
 _PAUSED_S = 60.0
 
 
-def _able(dask_scheduler: Any, resources: dict[str, float] | None) -> list[tuple[str, str, int, int]]:
-    """Runs on the scheduler: ``(address, status, process memory, memory limit)`` of every worker
-    declaring ``resources``."""
-    needed = resources or {}
-    return [(ws.address, ws.status.name, ws.memory.process, ws.memory_limit or 0)
-            for ws in dask_scheduler.workers.values()
-            if all(ws.resources.get(name, 0) >= amount for name, amount in needed.items())]
-
-
 class _Paused:
     """Watches, while a map waits, whether every worker able to run its tasks is paused."""
 
@@ -150,12 +141,24 @@ class _Paused:
         self.next_look = time.monotonic() + _CHECK_S
 
     def check(self) -> None:
-        """Raise :class:`StoreError` once those workers have all been paused for ``_PAUSED_S``."""
+        """Raise :class:`StoreError` once the workers declaring the map's resources (every worker,
+        without) have all been paused for ``_PAUSED_S``."""
         now = time.monotonic()
         if now < self.next_look:
             return
         self.next_look = now + _CHECK_S
-        workers = self.client.run_on_scheduler(_able, resources=self.resources)
+        needed = self.resources or {}
+
+        def able(dask_scheduler: Any) -> list[tuple[str, str, int, int]]:  # defined here: sent by value
+            return [(ws.address, ws.status.name, ws.memory.process, ws.memory_limit or 0)
+                    for ws in dask_scheduler.workers.values()
+                    if all(ws.resources.get(name, 0) >= amount for name, amount in needed.items())]
+
+        try:
+            workers = self.client.run_on_scheduler(able)
+        except Exception:  # noqa: BLE001  # a scheduler that runs no function of its clients: wait as before
+            self.next_look = float("inf")
+            return
         if not workers or any(status != "paused" for _, status, _, _ in workers):
             self.since = None  # no worker yet (an adaptive cluster grows), or one can run tasks
             return
