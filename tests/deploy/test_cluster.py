@@ -402,6 +402,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The memory limit of each worker of an existing scheduler's cluster: after training, a worker
+#: holds 600-750 MiB of libraries (torch, numba, matplotlib), and Dask pauses one at 80 % of 1 GiB.
+WORKER_MEMORY = 2 * 2**30
+
+
 class Scheduler:
     """A `dask scheduler` and `dask worker` processes on loopback, stopped on exit; with ``tls``,
     speaking tls:// alone with those certificates."""
@@ -438,7 +443,8 @@ class Scheduler:
         address = json.loads(info.read_text())["address"]
         for i, extra in enumerate(self.worker_args):
             self._spawn(["worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
-                         "--memory-limit", "1GiB", "--no-dashboard", "--no-nanny", *tls[2:], *extra], f"worker-{i}")
+                         "--memory-limit", str(WORKER_MEMORY), "--no-dashboard", "--no-nanny", *tls[2:], *extra],
+                        f"worker-{i}")
         with Client(address, timeout=30, security=self.tls.security() if self.tls else None) as client:
             client.wait_for_workers(len(self.worker_args), timeout=90)
         return address
@@ -467,7 +473,7 @@ def test_address_cluster_size_and_real_work(address):
 
     cfg = ClusterConfig(kind="address", address=address)
     with open_client(cfg) as client:
-        assert cluster_size(client) == ClusterSize(workers=2, threads=2, memory=2 * 2**30, gpus=0)
+        assert cluster_size(client) == ClusterSize(workers=2, threads=2, memory=2 * WORKER_MEMORY, gpus=0)
         x = da.arange(1_000_000, chunks=100_000, dtype="int64")
         assert (x * x).sum().compute() == sum(i * i for i in range(1_000_000))
         workers = sorted(client.scheduler_info()["workers"])
@@ -489,7 +495,7 @@ def test_address_gpus_requested_without_gpu_workers(address):
 def test_address_gpu_workers(tmp_path):
     with Scheduler(tmp_path, [["--resources", "GPU=2"]]) as addr:
         with open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=2)) as client:
-            assert cluster_size(client) == ClusterSize(workers=1, threads=1, memory=2**30, gpus=2)
+            assert cluster_size(client) == ClusterSize(workers=1, threads=1, memory=WORKER_MEMORY, gpus=2)
             assert client.submit(lambda: "placed", resources={"GPU": 2}).result(timeout=30) == "placed"
         with (pytest.raises(ConfigError, match=r"gpus_per_worker=3, but no worker.*GPU=2"),
               open_client(ClusterConfig(kind="address", address=addr, gpus_per_worker=3))):
