@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
-    "weighted_quantile", "weighted_median", "roc_curve", "auc", "auc_error", "signal_efficiency", "region_cuts",
+    "has_positive_weight", "weighted_quantile", "weighted_median", "roc_curve", "auc", "auc_error",
+    "signal_efficiency", "region_cuts",
     "WORKING_POINTS", "efficiency_error", "working_point", "best_significance_improvement",
     "significance", "asimov_significance", "background_uncertainty", "effective_events", "yield_summary",
     "threshold_scan", "best_cut", "binned_mean", "separation_matrix",
@@ -37,6 +38,16 @@ def _weights(values: np.ndarray, weights: Sequence[float] | np.ndarray | None, w
         msg = f"{what}: {len(w)} weights for {len(values)} values"
         raise ValueError(msg)
     return w
+
+
+def has_positive_weight(weights) -> bool:
+    """Whether any event has a positive weight: what a ROC curve, an AUC, an efficiency or a
+    quantile needs of each sample.
+
+    >>> has_positive_weight([0.0, -1.0]), has_positive_weight([]), has_positive_weight([-1.0, 2.0])
+    (False, False, True)
+    """
+    return bool(np.any(np.asarray(weights, dtype=np.float64) > 0))
 
 
 def weighted_quantile(values, weights=None, q: float = 0.5) -> float:
@@ -123,6 +134,11 @@ def auc_error(background, signal, w_background=None, w_signal=None, *, replicas:
     often as it is drawn. For unweighted samples the result agrees with Hanley and McNeil's
     formula (Radiology 143, 1982).
 
+    A replica that draws none of the positive-weight events of one class has no AUC; it is
+    dropped and the spread taken over the others (the bootstrap conditioned on both classes
+    being present). It happens with probability about exp(-n) for n such events: on a tiny
+    sample only. NaN when fewer than two replicas remain.
+
     >>> round(auc_error(np.arange(200.0), np.arange(200.0) + 100.0), 2)
     0.02
     """
@@ -130,7 +146,8 @@ def auc_error(background, signal, w_background=None, w_signal=None, *, replicas:
     rng = np.random.default_rng(seed)
     replica = _ReweightedAUC(b, s, wb, ws)
     values = [replica(rng.poisson(1.0, size=len(b) + len(s))) for _ in range(replicas)]
-    return float(np.std(values, ddof=1))
+    kept = [v for v in values if v is not None]
+    return float(np.std(kept, ddof=1)) if len(kept) >= 2 else float("nan")
 
 
 class _ReweightedAUC:
@@ -152,11 +169,15 @@ class _ReweightedAUC:
         self.w = np.concatenate([wb, ws])[self.order]
         self.is_signal = (np.arange(len(scores)) >= len(b))[self.order]
 
-    def __call__(self, factor: np.ndarray) -> float:
+    def __call__(self, factor: np.ndarray) -> float | None:
+        """The AUC of the reweighted sample; None when a class is left without weight."""
         w = self.w * factor[self.order]
         gb = np.add.reduceat(np.where(self.is_signal, 0.0, w), self.starts)
         gs = np.add.reduceat(np.where(self.is_signal, w, 0.0), self.starts)
-        return float(np.sum(gs * (np.cumsum(gb) - gb + 0.5 * gb)) / (gs.sum() * gb.sum()))
+        norm = gs.sum() * gb.sum()
+        if not norm > 0:
+            return None
+        return float(np.sum(gs * (np.cumsum(gb) - gb + 0.5 * gb)) / norm)
 
 
 def signal_efficiency(fpr: np.ndarray, tpr: np.ndarray, background_efficiency: float) -> float:
@@ -401,7 +422,7 @@ def separation_matrix(scores: Sequence[np.ndarray], weights: Sequence[np.ndarray
     """
     n = len(scores)
     out = np.full((n, n), np.nan)
-    alive = [bool(np.clip(np.asarray(w, dtype=np.float64), 0.0, None).sum() > 0) for w in weights]
+    alive = [has_positive_weight(w) for w in weights]
     for i in range(n):
         out[i, i] = 0.5 if alive[i] else np.nan
         for j in range(i + 1, n):

@@ -209,6 +209,31 @@ def test_auc_and_its_replicas_against_scikit_learn():
             roc_auc_score(labels, scores, sample_weight=weights * factor), rel=1e-12)
 
 
+def test_auc_error_drops_the_replicas_that_draw_no_signal():
+    import warnings
+
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    b, s = rng.normal(size=40), np.array([0.8, 2.0])
+    ws = np.array([1.0, -0.5])  # one signal event of positive weight: a replica misses it about 37 % of the time
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        error = auc_error(b, s, None, ws, replicas=300, seed=2)
+    # The same draws by hand: the replicas with signal weight, each scikit-learn's AUC.
+    draws = np.random.default_rng(2)
+    labels, scores, weights = np.r_[np.zeros(40), np.ones(2)], np.r_[b, s], np.r_[np.ones(40), 1.0, 0.0]
+    values = []
+    for _ in range(300):
+        factor = draws.poisson(1.0, 42)
+        if factor[40] > 0:
+            values.append(roc_auc_score(labels, scores, sample_weight=weights * factor))
+    assert 150 < len(values) < 250
+    assert error == pytest.approx(np.std(values, ddof=1), rel=1e-10)
+    # Fewer than two replicas left: no spread to take.
+    assert math.isnan(auc_error(b, s, None, ws, replicas=1))
+
+
 def _staircase(n: int = 20_000, m: int = 2_000) -> tuple[np.ndarray, np.ndarray]:
     """Background scores 0 .. n-1; half the signal half a unit above each of the top m/2
     background scores, the other half far below. A cut keeping the top k background events
