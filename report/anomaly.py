@@ -1,6 +1,10 @@
 """Farina et al.'s Table I for one model, taken to tight working points: the AUC (with its
 bootstrap uncertainty), E10, E100, E1000 and the best significance improvement of every signal
-against the whole background; shared by the event report, the jet report and the studies."""
+against the whole background; shared by the event report, the jet report and the studies.
+
+A selection may keep no event of a signal, or only events of non-positive weight (NLO): such a
+signal has no ROC curve, and the table leaves it out (:func:`signals_without_events` names
+it, for the report to say so)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,12 @@ import numpy as np
 from megaset.report import metrics
 from megaset.report.samples import Sample
 
-__all__ = ["anomaly_table"]
+__all__ = ["anomaly_table", "signals_without_events"]
+
+
+def signals_without_events(signals: Sequence[Sample]) -> list[str]:
+    """The signals with no event of positive weight: no ROC curve, AUC or efficiency exists for them."""
+    return [s.name for s in signals if not metrics.has_positive_weight(s.weight)]
 
 
 def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sample], *,
@@ -27,12 +36,14 @@ def anomaly_table(model: str, background: Sequence[Sample], signals: Sequence[Sa
     its cut keeps ``<wp>_background_events`` and ``<wp>_enough`` (False below
     ``min_background_events``: not a measurement); and ``best_si``, the largest significance
     improvement over the cuts that keep ``min_background_events`` (a
-    :func:`~megaset.report.metrics.best_significance_improvement`, or None).
+    :func:`~megaset.report.metrics.best_significance_improvement`, or None). The signals of
+    :func:`signals_without_events` have neither a row nor a curve.
     """
     b = np.concatenate([s.scores[model] for s in background])
     wb = np.concatenate([s.weight for s in background])
     rows, rocs = [], {}
-    for sig in signals:
+    empty = set(signals_without_events(signals))
+    for sig in (s for s in signals if s.name not in empty):
         roc = metrics.roc_curve(b, sig.scores[model], wb, sig.weight)
         fpr, tpr, _ = roc
         area = float(np.trapezoid(tpr, fpr))

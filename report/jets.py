@@ -34,7 +34,7 @@ import numpy as np
 
 from megaset.config import Config
 from megaset.report import metrics, plots
-from megaset.report.markdown import skipped_files, skipped_section, table
+from megaset.report.markdown import skipped_files, skipped_section, table, without_events_notes
 from megaset.report.samples import Sample
 from megaset.report.style import Style
 
@@ -198,7 +198,7 @@ def _farina_rows(rows: Sequence[dict]) -> list[list[Any]]:
 def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[str], out: Path) -> dict[str, Any]:
     """Every table and figure of a jet store (see the module docstring); writes ``report.md``
     and ``report.json`` into ``out`` and returns what the JSON holds."""
-    from megaset.report.anomaly import anomaly_table
+    from megaset.report.anomaly import anomaly_table, signals_without_events
 
     rc = cfg.report
     background = [s for s in samples if s.kind == "background"]
@@ -206,7 +206,8 @@ def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[
     names = [s.name for s in samples]
     result: dict[str, Any] = {"store": store.url, "kind": "jets", "models": list(models), "samples": names,
                               "auc_table": [], "separation": {}, "pairwise": {}, "sculpting": {}, "latent": {},
-                              "plots": {}, "skipped": skipped_files(store.attrs)}
+                              "plots": {}, "skipped": skipped_files(store.attrs),
+                              "signals_without_events": signals_without_events(signals)}
     rocs: dict[str, dict] = {}
     panels, profiles = [], {}
     all_mass = np.concatenate([s.mass for s in samples])
@@ -219,7 +220,8 @@ def jet_report(cfg: Config, store: Any, samples: list[Sample], models: Sequence[
         for name, curve in model_rocs.items():
             rocs.setdefault(name, {})[model] = curve
         x = {s.name: np.log10(np.clip(s.scores[model], _TINY, None)) for s in samples}
-        edges = np.linspace(min(v.min() for v in x.values()), max(v.max() for v in x.values()) + 1e-9, rc.bins + 1)
+        filled = [v for v in x.values() if len(v)]  # a signal the selection kept no jet of has no range
+        edges = np.linspace(min(v.min() for v in filled), max(v.max() for v in filled) + 1e-9, rc.bins + 1)
         panels.append(plots.Panel(model, f"log10 score ({model})", edges,
                                   [plots.Component(s.name, x[s.name], s.weight) for s in background],
                                   [plots.Component(s.name, x[s.name], s.weight) for s in signals]))
@@ -266,7 +268,8 @@ def _markdown(path: Path, r: dict[str, Any]) -> Path:
              "", "## Every signal", "",
              table(["signal", "model", "AUC", "E10", "E100"],
                    [[x["signal"], x["model"], x["auc"], x["e10"], x["e100"]] for x in r["auc_table"]]),
-             "", f"## Pairwise separation (cells of {n_cells} with AUC > {_SEPARATED})", "",
+             "", *without_events_notes(r["signals_without_events"]), *([""] if r["signals_without_events"] else []),
+             f"## Pairwise separation (cells of {n_cells} with AUC > {_SEPARATED})", "",
              table(["model", "scored, trained on the background", "trained on each sample"],
                    [[m, r["separation"][m]["separated"], r["pairwise"].get(m, {}).get("separated", "-")]
                     for m in r["models"]] + [[m, "-", v["separated"]] for m, v in r["pairwise"].items()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["write_markdown", "table", "family_table", "add_study", "studies", "study_records", "finite",
-           "working_point_cell", "skipped_files", "skipped_section"]
+           "working_point_cell", "skipped_files", "skipped_section", "without_events_notes"]
 
 #: Where a report folder keeps the summaries of the studies run against its store.
 STUDIES = "studies"
@@ -110,6 +110,31 @@ def _best_si_cell(best: Mapping[str, Any] | None) -> str:
         return "-"
     return (f"{_pm(best['significance_improvement'], best['significance_improvement_error'])} "
             f"at ε_B = {best['background_efficiency']:.2g}")
+
+
+def without_events_notes(names: Sequence[str]) -> list[str]:
+    """One line per signal that has no ROC curve, saying why it is in no table of the anomaly detection.
+
+    >>> without_events_notes(["c1n2"])
+    ['- signal c1n2: no selected event with a positive weight in the store: not in the table']
+    """
+    return [f"- signal {name}: no selected event with a positive weight in the store: not in the table"
+            for name in names]
+
+
+def _anomaly_tables(rows: Sequence[Mapping[str, Any]], without_events: Sequence[str]) -> list[str]:
+    """Table I and the family table, then a note per signal left out of them; when every signal
+    is left out, no table and the reason."""
+    notes = [*without_events_notes(without_events), ""] if without_events else []
+    if not rows and without_events:
+        return ["No signal has a selected event with a positive weight in the store: there is no ROC "
+                "curve, AUC or working point to show.", "", *notes]
+    return [table(["signal", "model", "AUC", "E10", "E100", "E1000", "best ε_S/√ε_B"],
+                  [[r["signal"], r["model"], _pm(r["auc"], r["auc_error"]),
+                    *(working_point_cell(r, name) for name in ("e10", "e100", "e1000")),
+                    _best_si_cell(r.get("best_si"))] for r in rows]), "", *notes,
+            "Model families against signals (AUC / E100 / E1000; † marks an E1000 on too few background "
+            "MC events):", "", family_table(rows), ""]
 
 
 def _figure(path: str | Path, base: Path, name: str | None = None) -> str:
@@ -241,13 +266,8 @@ def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
         "its weighted binomial error, sums of w²); a working point whose cut keeps fewer background MC "
         "events than that is marked. The AUC's uncertainty "
         f"is the spread of {result['statistics']['auc_replicas']} bootstrap replicas.", "",
-        table(["signal", "model", "AUC", "E10", "E100", "E1000", "best ε_S/√ε_B"],
-              [[r["signal"], r["model"], _pm(r["auc"], r["auc_error"]),
-                *(working_point_cell(r, name) for name in ("e10", "e100", "e1000")), _best_si_cell(r.get("best_si"))]
-               for r in result["auc_table"]]),
-        "", "Model families against signals (AUC / E100 / E1000; † marks an E1000 on too few background "
-        "MC events):", "", family_table(result["auc_table"]),
-        "", "## Reconstruction errors", "", _figure(result["plots"]["errors"], base, "errors"), "",
+        *_anomaly_tables(result["auc_table"], result.get("signals_without_events") or []),
+        "## Reconstruction errors", "", _figure(result["plots"]["errors"], base, "errors"), "",
     ]
     if "roc" in result["plots"]:
         lines += [_figure(result["plots"]["roc"], base, "roc"), ""]

@@ -47,7 +47,7 @@ from megaset.config import Config, ReportConfig
 from megaset.errors import StoreError, StoreKeyError
 from megaset.progress import Progress, steps
 from megaset.report import metrics, plots
-from megaset.report.anomaly import anomaly_table
+from megaset.report.anomaly import anomaly_table, signals_without_events
 from megaset.report.markdown import finite, skipped_files, studies, write_markdown
 from megaset.report.samples import BACKGROUND_GROUP, Sample, load_samples, mass_variable
 from megaset.report.style import DATA_COLOUR, Style
@@ -262,7 +262,9 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
         ingest skipped, with their reasons), ``auc_table`` (rows of signal,
         model, auc, auc_error and the working points e10, e100, e1000 with their uncertainties,
         significance improvements and background MC events, best_si; see
-        :func:`~megaset.report.anomaly.anomaly_table`), ``sections`` per model (median, cuts, regions with
+        :func:`~megaset.report.anomaly.anomaly_table`), ``signals_without_events`` (the signals
+        the selection kept no event of positive weight of: in no row of ``auc_table`` nor in the
+        ROC figure), ``sections`` per model (median, cuts, regions with
         yields, uncertainties and significances, decorrelation profiles, separation matrix, plot
         paths), ``training``, ``config`` (file and digest), ``colours``, ``statistics`` (the
         settings of the statistical treatment), ``studies``, ``plots`` and the paths of
@@ -314,7 +316,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
         "cutflow": _cutflow(store.attrs), "skipped": skipped_files(store.attrs),
         "statistics": {"min_background_events": rc.min_background_events,
                        "background_systematic": rc.background_systematic, "auc_replicas": rc.auc_replicas},
-        "auc_table": [], "sections": {}, "plots": {},
+        "auc_table": [], "signals_without_events": signals_without_events(signals), "sections": {}, "plots": {},
         "training": {m: dict(training[m]) for m in wanted if training and m in training},
         "config": _write_config(cfg, out),
         "colours": {s.name: DATA_COLOUR if s.kind == "data" else style.colour(s.name) for s in samples},

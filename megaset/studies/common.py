@@ -61,7 +61,14 @@ def auc_cell(row: dict[str, Any]) -> str:
 
 def anomaly_row(cfg: Config, signal: str) -> dict[str, Any]:
     """AUC (with its uncertainty), E10, E100 of ``signal`` against the test background in the
-    store of ``cfg``."""
+    store of ``cfg``.
+
+    Raises
+    ------
+    StoreError
+        When the store holds no event of ``signal`` with a positive weight (none selected).
+    """
+    from megaset.errors import StoreError
     from megaset.report.anomaly import anomaly_table
     from megaset.report.samples import load_samples, mass_variable
     from megaset.storage.store import open_store
@@ -73,6 +80,10 @@ def anomaly_row(cfg: Config, signal: str) -> dict[str, Any]:
     rows, _ = anomaly_table(model, background, [s for s in samples if s.kind == "signal" and s.name == signal],
                             replicas=cfg.report.auc_replicas,
                             min_background_events=cfg.report.min_background_events)
+    if not rows:
+        msg = (f"store {store.url!r} holds no selected event of signal {signal!r} with a positive weight: it has "
+               "no AUC; study a signal the selection keeps")
+        raise StoreError(msg)
     return rows[0]
 
 

@@ -51,3 +51,50 @@ def test_decorrelation_pairs_each_model_with_its_adversarial_twin():
     assert list(out) == ["jet-dense"]  # pca was not trained with the adversary
     assert out["jet-dense"] == {"js": {"0.1": 0.30, "0.01": 0.50}, "js_adv": {"0.1": 0.05, "0.01": 0.10},
                                 "auc": 0.7, "auc_adv": 0.7}
+
+
+def test_the_jet_report_names_a_signal_without_positive_weight_and_one_without_jets(tmp_path):
+    """A small real jet store scored by the tau32 cut (no training); one signal's weights made
+    non-positive in the store, and a signal the selection kept no jet of."""
+    import json
+    import warnings
+
+    from megaset.config import Config
+    from megaset.pipeline.ingest import ingest
+    from megaset.pipeline.jets_simulate import simulate_jets
+    from megaset.report.jets import jet_report
+    from megaset.report.samples import Sample, load_samples
+    from megaset.storage.mix import mix
+    from megaset.storage.store import open_store
+    from megaset.training.score import score
+    from megaset.training.trainer import train
+
+    cfg = Config.model_validate({
+        "inputs": {"kind": "jets", "chunksize": 400},
+        "jets": {"simulate": {"output": str(tmp_path / "jets"), "jets": 300, "signal_jets": 100, "jets_per_file": 300,
+                              "samples": ["qcd", "top", "w"]}},
+        "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 128},
+        "training": {"output": str(tmp_path / "models"), "model": "tau32", "scaling": "none"},
+        "report": {"auc_replicas": 20, "bins": 10},
+    })
+    simulate_jets(cfg.jets.simulate)
+    ingest(cfg, None)
+    mix(cfg, None)
+    train(cfg, None)
+    score(cfg, None)
+    store = open_store(cfg.store.url)
+    w = store.group("signal/w")
+    for i, values in w.iter_chunks(("weight",)):
+        w.write_chunk("weight", i, -np.abs(values["weight"]))
+    samples = load_samples(store, ["tau32"], "jet_mass")
+    empty = np.zeros(0)
+    nothing = Sample("nothing", "signal", empty, empty, empty, {"tau32": empty})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = jet_report(cfg, store, [*samples, nothing], ["tau32"], tmp_path / "out")
+    assert result["signals_without_events"] == ["w", "nothing"]
+    assert [r["signal"] for r in result["auc_table"]] == ["top"]
+    assert set(json.loads(json.dumps(result))["plots"]) >= {"roc", "errors"}
+    md = (tmp_path / "out" / "report.md").read_text()
+    for name in ("w", "nothing"):
+        assert f"- signal {name}: no selected event with a positive weight in the store: not in the table" in md

@@ -321,3 +321,101 @@ def test_report_config_keeps_no_credential(tmp_path):
     text = Path(written["file"]).read_text()
     assert SECRET not in text and "AWS_SECRET_ACCESS_KEY: <redacted>" in text
     assert yaml.safe_load(text)["cluster"]["kubernetes"]["secret"] == "megaset-s3"
+
+
+def _copy_with_signal_weights(cfg, folder: Path, weights: dict) -> object:
+    """A copy of the scored store of ``cfg`` in ``folder`` whose signals named in ``weights``
+    carry the weights that function gives their events (as a selection that keeps none with a
+    positive weight leaves them); the configuration of the copy."""
+    import shutil
+
+    url = str(folder / "store.zarr")
+    shutil.copytree(cfg.store.url, url)
+    store = open_store(url)
+    for name, make in weights.items():
+        group = store.group(f"signal/{name}")
+        for i, values in group.iter_chunks(("weight",)):
+            group.write_chunk("weight", i, make(values["weight"]))
+    return cfg.replace(store={"url": url})
+
+
+def _without_warnings(cfg, out: Path) -> dict:
+    """The report of ``cfg`` into ``out``, every RuntimeWarning (an empty sample's 0 / 0) an error."""
+    import warnings
+
+    from megaset.reporting import write_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return write_report(cfg, out_dir=out, models=["ae-shallow"])
+
+
+def _rows(result: dict) -> dict:
+    return {(r["signal"], r["model"]): r for r in json.loads(Path(result["json"]).read_text())["auc_table"]}
+
+
+def test_a_signal_without_positive_weight_is_left_out_of_the_table_and_named(scored, written, tmp_path):
+    def non_positive(w):  # one event in three at zero, the others negative (an NLO sample cut to its negative tail)
+        return np.where(np.arange(len(w)) % 3 == 0, 0.0, -np.abs(w) - 1e-3)
+
+    cfg = _copy_with_signal_weights(scored, tmp_path, {"c1n2_wz_450_300": non_positive})
+    result = _without_warnings(cfg, tmp_path / "out")
+    saved = json.loads(Path(result["json"]).read_text())
+    assert saved["signals_without_events"] == ["c1n2_wz_450_300"]
+    assert json.loads(Path(written[0]["json"]).read_text())["signals_without_events"] == []
+    # The other signal's row is the one of the report of the untouched store, to the last digit.
+    baseline = {k: v for k, v in _rows(written[0]).items() if k[0] == "c1n2_wz_800_50"}
+    assert _rows(result) == baseline
+    md = (tmp_path / "out" / "report.md").read_text()
+    note = "- signal c1n2_wz_450_300: no selected event with a positive weight in the store: not in the table"
+    assert md.count(note) == 1 and "| c1n2_wz_800_50 | ae-shallow |" in md
+    assert "| c1n2_wz_450_300 | ae-shallow |" not in md
+    assert (tmp_path / "out" / "roc.png").stat().st_size > 1000
+    # The rest of the report still shows it: its (negative) yield, its regions, no separation.
+    assert {y["sample"]: y["yield"] for y in saved["yields"]}["c1n2_wz_450_300"] < 0
+    section = saved["sections"]["ae-shallow"]
+    assert all(r["signals"]["c1n2_wz_450_300"]["yield"] <= 0 for r in section["regions"])
+    i = section["separation"]["samples"].index("c1n2_wz_450_300")
+    assert all(v is None for v in section["separation"]["auc"][i])
+
+
+def test_a_report_whose_every_signal_is_empty_has_no_roc_table_and_says_why(scored, tmp_path):
+    cfg = _copy_with_signal_weights(scored, tmp_path, {"c1n2_wz_800_50": np.zeros_like,
+                                                       "c1n2_wz_450_300": np.negative})
+    result = _without_warnings(cfg, tmp_path / "out")
+    assert result["auc_table"] == [] and "roc" not in result["plots"]
+    assert result["signals_without_events"] == ["c1n2_wz_800_50", "c1n2_wz_450_300"]
+    assert not (tmp_path / "out" / "roc.png").exists()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No signal has a selected event with a positive weight in the store" in md
+    assert "| signal | model | AUC |" not in md and "Model families against signals" not in md
+    for name in ("c1n2_wz_800_50", "c1n2_wz_450_300"):
+        assert f"- signal {name}: no selected event with a positive weight in the store: not in the table" in md
+
+
+def test_a_signal_without_events_passes_through_every_section(scored, tmp_path):
+    """A signal group the selection kept no event of: zero-length arrays, read as the store gives them."""
+    import warnings
+
+    from megaset.report.anomaly import anomaly_table, signals_without_events
+    from megaset.report.report import _model_section
+    from megaset.report.samples import Sample, load_samples
+    from megaset.report.style import Style
+
+    store = open_store(scored.store.url)
+    samples = load_samples(store, ["ae-shallow"], "m_ll")
+    empty = np.zeros(0)
+    nothing = Sample("nothing", "signal", empty, empty, empty, {"ae-shallow": empty})
+    background = [s for s in samples if s.kind == "background"]
+    signals = [s for s in samples if s.kind == "signal"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rows, rocs = anomaly_table("ae-shallow", background, [*signals, nothing], replicas=20)
+        section, _ = _model_section("ae-shallow", scored.report, [*samples, nothing], "m_ll", tmp_path,
+                                    Style.from_config(scored, store.channels))
+    assert signals_without_events([*signals, nothing]) == ["nothing"]
+    assert "nothing" not in rocs and [r["signal"] for r in rows] == [s.name for s in signals]
+    assert rows == anomaly_table("ae-shallow", background, signals, replicas=20)[0]
+    for region in section["regions"]:
+        assert region["signals"]["nothing"]["yield"] == 0.0 and region["signals"]["nothing"]["z"] == 0.0
+    assert np.isnan(section["decorrelation"]["mean"]["nothing"]).all()
