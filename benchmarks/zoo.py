@@ -89,6 +89,8 @@ def main() -> None:
             report = _families(derived, client, models)
             kept = _efficiency(derived.store.url)
             rows += [{"selection": name, "kept": kept.get(r["signal"]), **r} for r in report["auc_table"]]
+            for signal in report.get("signals_without_events") or []:
+                print(f"{name}: signal {signal}: no selected event with a positive weight: not in the table")
     (workdir / "zoo.json").write_text(json.dumps(rows, indent=1, default=str))
     print(f"{'selection':<9} {'model':<11} {'signal':<22} {'kept':>6} {'AUC':>6} {'E100':>6} {'E1000':>7}")
     for r in rows:

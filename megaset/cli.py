@@ -404,16 +404,19 @@ def train(
             _console().print(f"  {key.replace('_', ' ')}: {summary[key]}", highlight=False)
 
 
-def _auc_table(rows: list[dict], search: str | None = None) -> Table:
+def _auc_table(summary: dict, search: str | None = None) -> Table:
     """Farina et al.'s Table I of a report: AUC with its uncertainty, E10, E100, E1000 with
-    theirs (marked where too few background MC events remain)."""
-    from megaset.report.markdown import working_point_cell
+    theirs (marked where too few background MC events remain); under it, the signals left out
+    for want of a selected event with a positive weight."""
+    from megaset.report.markdown import without_events_notes, working_point_cell
 
     title = "anomaly detection (Farina et al. Table I)"
-    table = Table(title=f"{search}: {title}" if search else title)
+    notes = without_events_notes(summary.get("signals_without_events") or [])
+    table = Table(title=f"{search}: {title}" if search else title, caption="\n".join(notes) or None,
+                  caption_justify="left")
     for name in ("signal", "model", "AUC", "E10", "E100", "E1000"):
         table.add_column(name, justify="left" if name in ("signal", "model") else "right")
-    for row in rows:
+    for row in summary["auc_table"]:
         table.add_row(row["signal"], row["model"], f"{row['auc']:.3f} ± {row['auc_error']:.3f}",
                       *(working_point_cell(row, name) for name in ("e10", "e100", "e1000")))
     return table
@@ -500,7 +503,7 @@ def run(
         f"(plots: {report_dir}/*.png and .pdf)"
     )
     if out.get("report"):
-        _console().print(_auc_table(out["report"]["auc_table"]))
+        _console().print(_auc_table(out["report"]))
     for name, searched in (out.get("searches") or {}).items():
         derived = cfg.search(name)
         if not _session.quiet:
@@ -508,7 +511,7 @@ def run(
         _console().print(f"search {name}: store {derived.store.url}; report {derived.report.output}/report.md",
                          highlight=False)
         if searched.get("report"):
-            _console().print(_auc_table(searched["report"]["auc_table"], f"search {name}"))
+            _console().print(_auc_table(searched["report"], f"search {name}"))
 
 
 @app.command()
@@ -761,7 +764,7 @@ def report(
     with (_locked(cfg, places={"report --output": str(output)}) if output else _locked(cfg, "report"),
           _bar("report: samples, models, figures") as bar):
         summary = write_report(cfg, out_dir=output, models=model or None, progress=bar)
-    _console().print(_auc_table(summary["auc_table"]))
+    _console().print(_auc_table(summary))
     _console().print(f"report: {summary['markdown']} and {summary['json']}")
 
 

@@ -344,3 +344,17 @@ def _table_rows(output: str, title: str) -> dict[str, list[str]]:
         cells = [cell.strip() for cell in line.strip("│").split("│")]
         rows[cells[0]] = cells[1:]
     return rows
+
+
+def test_the_printed_auc_table_names_the_signals_it_leaves_out():
+    from rich.console import Console
+
+    from megaset.cli import _auc_table
+
+    row = {"signal": "kept", "model": "ae-shallow", "auc": 0.9, "auc_error": 0.01,
+           **{f"e{k}": 0.5 for k in (10, 100, 1000)}, **{f"e{k}_error": 0.1 for k in (10, 100, 1000)}}
+    console = Console(record=True, width=200)
+    console.print(_auc_table({"auc_table": [row], "signals_without_events": ["ss-only"]}, "ss2lep"))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert "ss2lep: anomaly detection" in text and "kept" in text
+    assert "- signal ss-only: no selected event with a positive weight in the store: not in the table" in text
