@@ -631,11 +631,17 @@ def score(
         Path | None, typer.Option(help="Checkpoint; default <training.output>/<model>/best.pt.")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Score every chunk again.")] = False,
+    combine: Annotated[str | None, typer.Option(
+        help="Write the combination scoring.combine.NAME of models already scored, as score/NAME, instead.",
+    )] = None,
 ) -> None:
     """Write the reconstruction error of every event of the store, one Dask task per chunk."""
     from megaset.training.score import score as run_score
 
     cfg = _config(config, overrides)
+    if combine is not None:
+        _combine(cfg, combine, overwrite)
+        return
     with _locked(cfg, "score"), _connect(cfg) as client, _bar("scoring chunks") as bar:
         summary = run_score(cfg, client, model=model, checkpoint=checkpoint, overwrite=overwrite, progress=bar)
     _console().print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
@@ -645,6 +651,18 @@ def score(
         + (f"; {summary['resumed']} chunks were already scored" if summary["resumed"] else "")
         + (f"; per-block errors: {', '.join(summary['blocks'])}" if summary["blocks"] else "")
     )
+
+
+def _combine(cfg, name: str, overwrite: bool) -> None:
+    from megaset.training.combine import combine_scores
+
+    with _locked(cfg, "score"), _connect(cfg) as client, _bar(f"combining {name}") as bar:
+        summary = combine_scores(cfg, client, name, overwrite=overwrite, progress=bar)
+    _console().print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
+    _console().print(
+        f"{summary['events_scored']:,} events given the rank mean of {', '.join(summary['models'])} "
+        f"in {summary['seconds']:.1f} s"
+        + (f"; {summary['resumed']} chunks were already written" if summary["resumed"] else ""))
 
 
 @app.command()

@@ -74,6 +74,7 @@ __all__ = [
     "LoaderConfig",
     "DDPConfig",
     "TrainingConfig",
+    "CombineConfig",
     "ScoringConfig",
     "ReportConfig",
 ]
@@ -1054,6 +1055,22 @@ class TrainingConfig(_Section):
 # ---------------------------------------------------------------------------- scoring and report
 
 
+class CombineConfig(_Section):
+    """One combination of scored models, written as ``score/<name>`` (``megaset score --combine NAME``)."""
+
+    models: list[str] = Field(
+        min_length=2, description="The models combined; each must be scored in the store (score/<model>).",
+    )
+    method: Literal["rank-mean"] = Field(
+        "rank-mean", description="rank-mean: the mean over the models of each score's background CDF on the "
+        "val group, written as -log10(1 - mean).",
+    )
+    points: int = Field(
+        2001, ge=3, description="Points of each model's quantile table of val background scores (kept in the "
+        "column's attributes); a val group with fewer events keeps every one of them.",
+    )
+
+
 class ScoringConfig(_Section):
     """``megaset score``: per-event reconstruction errors written next to the features."""
 
@@ -1073,6 +1090,11 @@ class ScoringConfig(_Section):
         "when torch sees a device. cuda: refuse to run where there is none.",
     )
     retries: int = Field(3, ge=0, description="Dask retries of a chunk whose worker died.")
+    combine: dict[str, CombineConfig] = Field(
+        default_factory=dict, description="Combinations of scored models by name, e.g. {ae-svdd: {models: "
+        "[ae-shallow, deep-svdd]}}: each is written as score/<name> by `megaset score --combine NAME`, and by "
+        "`megaset run` after the score stage.",
+    )
 
 
 class ReportConfig(_Section):

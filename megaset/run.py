@@ -134,7 +134,7 @@ def stage_counts(name: str, result: Any) -> dict[str, int]:
         return {"events": sum(g["n_events"] for g in groups), "chunks": sum(g["n_chunks"] for g in groups)}
     if kind == "train":
         return {"epochs": result["epochs"]}
-    if kind == "score":
+    if kind in ("score", "combine"):
         return {"events": result["events_scored"], "chunks": result["chunks"]}
     if kind == "report":
         return {"models": len(result["models"]), "signals": len({row["signal"] for row in result.get("auc_table", [])})}

@@ -14,6 +14,7 @@ ingest         staging area root attributes (``stage``)            ``complete``
 mix            store root attributes (``stage``)                   ``complete``
 train          ``<training.output>/<model>/last.pt`` (``stage``)    all epochs, or early stopping
 score          ``score/<model>`` column attributes of every group  every chunk scored
+combine <c>    ``score/<c>`` column attributes of every group      every chunk written
 report         ``<report.output>/report.json`` (``stage``)        report.md and report.json
 study <key>    ``<report.output>/studies/<key>.json`` (``stage``)  the file exists
 pairwise       ``<report.output>/pairwise.json`` (``stage``)       the file exists
@@ -143,8 +144,9 @@ def chain(cfg: Config, *, log: Callable[[str], None] = print) -> list[Stage]:
         models = _jet_models(cfg)
         studies = _jet_studies(cfg)
         return [*stages, *models, *studies, _jet_report_stage(cfg, models, studies)]
-    return [*stages, train_stage(cfg, "train"), score_stage(cfg, "score", after="train"), _report_stage(cfg),
-            *_event_studies(cfg)]
+    combined = [_combine_stage(cfg, name) for name in cfg.scoring.combine]
+    return [*stages, train_stage(cfg, "train"), score_stage(cfg, "score", after="train"), *combined,
+            _report_stage(cfg, [s.name for s in combined]), *_event_studies(cfg)]
 
 
 def _jet_models(cfg: Config) -> list[Stage]:
@@ -271,7 +273,7 @@ def train_stage(cfg: Config, name: str, after: str = "mix") -> Stage:
 def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
                 checkpoint: Path | None = None) -> Stage:
     """Scoring the checkpoint of ``after`` into ``score/<model>`` (default ``training.model``)."""
-    from megaset.training.score import checkpoint_digest, checkpoint_path, score, score_record, scored_record
+    from megaset.training.score import checkpoint_digest, checkpoint_path, score, score_record
 
     label = model or cfg.training.model
     path = checkpoint or checkpoint_path(cfg, label)
@@ -279,18 +281,42 @@ def score_stage(cfg: Config, name: str, *, after: str, model: str | None = None,
     def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
         return score_record(cfg, up[after], checkpoint_digest(path) if path.is_file() else None)
 
-    def recorded() -> Found:
-        from megaset.storage.store import open_store
-
-        try:
-            store = open_store(cfg.store.url)
-        except StoreError:
-            return None
-        return _found(*scored_record(store, label))
-
-    return Stage(name, (after,), expected, recorded,
+    return Stage(name, (after,), expected, lambda: _scored(cfg, label),
                  lambda client, resume, progress: score(cfg, client, model=label, checkpoint=checkpoint,
                                                         overwrite=not resume, progress=progress))
+
+
+def _scored(cfg: Config, model: str) -> Found:
+    """The record of ``score/<model>`` in the store and whether it is finished; ``None`` without one."""
+    from megaset.storage.store import open_store
+    from megaset.training.score import scored_record
+
+    try:
+        store = open_store(cfg.store.url)
+    except StoreError:
+        return None
+    return _found(*scored_record(store, model))
+
+
+def _combine_stage(cfg: Config, name: str) -> Stage:
+    """The combination ``scoring.combine.<name>`` written as ``score/<name>``: fingerprinted on
+    its members' score fingerprints, the chain's own score for ``training.model``, the store's
+    records for the models scored apart (a member not scored stops the run naming it)."""
+    from megaset.training.combine import combine_record, combine_scores
+
+    def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
+        members = {}
+        for model in cfg.scoring.combine[name].models:
+            if model == cfg.training.model:
+                members[model] = up["score"]
+            else:
+                found = _scored(cfg, model)
+                members[model] = found[0].get("fingerprint") if found else None
+        return combine_record(cfg, name, members)
+
+    return Stage(f"combine {name}", ("score",), expected, lambda: _scored(cfg, name),
+                 lambda client, resume, progress: combine_scores(cfg, client, name, overwrite=not resume,
+                                                                 progress=progress))
 
 
 def _report_recorded(cfg: Config) -> Found:
@@ -306,16 +332,16 @@ def _report_recorded(cfg: Config) -> Found:
     return summary.get("stage") or {}, (folder / "report.md").is_file()
 
 
-def _report_stage(cfg: Config) -> Stage:
+def _report_stage(cfg: Config, combined: list[str]) -> Stage:
+    """The report of ``training.model`` and of the combinations (stages ``combined``)."""
     from megaset.reporting import report_record, write_report
 
-    model = cfg.training.model
-
     def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
-        shown = not cfg.report.models or model in cfg.report.models
-        return report_record(cfg, {model: up["score"]} if shown else None)
+        scores = {cfg.training.model: up["score"]} | {c.removeprefix("combine "): up[c] for c in combined}
+        shown = {m: fp for m, fp in scores.items() if not cfg.report.models or m in cfg.report.models}
+        return report_record(cfg, shown or None)
 
-    return Stage("report", ("score",), expected, lambda: _report_recorded(cfg),
+    return Stage("report", ("score", *combined), expected, lambda: _report_recorded(cfg),
                  lambda client, resume, progress: write_report(cfg, progress=progress))
 
 

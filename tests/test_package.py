@@ -38,9 +38,9 @@ PUBLIC_API = {
     "megaset.cli": ["app", "main"],
     "megaset.config": [
         "AdaptConfig", "AdversaryConfig", "ArchitectureConfig", "ChannelInput", "ClusterConfig", "CollectionSchema",
-        "CompressorConfig", "Config", "ContaminationConfig", "DDPConfig", "DEMOS", "EarlyStoppingConfig",
-        "ElectronSelection", "HTCondorConfig", "InputsConfig", "JET_SAMPLES", "JetImageConfig", "JetSchemaConfig",
-        "JetSelection", "JetSelectionConfig", "JetSimulateConfig", "JetsConfig", "KubernetesConfig",
+        "CombineConfig", "CompressorConfig", "Config", "ContaminationConfig", "DDPConfig", "DEMOS",
+        "EarlyStoppingConfig", "ElectronSelection", "HTCondorConfig", "InputsConfig", "JET_SAMPLES", "JetImageConfig",
+        "JetSchemaConfig", "JetSelection", "JetSelectionConfig", "JetSimulateConfig", "JetsConfig", "KubernetesConfig",
         "LeptonSelection", "LoaderConfig", "MetSchema", "MuonSelection",
         "OBJECT_SOURCES", "PASS_ROLES", "PhotonSelection", "PoolConfig", "QualityField",
         "RMMConfig", "RMMObject", "RemoteConfig", "ReportConfig", "SEARCH_SECTIONS", "SchemaConfig",
@@ -199,6 +199,7 @@ PUBLIC_API = {
         "scored_record", "scoring_device",
     ],
     "megaset.training.svdd": ["DeepSVDD", "EPSILON"],
+    "megaset.training.combine": ["combine_record", "combine_scores", "log_survival", "quantile_table", "rank_mean"],
     "megaset.training.trainer": ["train"],
 }
 

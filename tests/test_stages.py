@@ -33,7 +33,7 @@ def _config(root: Path, **override) -> dict:
         "report": {"output": str(root / "report"), "auc_replicas": 20},
     }
     for section, values in override.items():
-        cfg[section] = {**cfg[section], **values}
+        cfg[section] = {**cfg.get(section, {}), **values}
     return cfg
 
 
@@ -241,3 +241,44 @@ def test_a_study_is_a_stage_kept_current_by_run(tmp_path):
     out = run(longer, None, log=lambda line: None)
     assert {"train", "score", "report", "study pt-altering-ae-shallow"} <= set(out["seconds"])
     assert [s.state for s in status(longer)] == ["current"] * 7
+
+
+@pytest.mark.slow
+def test_a_combination_is_a_stage_after_score_and_before_report(tmp_path):
+    """`scoring.combine` adds `combine <name>` after the score stage: a member not scored stops the
+    run naming it; once scored apart, the run writes the combination and the report shows it; an
+    unchanged rerun skips it; a rescored member makes it stale."""
+    from megaset.errors import ConfigError
+    from megaset.training.score import score
+    from megaset.training.trainer import train
+
+    settings = _config(tmp_path, scoring={"combine": {"ae-pca": {"models": ["ae-shallow", "pca"]}}})
+    cfg = Config.model_validate(settings)
+    assert [s.name for s in status(cfg)] == [*CHAIN[:5], "combine ae-pca", "report"]
+    with pytest.raises(ConfigError, match=r"model 'pca' has no column score/pca .*megaset score --model pca"):
+        run(cfg, None, log=lambda line: None)
+    pca = cfg.replace(training={"model": "pca"})
+    train(pca)
+    score(pca)
+
+    out = run(cfg, None, log=lambda line: None)
+    assert set(out["seconds"]) == {"combine ae-pca", "report"}
+    store = open_store(cfg.store.url)
+    combined = store.group("test").column_attrs("score/ae-pca")["stage"]
+    members = {m: store.group("test").column_attrs(f"score/{m}")["stage"]["fingerprint"] for m in ("ae-shallow", "pca")}
+    assert combined["basis"]["upstream"] == members
+    reported = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "ae-pca" in reported["models"]
+    assert reported["stage"]["basis"]["upstream"]["score ae-pca"] == combined["fingerprint"]
+    assert "ae-pca" in (tmp_path / "report" / "report.md").read_text()
+
+    before = _mtimes(tmp_path)
+    lines: list[str] = []
+    run(cfg, None, log=lines.append)
+    assert lines == [f"{name}: current, skipped" for name in (*CHAIN[:5], "combine ae-pca", "report")]
+    assert _mtimes(tmp_path) == before
+
+    score(pca.replace(scoring={"blocks": False}))  # another score record for a member
+    assert {s.name: s.state for s in status(cfg)}["combine ae-pca"] == "stale"
+    out = run(cfg, None, log=lambda line: None)
+    assert set(out["seconds"]) == {"combine ae-pca", "report"}

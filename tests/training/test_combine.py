@@ -1,0 +1,111 @@
+"""The rank-mean combination of scored models: checked against numpy on the tiny store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megaset.errors import ConfigError
+from megaset.storage.store import open_store
+from megaset.training.combine import combine_scores
+
+COMBINE = {"both": {"models": ["a", "b"]}, "ghost": {"models": ["a", "c"]}}
+
+
+def _write_scores(cfg, model: str, seed: int, fingerprint: str) -> None:
+    """A finished ``score/<model>`` in every group: lognormal scores, the test group's last
+    events far beyond every val score (the tail where the CDF is extrapolated)."""
+    store = open_store(cfg.store.url)
+    rng = np.random.default_rng(seed)
+    for name in store.group_names():
+        g = store.group(name)
+        g.create_column(f"score/{model}", np.float32, overwrite=True)
+        values = rng.lognormal(0.0, 1.0, g.n_events).astype(np.float32)
+        if name == "test":
+            values[-5:] = 50.0 + 10.0 * np.arange(5)
+        if name.startswith("signal/"):
+            values[-1] = 1e4  # 1 - F underflows: the combination must stay finite
+        for i in range(g.n_chunks):
+            g.write_chunk(f"score/{model}", i, values[g.chunk_slice(i)])
+        g.set_column_attrs(f"score/{model}", {"stage": {"fingerprint": fingerprint}, "complete": True})
+
+
+@pytest.fixture(scope="module")
+def scored(private_store):
+    cfg = private_store.replace(scoring={"combine": COMBINE})
+    _write_scores(cfg, "a", 1, "fa")
+    _write_scores(cfg, "b", 2, "fb")
+    return cfg
+
+
+def _column(cfg, group: str, column: str) -> np.ndarray:
+    g = open_store(cfg.store.url).group(group)
+    return np.asarray(g.read_chunks(range(g.n_chunks), [column])[column], dtype=np.float64)
+
+
+def _rank(val: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The Hazen CDF of ``val`` at ``s``, by counting; beyond the last val event, 1 - F falls
+    geometrically in the score at the rate of the last two val events."""
+    v = np.sort(val)
+    n = len(v)
+    below = np.searchsorted(v, s, side="right")  # val events at or below s
+    lo, hi = v[np.maximum(below - 1, 0)], v[np.minimum(below, n - 1)]
+    frac = np.where(hi > lo, (s - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+    f = np.where(below == 0, 0.5 / n, (below - 0.5 + np.clip(frac, 0, 1)) / n)
+    rate = np.log(1.5 / 0.5) / (v[-1] - v[-2])
+    return np.where(s > v[-1], 1 - 0.5 / n * np.exp(-rate * (s - v[-1])), np.minimum(f, 1 - 0.5 / n))
+
+
+def test_the_combined_column_is_the_rank_mean_of_numpy(scored):
+    summary = combine_scores(scored, None, "both")
+    assert summary["column"] == "score/both" and summary["resumed"] == 0
+    store = open_store(scored.store.url)
+    underflows = 0
+    for group in store.group_names():
+        ranks = [_rank(_column(scored, "val", f"score/{m}"), _column(scored, group, f"score/{m}")) for m in "ab"]
+        with np.errstate(divide="ignore"):
+            expected = -np.log10(1 - np.mean(ranks, axis=0))
+        found = _column(scored, group, "score/both")
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(found[finite], expected[finite], rtol=2e-6)
+        assert np.all(np.isfinite(found)) and np.all(found[~finite] > found[finite].max() + 100)
+        underflows += int(np.count_nonzero(~finite))
+    assert underflows == 1, "the signal group's last event is beyond float64's 1 - F"
+    test = _column(scored, "test", "score/both")
+    assert np.all(np.diff(test[-5:]) > 0), "the tail beyond the last val event keeps its order"
+    attrs = store.group("test").column_attrs("score/both")
+    assert attrs["complete"] and attrs["stage"]["basis"]["upstream"] == {"a": "fa", "b": "fb"}
+    assert len(attrs["tables"]["a"]["score"]) == store.group("val").n_events
+    assert "both" in store.group("test").scored_models()
+
+
+def test_a_rerun_with_the_same_members_writes_nothing_and_a_new_member_rewrites(scored):
+    combine_scores(scored, None, "both")
+    again = combine_scores(scored, None, "both")
+    assert again["events_scored"] == 0 and again["resumed"] == again["chunks"]
+    _write_scores(scored, "b", 3, "fb2")
+    redone = combine_scores(scored, None, "both")
+    assert redone["resumed"] == 0
+    upstream = open_store(scored.store.url).group("val").column_attrs("score/both")["stage"]["basis"]["upstream"]
+    assert upstream["b"] == "fb2"
+
+
+def test_a_coarse_table_keeps_the_val_quantiles(scored):
+    cfg = scored.replace(scoring={"combine": {"both": {"models": ["a", "b"], "points": 11}}})
+    combine_scores(cfg, None, "both")
+    table = open_store(cfg.store.url).group("val").column_attrs("score/both")["tables"]["a"]
+    val = _column(cfg, "val", "score/a")
+    n = len(val)
+    cdf = np.linspace(0.5 / n, 1 - 0.5 / n, 11)
+    np.testing.assert_allclose(table["cdf"], cdf)
+    np.testing.assert_allclose(table["score"], np.quantile(val, (cdf * n - 0.5) / (n - 1)), rtol=1e-6)
+
+
+def test_a_member_not_scored_is_refused_by_name(scored):
+    with pytest.raises(ConfigError, match=r"model 'c' has no column score/c .*megaset score --model c"):
+        combine_scores(scored, None, "ghost")
+    with pytest.raises(ConfigError, match=r"no combination 'nope' under scoring.combine \(configured: both, ghost\)"):
+        combine_scores(scored, None, "nope")
+    bad = scored.replace(scoring={"combine": {"a": {"models": ["a", "b"]}}})
+    with pytest.raises(ConfigError, match=r"scoring.combine.a.models"):
+        combine_scores(bad, None, "a")
