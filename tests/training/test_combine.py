@@ -109,3 +109,28 @@ def test_a_member_not_scored_is_refused_by_name(scored):
     bad = scored.replace(scoring={"combine": {"a": {"models": ["a", "b"]}}})
     with pytest.raises(ConfigError, match=r"scoring.combine.a.models"):
         combine_scores(bad, None, "a")
+
+
+def test_the_cluster_writes_the_same_column_as_this_process(scored, cluster_client):
+    here = combine_scores(scored, None, "both", overwrite=True)
+    expected = {g: _column(scored, g, "score/both") for g in here["groups"]}
+    there = combine_scores(scored, cluster_client, "both", overwrite=True)
+    assert there["resumed"] == 0 and there["events_scored"] == sum(g["events"] for g in there["groups"].values())
+    for group, values in expected.items():
+        np.testing.assert_array_equal(_column(scored, group, "score/both"), values)
+
+
+@pytest.mark.slow
+def test_the_command_writes_the_combination_and_names_a_missing_member(scored, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from megaset.cli import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(scored.resolved(), sort_keys=False))
+    result = CliRunner().invoke(app, ["score", "--combine", "both", "-c", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "score/both" in result.output and "rank mean of a, b" in result.output
+    result = CliRunner().invoke(app, ["score", "--combine", "ghost", "-c", str(path)], env={"COLUMNS": "300"})
+    assert isinstance(result.exception, ConfigError) and "model 'c' has no column score/c" in str(result.exception)
