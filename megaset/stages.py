@@ -305,7 +305,7 @@ def _combine_stage(cfg: Config, name: str) -> Stage:
     from megaset.training.combine import combine_record, combine_scores
 
     def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
-        members = {}
+        members: dict[str, str | None] = {}
         for model in cfg.scoring.combine[name].models:
             if model == cfg.training.model:
                 members[model] = up["score"]

@@ -190,7 +190,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
         raise ConfigError(msg)
     tables = {m: quantile_table(val.read_chunks(range(val.n_chunks), [score_column(m)])[score_column(m)],
                                 setting.points) for m in setting.models}
-    entry = {"combine": setting.model_dump(mode="json"), "tables": tables,
+    entry: dict[str, Any] = {"combine": setting.model_dump(mode="json"), "tables": tables,
              "stage": combine_record(cfg, name, upstream), "config": cfg.resolved(), "complete": False}
     groups = [store.group(g) for g in store.group_names()]
     n_chunks = sum(g.n_chunks for g in groups)
