@@ -10,7 +10,8 @@ process memory passes ``distributed.worker.memory.pause`` of its limit (80 %), a
 without a nanny (``dask worker --no-nanny``) whose memory is held by its libraries (torch,
 numba, a finished training) stays paused. When every worker that could run the tasks has been
 paused for ``_PAUSED_S``, after their freed heap was handed back once, the map stops with an
-error naming them and their memory.
+error naming them and their memory. :class:`PausedWorkers` is that watch, for any driver
+waiting on tasks (the DDP ranks too).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from megaset.errors import StoreError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["map_chunks"]
+__all__ = ["map_chunks", "PausedWorkers", "MORE_MEMORY"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,7 +88,7 @@ def map_chunks(
         return results
     from distributed import KilledWorker, as_completed
 
-    paused = _Paused(client, resources, stage)
+    paused = PausedWorkers(client, _able(resources))
     # A fresh token per run: a rerun must not pick up results the scheduler still holds.
     token = uuid.uuid4().hex[:12]
     prefix = stage.split()[-1]
@@ -104,7 +105,10 @@ def map_chunks(
         completed = as_completed(futures, loop=client.loop, with_results=True, raise_errors=False)
         while not completed.is_empty():
             if not completed.has_ready():
-                paused.check()
+                if (found := paused.check()) is not None:
+                    msg = (f"{stage}: every worker able to run its tasks has been {found}, so no chunk can start; "
+                           f"{MORE_MEMORY}, then rerun `{stage}`: finished chunks are kept")
+                    raise StoreError(msg)
                 time.sleep(_POLL_S)
                 continue
             for future, result in completed.next_batch(block=False):
@@ -132,53 +136,64 @@ _CHECK_S = 2.0
 _PAUSED_S = 60.0
 
 
-class _Paused:
-    """Watches, while a map waits, whether every worker able to run its tasks is paused."""
+#: The fix for workers paused for memory, for the messages of every stage that waits on them.
+MORE_MEMORY = ("give the workers more memory (cluster.memory_per_worker, or `dask worker --memory-limit`: "
+               "a worker that has trained a model holds 0.6 to 0.75 GiB)")
 
-    def __init__(self, client: Client, resources: dict[str, float] | None, stage: str):
-        self.client, self.resources, self.stage = client, resources, stage
+#: What the scheduler says of a watched worker: address, status name, process memory, memory limit.
+Watched = Callable[[Any], list[tuple[str, str, int, int]]]
+
+
+def _able(resources: dict[str, float] | None) -> Watched:
+    """The workers declaring ``resources`` (every worker, without), as the scheduler sees them."""
+    needed = resources or {}
+
+    def able(dask_scheduler: Any) -> list[tuple[str, str, int, int]]:  # defined here: sent by value
+        return [(ws.address, ws.status.name, ws.memory.process, ws.memory_limit or 0)
+                for ws in dask_scheduler.workers.values()
+                if all(ws.resources.get(name, 0) >= amount for name, amount in needed.items())]
+
+    return able
+
+
+class PausedWorkers:
+    """Watches, while a driver waits on tasks, whether the workers they need are all paused for memory.
+
+    ``watched`` runs on the scheduler (define it inside a function: it is then sent by value, and
+    the scheduler needs no megaset) and says which workers the waiting tasks need.
+    """
+
+    def __init__(self, client: Client, watched: Watched):
+        self.client, self.watched = client, watched
         self.since: float | None = None
         self.next_look = time.monotonic() + _CHECK_S
 
-    def check(self) -> None:
-        """Raise :class:`StoreError` once the workers declaring the map's resources (every worker,
-        without) have all been paused for ``_PAUSED_S``."""
+    def check(self) -> str | None:
+        """Once the watched workers have all been paused for ``_PAUSED_S``: ``"paused by Dask for
+        memory for 61 s (<address> at <memory> of its <limit> limit; ...)"``; else ``None``."""
         now = time.monotonic()
         if now < self.next_look:
-            return
+            return None
         self.next_look = now + _CHECK_S
-        needed = self.resources or {}
-
-        def able(dask_scheduler: Any) -> list[tuple[str, str, int, int]]:  # defined here: sent by value
-            return [(ws.address, ws.status.name, ws.memory.process, ws.memory_limit or 0)
-                    for ws in dask_scheduler.workers.values()
-                    if all(ws.resources.get(name, 0) >= amount for name, amount in needed.items())]
-
         try:
-            workers = self.client.run_on_scheduler(able)
+            workers = self.client.run_on_scheduler(self.watched)
         except Exception:  # noqa: BLE001  # a scheduler that runs no function of its clients: wait as before
             self.next_look = float("inf")
-            return
+            return None
         if not workers or any(status != "paused" for _, status, _, _ in workers):
             self.since = None  # no worker yet (an adaptive cluster grows), or one can run tasks
-            return
+            return None
         if self.since is None:
             from megaset.deploy.cluster import release_memory
 
             # Freed heap that glibc keeps counts as process memory: handed back, it may resume them.
             self.since = now
             release_memory(self.client)
-            return
+            return None
         if now - self.since < _PAUSED_S:
-            return
+            return None
         from dask.utils import format_bytes
 
         found = "; ".join(f"{address} at {format_bytes(memory)} of its {format_bytes(limit)} limit"
                           for address, _, memory, limit in workers)
-        msg = (
-            f"{self.stage}: every worker able to run its tasks has been paused by Dask for memory for "
-            f"{now - self.since:.0f} s ({found}), so no chunk can start; give the workers more memory "
-            "(cluster.memory_per_worker, or `dask worker --memory-limit`: a worker that has trained a model "
-            f"holds 0.6 to 0.75 GiB), then rerun `{self.stage}`: finished chunks are kept"
-        )
-        raise StoreError(msg)
+        return f"paused by Dask for memory for {now - self.since:.0f} s ({found})"

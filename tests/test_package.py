@@ -162,7 +162,7 @@ PUBLIC_API = {
         "MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "channel_flags", "column_dimensions", "open_store",
         "remove_store",
     ],
-    "megaset.storage.tasks": ["map_chunks"],
+    "megaset.storage.tasks": ["MORE_MEMORY", "PausedWorkers", "map_chunks"],
     "megaset.storage.verify": ["verify"],
     "megaset.studies.channel_removal": ["channel_removal"],
     "megaset.studies.common": ["UPSTREAM", "anomaly_row", "auc_cell", "score_fingerprint", "study_record",

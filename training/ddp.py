@@ -12,7 +12,10 @@ When the cluster declares GPUs (Dask resources ``{"GPU": n}``), only GPU workers
 and each rank holds ``{"GPU": 1}``. The driver watches the futures and the workers: a rank
 that fails or whose worker disappears fails the whole job with a
 :class:`~megaset.errors.TrainingError` naming the rank and the worker, without waiting for the
-others. Rank 0's per-epoch reports reach the driver through a ``distributed.Queue``.
+others. A rank whose worker stays paused by Dask for memory never starts (its peers would wait
+out the process-group timeout): after the same grace period as the store's maps
+(:class:`~megaset.storage.tasks.PausedWorkers`) the job stops naming those workers. Rank 0's
+per-epoch reports reach the driver through a ``distributed.Queue``.
 
 torchrun::
 
@@ -35,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from megaset.errors import ConfigError, TrainingError
+from megaset.storage.tasks import MORE_MEMORY, PausedWorkers, Watched
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -159,8 +163,9 @@ def worker_resources(client: Client) -> dict[str, dict[str, float]]:
 
 def _rank_workers(client: Client, world_size: int | None, wait_s: float) -> tuple[list[str], bool]:
     """Worker addresses that take the ranks (GPU workers if any are declared), and whether GPU."""
-    if world_size:
-        # Adaptive clusters start workers on demand; too few after the wait is reported below.
+    # Adaptive clusters start workers on demand; too few after the wait is reported below. Only
+    # with too few: the wait counts running workers, and a paused one is reported by the watch.
+    if world_size and len(worker_resources(client)) < world_size:
         with contextlib.suppress(TimeoutError):
             client.wait_for_workers(world_size, timeout=wait_s)
     workers = worker_resources(client)
@@ -221,7 +226,8 @@ def run_on_dask(
 
     workers, gpus = _rank_workers(client, world_size, timeout_s)
     backend = choose_backend(backend, gpus)
-    port = client.submit(_free_port, workers=[workers[0]], pure=False).result()
+    # Run outside the task queue: a worker paused for memory still answers, and is reported below.
+    port = client.run(_free_port, workers=[workers[0]])[workers[0]]
     master = f"tcp://{get_address_host(workers[0])}:{port}"
     queue_name = f"megaset-train-{uuid.uuid4().hex}" if progress is not None else None
     queue = Queue(queue_name, client=client) if queue_name else None
@@ -235,7 +241,8 @@ def run_on_dask(
         for rank, (addr, local) in enumerate(zip(workers, local_ranks(workers), strict=True))
     ]
     try:
-        _watch(client, futures, workers, queue, progress)
+        paused = PausedWorkers(client, _unstarted({f.key: a for f, a in zip(futures, workers, strict=True)}))
+        _watch(client, futures, workers, queue, progress, paused)
         return client.gather(futures)
     finally:
         client.cancel(futures)
@@ -251,8 +258,26 @@ def _drain(queue: Any, progress: Callable[[dict[str, Any]], None] | None, wait: 
             progress(entry)
 
 
-def _watch(client: Client, futures: list, workers: list[str], queue: Any, progress: Any) -> None:
-    """Return when every rank has finished; raise as soon as one fails or its worker is gone."""
+def _unstarted(ranks: dict[str, str]) -> Watched:
+    """The workers of the ranks (task key -> worker address) not yet running, as the scheduler sees them."""
+
+    def unstarted(dask_scheduler: Any) -> list[tuple[str, str, int, int]]:  # defined here: sent by value
+        found = []
+        for key, address in ranks.items():
+            ts, ws = dask_scheduler.tasks.get(key), dask_scheduler.workers.get(address)
+            # A running rank's worker may pause later: it finishes its rank all the same.
+            if ts is None or ws is None or ts.state in ("memory", "erred") or ts in ws.executing:
+                continue
+            found.append((ws.address, ws.status.name, ws.memory.process, ws.memory_limit or 0))
+        return found
+
+    return unstarted
+
+
+def _watch(client: Client, futures: list, workers: list[str], queue: Any, progress: Any,
+           paused: PausedWorkers) -> None:
+    """Return when every rank has finished; raise as soon as one fails or its worker is gone, or
+    when the workers of the ranks not started stay paused for memory."""
     failed_at = None
     while True:
         _drain(queue, progress, _POLL_S)
@@ -270,6 +295,10 @@ def _watch(client: Client, futures: list, workers: list[str], queue: Any, progre
         # moment to see the death so that the message names the rank that died.
         if failed_at is not None and (dead or time.monotonic() - failed_at > _GRACE_S):
             raise TrainingError(_failure_message(futures, workers, dead, errors))
+        if (found := paused.check()) is not None:
+            msg = (f"distributed training cannot start: the workers of the ranks not started have been {found}, "
+                   f"so those ranks never start; {MORE_MEMORY}, then rerun the training")
+            raise TrainingError(msg)
 
 
 def _failure_message(futures: list, workers: list[str], dead: list[int], errors: list[int]) -> str:
