@@ -132,7 +132,10 @@ def test_s3_lock_expires_by_its_lease_and_its_old_holder_fails(s3_bucket, caplog
     """A holder that stops renewing (stopped, not dead: its pid still runs) loses the lock after
     its lease; when it runs again, its heartbeat finds the lock taken and its command fails."""
     url = f"{s3_bucket}/lease/store.zarr"
-    lease = 1.5
+    # Long enough that the holder, stopped up to a heartbeat (lease / 3) after its last renewal,
+    # is still within its lease when judged by a last-modified time of whole seconds on a busy
+    # machine (1.5 s failed there).
+    lease = 4.0
     process = _hold(url, lease)
     try:
         process.send_signal(signal.SIGSTOP)
