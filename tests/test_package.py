@@ -195,8 +195,8 @@ PUBLIC_API = {
     ],
     "megaset.training.scaling": ["DeviceScaling", "Scaling"],
     "megaset.training.score": [
-        "checkpoint_digest", "checkpoint_path", "latent_column", "reconstruction_errors", "score", "score_record",
-        "scored_record", "scoring_device",
+        "checkpoint_digest", "checkpoint_path", "chunk_runs", "latent_column", "reconstruction_errors", "run_name",
+        "score", "score_record", "scored_record", "scoring_device",
     ],
     "megaset.training.svdd": ["DeepSVDD", "EPSILON"],
     "megaset.training.combine": ["combine_record", "combine_scores", "log_survival", "quantile_table", "rank_mean"],

@@ -178,7 +178,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
     """
     from megaset.storage.backend import writing
     from megaset.storage.store import open_store
-    from megaset.training.score import _RUNS_PER_THREAD, _runs
+    from megaset.training.score import chunk_runs, run_name
 
     t0 = time.perf_counter()
     setting = _setting(cfg, name)
@@ -194,8 +194,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
              "stage": combine_record(cfg, name, upstream), "config": cfg.resolved(), "complete": False}
     groups = [store.group(g) for g in store.group_names()]
     n_chunks = sum(g.n_chunks for g in groups)
-    threads = sum(client.nthreads().values()) if client is not None else 0
-    tasks = _runs(groups, _RUNS_PER_THREAD * threads if threads else 1)
+    tasks = chunk_runs(groups, client)
     advance = (lambda n: progress(n, n_chunks)) if progress else (lambda n: None)
     column = score_column(name)
     with writing(store.url, "megaset score --combine"):
@@ -205,7 +204,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
             g.create_column(column, np.float32, overwrite=overwrite or not same)
             g.set_column_attrs(column, entry)
         advance(0)
-        results = map_chunks(client, _combine_run, tasks, names=[f"{g.name}-{run[0]}" for g, run in tasks],
+        results = map_chunks(client, _combine_run, tasks, names=[run_name(g, run) for g, run in tasks],
                              stage="megaset score --combine", retries=cfg.scoring.retries, progress=advance,
                              sizes=[len(run) for _, run in tasks], name=name, members=setting.models,
                              tables=tables)

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from megaset.training.scaling import DeviceScaling
 
 __all__ = ["score", "reconstruction_errors", "checkpoint_path", "latent_column", "scoring_device", "score_record",
-           "scored_record", "checkpoint_digest"]
+           "scored_record", "checkpoint_digest", "chunk_runs", "run_name"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -282,14 +282,18 @@ def _score_run(task: tuple[StoreGroup, range], *, model: str, checkpoint: str, d
     return events, len(indices) - len(todo)
 
 
-def _run_name(group: StoreGroup, run: range) -> str:
+def run_name(group: StoreGroup, run: range) -> str:
     """``test-3`` for one chunk, ``test-3..9`` for a run."""
     return f"{group.name}-{run[0]}" + (f"..{run[-1]}" if len(run) > 1 else "")
 
 
-def _runs(groups: list[StoreGroup], parts: int) -> list[tuple[StoreGroup, range]]:
-    """Every group's chunks in runs of consecutive chunks, about ``parts`` runs in all (more
-    where groups are small: a run stays in one group)."""
+def chunk_runs(groups: list[StoreGroup], client: Client | None) -> list[tuple[StoreGroup, range]]:
+    """Every group's chunks in runs of consecutive chunks, one task each: a few runs per worker
+    thread of ``client`` (more where groups are small: a run stays in one group), one run per
+    group without a client. A task's fixed costs (its key on the scheduler, the group's arrays
+    opened on the worker) are paid per run, and the runs still balance the workers."""
+    threads = sum(client.nthreads().values()) if client is not None else 0
+    parts = _RUNS_PER_THREAD * threads if threads else 1
     per = max(1, -(-sum(g.n_chunks for g in groups) // parts))
     return [(g, range(first, min(first + per, g.n_chunks))) for g in groups for first in range(0, g.n_chunks, per)]
 
@@ -445,11 +449,7 @@ def score(
              "stage": score_record(cfg, trained, digest), "config": cfg.resolved(), "complete": False}
     groups = [store.group(name) for name in store.group_names()]
     n_chunks = sum(g.n_chunks for g in groups)
-    # Runs of chunks, a few per worker thread: a task's fixed costs (its key on the scheduler,
-    # the group's arrays opened on the worker) are paid per run, and the runs still balance
-    # the workers. In one process, one run per group.
-    threads = sum(client.nthreads().values()) if client is not None else 0
-    tasks = _runs(groups, _RUNS_PER_THREAD * threads if threads else 1)
+    tasks = chunk_runs(groups, client)
     advance = (lambda n: progress(n, n_chunks)) if progress else (lambda n: None)
     kwargs = {"model": label, "checkpoint": str(path), "digest": digest, "blocks": blocks, "device": device,
               # Not "batch_size": client.map has a keyword of that name.
@@ -460,7 +460,7 @@ def score(
         for g in groups if latent is not None else ():
             g.create_column(latent_column(label), np.float32, (latent,), overwrite=overwrite)
         advance(0)
-        results = map_chunks(client, _score_run, tasks, names=[_run_name(g, run) for g, run in tasks],
+        results = map_chunks(client, _score_run, tasks, names=[run_name(g, run) for g, run in tasks],
                              stage="megaset score", retries=cfg.scoring.retries, progress=advance,
                              sizes=[len(run) for _, run in tasks],
                              resources={"GPU": 1} if device == "cuda" else None, **kwargs)
