@@ -166,6 +166,29 @@ def worker_killed_at(client, target: str, when: Callable[..., bool], marker: Pat
         yield
 
 
+@contextlib.contextmanager
+def paused_worker(timeout_s: float = 60.0) -> Iterator[Any]:
+    """A client of a one-worker local cluster whose worker Dask has paused for memory, as one
+    whose memory its libraries hold would stay: past 5 % of 200 MiB from its start (its
+    interpreter alone), never spilled, terminated or restarted. Yields once the scheduler sees
+    it paused: its first memory reading comes a moment after it starts, and a task sent before
+    then would run."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    memory = {"distributed.worker.memory.pause": 0.05, "distributed.worker.memory.terminate": False,
+              "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
+    with dask.config.set(memory), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="200 MiB",
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        deadline = time.monotonic() + timeout_s
+        while client.run_on_scheduler(lambda dask_scheduler: [ws.status.name for ws in
+                                                              dask_scheduler.workers.values()]) != ["paused"]:
+            assert time.monotonic() < deadline, "the worker was not paused for memory"
+            time.sleep(0.1)
+        yield client
+
+
 def small_disk(mountpoint: Path, copies: dict[Path, str], room_kib: int) -> list[str]:
     """Shell lines for :func:`confined`: a tmpfs on ``mountpoint`` holding copies of ``copies``
     (source -> name there), then filled up to ``room_kib`` KiB of free space."""

@@ -71,22 +71,14 @@ def test_results_are_fetched_on_the_callers_client_while_another_client_is_the_d
 def test_workers_paused_for_memory_stop_the_map_with_their_names(monkeypatch):
     """A worker past Dask's pause fraction of its memory runs nothing; with no nanny to restart it
     and memory its libraries hold, it stays paused: the map says so instead of waiting for ever."""
-    import dask
-    from distributed import Client, LocalCluster
+    from faults import paused_worker
 
     from megaset.storage import tasks
 
     monkeypatch.setattr(tasks, "_CHECK_S", 0.5)
     monkeypatch.setattr(tasks, "_PAUSED_S", 2.0)
-    # Paused as soon as it starts (its interpreter alone is past 5 % of 200 MiB); never spilled
-    # or restarted, as a worker whose memory is its libraries' would be.
-    memory = {"distributed.worker.memory.pause": 0.05, "distributed.worker.memory.terminate": False,
-              "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
-    with dask.config.set(memory), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="200 MiB",
-                         dashboard_address=None) as cluster, \
-            Client(cluster) as client, pytest.raises(
-                StoreError, match=r"megaset test: every worker able to run its tasks has been paused by Dask for "
-                                  r"memory for \d+ s \(tcp://127\.0\.0\.1:\d+ at [\d.]+ MiB of its 200\.00 MiB "
-                                  r"limit\).*--memory-limit.*rerun `megaset test`"):
+    with paused_worker() as client, pytest.raises(
+            StoreError, match=r"megaset test: every worker able to run its tasks has been paused by Dask for "
+                              r"memory for \d+ s \(tcp://127\.0\.0\.1:\d+ at [\d.]+ MiB of its 200\.00 MiB "
+                              r"limit\).*--memory-limit.*rerun `megaset test`"):
         map_chunks(client, _square, [1, 2], names=["g-1", "g-2"], stage="megaset test", retries=0, offset=0)

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -190,26 +189,15 @@ def test_a_rank_whose_worker_is_paused_for_memory_stops_the_training_with_its_na
                                                                                     monkeypatch):
     """A worker past Dask's pause fraction never starts its rank (its peers would wait out the
     process-group timeout): the training says so after the grace period, naming the worker."""
-    import dask
-    from distributed import Client, LocalCluster
+    from faults import paused_worker
 
     from megaset.storage import tasks
 
     monkeypatch.setattr(tasks, "_CHECK_S", 0.5)
     monkeypatch.setattr(tasks, "_PAUSED_S", 2.0)
-    # Paused as soon as it starts (its interpreter alone is past 5 % of 200 MiB), never spilled or restarted.
-    memory = {"distributed.worker.memory.pause": 0.05, "distributed.worker.memory.terminate": False,
-              "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
     cfg = _config(tiny_store, tmp_path, model="ae-shallow", epochs=1, ddp={"world_size": 1})
-    with dask.config.set(memory), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="200 MiB",
-                         dashboard_address=None) as cluster, Client(cluster) as client:
-        # Its first memory reading comes a moment after it starts: a rank sent before then would run.
-        while client.run_on_scheduler(lambda dask_scheduler: [ws.status.name for ws in
-                                                              dask_scheduler.workers.values()]) != ["paused"]:
-            time.sleep(0.1)
-        with pytest.raises(
-                TrainingError, match=r"distributed training cannot start: the workers of the ranks not started have "
-                                     r"been paused by Dask for memory for \d+ s \(tcp://127\.0\.0\.1:\d+ at "
-                                     r"[\d.]+ MiB of its 200\.00 MiB limit\).*cluster\.memory_per_worker"):
-            train(cfg, client)
+    with paused_worker() as client, pytest.raises(
+            TrainingError, match=r"distributed training cannot start: the workers of the ranks not started have "
+                                 r"been paused by Dask for memory for \d+ s \(tcp://127\.0\.0\.1:\d+ at "
+                                 r"[\d.]+ MiB of its 200\.00 MiB limit\).*cluster\.memory_per_worker"):
+        train(cfg, client)
