@@ -61,6 +61,29 @@ def build_staging(url: str, events: int, signal_events: int, piece_events: int, 
     finish_staging(url, {"files": files, "skipped": [], "cutflow": {}})
 
 
+def staging_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the staging area: simulated (how many events, in pieces of how many) or given."""
+    parser.add_argument("--events", type=int, default=1_000_000, help="background input events to simulate")
+    parser.add_argument("--signal-events", type=int, default=50_000)
+    parser.add_argument("--piece-events", type=int, default=200_000, help="input events per staging piece")
+    parser.add_argument("--staging", default=None, help="use this finished staging area instead of simulating")
+
+
+def staged_config(args: argparse.Namespace, work: Path, **store):
+    """A config whose store is ``work/store.zarr`` (``store`` settings added) and whose staging
+    area is ``--staging`` or one simulated now under ``work`` (:func:`staging_arguments`)."""
+    from megaset.config import Config
+
+    cfg = Config.model_validate({"store": {"url": str(work / "store.zarr"),
+                                           "staging_url": args.staging or str(work / "staging.zarr"), **store}})
+    if not args.staging:
+        shutil.rmtree(cfg.store.staging, ignore_errors=True)
+        t0 = time.perf_counter()
+        build_staging(cfg.store.staging, args.events, args.signal_events, args.piece_events, cfg)
+        print(f"(a) staged {args.events + args.signal_events:,} simulated events: {time.perf_counter() - t0:.1f} s")
+    return cfg
+
+
 def _copy_chunk(bounds: tuple[int, int], pieces: list[tuple[str, str, int]], staging: str, url: str,
                 columns: list[str]) -> int:
     """Plain copy of rows ``bounds`` (one output chunk) of the concatenated pieces into ``url``."""
@@ -203,10 +226,7 @@ def codec_survey(rows: np.ndarray, chunk_len: int, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="background input events to simulate")
-    parser.add_argument("--signal-events", type=int, default=50_000)
-    parser.add_argument("--piece-events", type=int, default=200_000, help="input events per staging piece")
-    parser.add_argument("--staging", default=None, help="use this finished staging area instead of simulating")
+    staging_arguments(parser)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of (b) and (c) each; the best is shown")
     parser.add_argument("--chunk-lens", type=int, nargs="*", default=[], help="also mix with these chunk lengths")
@@ -216,18 +236,11 @@ def main() -> None:
 
     from distributed import Client, LocalCluster
 
-    from megaset.config import Config
     from megaset.storage.store import open_store
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="megaset-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    cfg = Config.model_validate({"store": {"url": str(work / "store.zarr"),
-                                           "staging_url": args.staging or str(work / "staging.zarr")}})
-    if not args.staging:
-        shutil.rmtree(cfg.store.staging, ignore_errors=True)
-        t0 = time.perf_counter()
-        build_staging(cfg.store.staging, args.events, args.signal_events, args.piece_events, cfg)
-        print(f"(a) staged {args.events + args.signal_events:,} simulated events: {time.perf_counter() - t0:.1f} s")
+    cfg = staged_config(args, work)
 
     runs = []
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
