@@ -13,7 +13,10 @@
     per event, and the time to read a chunk back into dense rows and into
     :class:`~megaset.storage.compact.CompactRows` (the loader's form), best of --repeat passes
     over every chunk, wall and CPU microseconds per event; the rows read back are checked
-    equal to the store's.
+    equal to the store's;
+(d) the staging area mixed again with ``store.form: csr`` (:mod:`megaset.storage.csr`) and both
+    stores read through ``StoreGroup.read_chunk``, dense and as cells: the readers' cost, and
+    the mix's CPU time per event of each form.
 
     python benchmarks/store_forms.py --events 1000000
 """
@@ -106,6 +109,43 @@ def timed(read: Callable, n_chunks: int, compact: bool, repeat: int) -> tuple[fl
     return best_wall, best_cpu, last
 
 
+def stores(cfg, groups: list, chunks: list[np.ndarray], repeat: int) -> None:
+    """(d): the same staging area mixed with ``store.form: csr`` beside the dense store; both
+    read through ``StoreGroup.read_chunk``, dense and ``compact=("rmm",)``, one thread."""
+    from megaset.storage.mix import mix
+    from megaset.storage.store import open_store
+
+    csr_cfg = cfg.replace(store={"url": cfg.store.url.replace("store.zarr", "store-csr.zarr"), "form": "csr"})
+    shutil.rmtree(csr_cfg.store.url, ignore_errors=True)
+    t0 = time.process_time()
+    mix(csr_cfg, None)
+    t_csr = time.process_time() - t0
+    shutil.rmtree(cfg.store.url, ignore_errors=True)
+    t0 = time.process_time()
+    mix(cfg, None)
+    t_dense = time.process_time() - t0
+    n_events = sum(len(c) for c in chunks)
+    us = 1e6 / n_events
+    print(f"\n(d) the stores, store.form dense and csr, read_chunk on one thread, best of {repeat}; "
+          f"microseconds per event, wall (CPU)")
+    print(f"{'store.form':<22}{'B/event':>10}{'mix CPU us':>12}{'-> dense':>18}{'-> compact':>18}")
+    for form, url, t_mix in (("dense", cfg.store.url, t_dense), ("csr", csr_cfg.store.url, t_csr)):
+        store = open_store(url)
+        where = [(store.group(g.name), i) for g in groups for i in range(g.n_chunks)]
+
+        def read(j: int, compact: bool, where=where):
+            group, i = where[j]
+            return group.read_chunk(i, ("rmm",), compact=("rmm",) if compact else ())["rmm"]
+        wall_d, cpu_d, dense = timed(read, len(where), False, repeat)
+        wall_c, cpu_c, _ = timed(read, len(where), True, repeat)
+        if not all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(dense, chunks, strict=True)):
+            msg = f"the {form} store's rows differ from the dense store's"
+            raise SystemExit(msg)
+        stored = sum(_stored(Path(url) / g.name / ("rmm" if form == "dense" else "rmm_csr")) for g in groups)
+        print(f"{form:<22}{stored / n_events:>10,.0f}{t_mix * us:>12.2f}"
+              f"{wall_d * us:>10.2f} ({cpu_d * us:.2f}){wall_c * us:>10.2f} ({cpu_c * us:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     staging_arguments(parser)
@@ -161,6 +201,7 @@ def main() -> None:
         print(f"{form + ', ' + codec + ' ' + str(level):<22}{per_event:>10,.0f}{reference / per_event:>8.1f}"
               f"{wall_d * us:>10.2f} ({cpu_d * us:.2f}){wall_c * us:>10.2f} ({cpu_c * us:.2f})")
         shutil.rmtree(target, ignore_errors=True)
+    stores(cfg, groups, chunks, args.repeat)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -91,12 +91,13 @@ class StoreKeyError(StoreError, KeyError):
 
 
 class DamagedChunkError(StoreError):
-    """Stored chunks whose bytes no longer match their crc32c checksum; ``chunks`` lists them
-    (``<array URL>/<chunk key>``)."""
+    """Stored chunks whose bytes no longer match their crc32c checksum, or (``reason``) whose
+    contents are otherwise broken; ``chunks`` lists them (``<array URL>/<chunk key>``)."""
 
-    def __init__(self, message: str, chunks: list[str]):
+    def __init__(self, message: str, chunks: list[str], reason: str = "crc32c checksum mismatch"):
         self.chunks = chunks
+        self.reason = reason
         super().__init__(message)
 
     def __reduce__(self):
-        return (type(self), (self.args[0], self.chunks))
+        return (type(self), (self.args[0], self.chunks, self.reason))

@@ -3,9 +3,9 @@
 An RMM row is about 98 % zeros (a 2-lepton event reaches ~2 % of its 529 cells), so a chunk's
 rows as the positions of their non-zero cells (int32, in the chunk's rows flattened row by row)
 and those cells' values are about 8 bytes a filled cell instead of 4 bytes a cell: ~0.1 kB an
-event instead of ~2.1 kB. The store keeps the dense column, which plain zarr and xarray users
-read as it is; :meth:`megaset.storage.store.StoreGroup.read_chunk` compacts the columns named
-in ``compact`` after decoding them.
+event instead of ~2.1 kB. :meth:`megaset.storage.store.StoreGroup.read_chunk` returns the
+columns named in ``compact`` so: made from the stored cells of a column in the store's CSR
+form (:mod:`megaset.storage.csr`), compacted after decoding a dense one.
 
 A cell is zero when its bits are: ``-0.0`` is kept as a value, so that
 :meth:`CompactRows.dense` gives back the very bits it was made from.
@@ -43,16 +43,33 @@ class CompactRows:
     def of(cls, rows: np.ndarray) -> CompactRows:
         """The non-zero cells of ``rows`` (events first; the axes after it are flattened)."""
         rows = np.ascontiguousarray(rows).reshape(len(rows), int(np.prod(rows.shape[1:])))
-        # With room for one cell more a row: a reader may lay the cells out in wider rows.
-        if rows.shape[0] * (rows.shape[1] + 1) >= 2**31:
-            msg = (f"a chunk of {rows.shape[0]} rows x {rows.shape[1]} cells has more cells than int32 "
-                   "positions reach; mix the store with a smaller store.chunk_len")
-            raise ValueError(msg)
         flat = rows.reshape(-1)
         # Zero by its bits, not by value: -0.0 is kept. (A boolean mask first: numpy finds the
         # non-zero entries of a boolean array several times faster than of an integer one.)
-        positions = np.flatnonzero(flat.view(f"u{flat.dtype.itemsize}") != 0).astype(np.int32)
-        return cls((rows.shape[0], rows.shape[1]), positions, flat[positions])
+        positions = np.flatnonzero(flat.view(f"u{flat.dtype.itemsize}") != 0)
+        return cls.at((rows.shape[0], rows.shape[1]), positions, flat[positions])
+
+    @classmethod
+    def at(cls, shape: tuple[int, int], positions: np.ndarray, values: np.ndarray) -> CompactRows:
+        """The cells ``values`` at the ascending flat ``positions`` of ``shape[0]`` rows of
+        ``shape[1]`` cells (the store's compact form read back)."""
+        # With room for one cell more a row: a reader may lay the cells out in wider rows.
+        if shape[0] * (shape[1] + 1) >= 2**31:
+            msg = (f"a chunk of {shape[0]} rows x {shape[1]} cells has more cells than int32 "
+                   "positions reach; mix the store with a smaller store.chunk_len")
+            raise ValueError(msg)
+        return cls((int(shape[0]), int(shape[1])), positions.astype(np.int32, copy=False), values)
+
+    def rows(self, start: int, stop: int) -> CompactRows:
+        """The cells of rows ``start`` to ``stop``, their positions counted from row ``start``.
+
+        >>> CompactRows.of(np.eye(3, dtype=np.float32)).rows(1, 3).dense().tolist()
+        [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        """
+        width = self.shape[1]
+        lo, hi = np.searchsorted(self.positions, [start * width, stop * width])
+        return CompactRows((stop - start, width), self.positions[lo:hi] - np.int32(start * width),
+                           self.values[lo:hi])
 
     @property
     def nbytes(self) -> int:

@@ -118,6 +118,9 @@ class MixJob:
     layout: dict[str, list]
     #: Per group, which chunks are written already.
     done: dict[str, np.ndarray]
+    #: The store's codec and the form of its feature column (``store.compressor``, ``store.form``).
+    compressor: CompressorConfig
+    form: str
 
     def todo(self) -> list[ChunkTask]:
         """The tasks of the chunks not written yet, group after group."""
@@ -125,8 +128,10 @@ class MixJob:
 
     def chunk_kwargs(self) -> dict[str, Any]:
         """What :func:`megaset.storage.mix_chunk.build_chunk` takes besides its task."""
+        feature = feature_column(self.staging_attrs)
         return {"staging": self.staging, "url": self.url, "columns": list(self.columns), "layout": self.layout,
-                "feature_column": feature_column(self.staging_attrs)}
+                "feature_column": feature, "csr": [feature] if self.form == "csr" else [],
+                "compressor": self.compressor.model_dump(mode="json")}
 
 
 def prepare_mix(cfg: Config) -> MixJob:
@@ -147,8 +152,9 @@ def prepare_mix(cfg: Config) -> MixJob:
     plan = make_plan(cfg.store, sattrs["channels"], pieces, [s["file"] for s in sattrs.get("skipped", [])])
     columns, layout = _column_specs(staging, pieces, feature_column(sattrs))
     _check_features(sattrs, columns)
-    done = _prepare(url, plan, columns, cfg.store.compressor, feature_column(sattrs), mix_record(cfg, sattrs))
-    return MixJob(staging, url, plan, sattrs, columns, layout, done)
+    done = _prepare(url, plan, columns, cfg.store.compressor, feature_column(sattrs), cfg.store.form,
+                    mix_record(cfg, sattrs))
+    return MixJob(staging, url, plan, sattrs, columns, layout, done, cfg.store.compressor, cfg.store.form)
 
 
 def mix_record(cfg: Config, sattrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def _complete(url: str) -> bool:
 
 
 def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig,
-             feature: str, stage: Mapping[str, Any]) -> dict[str, np.ndarray]:
+             feature: str, form: str, stage: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Create the store layout, or reopen an interrupted one; the done mask of every group."""
     import zarr
 
@@ -224,7 +230,8 @@ def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorCon
         if mix_attrs.get("fingerprint") != plan.fingerprint:
             msg = (
                 f"store {url!r} was mixed from another staging area or with other store settings "
-                "(chunk_len, compressor, splits, seed, contamination); delete it or set store.url to a new location"
+                "(chunk_len, compressor, form, splits, seed, contamination); delete it or set store.url to a new "
+                "location"
                 if "schema_version" in root.attrs
                 else f"{url!r} already holds a Zarr group that is not a megaset store; set store.url to a new location"
             )
@@ -237,7 +244,7 @@ def _prepare(url: str, plan: MixPlan, columns: ColumnSpecs, codec: CompressorCon
     root = zarr.create_group(store=url, overwrite=root is not None, zarr_format=3,
                              attributes={"schema_version": SCHEMA_VERSION, "complete": False, "mix": mix_attrs,
                                          "stage": dict(stage)})
-    _create_layout(root, plan, columns, codec, feature)
+    _create_layout(root, plan, columns, codec, feature, form)
     root.attrs["mix"] = {**mix_attrs, "layout": True}
     return {g.name: np.zeros(g.n_chunks, dtype=bool) for g in plan.groups}
 
@@ -251,12 +258,16 @@ def _new_metadata(chunks: tuple[int, ...], dtype: str, codecs: list, fill: Any, 
     return template.metadata
 
 
-def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig, feature: str) -> None:
+def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorConfig, feature: str,
+                   form: str) -> None:
     """Every group and array with its final shape, plus the bookkeeping arrays (one chunk per
-    output chunk), created concurrently: on an object store that is one round of requests."""
+    output chunk), created concurrently: on an object store that is one round of requests.
+    In the CSR ``form`` the feature column is its subgroup, whose arrays of cells each chunk's
+    task creates (:mod:`megaset.storage.csr`)."""
     from zarr.core.group import GroupMetadata
 
     from megaset.storage.codecs import compressors
+    from megaset.storage.csr import csr_attrs, csr_path, index_dtype
 
     codecs = compressors(codec)
     width = _width(columns[feature][1])
@@ -278,8 +289,16 @@ def _create_layout(root, plan: MixPlan, columns: ColumnSpecs, codec: CompressorC
             "kind": g.kind, "n_events": g.n_events, "chunk_len": g.chunk_len,
             "channel_ids": g.channel_ids, "counts": g.counts,
             "base_columns": list(columns), "compressor": codec.model_dump(mode="json"),
+            **({"forms": {feature: form}} if form != "dense" else {}),
         })
         for name, (dtype, tail) in columns.items():
+            if name == feature and form == "csr":
+                sub = f"{g.name}/{csr_path(name)}"
+                nodes[sub] = GroupMetadata(zarr_format=3, attributes=csr_attrs(name, dtype, tail))
+                nodes[f"{sub}/cell"] = nodes[f"{sub}/value"] = GroupMetadata(zarr_format=3)
+                nodes[f"{sub}/nnz"] = _array_metadata((g.n_events,), (g.chunk_len,), index_dtype(width).str, codecs,
+                                                      0, ("event",))
+                continue
             array = _array_metadata((g.n_events, *tail), (g.chunk_len, *tail), dtype, codecs, 0,
                                     column_dimensions(name, len(tail)))
             nodes[f"{g.name}/{name}"] = array.update_attributes(flags) if name == "channel" else array
@@ -336,6 +355,7 @@ def _finish(url: str, cfg: Config, plan: MixPlan, sattrs: Mapping[str, Any]) -> 
         "mix": {
             "fingerprint": plan.fingerprint, "layout": True, "seed": cfg.store.seed,
             "chunk_len": cfg.store.chunk_len, "compressor": cfg.store.compressor.model_dump(mode="json"),
+            "form": cfg.store.form,
             "quota_rule": "megaset.storage.quotas.chunk_quotas",
         },
         "complete": True,

@@ -98,14 +98,18 @@ async def _gather(task: ChunkTask, staging: str, columns: Sequence[str], layout:
 
 
 async def _write(task: ChunkTask, url: str, values: Mapping[str, np.ndarray], sums: np.ndarray,
-                 scaler: np.ndarray | None) -> None:
-    """Write the chunk of every column and its bookkeeping; the done mark goes last."""
+                 scaler: np.ndarray | None, csr: Sequence[str], codecs: list) -> None:
+    """Write the chunk of every column (those named in ``csr`` in that form) and its
+    bookkeeping; the done mark goes last."""
+    from megaset.storage.csr import write_csr
+
     rows = slice(task.start, task.start + task.size)
-    arrays = await _arrays(url, task.group, list(values), "r+", task.plan)
+    dense = [name for name in values if name not in csr]
+    arrays = await _arrays(url, task.group, dense, "r+", task.plan)
     # Write even all-zero chunks (m_lll of a 2-lepton store): every chunk is then stored.
-    await asyncio.gather(*(
-        arrays[name].with_config({"write_empty_chunks": True}).setitem(rows, column)
-        for name, column in values.items()))
+    await asyncio.gather(
+        *(arrays[name].with_config({"write_empty_chunks": True}).setitem(rows, values[name]) for name in dense),
+        *(write_csr(url, task.group, name, task.index, task.start, values[name], codecs) for name in csr))
     names = ["weights", "done"] + (["stats"] if scaler is not None else [])
     book = await _arrays(url, f"{MIX_PREFIX}/{task.group}", names, "r+", task.plan)
     await asyncio.gather(book["weights"].setitem(task.index, sums),
@@ -115,11 +119,14 @@ async def _write(task: ChunkTask, url: str, values: Mapping[str, np.ndarray], su
 
 
 def build_chunk(task: ChunkTask, *, staging: str, url: str, columns: Sequence[str],
-                layout: Mapping[str, list], feature_column: str = "rmm") -> int:
+                layout: Mapping[str, list], feature_column: str = "rmm", csr: Sequence[str] = (),
+                compressor: Mapping[str, Any] | None = None) -> int:
     """Build and write one output chunk; returns the bytes of column data written.
 
     ``layout`` is the staging pieces' storage layout (:mod:`megaset.storage.staging`); the
-    scaler partials are those of ``feature_column``, flattened after the event axis.
+    scaler partials are those of ``feature_column``, flattened after the event axis. The
+    columns named in ``csr`` are written in the CSR form (:mod:`megaset.storage.csr`) with
+    the store's ``compressor``.
 
     The rows are gathered channel after channel straight into the chunk's seeded random
     order; the weights are summed per channel, and the train group also records the chunk's
@@ -127,11 +134,15 @@ def build_chunk(task: ChunkTask, *, staging: str, url: str, columns: Sequence[st
     """
     from zarr.core.sync import sync
 
+    from megaset.config import CompressorConfig
+    from megaset.storage.codecs import compressors
+
     position = rng(task.seed, Stream.ROWS_IN_CHUNK, zlib.crc32(task.group.encode()), task.index).permutation(task.size)
     values = sync(_gather(task, staging, columns, layout, position))
     weight = values["weight"].astype(np.float64)
     sums = np.array([weight[values["channel"] == cid].sum() for cid in task.channel_ids])
     features = values[feature_column]
     scaler = stats.partial_stats(features.reshape(len(features), -1)) if task.scaler else None
-    sync(_write(task, url, values, sums, scaler))
+    codecs = compressors(CompressorConfig(**(compressor or {}))) if csr else []
+    sync(_write(task, url, values, sums, scaler, csr, codecs))
     return sum(column.nbytes for column in values.values())

@@ -8,6 +8,8 @@ Layout (Zarr v3, any fsspec URL)::
         zarr.json                     group attrs: kind, n_events, chunk_len, channel counts
         rmm [N, F] float32, weight [N] float32, channel [N] int16, event_id [N, 4] int64,
         aux columns [N] (met, m_ll, n_jets, ...), later score/<model> [N, ...]
+        rmm_csr/ instead of rmm in a store mixed with store.form: csr (:mod:`megaset.storage.csr`),
+        read back as dense rows all the same
     <store>/_mix/<group>/{done, weights, stats}   per-chunk bookkeeping of the mix pass
 
 Every array carries Zarr v3 ``dimension_names`` (:func:`column_dimensions`; ``event`` first),
@@ -25,6 +27,7 @@ holds events ``i * chunk_len`` up to the next chunk (the last one may be short).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -272,13 +275,25 @@ class StoreGroup:
         """Every array of the group, ``score/<model>`` columns included, sorted."""
         return list(self.column_infos())
 
+    @property
+    def forms(self) -> dict[str, str]:
+        """The columns kept in another form than dense rows, e.g. ``{"rmm": "csr"}``
+        (:mod:`megaset.storage.csr`); every read gives them dense all the same."""
+        return {str(k): str(v) for k, v in self.attrs.get("forms", {}).items()}
+
     def column_infos(self) -> dict[str, dict[str, Any]]:
         """:meth:`column_info` of every column, sorted by name, from one listing of the group."""
+        from megaset.storage.csr import csr_path
+
         group = self._group(write=False)
-        found = list(group.arrays())
+        infos = {name: _info(array) for name, array in group.arrays()}
+        compact = {csr_path(name): name for name in self.forms}
         for sub, members in group.groups():
-            found += [(f"{sub}/{name}", array) for name, array in members.arrays()]
-        return {name: _info(array) for name, array in sorted(found, key=lambda item: item[0])}
+            if sub in compact:
+                infos[compact[sub]] = self.column_info(compact[sub])
+            else:
+                infos |= {f"{sub}/{name}": _info(array) for name, array in members.arrays()}
+        return dict(sorted(infos.items()))
 
     def scored_models(self) -> list[str]:
         """The models with a ``score/<model>`` column in this group."""
@@ -286,6 +301,8 @@ class StoreGroup:
 
     def column_attrs(self, name: str) -> dict[str, Any]:
         """The attributes of column ``name`` (e.g. what made a score column)."""
+        if name in self.forms:
+            return self._form_attrs(name)
         return dict(self._array(name).attrs)
 
     def set_column_attrs(self, name: str, attrs: Mapping[str, Any]) -> None:
@@ -293,7 +310,14 @@ class StoreGroup:
         self._array(name, write=True).attrs.put(dict(attrs))
 
     def column_info(self, name: str) -> dict[str, Any]:
-        """``shape``, ``chunks`` and ``dtype`` of one column."""
+        """``shape``, ``chunks`` and ``dtype`` of one column (as read: dense rows)."""
+        if name in self.forms:
+            from megaset.storage.csr import csr_path
+
+            attrs, counts = self._form_attrs(name), self._array(f"{csr_path(name)}/nnz")
+            tail = tuple(attrs["shape"])
+            return {"shape": (counts.shape[0], *tail), "chunks": (counts.chunks[0], *tail),
+                    "dtype": np.dtype(attrs["dtype"])}
         return _info(self._array(name))
 
     def chunk_slice(self, i: int) -> slice:
@@ -312,10 +336,12 @@ class StoreGroup:
     def read_chunks(self, indices: range, columns: Sequence[str] = ("rmm", "weight"),
                     compact: Collection[str] = ()) -> dict[str, Any]:
         """The values of ``columns`` in the consecutive chunks ``indices``, one array per column
-        (one :class:`~megaset.storage.compact.CompactRows` per column named in ``compact``)."""
+        (one :class:`~megaset.storage.compact.CompactRows` per column named in ``compact``: made
+        straight from the stored cells of a column in the CSR form, without dense rows)."""
         from zarr.core.sync import sync
 
         from megaset.storage.compact import CompactRows
+        from megaset.storage.csr import read_csr
 
         if not indices or indices.step != 1:
             msg = f"read_chunks takes a non-empty range of consecutive chunks, not {indices}"
@@ -326,12 +352,26 @@ class StoreGroup:
             raise ValueError(msg)
         first, last = self.chunk_slice(indices[0]), self.chunk_slice(indices[-1])
         rows = slice(first.start, last.stop)
-        # All columns and chunks at once: the reads and decodes overlap.
-        values = sync(checked_reads(
-            [(self._array(name).async_array, rows) for name in columns], f"group {self.name!r} of store {self.url!r}",
-            "run `megaset verify` to list every damaged chunk, then rebuild the store from its staging area "
-            "(`megaset mix` into a new store.url) or rescore a damaged score/ column"))
-        return {name: CompactRows.of(v) if name in compact else v for name, v in zip(columns, values, strict=True)}
+        where = f"group {self.name!r} of store {self.url!r}"
+        fix = ("run `megaset verify` to list every damaged chunk, then rebuild the store from its staging area "
+               "(`megaset mix` into a new store.url) or rescore a damaged score/ column")
+        forms = self.forms
+        dense = [name for name in columns if name not in forms]
+        group = self._group(write=False)._async_group
+        arrays = [(self._array(name).async_array, rows) for name in dense]
+        kept = {name: self._form_attrs(name) for name in columns if name in forms}
+
+        async def read() -> list[Any]:
+            # All columns and chunks at once: the reads and decodes overlap.
+            return await asyncio.gather(
+                checked_reads(arrays, where, fix),
+                *(read_csr(group, attrs, indices, rows, self.chunk_len, name in compact, where, fix)
+                  for name, attrs in kept.items()))
+
+        plain, *compacted = sync(read())
+        values = dict(zip(dense, plain, strict=True)) | dict(zip(kept, compacted, strict=True))
+        return {name: CompactRows.of(values[name]) if name in compact and name in dense else values[name]
+                for name in columns}
 
     def iter_chunks(self, columns: Sequence[str] = ("rmm", "weight"),
                     indices: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -389,6 +429,15 @@ class StoreGroup:
         """Whether chunk ``i`` of column ``name`` has been written (for resumable scoring)."""
         self.chunk_slice(i)
         return chunk_exists(self._array(name), i)
+
+    def _form_attrs(self, name: str) -> dict[str, Any]:
+        """The attributes of the subgroup holding column ``name`` in its form (read once)."""
+        from megaset.storage.csr import csr_path
+
+        key = (f"{csr_path(name)}/", False)
+        if key not in self._handles:
+            self._handles[key] = dict(self._group(write=False)[csr_path(name)].attrs)
+        return self._handles[key]
 
     def _group(self, write: bool):
         key = ("", write)

@@ -55,7 +55,7 @@ def verify(url: str) -> list[str]:
             except DamagedChunkError as err:
                 # Every damaged chunk named, the chunk's other checks skipped: its values are unknown.
                 damaged = True
-                problems += [f"{name} chunk {i}: damaged chunk {c} (crc32c checksum mismatch)" for c in err.chunks]
+                problems += [f"{name} chunk {i}: damaged chunk {c} ({err.reason})" for c in err.chunks]
                 continue
             problems += _check_chunk(name, i, values, ids, quotas[i], channels)
             weight = values["weight"].astype(np.float64)

@@ -141,6 +141,7 @@ PUBLIC_API = {
     ],
     "megaset.storage.codecs": ["compressors"],
     "megaset.storage.compact": ["CompactRows"],
+    "megaset.storage.csr": ["csr_attrs", "csr_path", "index_dtype", "read_csr", "write_csr"],
     "megaset.storage.layout": ["BLOCKS", "block_masks", "matrix_side"],
     "megaset.storage.lock": ["holder", "lock_url", "locked"],
     "megaset.storage.mix": ["MixJob", "mix", "mix_record", "prepare_mix"],

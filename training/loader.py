@@ -351,13 +351,12 @@ class ChunkDataset(IterableDataset):
         its weights and context, as host tensors (pinned for a GPU, so that their copy to it
         does not block). The positions are those of the window buffer's rows, one cell wider
         than the features when the context column follows them."""
-        from megaset.storage.compact import CompactRows
-
         names = (self.column, "weight", *((self.context,) if self.context else ()))
-        data = self.group.read_chunk(int(self._piece_chunk[piece]), columns=names)
+        # Read as non-zero cells: a store of the CSR form gives them without dense rows.
+        data = self.group.read_chunk(int(self._piece_chunk[piece]), columns=names, compact=(self.column,))
         start = int(self._piece_start[piece])
         rows = slice(start, start + int(self._piece_sizes[piece]))
-        cells = CompactRows.of(data[self.column][rows])
+        cells = data[self.column].rows(rows.start, rows.stop)
         n_cells = cells.shape[1]
         positions = cells.positions + (cells.positions // n_cells) * np.int32(self.context is not None)
         arrays = [positions, cells.values.astype(np.float32, copy=False),

@@ -34,13 +34,14 @@ def _events(rng: np.random.Generator, channel_id: int, n: int) -> np.ndarray:
     return (x + rng.normal(0, 1.0, size=x.shape) * cells).clip(0).astype(np.float32)
 
 
-def make_store(tmp_path, *, chunk_len: int = 64, seed: int = 0, **training) -> Config:
-    """Stage and mix a small store under ``tmp_path``; returns a config pointing at it."""
+def make_store(tmp_path, *, chunk_len: int = 64, seed: int = 0, form: str = "dense", **training) -> Config:
+    """Stage and mix a small store under ``tmp_path`` (its RMM column in ``form``); returns a
+    config pointing at it."""
     from megaset.storage.mix import mix
 
     cfg = Config.model_validate({
         "store": {"url": str(tmp_path / "store.zarr"), "staging_url": str(tmp_path / "staging.zarr"),
-                  "chunk_len": chunk_len, "seed": seed},
+                  "chunk_len": chunk_len, "seed": seed, "form": form},
         "training": {"output": str(tmp_path / "models"), **training},
     })
     rng = np.random.default_rng(seed)
@@ -86,6 +87,12 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def csr_store(tmp_path_factory) -> Config:
+    """The tiny store's events mixed with ``store.form: csr`` (the RMM kept as its cells)."""
+    return make_store(tmp_path_factory.mktemp("csr"), form="csr")
 
 
 @pytest.fixture(scope="session")

@@ -258,6 +258,21 @@ def test_device_side_scaling_gives_the_batches_of_the_numpy_path(train, batch_si
             np.testing.assert_array_equal(w, w0)
 
 
+@pytest.mark.parametrize(("n_shards", "context"), [(1, None), (3, "weight"), (24, None)])
+def test_a_store_of_the_csr_form_gives_the_very_batches_of_the_dense_store(train, csr_store, n_shards, context):
+    """The same events mixed with store.form csr: the loader reads their cells without dense
+    rows, and its batches are those of the dense store bit for bit (24 shards: pieces of chunks)."""
+    group, scaling, _, _ = train
+    csr = open_store(csr_store.store.url).group("train")
+    assert csr.forms == {"rmm": "csr"}
+    options = {"batch_size": 16, "scaling": scaling, "seed": 5, "shuffle_chunks": 3, "context": context}
+    for shard in range(n_shards):
+        got, expected = (list(ChunkDataset(g, **options).iter_shard(shard, n_shards)) for g in (csr, group))
+        assert len(got) == len(expected) > 0
+        for (x, w), (x0, w0) in zip(got, expected, strict=True):
+            assert torch.equal(x, x0) and torch.equal(w, w0)
+
+
 @pytest.mark.gpu
 def test_the_device_path_on_a_gpu_gives_the_cpu_batches_in_the_same_order(train):
     group, scaling, _, _ = train
