@@ -195,3 +195,41 @@ def test_a_csr_mix_on_a_dask_cluster_writes_the_same_store(stores, cluster_clien
         every = range(theirs.n_chunks)
         got, expected = (g.read_chunks(every, g.columns()) for g in (ours, theirs))
         assert all(np.array_equal(bits(got[c]), bits(expected[c])) for c in expected)
+
+
+def test_a_feature_column_of_several_axes_comes_back_in_its_shape(tmp_path):
+    """A jet store's image column (events x 3 x 4 here) in the CSR form reads back as the dense store's."""
+    from megaset.config import CompressorConfig
+    from megaset.storage.staging import finish_staging, init_staging, piece_key, write_piece
+
+    channels = [{"id": 0, "name": "qcd", "signal": False, "data": False},
+                {"id": 1, "name": "top", "signal": True, "data": False}]
+    dense = make_config(tmp_path, url=str(tmp_path / "dense.zarr"), chunk_len=64)
+    init_staging(dense.store.staging, ["qcd", "top"], {
+        "schema_version": 2, "kind": "jets", "feature_column": "image", "feature_names": [f"p{i}" for i in range(12)],
+        "channels": channels, "config": {"note": "synthetic"}, "code_version": "test"})
+    rng = np.random.default_rng(1)
+    for c, n in zip(channels, (300, 90), strict=True):
+        image = rng.exponential(1.0, (n, 3, 4)).astype(np.float32)
+        image[rng.random(image.shape) < 0.7] = 0.0
+        image[0, 0, 0] = -0.0  # kept: zero by its bits only
+        columns = {"image": image, "weight": np.ones(n, np.float32), "channel": np.full(n, c["id"], np.int16),
+                   "event_id": np.stack([np.zeros(n), np.arange(n), np.full(n, c["id"]), np.arange(n)],
+                                        axis=1).astype(np.int64)}
+        write_piece(dense.store.staging, c["name"], piece_key(f"u{c['id']}", 0, n), columns, {
+            "filename": f"/data/{c['name']}.root", "file_index": c["id"], "fileuuid": f"u{c['id']}",
+            "entrystart": 0, "entrystop": n, "n_read": n, "cutflow": [["all", n, float(n)]]}, CompressorConfig())
+    finish_staging(dense.store.staging, {"files": [], "skipped": [], "cutflow": {}})
+    csr = dense.replace(store={"url": str(tmp_path / "csr.zarr"), "form": "csr"})
+    mix(dense, None)
+    mix(csr, None)
+    assert zarr.open_group(f"{csr.store.url}/train/image_csr", mode="r").attrs["shape"] == [3, 4]
+    for name in open_store(dense.store.url).group_names():
+        ours, theirs = open_store(csr.store.url).group(name), open_store(dense.store.url).group(name)
+        assert ours.column_info("image") == theirs.column_info("image")
+        every = range(theirs.n_chunks)
+        got, expected = (g.read_chunks(every, ("image",), compact=()) for g in (ours, theirs))
+        assert got["image"].shape[1:] == (3, 4) and np.array_equal(bits(got["image"]), bits(expected["image"]))
+        cells = ours.read_chunks(every, ("image",), compact=("image",))["image"]
+        assert np.array_equal(bits(cells.dense().reshape(-1, 3, 4)), bits(expected["image"]))
+    assert verify(csr.store.url) == []
