@@ -16,6 +16,7 @@ waiting on tasks (the DDP ranks too).
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -93,7 +94,11 @@ def map_chunks(
     token = uuid.uuid4().hex[:12]
     prefix = stage.split()[-1]
     keys = [f"{prefix}-{name.replace('/', ':')}-{token}" for name in names]
-    futures = client.map(fn, items, key=keys, retries=retries, pure=False, resources=resources, **kwargs)
+    # The shared arguments travel bound to the function: Dask makes a keyword argument of more than
+    # 100 kB (a combination's quantile tables) a data node keyed by the argument's name alone, which
+    # its scheduler fails on (an unprioritised task) and which a second map would collide with.
+    futures = client.map(functools.partial(fn, **kwargs), items, key=keys, retries=retries, pure=False,
+                         resources=resources)
     where = dict(zip(keys, names, strict=True))
     size_of = dict(zip(keys, size, strict=True))
     results = []

@@ -24,6 +24,22 @@ def test_results_of_every_item_come_back_with_progress(cluster_client):
     assert map_chunks(None, _square, [3], names=["g-0"], stage="megaset test", retries=0, offset=1) == [10]
 
 
+def _lookup(x: int, *, table: dict[str, list[float]]) -> float:
+    return table["values"][x]
+
+
+def test_a_large_keyword_argument_reaches_every_task(cluster_client):
+    """A shared argument of more than 100 kB (a combination's quantile tables): every task gets
+    it, in two maps in a row (Dask alone would make it one data node named after the argument,
+    which the scheduler fails on)."""
+    table = {"values": [float(i) for i in range(50_000)]}
+    for offset in (0, 1):
+        items = [offset + i for i in range(4)]
+        out = map_chunks(cluster_client, _lookup, items, names=[f"g-{i}" for i in items], stage="megaset test",
+                         retries=0, table=table)
+        assert sorted(out) == [float(i) for i in items]
+
+
 def test_a_chunk_whose_workers_die_on_every_try_is_named():
     import dask
     from distributed import Client, LocalCluster
