@@ -1,8 +1,9 @@
 """``megaset run``: every stage in order, each rebuilt exactly when what made it changed.
 
-simulate (only when no inputs are configured) -> ingest -> mix -> train -> score -> report ->
-the studies run on that report (``megaset study ...``); for jet inputs every model's train and
-score, the studies of the ``jets`` section, then the report.
+simulate (only when no inputs are configured) -> ingest -> mix -> train -> score -> train and
+score of every other model a combination of ``scoring.combine`` names -> the combinations ->
+report -> the studies run on that report (``megaset study ...``); for jet inputs every model's
+train and score, the studies of the ``jets`` section, then the report.
 Every stage records a fingerprint of what determines its output with its artefact
 (:mod:`megaset.provenance`, :mod:`megaset.stages`). A stage whose finished artefact records the
 fingerprint the configuration gives now is skipped; an interrupted one is finished (ingest
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["run", "STAGES", "written", "outputs_locked", "stage_counts"]
 
-#: The stages of event inputs, before the studies run on their report.
+#: The stages of event inputs whose places are locked (the models a combination adds are trained
+#: into ``training.output`` and scored into the store as well), before the studies.
 STAGES = ("simulate", "ingest", "mix", "train", "score", "report")
 
 

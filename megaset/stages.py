@@ -14,6 +14,8 @@ ingest         staging area root attributes (``stage``)            ``complete``
 mix            store root attributes (``stage``)                   ``complete``
 train          ``<training.output>/<model>/last.pt`` (``stage``)    all epochs, or early stopping
 score          ``score/<model>`` column attributes of every group  every chunk scored
+train <m>      as ``train``, for another model ``m``               as ``train``
+score <m>      as ``score``, for another model ``m``               as ``score``
 combine <c>    ``score/<c>`` column attributes of every group      every chunk written
 report         ``<report.output>/report.json`` (``stage``)        report.md and report.json
 study <key>    ``<report.output>/studies/<key>.json`` (``stage``)  the file exists
@@ -21,18 +23,22 @@ pairwise       ``<report.output>/pairwise.json`` (``stage``)       the file exis
 contamination  ``<report.output>/studies/contamination-<signal>``  and ``contamination.json``
 =============  ==================================================  ===========================
 
+``train <m>`` and ``score <m>`` are the other members of the combinations of ``scoring.combine``
+(event inputs: ``training.model`` is ``train`` and ``score``) and the models of ``jets.models``.
+
 The studies of event inputs (``megaset study ...``) are stages once run: each records its own
 arguments, so that ``run`` rebuilds a stale one as it was asked for (deleting its file under
 ``studies/`` takes it out of the chain). Jet inputs have the studies their ``jets`` section asks
 for (``pairwise``, ``contamination``), and a report that shows them.
 
 >>> [s.name for s in status(cfg)]          # doctest: +SKIP
-['simulate', 'ingest', 'mix', 'train', 'score', 'report', 'study pt-altering-ae-shallow']
+['simulate', 'ingest', 'mix', 'train', 'score', 'train deep-svdd', 'score deep-svdd', 'combine ae-svdd',
+ 'report', 'study pt-altering-ae-shallow']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,11 +135,12 @@ def _found(record: dict[str, Any] | None, finished: bool) -> Found:
 
 def chain(cfg: Config, *, log: Callable[[str], None] = print) -> list[Stage]:
     """The fingerprinted stages of ``megaset run``, in order: simulate (when no inputs are
-    configured), ingest, mix, then train, score and report of ``training.model`` and every study
-    run on that report; for jet inputs train and score of every model of ``jets.models`` and
-    ``jets.decorrelate``, the pairwise and contamination studies the ``jets`` section asks for,
-    and the report. A store on S3 without the ``s3`` extra is refused here, before any stage
-    starts."""
+    configured), ingest, mix, then train and score of ``training.model``, train and score of
+    every other model a combination of ``scoring.combine`` names, the combinations, the report
+    and every study run on that report; for jet inputs train and score of every model of
+    ``jets.models`` and ``jets.decorrelate``, the pairwise and contamination studies the ``jets``
+    section asks for, and the report. A store on S3 without the ``s3`` extra is refused here,
+    before any stage starts."""
     from megaset.extras import require_for_url
 
     require_for_url(cfg.store.url)
@@ -144,18 +151,57 @@ def chain(cfg: Config, *, log: Callable[[str], None] = print) -> list[Stage]:
         models = _jet_models(cfg)
         studies = _jet_studies(cfg)
         return [*stages, *models, *studies, _jet_report_stage(cfg, models, studies)]
-    combined = [_combine_stage(cfg, name) for name in cfg.scoring.combine]
-    return [*stages, train_stage(cfg, "train"), score_stage(cfg, "score", after="train"), *combined,
-            _report_stage(cfg, [s.name for s in combined]), *_event_studies(cfg)]
+    members = _members(cfg)
+    trained = [m for m, stage in members.items() if stage == f"score {m}"]
+    combined = [_combine_stage(cfg, name, members) for name in cfg.scoring.combine]
+    return [*stages, train_stage(cfg, "train"), score_stage(cfg, "score", after="train"),
+            *_model_stages(cfg, trained), *combined,
+            _report_stage(cfg, [f"score {m}" for m in trained], [s.name for s in combined]), *_event_studies(cfg)]
+
+
+def _model_stages(cfg: Config, models: Sequence[str]) -> list[Stage]:
+    """``train <model>`` and ``score <model>`` of each of ``models``: ``training`` as configured
+    but for the model, without an adversary, each fingerprinted as the chain's own."""
+    out = []
+    for model in models:
+        one = cfg.replace(training={"model": model, "adversary": None})
+        out += [train_stage(one, f"train {model}"), score_stage(one, f"score {model}", after=f"train {model}")]
+    return out
+
+
+def _members(cfg: Config) -> dict[str, str]:
+    """Every model the combinations of ``scoring.combine`` name, with the stage that scores it:
+    ``score`` for ``training.model``, ``combine <name>`` for a combination listed before, else
+    ``score <model>`` (the chain trains it). Any other name is refused, naming it."""
+    from typing import get_args
+
+    from megaset.config import TrainingConfig
+    from megaset.errors import ConfigError
+
+    trainable = get_args(TrainingConfig.model_fields["model"].annotation)
+    out: dict[str, str] = {cfg.training.model: "score"}
+    for name, setting in cfg.scoring.combine.items():
+        for model in setting.models:
+            if model in out:
+                continue
+            if model in cfg.scoring.combine:
+                msg = (f"scoring.combine.{name}.models names the combination {model!r}, listed after it (or it "
+                       f"itself): list {model!r} before {name!r} in scoring.combine")
+                raise ConfigError(msg)
+            if model in trainable:
+                out[model] = f"score {model}"
+            else:
+                msg = (f"scoring.combine.{name}.models names {model!r}, which is neither a model megaset trains "
+                       f"({', '.join(trainable)}) nor another combination of scoring.combine")
+                raise ConfigError(msg)
+        out[name] = f"combine {name}"
+    return out
 
 
 def _jet_models(cfg: Config) -> list[Stage]:
     from megaset.config import AdversaryConfig
 
-    out = []
-    for model in cfg.jets.models:
-        one = cfg.replace(training={"model": model, "adversary": None})
-        out += [train_stage(one, f"train {model}"), score_stage(one, f"score {model}", after=f"train {model}")]
+    out = _model_stages(cfg, cfg.jets.models)
     adversary = cfg.training.adversary or AdversaryConfig()
     for model in cfg.jets.decorrelate:
         adv = cfg.replace(training={"model": model, "output": str(Path(cfg.training.output) / "adv"),
@@ -298,23 +344,15 @@ def _scored(cfg: Config, model: str) -> Found:
     return _found(*scored_record(store, model))
 
 
-def _combine_stage(cfg: Config, name: str) -> Stage:
+def _combine_stage(cfg: Config, name: str, members: Mapping[str, str]) -> Stage:
     """The combination ``scoring.combine.<name>`` written as ``score/<name>``: fingerprinted on
-    its members' score fingerprints, the chain's own score for ``training.model``, the store's
-    records for the models scored apart (a member not scored stops the run naming it)."""
+    its members' score fingerprints, each from the stage that scores it (``members``)."""
     from megaset.training.combine import combine_record, combine_scores
 
-    def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
-        members: dict[str, str | None] = {}
-        for model in cfg.scoring.combine[name].models:
-            if model == cfg.training.model:
-                members[model] = up["score"]
-            else:
-                found = _scored(cfg, model)
-                members[model] = found[0].get("fingerprint") if found else None
-        return combine_record(cfg, name, members)
-
-    return Stage(f"combine {name}", ("score",), expected, lambda: _scored(cfg, name),
+    after = {model: members[model] for model in cfg.scoring.combine[name].models}
+    return Stage(f"combine {name}", tuple(dict.fromkeys(after.values())),
+                 lambda up: combine_record(cfg, name, {model: up[stage] for model, stage in after.items()}),
+                 lambda: _scored(cfg, name),
                  lambda client, resume, progress: combine_scores(cfg, client, name, overwrite=not resume,
                                                                  progress=progress))
 
@@ -332,16 +370,18 @@ def _report_recorded(cfg: Config) -> Found:
     return summary.get("stage") or {}, (folder / "report.md").is_file()
 
 
-def _report_stage(cfg: Config, combined: list[str]) -> Stage:
-    """The report of ``training.model`` and of the combinations (stages ``combined``)."""
+def _report_stage(cfg: Config, scored: list[str], combined: list[str]) -> Stage:
+    """The report of ``training.model``, of the other models the chain scores (stages
+    ``scored``) and of the combinations (stages ``combined``)."""
     from megaset.reporting import report_record, write_report
 
     def expected(up: Mapping[str, str | None]) -> dict[str, Any]:
-        scores = {cfg.training.model: up["score"]} | {c.removeprefix("combine "): up[c] for c in combined}
+        scores = {cfg.training.model: up["score"]} | {s.removeprefix("score "): up[s] for s in scored} | {
+            c.removeprefix("combine "): up[c] for c in combined}
         shown = {m: fp for m, fp in scores.items() if not cfg.report.models or m in cfg.report.models}
         return report_record(cfg, shown or None)
 
-    return Stage("report", ("score", *combined), expected, lambda: _report_recorded(cfg),
+    return Stage("report", ("score", *scored, *combined), expected, lambda: _report_recorded(cfg),
                  lambda client, resume, progress: write_report(cfg, progress=progress))
 
 

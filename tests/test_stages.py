@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def _config(root: Path, **override) -> dict:
         "selection": {"mll_min": 70.0},
         "store": {"url": str(root / "store.zarr"), "chunk_len": 256},
         "training": {"output": str(root / "models"), "epochs": 1, "batch_size": 256},
+        "scoring": {"combine": {}},  # training.model alone, but where a test combines models
         "report": {"output": str(root / "report"), "auc_replicas": 20},
     }
     for section, values in override.items():
@@ -244,41 +246,57 @@ def test_a_study_is_a_stage_kept_current_by_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_combination_is_a_stage_after_score_and_before_report(tmp_path):
-    """`scoring.combine` adds `combine <name>` after the score stage: a member not scored stops the
-    run naming it; once scored apart, the run writes the combination and the report shows it; an
-    unchanged rerun skips it; a rescored member makes it stale."""
-    from megaset.errors import ConfigError
-    from megaset.training.score import score
-    from megaset.training.trainer import train
-
+def test_a_combination_trains_and_scores_its_members_as_stages_before_it(tmp_path):
+    """`scoring.combine` adds the training and scoring of each member other than `training.model`,
+    then `combine <name>`, before the report: the run builds them all and the report shows them;
+    an unchanged rerun skips them; a member's missing checkpoint rebuilds that
+    member, the combination and the report alone."""
     settings = _config(tmp_path, scoring={"combine": {"ae-pca": {"models": ["ae-shallow", "pca"]}}})
     cfg = Config.model_validate(settings)
-    assert [s.name for s in status(cfg)] == [*CHAIN[:5], "combine ae-pca", "report"]
-    with pytest.raises(ConfigError, match=r"model 'pca' has no column score/pca .*megaset score --model pca"):
-        run(cfg, None, log=lambda line: None)
-    pca = cfg.replace(training={"model": "pca"})
-    train(pca)
-    score(pca)
+    chain = [*CHAIN[:5], "train pca", "score pca", "combine ae-pca", "report"]
+    assert [s.name for s in status(cfg)] == chain
 
     out = run(cfg, None, log=lambda line: None)
-    assert set(out["seconds"]) == {"combine ae-pca", "report"}
+    assert set(out["seconds"]) == set(chain)
     store = open_store(cfg.store.url)
+    trained = load_checkpoint(tmp_path / "models" / "pca" / "last.pt")["stage"]
+    assert trained["basis"]["upstream"] == {"mix": store.attrs["stage"]["fingerprint"]}
+    assert trained["basis"]["config"]["training"]["model"] == "pca"
     combined = store.group("test").column_attrs("score/ae-pca")["stage"]
     members = {m: store.group("test").column_attrs(f"score/{m}")["stage"]["fingerprint"] for m in ("ae-shallow", "pca")}
     assert combined["basis"]["upstream"] == members
     reported = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert "ae-pca" in reported["models"]
-    assert reported["stage"]["basis"]["upstream"]["score ae-pca"] == combined["fingerprint"]
-    assert "ae-pca" in (tmp_path / "report" / "report.md").read_text()
+    assert sorted(reported["models"]) == ["ae-pca", "ae-shallow", "pca"]
+    upstream = reported["stage"]["basis"]["upstream"]
+    assert upstream == {"score ae-pca": combined["fingerprint"]} | {f"score {m}": fp for m, fp in members.items()}
 
     before = _mtimes(tmp_path)
     lines: list[str] = []
     run(cfg, None, log=lines.append)
-    assert lines == [f"{name}: current, skipped" for name in (*CHAIN[:5], "combine ae-pca", "report")]
+    assert lines == [f"{name}: current, skipped" for name in chain]
     assert _mtimes(tmp_path) == before
 
-    score(pca.replace(scoring={"blocks": False}))  # another score record for a member
-    assert {s.name: s.state for s in status(cfg)}["combine ae-pca"] == "stale"
+    shutil.rmtree(tmp_path / "models" / "pca")
+    rebuilt = ["train pca", "score pca", "combine ae-pca", "report"]
+    assert [s.name for s in status(cfg) if s.state != "current"] == rebuilt
     out = run(cfg, None, log=lambda line: None)
-    assert set(out["seconds"]) == {"combine ae-pca", "report"}
+    assert list(out["seconds"]) == rebuilt
+
+
+def test_a_combination_of_a_model_megaset_does_not_train_is_refused_naming_it(tmp_path):
+    from megaset.errors import ConfigError
+    from megaset.stages import chain
+
+    unknown = Config.model_validate(_config(tmp_path, scoring={"combine": {"c": {"models": ["ae-shallow", "bdt"]}}}))
+    with pytest.raises(ConfigError, match=r"scoring.combine.c.models names 'bdt', which is neither a model"):
+        chain(unknown)
+    later = Config.model_validate(_config(tmp_path, scoring={"combine": {
+        "c": {"models": ["ae-shallow", "d"]}, "d": {"models": ["pca", "flow"]}}}))
+    with pytest.raises(ConfigError, match=r"list 'd' before 'c' in scoring.combine"):
+        chain(later)
+    nested = Config.model_validate(_config(tmp_path, scoring={"combine": {
+        "d": {"models": ["pca", "flow"]}, "c": {"models": ["ae-shallow", "d"]}}}))
+    stages = {s.name: s for s in chain(nested)}
+    assert list(stages)[3:] == ["train", "score", "train pca", "score pca", "train flow", "score flow", "combine d",
+                                "combine c", "report"]
+    assert stages["combine c"].after == ("score", "combine d")
