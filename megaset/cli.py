@@ -479,7 +479,9 @@ def run(
 ) -> None:
     """Every stage in order; ends with the AUC / E10 / E100 / E1000 table.
 
-    The stages: simulate (when no inputs are configured), ingest, mix, train, score, report. A stage whose
+    The stages: simulate (when no inputs are configured), ingest, mix, train, score, the training and scoring of
+    every other model a combination of scoring.combine names (by default deep-svdd, for ae-svdd), the
+    combinations, report. A stage whose
     artefact records the fingerprint of the current configuration and inputs is skipped, an interrupted one
     finished, a changed one rebuilt with everything after it. Then every search of `searches` (another
     selection or RMM on the same inputs), into its own store and report. `--demo jets` runs the boosted-jet demo.

@@ -1096,9 +1096,12 @@ class ScoringConfig(_Section):
     )
     retries: int = Field(3, ge=0, description="Dask retries of a chunk whose worker died.")
     combine: dict[str, CombineConfig] = Field(
-        default_factory=dict, description="Combinations of scored models by name, e.g. {ae-svdd: {models: "
-        "[ae-shallow, deep-svdd]}}: each is written as score/<name> by `megaset score --combine NAME`, and by "
-        "`megaset run` after the score stage.",
+        default_factory=lambda: {"ae-svdd": CombineConfig(models=["ae-shallow", "deep-svdd"])},
+        description="Combinations of scored models by name: each is written as score/<name> by `megaset score "
+        "--combine NAME`, and by `megaset run`, which trains and scores every model they name (besides "
+        "training.model) and reports the combinations first, as the headline scores. The default, ae-svdd, "
+        "separated a signal zoo best: median AUC 0.996 and E100 0.94 (ae-shallow alone 0.980 / 0.38, "
+        "deep-svdd 0.988 / 0.87). {}: train and report training.model alone. Not run for jet inputs.",
     )
 
 

@@ -233,6 +233,16 @@ def _write_config(cfg: Config, out: Path) -> dict[str, str]:
     return {"file": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
+def _headline_first(models: Sequence[str], combinations: Mapping[str, Any]) -> list[str]:
+    """``models`` with the combinations of ``scoring.combine`` among them first, in the order
+    configured: the headline scores, then the single families.
+
+    >>> _headline_first(["ae-shallow", "ae-svdd", "deep-svdd"], {"ae-svdd": None})
+    ['ae-svdd', 'ae-shallow', 'deep-svdd']
+    """
+    return [m for m in combinations if m in models] + [m for m in models if m not in combinations]
+
+
 def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[str] | None = None,
            training: Mapping[str, Mapping[str, Any]] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Write the report of the scored store ``cfg.store.url`` into ``out_dir``.
@@ -257,7 +267,9 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     Returns
     -------
     dict
-        What ``report.json`` holds: ``store, models, axis, mass_variable``, ``yields`` (per
+        What ``report.json`` holds: ``store, models`` (the combinations of ``scoring.combine``
+        first unless ``models`` or ``report.models`` says otherwise), ``headline`` (the reported
+        combinations, each with the models it combines), ``axis, mass_variable``, ``yields`` (per
         sample ``events, yield, error, n_eff``), ``cutflow``, ``skipped`` (the input files the
         ingest skipped, with their reasons), ``auc_table`` (rows of signal,
         model, auc, auc_error and the working points e10, e100, e1000 with their uncertainties,
@@ -282,7 +294,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     rc = cfg.report
     store = open_store(cfg.store.url)
     available = store.group(BACKGROUND_GROUP).scored_models()
-    wanted = list(models or rc.models or available)
+    wanted = list(models or rc.models or _headline_first(available, cfg.scoring.combine))
     if not wanted:
         msg = f"store {store.url!r} has no scores to report: run `megaset score` first"
         raise StoreError(msg)
@@ -316,6 +328,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
         "cutflow": _cutflow(store.attrs), "skipped": skipped_files(store.attrs),
         "statistics": {"min_background_events": rc.min_background_events,
                        "background_systematic": rc.background_systematic, "auc_replicas": rc.auc_replicas},
+        "headline": {m: list(cfg.scoring.combine[m].models) for m in wanted if m in cfg.scoring.combine},
         "auc_table": [], "signals_without_events": signals_without_events(signals), "sections": {}, "plots": {},
         "training": {m: dict(training[m]) for m in wanted if training and m in training},
         "config": _write_config(cfg, out),

@@ -312,14 +312,20 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     tail = output[output.index("finished"):]
     assert "(Farinaetal.TableI)" in tail and all(column in tail for column in ("AUC", "E10", "E100"))
     assert "c1n2_wz_800_50" in tail and "ae-shallow" in tail and "±" in tail
-    # The closing table: what each stage did, how long it took, what it made.
+    # The default combination is the headline, first in the table, its members after it.
+    assert tail.index("ae-svdd") < tail.index("ae-shallow") < tail.index("deep-svdd")
+    # The closing table: what each stage did, how long it took, what it made; the default
+    # combination's member deep-svdd trained and scored as stages of their own.
     rows = _table_rows(result.output, "stages")
-    assert list(rows) == ["simulate", "ingest", "mix", "train", "score", "report"]
+    stages = ["simulate", "ingest", "mix", "train", "score", "train deep-svdd", "score deep-svdd", "combine ae-svdd",
+              "report"]
+    assert list(rows) == stages
     assert {row[0] for row in rows.values()} == {"done"} and all(row[1].endswith(" s") for row in rows.values())
-    assert rows["simulate"][2] == "3 files" and rows["train"][2] == "1 epoch"
-    assert rows["report"][2] == "1 model, 1 signal"
+    assert rows["simulate"][2] == "3 files" and rows["train"][2] == rows["train deep-svdd"][2] == "1 epoch"
+    assert rows["report"][2] == "3 models, 1 signal"
     mixed = int(rows["mix"][2].split(" events")[0].replace(",", ""))
-    assert rows["mix"][2].endswith(" chunks") and rows["score"][2].startswith(f"{mixed:,} events, ")
+    assert rows["mix"][2].endswith(" chunks")
+    assert all(rows[s][2].startswith(f"{mixed:,} events, ") for s in ("score", "score deep-svdd", "combine ae-svdd"))
     assert "connected to" in result.output
     link = dashboard_link(cluster_client, ClusterConfig(kind="address", address=cluster_client.scheduler.address))
     assert f"dashboard: {link}" in result.output if link else "dashboard" not in result.output
@@ -330,7 +336,7 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     assert "(Farina et al. Table I)" in again.output
     rows = _table_rows(CliRunner().invoke(app, ["run", "-c", str(path)]).output, "stages")
     assert {name: row[0] for name, row in rows.items()} == dict.fromkeys(rows, "skipped")
-    assert set(rows) == {"simulate", "ingest", "mix", "train", "score", "report"}
+    assert list(rows) == stages
 
 
 def _table_rows(output: str, title: str) -> dict[str, list[str]]:

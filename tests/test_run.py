@@ -20,6 +20,7 @@ def test_run_chains_every_stage_then_resumes_without_redoing_work(tmp_path, clus
                      "events_per_file": 30_000, "channels": ["zmmjets", "ttbar", "diboson", "c1n2_wz_800_50"]},
         "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 1024},
         "training": {"output": str(tmp_path / "models"), "epochs": 2, "batch_size": 256},
+        "scoring": {"combine": {}},  # training.model alone: the combination's stages are tested apart
         "report": {"output": str(tmp_path / "report")},
     })
     lines: list[str] = []
@@ -73,6 +74,7 @@ def test_run_on_an_interrupted_mix_finishes_it_without_redoing_finished_chunks(t
                      "channels": ["zmmjets", "ttbar", "c1n2_wz_800_50"]},
         "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
         "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 256},
+        "scoring": {"combine": {}},  # training.model alone: the combination's stages are tested apart
         "report": {"output": str(tmp_path / "report")},
     })
     simulate(cfg.simulate, tree=cfg.inputs.tree, lumi_ifb=cfg.inputs.lumi_ifb)
@@ -104,6 +106,7 @@ def test_run_jets_writes_every_table_and_plot(tmp_path):
                  "pairwise_models": ["tau32"], "contamination": [0.0, 0.1], "contamination_model": "tau32"},
         "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 128},
         "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 64, "scaling": "none"},
+        "scoring": {"combine": {}},  # training.model alone: the combination's stages are tested apart
         "report": {"output": str(tmp_path / "report")},
     })
     out = run(cfg, None, log=lambda line: None)
@@ -168,6 +171,7 @@ def test_two_runs_at_once_one_refuses_the_other_finishes_and_reports_skipped_fil
             for c in channels}},
         "store": {"url": str(tmp_path / "store.zarr"), "chunk_len": 256},
         "training": {"output": str(tmp_path / "models"), "epochs": 1, "batch_size": 256},
+        "scoring": {"combine": {}},
         "report": {"output": str(tmp_path / "report"), "auc_replicas": 20},
         "cluster": {"kind": "address", "address": cluster_client.scheduler.address},
     }

@@ -248,8 +248,8 @@ def test_a_study_is_a_stage_kept_current_by_run(tmp_path):
 @pytest.mark.slow
 def test_a_combination_trains_and_scores_its_members_as_stages_before_it(tmp_path):
     """`scoring.combine` adds the training and scoring of each member other than `training.model`,
-    then `combine <name>`, before the report: the run builds them all and the report shows them;
-    an unchanged rerun skips them; a member's missing checkpoint rebuilds that
+    then `combine <name>`, before the report: the run builds them all and the report shows the
+    combination first; an unchanged rerun skips them; a member's missing checkpoint rebuilds that
     member, the combination and the report alone."""
     settings = _config(tmp_path, scoring={"combine": {"ae-pca": {"models": ["ae-shallow", "pca"]}}})
     cfg = Config.model_validate(settings)
@@ -266,9 +266,13 @@ def test_a_combination_trains_and_scores_its_members_as_stages_before_it(tmp_pat
     members = {m: store.group("test").column_attrs(f"score/{m}")["stage"]["fingerprint"] for m in ("ae-shallow", "pca")}
     assert combined["basis"]["upstream"] == members
     reported = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert sorted(reported["models"]) == ["ae-pca", "ae-shallow", "pca"]
+    assert reported["models"] == ["ae-pca", "ae-shallow", "pca"]
+    assert reported["headline"] == {"ae-pca": ["ae-shallow", "pca"]}
+    assert [r["model"] for r in reported["auc_table"]] == ["ae-pca", "ae-shallow", "pca"]
     upstream = reported["stage"]["basis"]["upstream"]
     assert upstream == {"score ae-pca": combined["fingerprint"]} | {f"score {m}": fp for m, fp in members.items()}
+    assert ("Headline score: `ae-pca`, the rank mean of `ae-shallow` and `pca`"
+            in (tmp_path / "report" / "report.md").read_text())
 
     before = _mtimes(tmp_path)
     lines: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from megaset.config import Config
 from megaset.errors import ConfigError
 from megaset.storage.store import open_store
 from megaset.training.combine import combine_scores
@@ -32,7 +33,8 @@ def _write_scores(cfg, model: str, seed: int, fingerprint: str) -> None:
 
 @pytest.fixture(scope="module")
 def scored(private_store):
-    cfg = private_store.replace(scoring={"combine": COMBINE})
+    data = private_store.resolved()  # replace() would add these to the default combination
+    cfg = Config.model_validate({**data, "scoring": {**data["scoring"], "combine": COMBINE}})
     _write_scores(cfg, "a", 1, "fa")
     _write_scores(cfg, "b", 2, "fb")
     return cfg
