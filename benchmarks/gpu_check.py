@@ -4,13 +4,14 @@ Run by ``benchmarks/gpu_check.sh`` on a machine with a CUDA device (see benchmar
 on a CPU-only machine ``--device cpu`` runs the same measurements there, as a dry run of the
 script. A store of synthetic RMM events (23 x 23 = 529 cells, about 2 % of them filled, per
 channel as real events are: the cells of a few objects) is staged and mixed first, so that no
-ntuple reading or RMM building counts; then, each printed and written as JSON:
+ntuple reading or RMM building counts, once in each store form of ``--forms`` (``store.form``:
+dense rows, or the non-zero cells of each chunk); then, each printed and written as JSON:
 
-(a) the loader alone: events/s of ``ChunkDataset`` handing batches over on the device, at 1, 2,
+(a) per form, the loader alone: events/s of ``ChunkDataset`` handing batches over on the device, at 1, 2,
     4, 8 and 16 reader threads;
-(b) training steps of one model fed by the loader vs by tensors already resident on the device
+(b) per form, training steps of one model fed by the loader vs by tensors already resident on the device
     (the same ``train_epoch``, alternated epoch by epoch, the best epoch of each kept): ratio;
-(c) ``train(cfg)`` end to end (2 epochs): samples/s and wall seconds;
+(c) on the last form, ``train(cfg)`` end to end (2 epochs): samples/s and wall seconds;
 (d) ``score``: events/s in this process, and on a local Dask cluster of one GPU worker
     (``cluster.gpus_per_worker: 1``).
 
@@ -52,14 +53,15 @@ def _rmm(rng: np.random.Generator, channel: int, n: int) -> np.ndarray:
     return x
 
 
-def build_store(work: Path, events: int, chunk_len: int, workers: int) -> str:
-    """Stage synthetic events per channel and mix them into a store; returns its URL."""
+def build_store(work: Path, events: int, chunk_len: int, workers: int, form: str) -> str:
+    """Stage synthetic events per channel and mix them into a store of ``form``; returns its URL."""
     from megaset.config import CompressorConfig, Config
     from megaset.storage.mix import mix
     from megaset.storage.staging import finish_staging, init_staging, piece_key, write_piece
 
     cfg = Config.model_validate({"store": {"url": str(work / "store.zarr"),
-                                           "staging_url": str(work / "staging.zarr"), "chunk_len": chunk_len}})
+                                           "staging_url": str(work / "staging.zarr"), "chunk_len": chunk_len,
+                                           "form": form}})
     url = cfg.store.staging
     init_staging(url, [c["name"] for c in CHANNELS], {
         "schema_version": 2, "feature_names": [f"cell_{i}_{j}" for i in range(SIDE) for j in range(SIDE)],
@@ -213,6 +215,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="Dask workers that mix the store")
     parser.add_argument("--rounds", type=int, default=2, help="epochs of each feeding in (b), after a warm-up")
     parser.add_argument("--sections", default="abcd")
+    parser.add_argument("--forms", default="dense,csr", help="store forms measured by (a) and (b), comma-separated; "
+                        "(c) and (d) use the last")
     parser.add_argument("--json", default=None, help="write the figures here too")
     args = parser.parse_args()
 
@@ -232,23 +236,23 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=2))
 
     with tempfile.TemporaryDirectory(prefix="megaset-gpu-") as tmp:
-        work = Path(tmp)
-        start = time.perf_counter()
-        url = build_store(work, args.events, args.chunk_len, args.workers)
-        cfg = config(url, work / "models", args)
-        from megaset.storage.store import open_store
+        for form in args.forms.split(","):
+            work = Path(tmp) / form
+            start = time.perf_counter()
+            url = build_store(work, args.events, args.chunk_len, args.workers, form)
+            cfg = config(url, work / "models", args)
+            from megaset.storage.store import open_store
 
-        train_events = open_store(url).group("train").n_events
-        report("store", {"train_events": train_events, "build_s": time.perf_counter() - start})
-        if "a" in args.sections:
-            report("loader_alone_events_per_s", {t: loader_alone(cfg, device, t) for t in (1, 2, 4, 8, 16)})
-        if "b" in args.sections:
-            report("steps_loader_vs_resident", steps_fed(cfg, device, args.rounds))
+            train_events = open_store(url).group("train").n_events
+            report(f"store_{form}", {"train_events": train_events, "build_s": time.perf_counter() - start})
+            if "a" in args.sections:
+                report(f"loader_alone_events_per_s_{form}", {t: loader_alone(cfg, device, t) for t in (1, 2, 4, 8, 16)})
+            if "b" in args.sections:
+                report(f"steps_loader_vs_resident_{form}", steps_fed(cfg, device, args.rounds))
         if "c" in args.sections or "d" in args.sections:
             report("train_end_to_end", train_end_to_end(cfg))
         if "d" in args.sections:
             report("score", score_rates(cfg))
-
 
 if __name__ == "__main__":
     main()
