@@ -117,14 +117,14 @@ def demo(workdir: Path, workers: int) -> dict[str, Any]:
 
 
 def _print_demo(d: dict[str, Any]) -> None:
-    from megaset.report.jets import FARINA_TABLE_I
+    from megaset.report.jets import farina_published
 
     print(f"\njet demo: {d['wall_s']:.0f} s wall")
     for stage, s in d["stages"].items():
         print(f"  {stage:<32} {s:8.1f} s")
     print(f"\n{'model':<14} {'signal':<7} {'E10':>6} {'E100':>6} {'AUC':>6}   Farina et al. E10 / E100")
     for r in d["table_i"]:
-        published = FARINA_TABLE_I.get(r["model"].removesuffix("-adv"), {}).get(r["signal"])
+        published = farina_published(r["model"], r["signal"])
         theirs = f"{published[0]:.2f} / {published[1]:.2f}" if published else "-"
         print(f"{r['model']:<14} {r['signal']:<7} {r['e10']:6.3f} {r['e100']:6.3f} {r['auc']:6.3f}   {theirs}")
     print("\npairwise cells of 56 with AUC > 0.6, trained on each sample:",

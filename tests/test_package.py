@@ -106,7 +106,8 @@ PUBLIC_API = {
         "simulate_record", "simulated_record", "write_ntuple"
     ],
     "megaset.report.jets": [
-        "FARINA_TABLE_I", "PAIRWISE_FILE", "decorrelation", "jet_report", "mass_sculpting", "separated_cells",
+        "FARINA_TABLE_I", "PAIRWISE_FILE", "decorrelation", "farina_published", "jet_report", "mass_sculpting",
+        "separated_cells",
     ],
     "megaset.report.markdown": [
         "add_study", "family_table", "finite", "skipped_files", "skipped_section", "studies", "study_records",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from megaset.report import metrics
 from megaset.report.jets import mass_sculpting, separated_cells
@@ -53,22 +54,17 @@ def test_decorrelation_pairs_each_model_with_its_adversarial_twin():
                                 "auc": 0.7, "auc_adv": 0.7}
 
 
-def test_the_jet_report_names_a_signal_without_positive_weight_and_one_without_jets(tmp_path):
-    """A small real jet store scored by the tau32 cut (no training); one signal's weights made
-    non-positive in the store, and a signal the selection kept no jet of."""
-    import json
-    import warnings
-
+@pytest.fixture(scope="module")
+def tau32_store(tmp_path_factory):
+    """A small real jet store (QCD, top, W) scored by the tau32 cut (no training)."""
     from megaset.config import Config
     from megaset.pipeline.ingest import ingest
     from megaset.pipeline.jets_simulate import simulate_jets
-    from megaset.report.jets import jet_report
-    from megaset.report.samples import Sample, load_samples
     from megaset.storage.mix import mix
-    from megaset.storage.store import open_store
     from megaset.training.score import score
     from megaset.training.trainer import train
 
+    tmp_path = tmp_path_factory.mktemp("jets")
     cfg = Config.model_validate({
         "inputs": {"kind": "jets", "chunksize": 400},
         "jets": {"simulate": {"output": str(tmp_path / "jets"), "jets": 300, "signal_jets": 100, "jets_per_file": 300,
@@ -82,7 +78,44 @@ def test_the_jet_report_names_a_signal_without_positive_weight_and_one_without_j
     mix(cfg, None)
     train(cfg, None)
     score(cfg, None)
-    store = open_store(cfg.store.url)
+    return cfg
+
+
+def test_farina_values_stand_beside_the_plain_models_only(tau32_store, tmp_path):
+    """Table I: the published E10 / E100 beside a plain model's row, none beside its decorrelated
+    twin's (Farina et al. published no decorrelated model), with a note saying so."""
+    from dataclasses import replace
+
+    from megaset.report.jets import FARINA_TABLE_I, jet_report
+    from megaset.report.samples import load_samples
+    from megaset.storage.store import open_store
+
+    store = open_store(tau32_store.store.url)
+    # The cut's scores under the names of a plain model and its decorrelated twin: the table's
+    # published column depends on the row's model name alone.
+    samples = [replace(s, scores={"jet-dense": s.scores["tau32"], "jet-dense-adv": s.scores["tau32"]})
+               for s in load_samples(store, ["tau32"], "jet_mass")]
+    jet_report(tau32_store, store, samples, ["jet-dense", "jet-dense-adv"], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    table_i = md.split("## Table I analogue")[1].split("## Every signal")[0]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line.strip("|").split("|")[-1].strip()
+            for line in table_i.splitlines() if line.startswith("| jet-dense")}
+    e10, e100 = FARINA_TABLE_I["jet-dense"]["top"]
+    assert rows == {("jet-dense", "top"): f"{e10:.2f} / {e100:.2f}", ("jet-dense-adv", "top"): "-"}
+    assert "no mass-decorrelated model: jet-dense-adv" in table_i
+
+
+def test_the_jet_report_names_a_signal_without_positive_weight_and_one_without_jets(tau32_store, tmp_path):
+    """The small tau32 store; one signal's weights made non-positive in the store, and a signal
+    the selection kept no jet of."""
+    import json
+    import warnings
+
+    from megaset.report.jets import jet_report
+    from megaset.report.samples import Sample, load_samples
+    from megaset.storage.store import open_store
+
+    store = open_store(tau32_store.store.url)
     w = store.group("signal/w")
     for i, values in w.iter_chunks(("weight",)):
         w.write_chunk("weight", i, -np.abs(values["weight"]))
@@ -91,7 +124,7 @@ def test_the_jet_report_names_a_signal_without_positive_weight_and_one_without_j
     nothing = Sample("nothing", "signal", empty, empty, empty, {"tau32": empty})
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        result = jet_report(cfg, store, [*samples, nothing], ["tau32"], tmp_path / "out")
+        result = jet_report(tau32_store, store, [*samples, nothing], ["tau32"], tmp_path / "out")
     assert result["signals_without_events"] == ["w", "nothing"]
     assert [r["signal"] for r in result["auc_table"]] == ["top"]
     assert set(json.loads(json.dumps(result))["plots"]) >= {"roc", "errors"}
