@@ -656,13 +656,13 @@ def score(
 
 
 def _combine(cfg, name: str, overwrite: bool) -> None:
-    from megaset.training.combine import combine_scores
+    from megaset.training.combine import METHODS, combine_scores
 
     with _locked(cfg, "score"), _connect(cfg) as client, _bar(f"combining {name}") as bar:
         summary = combine_scores(cfg, client, name, overwrite=overwrite, progress=bar)
     _console().print(_groups_table(f"{summary['column']} in {cfg.store.url}", summary["groups"], "events", "chunks"))
     _console().print(
-        f"{summary['events_scored']:,} events given the rank mean of {', '.join(summary['models'])} "
+        f"{summary['events_scored']:,} events given {METHODS[summary['method']][1]} of {', '.join(summary['models'])} "
         f"in {summary['seconds']:.1f} s"
         + (f"; {summary['resumed']} chunks were already written" if summary["resumed"] else ""))
 

@@ -1066,9 +1066,11 @@ class CombineConfig(_Section):
     models: list[str] = Field(
         min_length=2, description="The models combined; each must be scored in the store (score/<model>).",
     )
-    method: Literal["rank-mean"] = Field(
-        "rank-mean", description="rank-mean: the mean over the models of each score's background CDF on the "
-        "val group, written as -log10(1 - mean).",
+    method: Literal["rank-mean", "min-p"] = Field(
+        "rank-mean", description="How the models' background p-values p = 1 - F (F: each score's background "
+        "CDF on the val group) become one. rank-mean: -log10 of their mean, for events every model finds "
+        "unusual. min-p: -log10 of the smallest, Šidák-corrected for the number of models (1 - (1 - min p)^M), "
+        "a background p-value that keeps one model's far tail.",
     )
     points: int = Field(
         2001, ge=3, description="Points of each model's quantile table of val background scores (kept in the "

@@ -239,14 +239,17 @@ def _studies(entries: Sequence[Mapping[str, Any]], base: Path) -> list[str]:
     return out
 
 
-def _headline(headline: Mapping[str, Sequence[str]]) -> list[str]:
-    """The paragraph naming the headline scores, the combinations, and what each combines.
+def _headline(headline: Mapping[str, Sequence[str]], methods: Mapping[str, str]) -> list[str]:
+    """The paragraph naming the headline scores, the combinations, and what each combines how
+    (``methods``: the ``scoring.combine`` method of each; rank-mean where a report predates them).
 
-    >>> print(_headline({"ae-svdd": ["ae-shallow", "deep-svdd"]})[0])  # doctest: +ELLIPSIS
+    >>> print(_headline({"ae-svdd": ["ae-shallow", "deep-svdd"]}, {})[0])  # doctest: +ELLIPSIS
     Headline score: `ae-svdd`, the rank mean of `ae-shallow` and `deep-svdd` (scoring.combine); the single ...
-    >>> print(_headline({"c": ["a", "b", "d"], "e": ["a", "c"]})[0])  # doctest: +ELLIPSIS
-    Headline scores: `c`, the rank mean of `a`, `b` and `d`; `e`, the rank mean of `a` and `c` (scoring...
+    >>> print(_headline({"c": ["a", "b", "d"], "e": ["a", "c"]}, {"e": "min-p"})[0])  # doctest: +ELLIPSIS
+    Headline scores: `c`, the rank mean of `a`, `b` and `d`; `e`, the smallest background p-value (Šidák...
     """
+    from megaset.training.combine import METHODS
+
     if not headline:
         return []
 
@@ -254,7 +257,8 @@ def _headline(headline: Mapping[str, Sequence[str]]) -> list[str]:
         names = [f"`{m}`" for m in models]
         return f"{', '.join(names[:-1])} and {names[-1]}"
 
-    named = "; ".join(f"`{name}`, the rank mean of {listed(models)}" for name, models in headline.items())
+    named = "; ".join(f"`{name}`, {METHODS[methods.get(name, 'rank-mean')][1]} of {listed(models)}"
+                      for name, models in headline.items())
     many = len(headline) > 1
     return [f"Headline score{'s' if many else ''}: {named} (scoring.combine); the single models are shown "
             f"beside {'them' if many else 'it'}.", ""]
@@ -271,7 +275,8 @@ def write_markdown(path: str | Path, result: Mapping[str, Any]) -> Path:
         f"errors on the {result['axis']} axis; mass variable `{result['mass_variable']}`. Background: the "
         "test group; yields are expected events at the store's luminosity, ± their MC statistical "
         "uncertainty sqrt(sum w²); N_eff = (sum w)² / sum w² is the number of unweighted MC events "
-        "with the same relative uncertainty.", "", *_headline(result.get("headline") or {}),
+        "with the same relative uncertainty.", "",
+        *_headline(result.get("headline") or {}, result.get("combined_by") or {}),
         f"Configuration: [{Path(config['file']).name}]({Path(os.path.relpath(config['file'], base)).as_posix()}), "
         f"SHA-256 `{config['sha256']}`.", "",
         "## Yields", "",

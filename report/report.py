@@ -329,6 +329,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
         "statistics": {"min_background_events": rc.min_background_events,
                        "background_systematic": rc.background_systematic, "auc_replicas": rc.auc_replicas},
         "headline": {m: list(cfg.scoring.combine[m].models) for m in wanted if m in cfg.scoring.combine},
+        "combined_by": {m: cfg.scoring.combine[m].method for m in wanted if m in cfg.scoring.combine},
         "auc_table": [], "signals_without_events": signals_without_events(signals), "sections": {}, "plots": {},
         "training": {m: dict(training[m]) for m in wanted if training and m in training},
         "config": _write_config(cfg, out),

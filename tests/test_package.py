@@ -201,7 +201,9 @@ PUBLIC_API = {
         "score", "score_record", "scored_record", "scoring_device",
     ],
     "megaset.training.svdd": ["DeepSVDD", "EPSILON"],
-    "megaset.training.combine": ["combine_record", "combine_scores", "log_survival", "quantile_table", "rank_mean"],
+    "megaset.training.combine": [
+        "METHODS", "combine_record", "combine_scores", "log_survival", "min_p", "quantile_table", "rank_mean",
+    ],
     "megaset.training.trainer": ["train"],
 }
 

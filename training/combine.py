@@ -1,10 +1,19 @@
 """``score --combine``: one score from several scored models, ``score/<name>`` beside theirs.
 
 ``scoring.combine: {ae-svdd: {models: [ae-shallow, deep-svdd]}}`` writes, for every event of the
-store, the rank mean of the members' scores:
+store, one number from the members' background p-values ``p_m = 1 - F_m(s_m)``, ``F_m`` the
+background CDF of model m's score on the **val** group, by the combination's ``method``:
 
-    r_m(s) = F_m(s), the background CDF of model m's score on the **val** group;
-    combined = -log10(1 - mean_m r_m(s_m)).
+    rank-mean:  combined = -log10(mean_m p_m)                      (:func:`rank_mean`)
+    min-p:      combined = -log10(1 - (1 - min_m p_m)^M)           (:func:`min_p`)
+
+The rank mean rewards events that every member finds unusual; but one member's extreme tail is
+averaged with the others' ordinary values, so a signal that only one member sees far out (at
+background efficiency 1e-3) is diluted. min-p keeps the order of the most anomalous member
+(that of the largest rank) and, through Šidák's correction for M members, stays a background
+p-value: uniform on background when the members are independent, conservative (never smaller
+than the true tail probability) when they are positively correlated, as models scoring the same
+events are; the simpler Bonferroni bound ``M min p`` would be more conservative still.
 
 Why ranks: the members' scores live on unrelated scales (a mean squared error, a squared
 distance, a negative log-likelihood); their background CDFs put them on one scale, the
@@ -20,9 +29,9 @@ points F is linear in the score. Beyond the largest val score, where tight worki
 a flat F would make every further event tie: there ``log(1 - F)`` goes on linearly in the score
 with the slope of the table's last step of non-zero width, so the order of the member's raw
 tail is kept. Below the smallest val score F stays at its first point (the low tail selects
-nothing). The written value ``-log10(1 - mean)`` has the order of the mean, and is positive,
-so the report's log10 axis spreads its background tail over decades; it is computed from the
-members' ``log(1 - F)`` (:func:`rank_mean`), finite however far beyond the val group an event is.
+nothing). The written value ``-log10(p)`` is positive, so the report's log10 axis spreads its background
+tail over decades; it is computed from the members' ``log(1 - F)``, finite however far beyond
+the val group an event is.
 
 The column is written chunk by chunk through :func:`megaset.storage.tasks.map_chunks` like the
 other scores; its attributes carry the stage record (fingerprinted on the members' score
@@ -51,7 +60,8 @@ if TYPE_CHECKING:
 
     from megaset.storage.store import Store, StoreGroup
 
-__all__ = ["combine_scores", "combine_record", "quantile_table", "log_survival", "rank_mean"]
+__all__ = ["combine_scores", "combine_record", "quantile_table", "log_survival", "rank_mean", "min_p",
+           "METHODS"]
 
 #: The group whose background the CDFs are estimated on.
 _CDF_GROUP = "val"
@@ -95,15 +105,36 @@ def rank_mean(log_survivals: Sequence[np.ndarray]) -> np.ndarray:
     return -(logsumexp(np.stack(log_survivals), axis=0) - np.log(len(log_survivals))) / np.log(10.0)
 
 
-def _combine_run(task: tuple[StoreGroup, range], *, name: str, members: list[str],
+def min_p(log_survivals: Sequence[np.ndarray]) -> np.ndarray:
+    """``-log10(1 - (1 - min p)^M)`` from the members' ``log p = log(1 - F)``: the most anomalous
+    member's p-value, Šidák-corrected for the M members. Where ``min p < e^-30`` the corrected
+    value is ``M min p`` to far better than float precision, taken in logs so that it never
+    underflows."""
+    logs = np.stack(log_survivals)
+    smallest, m = logs.min(axis=0), len(log_survivals)
+    with np.errstate(divide="ignore"):  # p = 1 exactly: log1p(-1); its corrected value is 1 all the same
+        exact = np.log(-np.expm1(m * np.log1p(-np.exp(smallest))))
+    return -np.where(smallest < -30.0, smallest + np.log(m), exact) / np.log(10.0)
+
+
+#: Each ``scoring.combine.<name>.method``: the function of the members' ``log(1 - F)`` it writes,
+#: the words the report and the command name it with, and what the written value is (an axis).
+METHODS: dict[str, tuple[Callable[[Sequence[np.ndarray]], np.ndarray], str, str]] = {
+    "rank-mean": (rank_mean, "the rank mean", "-log10 mean background p-value (rank-mean)"),
+    "min-p": (min_p, "the smallest background p-value (Šidák-corrected)", "-log10 background p-value (min-p)"),
+}
+
+
+def _combine_run(task: tuple[StoreGroup, range], *, name: str, members: list[str], method: str,
                  tables: dict[str, dict[str, list[float]]]) -> tuple[int, int]:
     """Write the combination of the chunks of one run; ``(events written, chunks already done)``."""
     group, indices = task
     column = score_column(name)
+    combined = METHODS[method][0]
     todo = [i for i in indices if not group.chunk_written(column, i)]
     for i in todo:
         values = group.read_chunk(i, [score_column(m) for m in members])
-        group.write_chunk(column, i, rank_mean([log_survival(values[score_column(m)], tables[m]) for m in members]))
+        group.write_chunk(column, i, combined([log_survival(values[score_column(m)], tables[m]) for m in members]))
     return sum(group.chunk_slice(i).stop - group.chunk_slice(i).start for i in todo), len(indices) - len(todo)
 
 
@@ -167,7 +198,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
     Returns
     -------
     dict
-        ``model`` (the name), ``column``, ``models``, ``groups`` (per group: ``events``,
+        ``model`` (the name), ``column``, ``models``, ``method``, ``groups`` (per group: ``events``,
         ``chunks``), ``chunks``, ``resumed``, ``events_scored``, ``seconds``.
 
     Raises
@@ -207,13 +238,14 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
         results = map_chunks(client, _combine_run, tasks, names=[run_name(g, run) for g, run in tasks],
                              stage="megaset score --combine", retries=cfg.scoring.retries, progress=advance,
                              sizes=[len(run) for _, run in tasks], name=name, members=setting.models,
-                             tables=tables)
+                             method=setting.method, tables=tables)
         for g in groups:
             g.set_column_attrs(column, {**entry, "complete": True})
     return {
         "model": name,
         "column": column,
         "models": list(setting.models),
+        "method": setting.method,
         "groups": {g.name: {"events": g.n_events, "chunks": g.n_chunks} for g in groups},
         "chunks": n_chunks,
         "resumed": sum(done for _, done in results),

@@ -1,4 +1,4 @@
-"""The rank-mean combination of scored models: checked against numpy on the tiny store."""
+"""The combinations of scored models (rank-mean, min-p): checked against numpy on the tiny store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from megaset.errors import ConfigError
 from megaset.storage.store import open_store
 from megaset.training.combine import combine_scores
 
-COMBINE = {"both": {"models": ["a", "b"]}, "ghost": {"models": ["a", "c"]}}
+COMBINE = {"both": {"models": ["a", "b"]}, "ghost": {"models": ["a", "c"]},
+           "tails": {"models": ["a", "b"], "method": "min-p"}}
 
 
 def _write_scores(cfg, model: str, seed: int, fingerprint: str) -> None:
@@ -45,9 +46,9 @@ def _column(cfg, group: str, column: str) -> np.ndarray:
     return np.asarray(g.read_chunks(range(g.n_chunks), [column])[column], dtype=np.float64)
 
 
-def _rank(val: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """The Hazen CDF of ``val`` at ``s``, by counting; beyond the last val event, 1 - F falls
-    geometrically in the score at the rate of the last two val events."""
+def _survival(val: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """1 - F, F the Hazen CDF of ``val`` at ``s``, by counting; beyond the last val event, 1 - F
+    falls geometrically in the score at the rate of the last two val events."""
     v = np.sort(val)
     n = len(v)
     below = np.searchsorted(v, s, side="right")  # val events at or below s
@@ -55,7 +56,11 @@ def _rank(val: np.ndarray, s: np.ndarray) -> np.ndarray:
     frac = np.where(hi > lo, (s - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
     f = np.where(below == 0, 0.5 / n, (below - 0.5 + np.clip(frac, 0, 1)) / n)
     rate = np.log(1.5 / 0.5) / (v[-1] - v[-2])
-    return np.where(s > v[-1], 1 - 0.5 / n * np.exp(-rate * (s - v[-1])), np.minimum(f, 1 - 0.5 / n))
+    return np.where(s > v[-1], 0.5 / n * np.exp(-rate * (s - v[-1])), 1 - np.minimum(f, 1 - 0.5 / n))
+
+
+def _rank(val: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return 1 - _survival(val, s)
 
 
 def test_the_combined_column_is_the_rank_mean_of_numpy(scored):
@@ -79,6 +84,25 @@ def test_the_combined_column_is_the_rank_mean_of_numpy(scored):
     assert attrs["complete"] and attrs["stage"]["basis"]["upstream"] == {"a": "fa", "b": "fb"}
     assert len(attrs["tables"]["a"]["score"]) == store.group("val").n_events
     assert "both" in store.group("test").scored_models()
+
+
+def test_min_p_is_the_smallest_p_value_of_numpy_sidak_corrected(scored):
+    """min-p: 1 - (1 - min_m p_m)^M with p_m = 1 - F_m, an independent numpy computation."""
+    summary = combine_scores(scored, None, "tails")
+    assert summary["method"] == "min-p"
+    store = open_store(scored.store.url)
+    for group in store.group_names():
+        p = np.min([_survival(_column(scored, "val", f"score/{m}"), _column(scored, group, f"score/{m}"))
+                    for m in "ab"], axis=0)
+        with np.errstate(divide="ignore"):
+            expected = np.where(p < 1e-12, -np.log10(2 * p), -np.log10(1 - (1 - p) ** 2))  # (1 - p)^2 rounds to 1
+        found = _column(scored, group, "score/tails")
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(found[finite], expected[finite], rtol=2e-6)
+        assert np.all(np.isfinite(found)) and np.all(found[~finite] > found[finite].max() + 100)
+    # calibrated: the val background, ranked on its own tables, is uniform in the corrected p
+    val = 10.0 ** -_column(scored, "val", "score/tails")
+    assert abs(np.mean(val < 0.1) - 0.1) < 0.03 and abs(np.mean(val < 0.5) - 0.5) < 0.05
 
 
 def test_a_rerun_with_the_same_members_writes_nothing_and_a_new_member_rewrites(scored):
@@ -106,7 +130,8 @@ def test_a_coarse_table_keeps_the_val_quantiles(scored):
 def test_a_member_not_scored_is_refused_by_name(scored):
     with pytest.raises(ConfigError, match=r"model 'c' has no column score/c .*megaset score --model c"):
         combine_scores(scored, None, "ghost")
-    with pytest.raises(ConfigError, match=r"no combination 'nope' under scoring.combine \(configured: both, ghost\)"):
+    with pytest.raises(ConfigError, match=r"no combination 'nope' under scoring.combine "
+                                          r"\(configured: both, ghost, tails\)"):
         combine_scores(scored, None, "nope")
     bad = scored.replace(scoring={"combine": {"a": {"models": ["a", "b"]}}})
     with pytest.raises(ConfigError, match=r"scoring.combine.a.models"):
