@@ -63,9 +63,17 @@ def error_axis(errors: np.ndarray, axis: str) -> np.ndarray:
     return np.log10(np.maximum(errors, _TINY)) if axis == "log10" else errors
 
 
-def axis_label(model: str, axis: str) -> str:
-    """The label of the error axis of ``model``."""
-    return f"log10 reconstruction error ({model})" if axis == "log10" else f"reconstruction error ({model})"
+def axis_label(model: str, axis: str, combined_by: Mapping[str, str] | None = None) -> str:
+    """The label of the score axis of ``model``: what its score measures
+    (:func:`megaset.training.registry.score_quantity`; ``combined_by``: the combinations' methods).
+
+    >>> axis_label("deep-svdd", "log10")
+    'log10 squared distance to the centre (deep-svdd)'
+    """
+    from megaset.training.registry import score_quantity
+
+    quantity = score_quantity(model, combined_by)
+    return f"log10 {quantity} ({model})" if axis == "log10" else f"{quantity} ({model})"
 
 
 def cut_label(model: str, axis: str, cut: float) -> str:
@@ -177,15 +185,15 @@ def _decorrelation(x: dict[str, np.ndarray], edges: np.ndarray, background: Sequ
 
 
 def _model_section(model: str, rc: ReportConfig, samples: list[Sample], mass: str, out: Path,
-                   style: Style) -> tuple[dict, plots.Panel]:
+                   style: Style, combined_by: Mapping[str, str] | None = None) -> tuple[dict, plots.Panel]:
     """Regions, significances, decorrelation and separation of one model, with their figures;
-    and the model's panel of the error distributions."""
+    and the model's panel of the score distributions (``combined_by``: the combinations' methods)."""
     # Smallest yield at the bottom of the stacks, in every panel.
     background = sorted((s for s in samples if s.kind == "background"), key=lambda s: float(s.weight.sum()))
     signals = [s for s in samples if s.kind == "signal"]
     data = next((s for s in samples if s.kind == "data"), None)
     x = {s.name: error_axis(s.scores[model], rc.axis) for s in samples}
-    label = axis_label(model, rc.axis)
+    label = axis_label(model, rc.axis, combined_by)
     edges = _edges(list(x.values()), rc.bins)
     thresholds = np.linspace(0.0, rc.met_max, rc.bins + 1)
     regions, scans = _regions(model, rc, x, background, signals, thresholds)
@@ -337,7 +345,7 @@ def report(cfg: Config, *, out_dir: str | Path | None = None, models: Sequence[s
     }
     error_panels, rocs = [], {}
     for model in wanted:
-        section, panel = _model_section(model, rc, samples, mass, out, style)
+        section, panel = _model_section(model, rc, samples, mass, out, style, result["combined_by"])
         rows, model_rocs = (anomaly_table(model, background, signals, replicas=rc.auc_replicas,
                                           min_background_events=rc.min_background_events)
                             if signals else ([], {}))

@@ -193,7 +193,8 @@ PUBLIC_API = {
     "megaset.training.pca": ["PCAModel", "fit_pca", "suggest_latent"],
     "megaset.training.plots": ["loss_curve", "scree_plot"],
     "megaset.training.registry": [
-        "CUTS", "JET_MODELS", "MODELS", "NOT_RECONSTRUCTING", "build_model", "input_column", "resolve_architecture",
+        "CUTS", "JET_MODELS", "MODELS", "NOT_RECONSTRUCTING", "SCORE_QUANTITY", "build_model", "input_column",
+        "resolve_architecture", "score_quantity",
     ],
     "megaset.training.scaling": ["DeviceScaling", "Scaling"],
     "megaset.training.score": [

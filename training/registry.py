@@ -11,14 +11,17 @@ back into a module, so that loading one executes no stored code. The networks li
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from megaset.config import AdversaryConfig, ArchitectureConfig
 from megaset.errors import ConfigError
-from megaset.training.models import Autoencoder, ConvAE, DenseAE, DenseVAE
-from megaset.training.pca import PCAModel
 
-__all__ = ["MODELS", "JET_MODELS", "CUTS", "NOT_RECONSTRUCTING", "build_model", "resolve_architecture", "input_column"]
+if TYPE_CHECKING:  # torch is imported where a model is built: the names and labels here need none
+    from megaset.training.models import Autoencoder
+
+__all__ = ["MODELS", "JET_MODELS", "CUTS", "NOT_RECONSTRUCTING", "SCORE_QUANTITY", "score_quantity", "build_model",
+           "resolve_architecture", "input_column"]
 
 #: Thesis defaults per dense model: encoder widths and one activation per dense layer.
 _DENSE = {
@@ -41,11 +44,38 @@ MODELS = ("ae-shallow", "ae-deep", "vae-shallow", "vae-deep", "cnn", "pca", "dee
           *JET_MODELS)
 #: Models whose score is no reconstruction error of the rows: no per-block errors exist for them.
 NOT_RECONSTRUCTING = ("deep-svdd", "ae-ensemble", "flow")
+#: What the score of each model that writes no reconstruction error measures, in the words of
+#: the report's axes; every other model's score is its reconstruction error.
+SCORE_QUANTITY = {
+    "deep-svdd": "squared distance to the centre",
+    "ae-ensemble": "reconstruction error / median val error",
+    "flow": "softplus(negative log-likelihood per feature)",
+    "oneoff": "(output - 1)²",
+    "tau32": "1 - τ3/τ2",
+    "tau21": "1 - τ2/τ1",
+}
 #: Baselines with nothing to train.
 CUTS = ("tau32", "tau21")
 _FARINA_LATENT = 6
 #: Store column each model reads when it is not the store's feature column.
 _INPUT = {"graph-ae": "constituents", "oneoff": "constituents", "tau32": "tau", "tau21": "tau"}
+
+
+def score_quantity(name: str, combined_by: Mapping[str, str] | None = None) -> str:
+    """What ``score/<name>`` measures: a model's (:data:`SCORE_QUANTITY`, else its reconstruction
+    error), or, for a combination of ``combined_by`` (name -> ``scoring.combine`` method), the
+    method's background p-value.
+
+    >>> score_quantity("ae-shallow"), score_quantity("flow")
+    ('reconstruction error', 'softplus(negative log-likelihood per feature)')
+    >>> score_quantity("ae-svdd", {"ae-svdd": "min-p"})
+    '-log10 background p-value (min-p)'
+    """
+    if combined_by and name in combined_by:
+        from megaset.training.combine import METHODS
+
+        return METHODS[combined_by[name]][2]
+    return SCORE_QUANTITY.get(name, "reconstruction error")
 
 
 def input_column(name: str, feature_column: str) -> str:
@@ -168,6 +198,9 @@ def build_model(name: str, n_features: int, cfg: ArchitectureConfig | dict[str, 
 
 
 def _build(name: str, n_features: int, arch: dict[str, Any]) -> Autoencoder:
+    from megaset.training.models import ConvAE, DenseAE, DenseVAE
+    from megaset.training.pca import PCAModel
+
     if name in ("graph-ae", "oneoff") or name in CUTS:
         from megaset.training.graph import GraphAE, OneOff, TauRatio
 

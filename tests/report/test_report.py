@@ -419,3 +419,20 @@ def test_a_signal_without_events_passes_through_every_section(scored, tmp_path):
     for region in section["regions"]:
         assert region["signals"]["nothing"]["yield"] == 0.0 and region["signals"]["nothing"]["z"] == 0.0
     assert np.isnan(section["decorrelation"]["mean"]["nothing"]).all()
+
+
+def test_each_score_axis_says_what_the_score_measures():
+    from megaset.report.report import axis_label
+    from megaset.training.registry import MODELS, NOT_RECONSTRUCTING, SCORE_QUANTITY
+
+    assert set(NOT_RECONSTRUCTING) <= set(SCORE_QUANTITY) <= set(MODELS)
+    for model in MODELS:
+        label = axis_label(model, "log10")
+        assert label.startswith("log10 ") and label.endswith(f"({model})")
+        assert ("reconstruction error" in label) == (model not in SCORE_QUANTITY or model == "ae-ensemble"), label
+    assert axis_label("deep-svdd", "linear") == "squared distance to the centre (deep-svdd)"
+    assert axis_label("flow", "log10") == "log10 softplus(negative log-likelihood per feature) (flow)"
+    methods = {"ae-svdd": "rank-mean", "tails": "min-p"}
+    assert axis_label("ae-svdd", "log10", methods) == "log10 -log10 mean background p-value (rank-mean) (ae-svdd)"
+    assert axis_label("tails", "linear", methods) == "-log10 background p-value (min-p) (tails)"
+    assert axis_label("ae-shallow", "log10", methods) == "log10 reconstruction error (ae-shallow)"
