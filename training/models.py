@@ -256,6 +256,11 @@ class ConvAE(Autoencoder):
         # start_from_train can set the output to the mean image.
         self.logit_bias = nn.Parameter(torch.zeros(side * side)) if softmax else None
         self.register_buffer("input_scale", torch.ones(()) if softmax else None)
+        # Channels-last (NHWC) convolution weights: oneDNN's CPU convolutions with a few channels run
+        # about twice as fast on them, forward and backward (jet-cnn, 8 channels, 1024 40 x 40 images
+        # on one thread: a training step 0.50 s against 1.06 s, a forward pass 0.18 s against 0.37 s).
+        # The numbers are the same up to float rounding; a loaded state keeps this layout.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         n = x.shape[0]

@@ -92,6 +92,34 @@ def test_cnn_reads_the_rmm_as_an_image_and_crops_back():
     assert recon.shape == (3, 529) and torch.equal(penalty, torch.zeros(3))
 
 
+def test_cnn_in_channels_last_layout_gives_what_the_plain_layout_gives():
+    """The CNN keeps its convolution weights channels-last for speed: its reconstruction and its
+    gradients are those of the same weights in the plain (NCHW) layout."""
+    import copy
+
+    torch.manual_seed(3)
+    model = build_model("jet-cnn", 1600, ArchitectureConfig(latent=6, jet_cnn_channels=[8, 8, 8], jet_cnn_dense=32))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    # (A 1-channel weight is both; the 8 -> 8 ones tell the layouts apart.)
+    assert not all(c.weight.is_contiguous(memory_format=torch.channels_last)
+                   for c in plain.modules() if isinstance(c, nn.Conv2d))
+    x = torch.rand(16, 1600)
+    x = x / x.sum(dim=1, keepdim=True)
+    for m in (model, plain):
+        per_event_loss(m, m(x), x).mean().backward()
+    np.testing.assert_allclose(model.reconstruct(x).detach().numpy(), plain.reconstruct(x).detach().numpy(),
+                               rtol=1e-5, atol=1e-9)
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-4, atol=1e-9)
+    # A state saved from one layout loads into the other, values unchanged, layout kept.
+    fresh = build_model("jet-cnn", 1600, ArchitectureConfig(latent=6, jet_cnn_channels=[8, 8, 8], jet_cnn_dense=32))
+    fresh.load_state_dict(plain.state_dict())
+    assert fresh.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fresh.encoder[0].weight, plain.encoder[0].weight)
+
+
 def test_vae_penalty_is_the_weighted_kl_divergence_per_feature():
     torch.manual_seed(1)
     vae = build_model("vae-shallow", 16, ArchitectureConfig(latent=3, kl_weight=0.5)).eval()
