@@ -1247,7 +1247,9 @@ class Config(_Section):
         return redact(self.resolved())
 
     def replace(self, **sections: Any) -> Config:
-        """A copy with whole sections replaced or updated from nested dicts."""
+        """A copy with whole sections replaced or updated from nested dicts; an empty dict
+        replaces what it names (``scoring={"combine": {}}`` leaves no combination), as
+        ``key: {}`` in YAML does."""
         data = self.resolved()
         for key, value in sections.items():
             if isinstance(value, BaseModel):
@@ -1262,7 +1264,7 @@ class Config(_Section):
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value

@@ -101,6 +101,14 @@ def test_resolved_round_trips_and_replace_validates():
         cfg.replace(store={"chunk_len": -1})
 
 
+def test_replace_with_an_empty_dict_clears_what_it_names():
+    cfg = Config()
+    assert cfg.scoring.combine, "the default search combines models"
+    cleared = cfg.replace(scoring={"combine": {}})
+    assert cleared.scoring.combine == {} and cleared.scoring.device == cfg.scoring.device
+    assert cfg.replace(scoring={"batch_size": 8}).scoring.combine == cfg.scoring.combine
+
+
 def test_address_cluster_needs_address(tmp_path):
     with pytest.raises(ConfigError, match=r"kind: address needs address"):
         load_config(write(tmp_path, "cluster: {kind: address}\n"))
