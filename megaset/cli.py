@@ -153,7 +153,9 @@ def _epoch_text(epoch: int, epochs: int, info: Mapping[str, Any]) -> str:
 
 class _StageBars:
     """The progress display of ``megaset run``: the bar of the stage running now, and for
-    training its last epoch's figures (a :data:`megaset.progress.StageProgress`)."""
+    training its last epoch's figures (a :data:`megaset.progress.StageProgress`). Each epoch is
+    also a log line, as in ``megaset train``: where the bar is not drawn (a pipe, a CI log) the
+    lines alone say how training goes; ``-q`` drops them with the other progress messages."""
 
     def __init__(self, bar: Progress):
         self.bar = bar
@@ -165,7 +167,10 @@ class _StageBars:
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.stage, self.task = stage, self.bar.add_task(stage, total=total)
-        text = f"{stage}  {_epoch_text(done, total or 0, info)}" if "loss" in info else stage
+        text = stage
+        if "loss" in info:
+            text = f"{stage}  {_epoch_text(done, total or 0, info)}"
+            log.info("%s", text)
         self.bar.update(self.task, completed=done, total=total, description=text)
 
 

@@ -166,6 +166,36 @@ def test_foreign_stores_are_one_clean_error(tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
+_RUN_EPOCHS = """
+import sys
+from megaset.cli import _progress, _session, _StageBars
+from megaset.terminal import configure_logging
+quiet = sys.argv[1:] == ["-q"]
+_session.start(None, [], quiet=quiet)
+configure_logging(_session.console, -1 if quiet else 0)
+with _progress() as bar:  # what `megaset run` hands its stages
+    stages = _StageBars(bar)
+    stages("mix", 0, None, {})
+    stages("mix", 4, 4, {})
+    stages("train", 0, 2, {})
+    for epoch in (1, 2):
+        stages("train", epoch, 2, {"loss": 0.5 / epoch, "val_loss": 0.75 / epoch, "samples_per_s": 12345.6})
+"""
+
+
+def test_run_prints_one_line_per_epoch_where_no_bar_is_drawn_and_quiet_drops_them():
+    def stderr(*args):
+        out = subprocess.run([sys.executable, "-c", _RUN_EPOCHS, *args], capture_output=True, text=True,
+                             timeout=300, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    # stderr is a pipe: no bar, the epochs' lines alone.
+    assert stderr() == ("train  epoch 1/2  loss 0.5  val 0.75  12,346 samples/s\n"
+                        "train  epoch 2/2  loss 0.25  val 0.375  12,346 samples/s\n")
+    assert stderr("-q") == ""
+
+
 _DASK_NOISE = """
 import logging, sys
 from megaset.terminal import configure_logging, make_console
@@ -323,6 +353,9 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     assert {row[0] for row in rows.values()} == {"done"} and all(row[1].endswith(" s") for row in rows.values())
     assert rows["simulate"][2] == "3 files" and rows["train"][2] == rows["train deep-svdd"][2] == "1 epoch"
     assert rows["report"][2] == "3 models, 1 signal"
+    # CliRunner's output is no terminal: each epoch of each model trained is a line of its own.
+    epoch = r"^(train|train deep-svdd)  epoch (\d)/1  loss \S+  val \S+  [\d,]+ samples/s$"
+    assert re.findall(epoch, result.output, re.MULTILINE) == [("train", "1"), ("train deep-svdd", "1")]
     mixed = int(rows["mix"][2].split(" events")[0].replace(",", ""))
     assert rows["mix"][2].endswith(" chunks")
     assert all(rows[s][2].startswith(f"{mixed:,} events, ") for s in ("score", "score deep-svdd", "combine ae-svdd"))
@@ -337,6 +370,28 @@ def test_run_ends_by_printing_the_auc_table(tmp_path, cluster_client):
     rows = _table_rows(CliRunner().invoke(app, ["run", "-c", str(path)]).output, "stages")
     assert {name: row[0] for name, row in rows.items()} == dict.fromkeys(rows, "skipped")
     assert list(rows) == stages
+
+
+@pytest.mark.slow
+def test_train_prints_one_line_per_epoch_unless_quiet(small_store, tmp_path, cluster_client):
+    from typer.testing import CliRunner
+
+    from megaset.cli import app
+
+    _, path = small_store
+
+    def train(*options: str, output: str) -> str:
+        args = [*options, "train", "-c", path, "--set", f"training.output={tmp_path / output}",
+                "--set", "training.epochs=2", "--set", "training.batch_size=256",
+                "--set", "cluster.kind=address", "--set", f"cluster.address={cluster_client.scheduler.address}"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output + "".join(traceback.format_exception(*result.exc_info))
+        return result.output
+
+    shown, quiet = train(output="shown"), train("-q", output="quiet")
+    epoch = r"^epoch (\d)/2  loss \S+  val \S+  [\d,]+ samples/s( \*)?$"
+    assert [number for number, _ in re.findall(epoch, shown, re.MULTILINE)] == ["1", "2"]
+    assert re.findall(epoch, quiet, re.MULTILINE) == [] and "ae-shallow: 2 epochs" in quiet
 
 
 def _table_rows(output: str, title: str) -> dict[str, list[str]]:
