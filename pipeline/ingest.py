@@ -272,8 +272,10 @@ def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], 
     )
     out = _runner(client, cfg, good, progress)(
         fileset, proc, treename=None, iteritems_options={"filter_name": cfg.input_schema.branches()},
-        # The tree coffea reads for a chunk is the one the processor reads the chunk from.
-        uproot_options={**options, "object_cache": OPEN_TREES},
+        # The tree coffea reads for a chunk is the one the processor reads the chunk from. The
+        # timeout reaches uproot as the Runner's xrootdtimeout: coffea before 2026.9 passes that
+        # beside the uproot options, and uproot.open refuses a second timeout.
+        uproot_options={**{k: v for k, v in options.items() if k != "timeout"}, "object_cache": OPEN_TREES},
     ) if fileset else {}
 
     errors = out.pop("errors", {})

@@ -33,6 +33,7 @@ other files (``read_csv``, ``read_parquet``, ...) are refused.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -236,8 +237,10 @@ def _scan(store: Store, group: str) -> pl.LazyFrame:
     # The schema as a mapping, not a function: polars turns a function's schema into an empty
     # frame of every column (some 550 here) each time it plans, which cost more than the reads.
     schema = pl.Schema({name: col.dtype for name, col in cols.items()})
-    return register_io_source(chunks, schema=schema, explain_name="megaset",
-                              explain_detail=f"{store.url} group {group}")
+    # The source's name in explain(): polars 1.x takes none, so it is given only where accepted.
+    label: dict[str, Any] = {"explain_name": "megaset", "explain_detail": f"{store.url} group {group}"}
+    accepted = inspect.signature(register_io_source).parameters
+    return register_io_source(chunks, schema=schema, **{k: v for k, v in label.items() if k in accepted})
 
 
 def _check_sql(sql: str) -> None:
