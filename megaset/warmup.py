@@ -118,7 +118,7 @@ def warm_kernels() -> dict[str, float]:
     from megaset.pipeline.processor import RMMProcessor
 
     usable_numba_cache()
-    cfg = Config()
+    cfg, jets = Config(), Config.model_validate({"inputs": {"kind": "jets"}})
     ids = ({"warm": 0}, {"warm": 0}, {"warm": 1.0})
     seconds = {}
     for dtype in (np.float32, np.float64):
@@ -126,7 +126,7 @@ def warm_kernels() -> dict[str, float]:
         RMMProcessor(cfg, *ids).build(_event_source(dtype), "warm", "warm", 0)
         seconds[f"events {np.dtype(dtype).name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        JetProcessor(cfg, *ids).build(_jet_source(dtype), "warm", "warm", 0)
+        JetProcessor(jets, *ids).build(_jet_source(dtype), "warm", "warm", 0)
         seconds[f"jets {np.dtype(dtype).name}"] = time.perf_counter() - t0
     return seconds
 

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from megaset import __version__
 from megaset.config import Config
-from megaset.errors import InputFileError
+from megaset.errors import ConfigError, InputFileError
 from megaset.pipeline.inputs import FileInfo, file_identities, inspect_files, resolve_channels
 from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.remote import uproot_options
-from megaset.pipeline.units import check_first_chunks
 from megaset.pipeline.weights import absurd_message, absurd_weights
 from megaset.storage.backend import writing
 from megaset.storage.staging import LAYOUT_VERSION
@@ -223,9 +222,6 @@ def ingest(cfg: Config, client: Client | None = None, *, progress: Progress | No
         log(f"skipping {entry['file']}: {entry['reason']}")
     good = [i for i in infos if not i.error]
     _refuse_copies(good)
-    # Wrong units or a continuous variable mapped as a pass flag stop the run before anything is written.
-    check_first_chunks(cfg, channels, good, client,
-                       uproot_options(cfg.inputs.remote, tuple(i.path for i in good if i.whole_file)))
 
     staging = cfg.store.staging
     fingerprint = _fingerprint(cfg, _channel_table(channels), good)
@@ -236,11 +232,29 @@ def ingest(cfg: Config, client: Client | None = None, *, progress: Progress | No
                       (t0, t_inspect))
 
 
+def _stop_chunks(client: Client | None, timeout: float = 60.0) -> None:
+    """Cancel the chunks the cluster has not begun and wait (at most ``timeout`` seconds) for
+    those it is running, so that none writes a piece after the staging area is removed. In this
+    process the executor stops with the chunk that raised."""
+    if client is None:
+        return
+    from distributed import Future
+
+    client.cancel([Future(key, client) for key in list(client.futures)], force=True)
+    deadline = time.monotonic() + timeout
+    while any(client.run(_chunks_running).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _chunks_running(dask_worker) -> int:
+    return len(dask_worker.state.all_running_tasks)
+
+
 def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], good: list[FileInfo],
            skipped: list[dict[str, str]], fingerprint: str, log: Callable[[str], None], progress: Progress | None,
            times: tuple[float, float]) -> IngestSummary:
     """The ingest once its files are checked: every chunk staged, then the summary."""
-    from megaset.storage.staging import finish_staging, init_staging
+    from megaset.storage.staging import finish_staging, init_staging, remove_staging
 
     t0, t_inspect = times
     staging = cfg.store.staging
@@ -270,13 +284,21 @@ def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], 
         skip_bad=cfg.inputs.on_bad_file == "skip",
         uproot_options=options,
     )
-    out = _runner(client, cfg, good, progress)(
-        fileset, proc, treename=None, iteritems_options={"filter_name": cfg.input_schema.branches()},
-        # The tree coffea reads for a chunk is the one the processor reads the chunk from. The
-        # timeout reaches uproot as the Runner's xrootdtimeout: coffea before 2026.9 passes that
-        # beside the uproot options, and uproot.open refuses a second timeout.
-        uproot_options={**{k: v for k, v in options.items() if k != "timeout"}, "object_cache": OPEN_TREES},
-    ) if fileset else {}
+    try:
+        out = _runner(client, cfg, good, progress)(
+            fileset, proc, treename=None, iteritems_options={"filter_name": cfg.input_schema.branches()},
+            # The tree coffea reads for a chunk is the one the processor reads the chunk from. The
+            # timeout reaches uproot as the Runner's xrootdtimeout: coffea before 2026.9 passes that
+            # beside the uproot options, and uproot.open refuses a second timeout.
+            uproot_options={**{k: v for k, v in options.items() if k != "timeout"}, "object_cache": OPEN_TREES},
+        ) if fileset else {}
+    except ConfigError:
+        # Wrong units or a continuous variable mapped as a pass flag (pipeline.units, checked on
+        # every file's first chunk before it is written) hold for the whole run, whose pieces no
+        # corrected configuration could reuse: nothing of it is left.
+        _stop_chunks(client)
+        remove_staging(staging)
+        raise
 
     errors = out.pop("errors", {})
     if errors:

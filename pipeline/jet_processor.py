@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from megaset.config import JetsConfig
+from megaset.config import JetsConfig, SchemaConfig
 from megaset.errors import NonFiniteInputError
 from megaset.pipeline.processor import RMMProcessor, base_columns
 
@@ -92,12 +92,16 @@ def jet_columns(pt, eta, phi, energy, offsets, jets: JetsConfig) -> dict[str, An
 class JetProcessor(RMMProcessor):
     """Turns chunks of jet constituents into staging pieces (parameters as :class:`RMMProcessor`)."""
 
+    @property
+    def schema(self) -> SchemaConfig:
+        return self.cfg.jets.schema
+
     def build(self, source, channel: str, filename: str, start: int) -> tuple[dict[str, Any], list, dict[str, int]]:
         from megaset.pipeline.jet_features import jet_kinematics
-        from megaset.pipeline.schema import nonfinite_events, read_events
+        from megaset.pipeline.schema import nonfinite_events
 
         jets = self.cfg.jets
-        ev = read_events(source, jets.schema, filename, entry_start=start)
+        ev = self.events(source, channel, filename, start)
         bad, nonfinite = nonfinite_events(ev)
         const = ev.collections[jets.collection]
         pt, eta, phi, mass = (np.asarray(const[c], dtype=np.float64) for c in ("pt", "eta", "phi", "mass"))

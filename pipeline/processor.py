@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 from coffea import processor
 
-from megaset.config import Config
-from megaset.errors import BranchError, MegasetError
+from megaset.config import Config, SchemaConfig
+from megaset.errors import BranchError, ConfigError, MegasetError
 from megaset.pipeline.open_files import OPEN_TREES
 from megaset.pipeline.rmm import build_rmm, rmm_inputs
 from megaset.pipeline.schema import check_branches, read_events
 from megaset.pipeline.selection import Selection, select
+from megaset.pipeline.units import check_units
 from megaset.pipeline.weights import weight_stats
 from megaset.storage.staging import piece_attrs, piece_key, write_piece
 
@@ -129,6 +130,10 @@ class RMMProcessor(processor.ProcessorABC):
             if self.skip_bad:
                 return {"skipped": {filename: [err.reason]}}
             return {"errors": {key: err}}
+        except ConfigError:
+            # Units or flags the configuration gets wrong hold for every file: raised, the
+            # ingest stops at once (pipeline.retry hands the error to the driver as it is).
+            raise
         except MegasetError as err:
             # Returned, not raised: the executor would wrap it in a bare Exception and the
             # driver would lose its type and message. Ingest raises it after the run.
@@ -158,12 +163,26 @@ class RMMProcessor(processor.ProcessorABC):
         check_branches(dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches), schema, filename)
         return tree.arrays(branches, entry_start=start, entry_stop=stop, how=dict)
 
+    @property
+    def schema(self) -> SchemaConfig:
+        """The schema of the processor's inputs."""
+        return self.cfg.schema
+
+    def events(self, source: Mapping[str, Any], channel: str, filename: str, start: int):
+        """The chunk's branches mapped onto physics objects (which checks its pass flags); a
+        file's first chunk is also checked against ``schema.units`` (:mod:`megaset.pipeline.units`)
+        before anything of it is written."""
+        ev = read_events(source, self.schema, filename, entry_start=start)
+        if start == 0:
+            check_units(ev, self.cfg, channel, filename, len(ev.entry))
+        return ev
+
     def build(self, source: Mapping[str, Any], channel: str, filename: str,
               start: int) -> tuple[dict[str, Any], list, dict[str, int]]:
         """The staging columns of one chunk's selected events (``source``: its branches by
         name), its cut flow (step, raw, weighted before the cross-section scale) and its
         non-finite counts per branch."""
-        ev = read_events(source, self.cfg.schema, filename, entry_start=start)
+        ev = self.events(source, channel, filename, start)
         sel = select(ev, self.cfg.selection, filename)
         objects = rmm_inputs(sel.objects, self.cfg.rmm)
         rmm = build_rmm(objects, sel.aux["met"], sel.aux["met_phi"], self.cfg.rmm, sparse=True)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from coffea import processor
 
-from megaset.errors import InputFileError, MegasetError, MissingExtraError
+from megaset.errors import ConfigError, InputFileError, MegasetError, MissingExtraError
 from megaset.extras import missing_extra
 from megaset.pipeline.remote import protocol
 
@@ -275,18 +275,25 @@ class RetryingWork:
             reason = f"entries {chunk.entrystart}-{chunk.entrystop}: {err.reason}"
             return {"out": {"skipped": {chunk.filename: [reason]}}}
         except Exception as err:
-            cause = damaged(err)
-            if cause is None:
-                raise
-            reason = (f"entries {chunk.entrystart}-{chunk.entrystop} of tree {chunk.treename!r} cannot be read, "
-                      f"the file is damaged or truncated ({cause})")
-            if self.skip:
-                return {"out": {"skipped": {chunk.filename: [reason]}}}
-            # Returned, not raised: the executor would wrap it in a bare Exception with a long
-            # traceback. The ingest raises it after the run.
-            error = InputFileError(chunk.filename, f"{reason}; replace the file, or set inputs.on_bad_file: skip "
-                                                   "to go on without it")
-            return {"out": {"errors": {f"{chunk.filename}:{chunk.entrystart:012d}": error}}}
+            refused = next((e for e in _chain(err) if isinstance(e, ConfigError)), None)
+            if refused is None:
+                cause = damaged(err)
+                if cause is None:
+                    raise
+                reason = (f"entries {chunk.entrystart}-{chunk.entrystop} of tree {chunk.treename!r} cannot be "
+                          f"read, the file is damaged or truncated ({cause})")
+                if self.skip:
+                    return {"out": {"skipped": {chunk.filename: [reason]}}}
+                # Returned, not raised: the executor would wrap it in a bare Exception with a long
+                # traceback. The ingest raises it after the run.
+                error = InputFileError(chunk.filename, f"{reason}; replace the file, or set inputs.on_bad_file: "
+                                                       "skip to go on without it")
+                return {"out": {"errors": {f"{chunk.filename}:{chunk.entrystart:012d}": error}}}
+        # coffea wraps what a processor raises in a bare Exception, whose cause the error is: the
+        # configuration's error goes on alone (the two refer to each other, which no pickle of the
+        # chain survives), and stops the run at once (on a cluster, through the task).
+        refused.__cause__ = refused.__context__ = None
+        raise refused
 
 
 @dataclass

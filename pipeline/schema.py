@@ -11,8 +11,8 @@ them and drop or reject them.
 Polar kinematic columns keep the precision of the file (no copy when the file is in GeV); columns
 computed from Cartesian branches are computed in float64 and keep the wider of the input types.
 Momenta, energies, masses and MET leave in GeV: ``schema.units: MeV`` divides them by 1000 here,
-once (:mod:`megaset.pipeline.units` checks on the first entries of every file that the data
-look like the units declared).
+once (:mod:`megaset.pipeline.units` checks on the first chunk of every file that the data look
+like the units declared).
 """
 
 from __future__ import annotations

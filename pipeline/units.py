@@ -1,38 +1,34 @@
-"""Are the inputs in the units the schema declares? A check of the first entries of every file.
+"""Are the inputs in the units the schema declares? A check of the first chunk of every file.
 
 ``schema.units`` (GeV or MeV) is applied once, where the branches are mapped
 (:func:`megaset.pipeline.schema.read_events`): momenta, energies, masses and MET are divided by
 1000 for MeV; eta, phi and the other fields are kept as stored. Declared wrongly, nothing
 downstream would notice: MeV read as GeV lets every pT and mass cut pass (a mono-Z sample's
 selection went from 66 % to 87 %, its median m_ll read 91,089), GeV read as MeV fails them all.
-So before the ingest writes anything, the first entries of every input file are mapped (which
-also checks its pass flags, see :mod:`megaset.pipeline.schema`) and a few medians are compared with
-the range GeV data give. Each range leaves a factor of 1000 between a plausible median and
-the same median read in the other unit: a lepton sample's median pT lies between about 5 GeV
-and 2 TeV, so 2 GeV to 3 TeV takes every one of them and neither 1000 times more nor less.
+So the ingest's processor compares a few medians of every input file's first chunk, as it maps
+it (which also checks its pass flags, see :mod:`megaset.pipeline.schema`), with the range GeV
+data give, before it writes that chunk: a refused chunk stops the ingest at once, and the ingest
+removes what it had staged (:func:`megaset.pipeline.ingest.ingest`). Checked there, the check
+reads nothing of its own: a check before the ingest read every file's tree and first basket a
+second time, a third of the ingest's time on files of one basket per branch.
+
+Each range leaves a factor of 1000 between a plausible median and the same median read in the
+other unit: a lepton sample's median pT lies between about 5 GeV and 2 TeV, so 2 GeV to 3 TeV
+takes every one of them and neither 1000 times more nor less.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from megaset.config import ChannelInput, Config
+from megaset.config import Config
 from megaset.errors import ConfigError
-from megaset.pipeline.inputs import FileInfo
 from megaset.pipeline.objects import EventArrays
 
-if TYPE_CHECKING:
-    from distributed import Client
+__all__ = ["Statistic", "statistics", "check_units"]
 
-__all__ = ["Statistic", "statistics", "check_first_chunks"]
-
-#: Entries read of every file (fewer when its chunks are smaller): thousands of leptons, enough
-#: for a median, for a read of a few milliseconds.
-FIRST_ENTRIES = 10_000
 #: Fewer values than this tell nothing: the statistic is left out.
 MIN_VALUES = 20
 
@@ -108,79 +104,17 @@ def _message(stat: Statistic, channel: str, path: str, entries: int, cfg: Config
     )
 
 
-def _first_entries(cfg: Config, info: FileInfo, options: Mapping[str, Any]) -> tuple[int, EventArrays] | None:
-    """The first entries of one file, mapped; None if the file does not read (the processor
-    reports or skips it, as ``inputs.on_bad_file`` says)."""
-    from megaset.errors import BranchError, InputFileError
-    from megaset.pipeline.open_files import OPEN_TREES
-    from megaset.pipeline.retry import damaged
-    from megaset.pipeline.schema import check_branches, read_events
-
-    schema = cfg.input_schema
-    branches = schema.branches()
-    stop = min(info.entries, cfg.inputs.chunksize, FIRST_ENTRIES)
-    try:
-        tree = OPEN_TREES.tree(info.path, info.tree, options)
-        check_branches(dict.fromkeys(tree.keys(), "") | tree.typenames(filter_name=branches), schema, info.path)
-        source = tree.arrays(branches, entry_stop=stop, how=dict)
-    except (BranchError, InputFileError, OSError, ValueError, KeyError):
-        return None
-    except Exception as err:
-        if damaged(err) is None:
-            raise
-        return None  # a damaged basket: the processor names it with the entries it could not read
-    return stop, read_events(source, schema, info.path)
-
-
-def _check_file(info: FileInfo, cfg: Config, options: Mapping[str, Any]) -> ConfigError | None:
-    """The error of the file's first entries, returned (a worker's exception would reach the driver
-    re-raised from a traceback of the worker's; returned, it is raised there as it is)."""
-    try:
-        first = _first_entries(cfg, info, options)
-    except ConfigError as err:  # a quality branch mapped as a flag that is none
-        return err
-    if first is None or not cfg.input_schema.check_units:
-        return None
-    entries, ev = first
-    for stat in statistics(ev, cfg):
-        if not stat.plausible:
-            return ConfigError(_message(stat, info.channel, info.path, entries, cfg))
-    return None
-
-
-def check_first_chunks(cfg: Config, channels: Mapping[str, ChannelInput], files: list[FileInfo],
-                       client: Client | None, options: Mapping[str, Any]) -> None:
-    """Check the first entries of every input file, on the cluster when a client is given.
-
-    Every file, not only each channel's first: one file in MeV among GeV files would otherwise
-    pass its events through cuts that do not act. The read is of at most :data:`FIRST_ENTRIES`
-    entries per file, a small fraction of the ingest's own.
-
-    Parameters
-    ----------
-    cfg
-        The configuration (its input schema, selection and ``inputs.kind``).
-    channels
-        The channels to check.
-    files
-        The good input files, in order.
-    client
-        A Dask client, or None to check in this process.
-    options
-        ``uproot.open`` options of the inputs (remote access).
+def check_units(ev: EventArrays, cfg: Config, channel: str, path: str, entries: int) -> None:
+    """Stop at the first ``entries`` of a file (its first chunk, mapped as ``ev``) when their values
+    do not look like ``schema.units`` says.
 
     Raises
     ------
     ConfigError
-        For the first file whose values do not look like ``schema.units`` says (naming the
-        channel, the file, the statistic and the fix), or whose pass flags are not 0 or 1.
+        Naming the channel, the file, the statistic and the fix.
     """
-    todo = [f for f in files if f.channel in channels]
-    if client is None:
-        results = [_check_file(info, cfg, options) for info in todo]
-    else:
-        n = len(todo)
-        results = client.gather(client.map(_check_file, todo, [cfg] * n, [dict(options)] * n, pure=False))
-    errors = [err for err in results if err is not None]
-    if errors:
-        raise errors[0]
+    if not cfg.input_schema.check_units:
+        return
+    for stat in statistics(ev, cfg):
+        if not stat.plausible:
+            raise ConfigError(_message(stat, channel, path, entries, cfg))

@@ -81,7 +81,7 @@ PUBLIC_API = {
         "FileInfo", "expand_files", "file_identities", "inspect_file", "inspect_files", "resolve_channels"
     ],
     "megaset.pipeline.open_files": ["OPEN_TREES", "OpenTrees"],
-    "megaset.pipeline.units": ["Statistic", "check_first_chunks", "statistics"],
+    "megaset.pipeline.units": ["Statistic", "check_units", "statistics"],
     "megaset.pipeline.jet_features": [
         "FEATURE_WIDTH", "jet_images", "jet_kinematics", "leading_constituents", "nsubjettiness",
     ],

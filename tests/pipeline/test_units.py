@@ -85,6 +85,29 @@ def test_one_mev_file_among_gev_files_is_refused_by_name(ntuples, tmp_path):
     assert not Path(cfg.store.staging).exists()
 
 
+def test_a_mev_file_stops_an_ingest_on_a_cluster_at_once_and_nothing_is_left(ntuples, tmp_path, cluster_client):
+    """On Dask workers the refusal reaches the driver as it is, the chunks not yet begun are
+    never run, and the pieces the others had staged are removed with the staging area."""
+    inputs = tmp_path / "in"
+    for channel in SAMPLES:
+        (inputs / channel).mkdir(parents=True)
+        shutil.copy(ntuples / "MeV" / channel / f"{channel}_MeV.root", inputs / channel / f"a_{channel}_MeV.root")
+        for copy in range(3):
+            branches = generate(channel, 2000, seed=50 + copy)
+            write_ntuple(inputs / channel / f"b{copy}_{channel}_GeV.root", branches, "mini")
+    cfg = _config(inputs, tmp_path).replace(inputs={"chunksize": 100})
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(ConfigError, match=r"channel 'zmmjets', file \S+a_zmmjets_MeV\.root: the median pT of the "
+                       r"lepton candidates is [\d,]+ GeV \(\d+ values of its first 100 entries.*"
+                       r"set schema\.units: MeV"):
+        ingest(cfg, cluster_client, progress=lambda done, total: seen.append((done, total)))
+    done, total = seen[-1]
+    assert total == 8 * 20
+    assert done < total / 2, seen[-5:]
+    assert not Path(cfg.store.staging).exists()
+    assert not any(cluster_client.run(lambda dask_worker: len(dask_worker.state.all_running_tasks)).values())
+
+
 def test_gev_declared_mev_is_refused(ntuples, tmp_path):
     with pytest.raises(ConfigError, match=r"channel 'zmmjets', .*the median pT of the lepton candidates is "
                        r"0\.0\d+ GeV .* is far below .*the file looks like GeV read as MeV: set schema\.units: GeV"):
@@ -163,3 +186,22 @@ def test_simulated_jets_look_like_gev(sample):
     mev = schema.model_copy(update={"units": "MeV"})
     (stat,) = statistics(read_events(branches, mev, "jets.root"), cfg)
     assert not stat.plausible and stat.median < stat.low
+
+
+def test_jets_declared_mev_are_refused_by_their_processor_and_nothing_is_staged(tmp_path):
+    """Jet inputs are checked by the jet processor on the same first chunk: GeV jets declared
+    MeV stop the ingest with the jets section's key, and a GeV declaration stages them."""
+    cfg = Config.model_validate({
+        "inputs": {"kind": "jets", "chunksize": 150},
+        "jets": {"simulate": {"output": str(tmp_path / "jets"), "jets": 300, "signal_jets": 100, "jets_per_file": 300,
+                              "samples": ["qcd", "top"]},
+                 "schema": {"units": "MeV"}},
+        "store": {"url": str(tmp_path / "store.zarr")},
+    })
+    jets_simulate.simulate_jets(cfg.jets.simulate)
+    with pytest.raises(ConfigError, match=r"channel 'qcd', file \S+qcd_0\.root: the median scalar pT sum of a "
+                       r"jet's constituents is 0\.\d+ GeV \(150 values of its first 150 entries, read with "
+                       r"jets\.schema\.units: MeV\).*set jets\.schema\.units: GeV"):
+        ingest(cfg)
+    assert not Path(cfg.store.staging).exists()
+    assert ingest(cfg.replace(jets={"schema": {"units": "GeV"}})).n_selected > 0
