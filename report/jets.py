@@ -150,7 +150,7 @@ def _latent(store: Any, model: str, samples: Sequence[Sample], out: Path, max_pe
         if name != "test" and not name.startswith("signal/"):
             continue
         group = store.group(name)
-        if column not in group.columns():
+        if not group.has_column(column):
             return None
         values = np.concatenate([v[column] for _, v in group.iter_chunks((column,))]) if group.n_chunks else None
         if values is None or not len(values):

@@ -80,7 +80,7 @@ def load_samples(store: Store, models: Sequence[str], mass: str) -> list[Sample]
             )
             raise StoreKeyError(msg)
         # Jet stores have no MET: their samples carry zeros.
-        met = ["met"] if "met" in group.columns() else []
+        met = ["met"] if group.has_column("met") else []
         cols = _read(group, ["weight", "channel", *met, mass, *(score_column(m) for m in models)])
         cols.setdefault("met", np.zeros(len(cols["weight"]), dtype=np.float32))
         for m in models:

@@ -295,6 +295,19 @@ class StoreGroup:
                 infos |= {f"{sub}/{name}": _info(array) for name, array in members.arrays()}
         return dict(sorted(infos.items()))
 
+    def has_column(self, name: str) -> bool:
+        """Whether ``name`` is one of :meth:`columns`, from one look at its metadata instead of a
+        listing of every array of the group."""
+        import zarr
+
+        from megaset.storage.csr import csr_path
+
+        if name in self.forms:
+            return True
+        if any(name.startswith(f"{csr_path(column)}/") for column in self.forms):
+            return False  # the arrays of a column kept in another form are not columns
+        return isinstance(self._group(write=False).get(name), zarr.Array)
+
     def scored_models(self) -> list[str]:
         """The models with a ``score/<model>`` column in this group."""
         return scored_models(self.columns())
@@ -397,7 +410,7 @@ class StoreGroup:
         dtype = np.dtype(dtype)
         shape = (self.n_events, *shape_tail)
         group = self._group(write=True)
-        if not overwrite and name in self.columns():
+        if not overwrite and self.has_column(name):
             existing = group[name]
             if existing.dtype == dtype and tuple(existing.shape) == shape:
                 return

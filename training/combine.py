@@ -230,7 +230,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
     column = score_column(name)
     with writing(store.url, "megaset score --combine"):
         for g in groups:
-            old = g.column_attrs(column) if column in g.columns() else {}
+            old = g.column_attrs(column) if g.has_column(column) else {}
             same = old.get("stage", {}).get("fingerprint") == entry["stage"]["fingerprint"]
             g.create_column(column, np.float32, overwrite=overwrite or not same)
             g.set_column_attrs(column, entry)

@@ -291,11 +291,20 @@ def chunk_runs(groups: list[StoreGroup], client: Client | None) -> list[tuple[St
     """Every group's chunks in runs of consecutive chunks, one task each: a few runs per worker
     thread of ``client`` (more where groups are small: a run stays in one group), one run per
     group without a client. A task's fixed costs (its key on the scheduler, the group's arrays
-    opened on the worker) are paid per run, and the runs still balance the workers."""
+    opened on the worker) are paid per run, and the runs still balance the workers.
+
+    The runs come largest first: Dask starts tasks in the order they are submitted, so the
+    short ones (a small group's single chunk, a group's last run) fill in at the end, and the
+    workers finish together instead of one waiting on a large run started last."""
     threads = sum(client.nthreads().values()) if client is not None else 0
     parts = _RUNS_PER_THREAD * threads if threads else 1
     per = max(1, -(-sum(g.n_chunks for g in groups) // parts))
-    return [(g, range(first, min(first + per, g.n_chunks))) for g in groups for first in range(0, g.n_chunks, per)]
+    runs = [(g, range(first, min(first + per, g.n_chunks))) for g in groups for first in range(0, g.n_chunks, per)]
+    return sorted(runs, key=lambda task: -_events(*task))
+
+
+def _events(group: StoreGroup, run: range) -> int:
+    return group.chunk_slice(run[-1]).stop - group.chunk_slice(run[0]).start
 
 
 def _check_settings(path: Path, ckpt: Mapping[str, Any], store: Store) -> None:
@@ -363,7 +372,7 @@ def scored_record(store: Store, model: str) -> tuple[dict[str, Any] | None, bool
     entries = []
     for name in store.group_names():
         group = store.group(name)
-        entries.append(group.column_attrs(column) if column in group.columns() else {})
+        entries.append(group.column_attrs(column) if group.has_column(column) else {})
     if not any(entries):
         return None, False
     found: dict[str, Any] = next((e["stage"] for e in entries if e.get("stage")), {})  # {}: scored by an older megaset
@@ -375,7 +384,7 @@ def scored_record(store: Store, model: str) -> tuple[dict[str, Any] | None, bool
 def _prepare(group: StoreGroup, model: str, entry: Mapping[str, Any], overwrite: bool) -> bool:
     """Create the score columns of ``group``; whether they start empty (new checkpoint)."""
     total = score_column(model)
-    old = group.column_attrs(total) if total in group.columns() else None
+    old = group.column_attrs(total) if group.has_column(total) else None
     # The same file under another path is the same model: compare content and layout only.
     fresh = overwrite or old is None or any(old.get(k) != entry[k] for k in ("digest", "blocks"))
     names = [score_column(model, b) for b in BLOCKS] if entry["blocks"] else []

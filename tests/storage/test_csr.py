@@ -49,6 +49,8 @@ def test_every_column_of_every_chunk_reads_the_same_bytes_in_both_forms(stores):
         ours, theirs = csr.group(name), dense.group(name)
         assert ours.column_infos() == theirs.column_infos()  # rmm: (N, 9) float32 in chunks of 256
         assert ours.forms == {"rmm": "csr"} and theirs.forms == {}
+        # The cells' arrays are the form's own, not columns, as in columns().
+        assert ours.has_column("rmm") and not ours.has_column("rmm_csr/nnz") and theirs.has_column("rmm")
         columns = theirs.columns()
         for (i, got), (j, expected) in zip(ours.iter_chunks(columns), theirs.iter_chunks(columns), strict=True):
             assert i == j and list(got) == list(expected)

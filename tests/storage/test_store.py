@@ -89,6 +89,8 @@ def test_score_column_round_trip(store_copy):
     test.create_column("score/ae-deep", "f4")
     test.create_column("score/blocks", "f4", shape_tail=(3,))
     assert "score/ae-deep" in test.columns() and "score/blocks" in test.columns()
+    assert all(test.has_column(name) for name in test.columns())
+    assert not any(test.has_column(name) for name in ("score", "score/ae-shallow", "rmmm"))
     assert not test.chunk_written("score/ae-deep", 0)
     values = np.linspace(0, 1, 256, dtype=np.float32)
     test.write_chunk("score/ae-deep", 0, values)

@@ -100,6 +100,21 @@ def _loads() -> int:
     return _cached_model.cache_info().misses
 
 
+def test_chunk_runs_cover_every_chunk_once_largest_first(trained, cluster_client):
+    from megaset.training.score import chunk_runs
+
+    store = open_store(trained.store.url)
+    groups = [store.group(name) for name in store.group_names()]
+    for client in (cluster_client, None):
+        runs = chunk_runs(groups, client)
+        covered = sorted((g.name, i) for g, run in runs for i in run)
+        assert covered == sorted((g.name, i) for g in groups for i in range(g.n_chunks))
+        assert all(list(run) == list(range(run[0], run[-1] + 1)) for _, run in runs)
+        events = [g.chunk_slice(run[-1]).stop - g.chunk_slice(run[0]).start for g, run in runs]
+        # Dask starts them in this order: the short runs fill in at the end.
+        assert events == sorted(events, reverse=True) and len(set(events)) > 1
+
+
 def test_rerun_after_a_partial_scoring_skips_finished_chunks(trained):
     first = score(trained, None, model="ae-rerun", checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
     assert first["resumed"] == 0
