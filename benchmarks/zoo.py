@@ -2,7 +2,7 @@
 
 Simulates the demo's backgrounds with the zoo's signals, runs the thesis' 2-lepton selection
 and, from the same configuration (``searches``), the soft-dilepton and the same-sign presets
-(the latter with the charge-aware RMM), each with the default combination ``ae-svdd`` (its
+each with the default combination ``ae-svdd`` (its
 members ``ae-shallow`` and ``deep-svdd`` trained by the run), trains the other ``--models`` on
 each store and writes each store's report, then prints one table: selection, model, signal,
 the signal's efficiency through the selection, AUC, E100 and E1000 (marked where the cut keeps
@@ -33,9 +33,12 @@ import numpy as np
 
 #: The selection meant for each signal (the targets count a signal under this one only).
 MEANT_FOR = {"sleptons_200_180": "soft", "hpp_vbf_500": "ss", "four_tops": "ss"}
+# The same-sign search keeps Chekanov's RMM: after a same-sign selection the charge-aware one
+# adds only the event's overall sign and splits its few training events over four lepton
+# blocks (docs/pipeline.md, "Lepton charge").
 SEARCHES = {"soft": {"selection": {"mode": "soft2lep"}},
             # a few per cent of the events pass: smaller chunks, so that every rank has some
-            "ss": {"selection": {"mode": "ss2lep"}, "rmm": {"objects": "charged"}, "store": {"chunk_len": 512}}}
+            "ss": {"selection": {"mode": "ss2lep"}, "store": {"chunk_len": 512}}}
 
 
 def _config(workdir: Path, events: int, signal_events: int, epochs: int):
