@@ -37,7 +37,8 @@ from megaset.errors import IncompleteStoreError, StoreError, StoreKeyError
 from megaset.storage.backend import checked_reads, chunk_exists, float_fill, open_group
 from megaset.storage.scores import scored_models
 
-__all__ = ["open_store", "remove_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION", "column_dimensions",
+__all__ = ["open_store", "remove_store", "Store", "StoreGroup", "MIX_PREFIX", "SCHEMA_VERSION", "ADDED_CHUNK_EVENTS",
+           "column_dimensions",
            "channel_flags"]
 
 #: Version of the store layout written by :mod:`megaset.storage.mix`.
@@ -45,6 +46,11 @@ SCHEMA_VERSION = 1
 
 #: Where the mix pass keeps its per-chunk bookkeeping; not a data group.
 MIX_PREFIX = "_mix"
+
+#: The fewest events a chunk of an added column (a score, a latent representation) holds: a
+#: whole number of the group's chunks. A float32 score of a 1,024-event chunk is 4 kB, and zarr
+#: spends 1-2 ms on every chunk it writes, more than the forward pass of those events takes.
+ADDED_CHUNK_EVENTS = 16_384
 
 
 #: The names of the axes after the event axis of the base columns that have some.
@@ -393,7 +399,8 @@ class StoreGroup:
             yield i, self.read_chunk(i, columns)
 
     def create_column(self, name: str, dtype: Any, shape_tail: tuple[int, ...] = (), overwrite: bool = False) -> None:
-        """Add a column chunked like the group, e.g. ``score/ae-deep``.
+        """Add a column, e.g. ``score/ae-deep``, in chunks of whole chunks of the group: as many
+        as hold :data:`ADDED_CHUNK_EVENTS` events (one where the group's chunks are as large).
 
         Float columns are filled with NaN until written, so an unwritten chunk reads as
         missing (and ``megaset verify`` reports it). Creating an existing column with the
@@ -421,27 +428,56 @@ class StoreGroup:
             raise StoreError(msg)
         codec = CompressorConfig(**self.attrs["compressor"])
         group.create_array(
-            name, shape=shape, dtype=dtype, chunks=(self.chunk_len, *shape_tail),
+            name, shape=shape, dtype=dtype, chunks=(self.chunk_len * max(1, ADDED_CHUNK_EVENTS // self.chunk_len),
+                                                   *shape_tail),
             compressors=compressors(codec), fill_value=float_fill(dtype), overwrite=True,
             dimension_names=column_dimensions(name, len(shape_tail)),
         )
         self._handles.clear()
 
-    def write_chunk(self, name: str, i: int, values: np.ndarray) -> None:
-        """Write the whole chunk ``i`` of column ``name`` (one writer per chunk, no locks)."""
-        rows = self.chunk_slice(i)
+    def column_span(self, name: str) -> int:
+        """How many of the group's chunks one chunk of column ``name`` holds: 1 for the columns
+        of the mix, more for the columns added later where the group's chunks are small."""
+        if name in self.forms:
+            return 1
+        return int(self._array(name).chunks[0]) // self.chunk_len
+
+    def column_chunks(self, name: str, indices: range | None = None) -> list[range]:
+        """The group's chunks ``indices`` (all by default) as the chunks of column ``name`` hold
+        them: runs of :meth:`column_span` chunks, the last one shorter at the group's end.
+
+        Raises ``ValueError`` where ``indices`` would cut a chunk of the column: two writers of
+        one chunk would each rewrite the other's half."""
+        span = self.column_span(name)
+        indices = range(self.n_chunks) if indices is None else indices
+        first, stop = indices.start, indices.stop
+        if indices and (indices.step != 1 or first % span or not 0 <= first < stop <= self.n_chunks
+                        or (stop % span and stop != self.n_chunks)):
+            msg = (f"chunks {first}..{stop - 1} of group {self.name!r} in {self.url!r} do not cover whole chunks of "
+                   f"column {name!r} ({span} of the group's chunks each); start on a multiple of {span} and end on "
+                   f"one or at the group's end ({self.n_chunks})")
+            raise ValueError(msg)
+        return [range(start, min(start + span, stop)) for start in range(first, stop, span)]
+
+    def write_chunks(self, name: str, indices: range, values: np.ndarray) -> None:
+        """Write the group's chunks ``indices`` of column ``name``, which must be whole chunks
+        of the column (:meth:`column_chunks`): one writer per chunk, no locks."""
+        self.column_chunks(name, indices)
+        rows = slice(self.chunk_slice(indices[0]).start, self.chunk_slice(indices[-1]).stop) if indices else slice(0, 0)
         array = self._array(name, write=True)
         expected = (rows.stop - rows.start, *array.shape[1:])
         values = np.asarray(values)
         if values.shape != expected:
-            msg = f"chunk {i} of {self.name}/{name} in {self.url!r} needs shape {expected}, got {values.shape}"
+            msg = (f"chunks {indices.start}..{indices.stop - 1} of {self.name}/{name} in {self.url!r} need shape "
+                   f"{expected}, got {values.shape}")
             raise ValueError(msg)
         array[rows] = values.astype(array.dtype, copy=False)
 
     def chunk_written(self, name: str, i: int) -> bool:
-        """Whether chunk ``i`` of column ``name`` has been written (for resumable scoring)."""
+        """Whether the chunk of column ``name`` that holds the group's chunk ``i`` has been
+        written (for resumable scoring)."""
         self.chunk_slice(i)
-        return chunk_exists(self._array(name), i)
+        return chunk_exists(self._array(name), i // self.column_span(name))
 
     def _form_attrs(self, name: str) -> dict[str, Any]:
         """The attributes of the subgroup holding column ``name`` in its form (read once)."""

@@ -116,7 +116,7 @@ def paused_at(client, target: str, when: Callable[..., bool], marker: Path,
     is true waits just before that call while ``action(its pid)`` runs here, then carries on
     (unless the action ended it). It happens once per ``marker``.
 
-    ``target`` is ``"module:attribute.path"``, e.g. ``"megaset.storage.store:StoreGroup.write_chunk"``
+    ``target`` is ``"module:attribute.path"``, e.g. ``"megaset.storage.store:StoreGroup.write_chunks"``
     (a method's ``when`` receives ``self`` first). The wrapper stays installed on the workers
     present now and on those that join later. The block fails if no worker of the cluster
     reached the point, or if the action raised.

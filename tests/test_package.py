@@ -161,8 +161,8 @@ PUBLIC_API = {
     ],
     "megaset.storage.stats": ["N_ROWS", "PASS_ROWS", "combine", "finalize", "partial_stats"],
     "megaset.storage.store": [
-        "MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "channel_flags", "column_dimensions", "open_store",
-        "remove_store",
+        "ADDED_CHUNK_EVENTS", "MIX_PREFIX", "SCHEMA_VERSION", "Store", "StoreGroup", "channel_flags",
+        "column_dimensions", "open_store", "remove_store",
     ],
     "megaset.storage.tasks": ["MORE_MEMORY", "PausedWorkers", "map_chunks"],
     "megaset.storage.verify": ["verify"],

@@ -131,11 +131,14 @@ def _combine_run(task: tuple[StoreGroup, range], *, name: str, members: list[str
     group, indices = task
     column = score_column(name)
     combined = METHODS[method][0]
-    todo = [i for i in indices if not group.chunk_written(column, i)]
-    for i in todo:
-        values = group.read_chunk(i, [score_column(m) for m in members])
-        group.write_chunk(column, i, combined([log_survival(values[score_column(m)], tables[m]) for m in members]))
-    return sum(group.chunk_slice(i).stop - group.chunk_slice(i).start for i in todo), len(indices) - len(todo)
+    todo = [chunks for chunks in group.column_chunks(column, indices) if not group.chunk_written(column, chunks[0])]
+    events = 0
+    for chunks in todo:
+        values = group.read_chunks(chunks, [score_column(m) for m in members])
+        done = combined([log_survival(values[score_column(m)], tables[m]) for m in members])
+        group.write_chunks(column, chunks, done)
+        events += len(done)
+    return events, len(indices) - sum(map(len, todo))
 
 
 def _setting(cfg: Config, name: str) -> CombineConfig:
@@ -225,7 +228,6 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
              "stage": combine_record(cfg, name, upstream), "config": cfg.resolved(), "complete": False}
     groups = [store.group(g) for g in store.group_names()]
     n_chunks = sum(g.n_chunks for g in groups)
-    tasks = chunk_runs(groups, client)
     advance = (lambda n: progress(n, n_chunks)) if progress else (lambda n: None)
     column = score_column(name)
     with writing(store.url, "megaset score --combine"):
@@ -234,6 +236,7 @@ def combine_scores(cfg: Config, client: Client | None, name: str, *,
             same = old.get("stage", {}).get("fingerprint") == entry["stage"]["fingerprint"]
             g.create_column(column, np.float32, overwrite=overwrite or not same)
             g.set_column_attrs(column, entry)
+        tasks = chunk_runs(groups, client, column)
         advance(0)
         results = map_chunks(client, _combine_run, tasks, names=[run_name(g, run) for g, run in tasks],
                              stage="megaset score --combine", retries=cfg.scoring.retries, progress=advance,

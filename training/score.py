@@ -4,10 +4,12 @@ One Dask task per run of consecutive chunks of a group (``train``, ``val``, ``te
 ``signal/<name>``, ``data``), a few runs per worker thread. A task carries the checkpoint's
 path and digest, never the model: a worker process loads the checkpoint once
 (``torch.load(weights_only=True)``, no code) and keeps it for every chunk it scores, with one
-torch thread per task on a CPU worker. Chunk by chunk, reading the next chunk while the model
-runs, the task moves the chunk's RMM rows to the scoring device, scales them there with the
-scaling saved in the checkpoint (built by the trainer from the store's train statistics, so
-events are scaled exactly as in training), runs the model and writes, chunk-aligned:
+torch thread per task on a CPU worker. One chunk of the score columns at a time (as many of
+the group's chunks as hold 16,384 events: :data:`megaset.storage.store.ADDED_CHUNK_EVENTS`),
+reading the next while the model runs, the task moves their RMM rows to the scoring device,
+scales them there with the scaling saved in the checkpoint (built by the trainer from the
+store's train statistics, so events are scaled exactly as in training), runs the model and
+writes, chunk-aligned:
 
 ``score/<model>`` [N] float32
     per-event mean squared error over all features (``Autoencoder.reconstruction_error``);
@@ -22,10 +24,11 @@ GPU, ``scoring.gpu_batch_size`` events per forward pass); a cluster without scor
 workers, which never open a CUDA context. Without a cluster, the chunks are scored in this
 process, on its GPU when torch sees one.
 
-Exactly once: chunk ``i`` of every column is written by the task of the run holding chunk
-``i`` only, whole, with the same bytes on every attempt, so a task retried after its worker
-died rewrites its own chunks. The total column is written last, chunk by chunk: a chunk whose
-total is stored is finished, and a retry or a rerun skips it (resumable scoring). The
+Exactly once: chunk ``i`` of every score column is written by the task of the run holding it
+only (runs hold whole chunks of the columns), whole, with the same bytes on every attempt, so a
+task retried after its worker died rewrites its own chunks. The total column is written last,
+chunk by chunk: a chunk whose total is stored is finished, and a retry or a rerun skips it
+(resumable scoring). The
 checkpoint's digest is recorded with the columns; a rerun with another checkpoint (a
 retrained model) starts the columns afresh.
 
@@ -228,10 +231,11 @@ def _torch_threads(device: torch.device) -> None:
         torch.set_num_threads(1)
 
 
-def _score_chunk(group: StoreGroup, index: int, values: np.ndarray, *, model: str, net: Autoencoder,
-                 scaling: DeviceScaling, here: torch.device, blocks: bool, events_per_pass: int,
-                 latent: bool) -> int:
-    """Score chunk ``index`` of ``group`` whose input column holds ``values``; its events."""
+def _score_chunks(group: StoreGroup, chunks: range, values: np.ndarray, *, model: str, net: Autoencoder,
+                  scaling: DeviceScaling, here: torch.device, blocks: bool, events_per_pass: int,
+                  latent: bool) -> int:
+    """Score the chunks ``chunks`` of ``group`` (one chunk of its score columns) whose input
+    column holds ``values``; their events."""
     import torch
 
     rows = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
@@ -245,25 +249,25 @@ def _score_chunk(group: StoreGroup, index: int, values: np.ndarray, *, model: st
     x = scaling(x.to(here, non_blocking=True))
     errors = reconstruction_errors(net, x, blocks=blocks, batch_size=events_per_pass, device=here)
     for name in BLOCKS if blocks else ():
-        group.write_chunk(score_column(model, name), index, errors[name])
+        group.write_chunks(score_column(model, name), chunks, errors[name])
     if latent:
         with torch.no_grad():
-            group.write_chunk(latent_column(model), index, net.encode(x).cpu().numpy())
-    # Last: a stored total marks the chunk finished.
-    group.write_chunk(score_column(model), index, errors["total"])
+            group.write_chunks(latent_column(model), chunks, net.encode(x).cpu().numpy())
+    # Last: a stored total marks the chunks finished.
+    group.write_chunks(score_column(model), chunks, errors["total"])
     return len(rows)
 
 
 def _score_run(task: tuple[StoreGroup, range], *, model: str, checkpoint: str, digest: str, device: str,
                blocks: bool, events_per_pass: int, column: str = "rmm", latent: bool = False) -> tuple[int, int]:
     """Score the chunks ``indices`` of ``group`` (``task``) on this process's ``device`` (``cpu``
-    or ``cuda``), chunk by chunk, each chunk's read overlapping the forward pass of the one
-    before; ``(events scored, chunks already done)``."""
+    or ``cuda``), one chunk of the score columns at a time, each one's read overlapping the
+    forward pass of the one before; ``(events scored, chunks of the group already done)``."""
     from concurrent.futures import ThreadPoolExecutor
 
     group, indices = task
     total = score_column(model)
-    todo = [i for i in indices if not group.chunk_written(total, i)]
+    todo = [chunks for chunks in group.column_chunks(total, indices) if not group.chunk_written(total, chunks[0])]
     if not todo:
         return 0, len(indices)
     net, scaling, here = _model(checkpoint, digest, device)
@@ -271,15 +275,15 @@ def _score_run(task: tuple[StoreGroup, range], *, model: str, checkpoint: str, d
     settings = {"model": model, "net": net, "scaling": scaling, "here": here, "blocks": blocks,
                 "events_per_pass": events_per_pass, "latent": latent}
     events = 0
-    # One chunk read ahead: zarr's reads and decodes, and torch's forward pass, leave the GIL.
+    # One read ahead: zarr's reads and decodes, and torch's forward pass, leave the GIL.
     with ThreadPoolExecutor(1, thread_name_prefix="megaset-score-read") as reader:
-        ahead = reader.submit(group.read_chunk, todo[0], (column,))
-        for k, index in enumerate(todo):
+        ahead = reader.submit(group.read_chunks, todo[0], (column,))
+        for k, chunks in enumerate(todo):
             values = ahead.result()[column]
             if k + 1 < len(todo):
-                ahead = reader.submit(group.read_chunk, todo[k + 1], (column,))
-            events += _score_chunk(group, index, values, **settings)
-    return events, len(indices) - len(todo)
+                ahead = reader.submit(group.read_chunks, todo[k + 1], (column,))
+            events += _score_chunks(group, chunks, values, **settings)
+    return events, len(indices) - sum(map(len, todo))
 
 
 def run_name(group: StoreGroup, run: range) -> str:
@@ -287,11 +291,12 @@ def run_name(group: StoreGroup, run: range) -> str:
     return f"{group.name}-{run[0]}" + (f"..{run[-1]}" if len(run) > 1 else "")
 
 
-def chunk_runs(groups: list[StoreGroup], client: Client | None) -> list[tuple[StoreGroup, range]]:
+def chunk_runs(groups: list[StoreGroup], client: Client | None, column: str) -> list[tuple[StoreGroup, range]]:
     """Every group's chunks in runs of consecutive chunks, one task each: a few runs per worker
     thread of ``client`` (more where groups are small: a run stays in one group), one run per
     group without a client. A task's fixed costs (its key on the scheduler, the group's arrays
-    opened on the worker) are paid per run, and the runs still balance the workers.
+    opened on the worker) are paid per run, and the runs still balance the workers. A run holds
+    whole chunks of ``column``, the column its task writes (:meth:`StoreGroup.column_chunks`).
 
     The runs come largest first: Dask starts tasks in the order they are submitted, so the
     short ones (a small group's single chunk, a group's last run) fill in at the end, and the
@@ -299,7 +304,11 @@ def chunk_runs(groups: list[StoreGroup], client: Client | None) -> list[tuple[St
     threads = sum(client.nthreads().values()) if client is not None else 0
     parts = _RUNS_PER_THREAD * threads if threads else 1
     per = max(1, -(-sum(g.n_chunks for g in groups) // parts))
-    runs = [(g, range(first, min(first + per, g.n_chunks))) for g in groups for first in range(0, g.n_chunks, per)]
+    runs = []
+    for g in groups:
+        span = g.column_span(column)
+        step = -(-per // span) * span
+        runs += [(g, range(first, min(first + step, g.n_chunks))) for first in range(0, g.n_chunks, step)]
     return sorted(runs, key=lambda task: -_events(*task))
 
 
@@ -458,7 +467,6 @@ def score(
              "stage": score_record(cfg, trained, digest), "config": cfg.resolved(), "complete": False}
     groups = [store.group(name) for name in store.group_names()]
     n_chunks = sum(g.n_chunks for g in groups)
-    tasks = chunk_runs(groups, client)
     advance = (lambda n: progress(n, n_chunks)) if progress else (lambda n: None)
     kwargs = {"model": label, "checkpoint": str(path), "digest": digest, "blocks": blocks, "device": device,
               # Not "batch_size": client.map has a keyword of that name.
@@ -468,6 +476,7 @@ def score(
         rescored = [g.name for g in groups if _prepare(g, label, entry, overwrite)]
         for g in groups if latent is not None else ():
             g.create_column(latent_column(label), np.float32, (latent,), overwrite=overwrite)
+        tasks = chunk_runs(groups, client, score_column(label))
         advance(0)
         results = map_chunks(client, _score_run, tasks, names=[run_name(g, run) for g, run in tasks],
                              stage="megaset score", retries=cfg.scoring.retries, progress=advance,

@@ -118,7 +118,7 @@ def test_the_jet_report_names_a_signal_without_positive_weight_and_one_without_j
     store = open_store(tau32_store.store.url)
     w = store.group("signal/w")
     for i, values in w.iter_chunks(("weight",)):
-        w.write_chunk("weight", i, -np.abs(values["weight"]))
+        w.write_chunks("weight", range(i, i + 1), -np.abs(values["weight"]))
     samples = load_samples(store, ["tau32"], "jet_mass")
     empty = np.zeros(0)
     nothing = Sample("nothing", "signal", empty, empty, empty, {"tau32": empty})

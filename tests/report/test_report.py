@@ -335,7 +335,7 @@ def _copy_with_signal_weights(cfg, folder: Path, weights: dict) -> object:
     for name, make in weights.items():
         group = store.group(f"signal/{name}")
         for i, values in group.iter_chunks(("weight",)):
-            group.write_chunk("weight", i, make(values["weight"]))
+            group.write_chunks("weight", range(i, i + 1), make(values["weight"]))
     return cfg.replace(store={"url": url})
 
 

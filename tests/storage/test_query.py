@@ -31,8 +31,9 @@ def store(tmp_path_factory) -> str:
     for name in ("test", SIGNAL):
         group = s.group(name)
         group.create_column("score/ae-test", np.float32)
-        for i, values in group.iter_chunks(("met", "channel")):
-            group.write_chunk("score/ae-test", i, values["met"] / 100 + values["channel"])
+        for chunks in group.column_chunks("score/ae-test"):
+            values = group.read_chunks(chunks, ("met", "channel"))
+            group.write_chunks("score/ae-test", chunks, values["met"] / 100 + values["channel"])
     return cfg.store.url
 
 

@@ -63,7 +63,7 @@ def test_mix_into_s3_and_read_back(s3_bucket, s3_client, tmp_path):
     test = store.group("test")
     test.create_column("score/ae", "f4")
     assert not test.chunk_written("score/ae", 0)
-    test.write_chunk("score/ae", 0, np.arange(test.chunk_slice(0).stop, dtype=np.float32))
+    test.write_chunks("score/ae", range(test.n_chunks), np.arange(test.n_events, dtype=np.float32))
     assert test.chunk_written("score/ae", 0)
     np.testing.assert_array_equal(open_store(remote.store.url).group("test").read_chunk(0, ("score/ae",))["score/ae"],
                                   np.arange(128, dtype=np.float32))

@@ -84,22 +84,31 @@ def test_unknown_column_lists_the_columns(mixed_store):
         train.read_chunk(0, ("rmmm",))
 
 
-def test_score_column_round_trip(store_copy):
+def test_score_column_round_trip(store_copy, monkeypatch):
+    import megaset.storage.store as store_module
+
+    # Columns added in chunks of 512 events: two of the group's 256-event chunks each.
+    monkeypatch.setattr(store_module, "ADDED_CHUNK_EVENTS", 512)
     test = open_store(store_copy).group("test")
     test.create_column("score/ae-deep", "f4")
     test.create_column("score/blocks", "f4", shape_tail=(3,))
     assert "score/ae-deep" in test.columns() and "score/blocks" in test.columns()
     assert all(test.has_column(name) for name in test.columns())
     assert not any(test.has_column(name) for name in ("score", "score/ae-shallow", "rmmm"))
+    assert (test.column_span("score/ae-deep"), test.column_span("weight"), test.column_span("rmm")) == (2, 1, 1)
+    assert test.column_chunks("score/ae-deep") == [range(2), range(2, 3)]
+    assert test.column_chunks("weight", range(1, 3)) == [range(1, 2), range(2, 3)]
     assert not test.chunk_written("score/ae-deep", 0)
-    values = np.linspace(0, 1, 256, dtype=np.float32)
-    test.write_chunk("score/ae-deep", 0, values)
-    test.write_chunk("score/blocks", 2, np.ones((108, 3)))
-    assert test.chunk_written("score/ae-deep", 0) and not test.chunk_written("score/ae-deep", 1)
+    values = np.linspace(0, 1, 512, dtype=np.float32)
+    test.write_chunks("score/ae-deep", range(2), values)
+    test.write_chunks("score/blocks", range(2, 3), np.ones((108, 3)))
+    assert test.chunk_written("score/ae-deep", 0) and test.chunk_written("score/ae-deep", 1)
+    assert not test.chunk_written("score/ae-deep", 2)
+    assert zarr.open_array(f"{store_copy}/test/score/ae-deep", mode="r").chunks == (512,)
     reread = open_store(store_copy).group("test")
-    np.testing.assert_array_equal(reread.read_chunk(0, ("score/ae-deep",))["score/ae-deep"], values)
+    np.testing.assert_array_equal(reread.read_chunks(range(2), ("score/ae-deep",))["score/ae-deep"], values)
     # Unwritten chunks read as NaN, not as a plausible score of zero.
-    assert np.isnan(reread.read_chunk(1, ("score/ae-deep",))["score/ae-deep"]).all()
+    assert np.isnan(reread.read_chunk(2, ("score/ae-deep",))["score/ae-deep"]).all()
     assert reread.read_chunk(2, ("score/blocks",))["score/blocks"].shape == (108, 3)
     # Creating it again keeps the written chunks (resumable scoring); overwrite starts over.
     reread.create_column("score/ae-deep", "f4")
@@ -108,10 +117,24 @@ def test_score_column_round_trip(store_copy):
     assert not reread.chunk_written("score/ae-deep", 0)
 
 
+def test_added_columns_hold_whole_chunks_of_the_group(store_copy):
+    test = open_store(store_copy).group("test")
+    test.create_column("score/ae", "f4")
+    # 16,384 events a chunk: 64 of the group's 256-event chunks, so its three chunks in one.
+    assert test.column_info("score/ae")["chunks"] == (64 * test.chunk_len,)
+    assert test.column_chunks("score/ae") == [range(3)]
+    for cut in (range(1), range(1, 3)):
+        with pytest.raises(ValueError, match=r"do not cover whole chunks of column 'score/ae' \(64 of the group's "
+                                             r"chunks each\); start on a multiple of 64 and end on one or at the "
+                                             r"group's end \(3\)"):
+            test.write_chunks("score/ae", cut, np.zeros(test.chunk_slice(cut[-1]).stop - cut[0] * test.chunk_len))
+    assert not test.chunk_written("score/ae", 0)
+
+
 def test_all_zero_integer_chunk_counts_as_written(store_copy):
     test = open_store(store_copy).group("test")
     test.create_column("score/flag", "i1")
-    test.write_chunk("score/flag", 1, np.zeros(256, dtype=np.int8))
+    test.write_chunks("score/flag", range(test.n_chunks), np.zeros(test.n_events, dtype=np.int8))
     assert test.chunk_written("score/flag", 1)
 
 
@@ -122,8 +145,8 @@ def test_column_errors(store_copy):
     test.create_column("score/x", "f4")
     with pytest.raises(StoreError, match=r"exists as float32 \(620,\), not float64 \(620,\); pass overwrite=True"):
         test.create_column("score/x", "f8")
-    with pytest.raises(ValueError, match=r"chunk 2 of test/score/x .* needs shape \(108,\), got \(256,\)"):
-        test.write_chunk("score/x", 2, np.zeros(256))
+    with pytest.raises(ValueError, match=r"chunks 0..2 of test/score/x .* need shape \(620,\), got \(256,\)"):
+        test.write_chunks("score/x", range(3), np.zeros(256))
 
 
 def test_group_pickles_for_dask_tasks(store_copy):
@@ -163,10 +186,9 @@ def test_xarray_opens_every_group_and_subgroup(store_copy):
     train = store.group("train")
     train.create_column("score/ae", np.float32)
     train.create_column("latent/ae", np.float32, (3,))
-    for i in range(train.n_chunks):
-        rows = train.chunk_slice(i)
-        train.write_chunk("score/ae", i, np.arange(rows.start, rows.stop, dtype=np.float32))
-        train.write_chunk("latent/ae", i, np.ones((rows.stop - rows.start, 3), np.float32))
+    everything = range(train.n_chunks)
+    train.write_chunks("score/ae", everything, np.arange(train.n_events, dtype=np.float32))
+    train.write_chunks("latent/ae", everything, np.ones((train.n_events, 3), np.float32))
     names = list(_subgroups(zarr.open_group(store_copy, mode="r")))
     assert {"train", "train/score", "train/latent", "signal/susy", "_mix/train"} <= set(names)
     for name in names:
@@ -206,5 +228,5 @@ def test_a_store_without_dimension_names_still_reads_and_scores(store_copy):
     group = open_store(store_copy).group("test")
     before = group.read_chunk(0, ("rmm", "channel"))
     group.create_column("score/ae", np.float32)
-    group.write_chunk("score/ae", 0, np.zeros(group.chunk_slice(0).stop, np.float32))
+    group.write_chunks("score/ae", range(group.n_chunks), np.zeros(group.n_events, np.float32))
     assert group.read_chunk(0, ("score/ae",))["score/ae"].shape == before["channel"].shape

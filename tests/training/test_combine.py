@@ -27,8 +27,7 @@ def _write_scores(cfg, model: str, seed: int, fingerprint: str) -> None:
             values[-5:] = 50.0 + 10.0 * np.arange(5)
         if name.startswith("signal/"):
             values[-1] = 1e4  # 1 - F underflows: the combination must stay finite
-        for i in range(g.n_chunks):
-            g.write_chunk(f"score/{model}", i, values[g.chunk_slice(i)])
+        g.write_chunks(f"score/{model}", range(g.n_chunks), values)
         g.set_column_attrs(f"score/{model}", {"stage": {"fingerprint": fingerprint}, "complete": True})
 
 

@@ -26,6 +26,19 @@ from megaset.training.trainer import train
 CHANNELS = ["zeejets", "zmmjets", "ttbar", "c1n2_wz_800_50"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def two_chunks_per_score_chunk():
+    """Score columns made here hold two of the store's 128-event chunks in each of theirs (the
+    last one of a group may hold one), as small stores' score columns hold several: the runs,
+    resumes and retries below then meet chunks of both kinds. The scoring reads the span from
+    the columns it writes, so setting it where they are created (here) is enough."""
+    import megaset.storage.store as store_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "ADDED_CHUNK_EVENTS", 256)
+        yield
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Config:
     """Simulated ntuples, ingested and mixed into a store of 128-event chunks; a tiny model."""
@@ -103,13 +116,17 @@ def _loads() -> int:
 def test_chunk_runs_cover_every_chunk_once_largest_first(trained, cluster_client):
     from megaset.training.score import chunk_runs
 
+    score(trained, None, model="ae-runs", checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
     store = open_store(trained.store.url)
     groups = [store.group(name) for name in store.group_names()]
+    assert {g.column_span("score/ae-runs") for g in groups} == {2}
     for client in (cluster_client, None):
-        runs = chunk_runs(groups, client)
+        runs = chunk_runs(groups, client, "score/ae-runs")
         covered = sorted((g.name, i) for g, run in runs for i in run)
         assert covered == sorted((g.name, i) for g in groups for i in range(g.n_chunks))
         assert all(list(run) == list(range(run[0], run[-1] + 1)) for _, run in runs)
+        # Whole chunks of the column the task writes: two of the group's, the last maybe one.
+        assert all(run[0] % 2 == 0 and (len(run) % 2 == 0 or run[-1] == g.n_chunks - 1) for g, run in runs)
         events = [g.chunk_slice(run[-1]).stop - g.chunk_slice(run[0]).start for g, run in runs]
         # Dask starts them in this order: the short runs fill in at the end.
         assert events == sorted(events, reverse=True) and len(set(events)) > 1
@@ -121,16 +138,20 @@ def test_rerun_after_a_partial_scoring_skips_finished_chunks(trained):
     before = {g: _column(trained, g, "score/ae-rerun") for g in ("test", "train", "signal/c1n2_wz_800_50")}
     store = open_store(trained.store.url)
     test, train, signal = (store.group(g) for g in ("test", "train", "signal/c1n2_wz_800_50"))
-    # Remove the stored chunks (the "done" markers) of one chunk of test, train and the signal.
-    for group, index in ((test, 1), (train, 2), (signal, 0)):
+    # Remove the stored chunks (the "done" markers) of the score column's chunk 0 of the signal
+    # and of test, and 1 of train: the store's chunk 0 (the signal's only one), 0-1 and 2-3.
+    removed = []
+    for group, index in ((signal, 0), (test, 0), (train, 1)):
         Path(f"{trained.store.url}/{group.name}/score/ae-rerun/c/{index}").unlink()
-        assert not group.chunk_written("score/ae-rerun", index)
+        chunks = range(2 * index, min(2 * index + 2, group.n_chunks))
+        assert not any(group.chunk_written("score/ae-rerun", i) for i in chunks)
+        removed += [(group, i) for i in chunks]
+    assert train.chunk_written("score/ae-rerun", 1) and train.chunk_written("score/ae-rerun", 4)
     seen = []
     again = score(trained, None, model="ae-rerun", checkpoint=f"{trained.training.output}/ae-shallow/best.pt",
                   progress=lambda done, total: seen.append((done, total)))
-    assert again["resumed"] == first["chunks"] - 3 and again["rescored"] == []
-    redone = sum(g.chunk_slice(i).stop - g.chunk_slice(i).start for g, i in ((test, 1), (train, 2), (signal, 0)))
-    assert again["events_scored"] == redone
+    assert again["resumed"] == first["chunks"] - len(removed) and again["rescored"] == []
+    assert again["events_scored"] == sum(g.chunk_slice(i).stop - g.chunk_slice(i).start for g, i in removed)
     assert seen[0] == (0, first["chunks"]) and seen[-1] == (first["chunks"], first["chunks"])
     for g, values in before.items():
         np.testing.assert_array_equal(_column(trained, g, "score/ae-rerun"), values)
@@ -149,17 +170,18 @@ def test_a_new_checkpoint_rescores_every_chunk(trained, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_chunk_is_redone_and_written_once(trained, tmp_path):
-    """The worker scoring test chunk 1 is killed by pid with the chunk's per-block errors
-    written but not its total (the done mark): the chunk is scored again, every event once."""
+    """The worker scoring train chunks 2-3 (the score columns' chunk 1) is killed by pid with
+    their per-block errors written but not their total (the done mark): they are scored again,
+    every event once."""
     from distributed import Client, LocalCluster
     from faults import worker_killed_at
 
-    def finishing_test_chunk_1(group, name, index, values) -> bool:
-        return group.name == "test" and index == 1 and name == "score/ae-killed"
+    def finishing_train_chunks_2_3(group, name, indices, values) -> bool:
+        return group.name == "train" and indices == range(2, 4) and name == "score/ae-killed"
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client, \
-            worker_killed_at(client, "megaset.storage.store:StoreGroup.write_chunk", finishing_test_chunk_1,
+            worker_killed_at(client, "megaset.storage.store:StoreGroup.write_chunks", finishing_train_chunks_2_3,
                              tmp_path / "killed"):
         summary = score(trained, client, model="ae-killed",
                         checkpoint=f"{trained.training.output}/ae-shallow/best.pt")
