@@ -93,7 +93,12 @@ def map_chunks(
     # A fresh token per run: a rerun must not pick up results the scheduler still holds.
     token = uuid.uuid4().hex[:12]
     prefix = stage.split()[-1]
-    keys = [f"{prefix}-{name.replace('/', ':')}-{token}" for name in names]
+    # One Dask task group for the whole map (its name is the key up to the first '-'): the
+    # scheduler then queues the tasks and starts them in the order given, as workers free up.
+    # With a group per store group ("score-train-0..15" and "score-val-0..15" are two), the
+    # smaller groups' tasks went to the workers at once, and a worker that finished early
+    # waited while the other still held a queue of them.
+    keys = [f"{prefix}-{name.replace('/', ':').replace('-', ':')}-{token}" for name in names]
     # The shared arguments travel bound to the function: Dask makes a keyword argument of more than
     # 100 kB (a combination's quantile tables) a data node keyed by the argument's name alone, which
     # its scheduler fails on (an unprioritised task) and which a second map would collide with.

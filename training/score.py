@@ -307,7 +307,7 @@ def chunk_runs(groups: list[StoreGroup], client: Client | None, column: str) -> 
     runs = []
     for g in groups:
         span = g.column_span(column)
-        step = -(-per // span) * span
+        step = max(1, round(per / span)) * span
         runs += [(g, range(first, min(first + step, g.n_chunks))) for first in range(0, g.n_chunks, step)]
     return sorted(runs, key=lambda task: -_events(*task))
 

@@ -28,6 +28,26 @@ def _lookup(x: int, *, table: dict[str, list[float]]) -> float:
     return table["values"][x]
 
 
+def _started(x: int, *, seconds: float) -> tuple[int, float]:
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return x, start
+
+
+def test_tasks_start_in_the_order_given_whatever_their_names(cluster_client):
+    """Six runs of train, then one or two of three small groups: the runs start in that order
+    as the two workers free up (scoring hands its runs over largest first). When each store
+    group made its own Dask task group, the small groups' tasks went to the workers at once and
+    started before most of train's."""
+    names = [f"train-{i}..{i}" for i in range(6)] + ["val-0..0", "val-1..1", "test-0..0", "signal/x-0..0"]
+    out = map_chunks(cluster_client, _started, list(range(len(names))), names=names, stage="megaset test",
+                     retries=0, seconds=0.3)
+    order = [x for x, _ in sorted(out, key=lambda result: result[1])]
+    assert set(order[:6]) == set(range(6)), order
+
+
 def test_a_large_keyword_argument_reaches_every_task(cluster_client):
     """A shared argument of more than 100 kB (a combination's quantile tables): every task gets
     it, in two maps in a row (Dask alone would make it one data node named after the argument,
