@@ -1,13 +1,13 @@
 """The signal zoo against every model family and selection: AUC, E100 and E1000.
 
 Simulates the demo's backgrounds with the zoo's signals, runs the thesis' 2-lepton selection
-and, from the same configuration (``searches``), the soft-dilepton and the same-sign presets
-each with the default combination ``ae-svdd`` (its
-members ``ae-shallow`` and ``deep-svdd`` trained by the run), trains the other ``--models`` on
-each store and writes each store's report, then prints one table: selection, model, signal,
-the signal's efficiency through the selection, AUC, E100 and E1000 (marked where the cut keeps
-fewer than ``report.min_background_events`` background MC events), and the issue's targets per
-signal, judged on the first of ``--models``.
+and, from the same configuration (``searches``), the soft-dilepton and the same-sign presets,
+each with the default combination ``ae-svdd`` (its members ``ae-shallow`` and ``deep-svdd``
+trained by the run), trains the other ``--models`` on each store and writes each store's
+report, then prints one table: selection, model, signal, the signal's efficiency through the
+selection, AUC, E100 and E1000 (marked where the cut keeps fewer than
+``report.min_background_events`` background MC events), and the issue's targets per signal,
+judged on the first of ``--models``.
 
     python benchmarks/zoo.py --events 1500000 --signal-events 5000   # E1000 measurable (>= 10 k test background)
     python benchmarks/zoo.py --events 200000 --signal-events 2000    # a quick look

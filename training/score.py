@@ -28,9 +28,8 @@ Exactly once: chunk ``i`` of every score column is written by the task of the ru
 only (runs hold whole chunks of the columns), whole, with the same bytes on every attempt, so a
 task retried after its worker died rewrites its own chunks. The total column is written last,
 chunk by chunk: a chunk whose total is stored is finished, and a retry or a rerun skips it
-(resumable scoring). The
-checkpoint's digest is recorded with the columns; a rerun with another checkpoint (a
-retrained model) starts the columns afresh.
+(resumable scoring). The checkpoint's digest is recorded with the columns; a rerun with another
+checkpoint (a retrained model) starts the columns afresh.
 
 >>> summary = score(cfg, client)                 # doctest: +SKIP
 >>> summary["column"], summary["resumed"]        # doctest: +SKIP
