@@ -148,7 +148,7 @@ def steps_fed(cfg, device, rounds: int) -> dict[str, float]:
     scaling = Scaling.from_scaler(store.scaler, tc.scaling)
     stream = ChunkDataset(group, batch_size=tc.batch_size, seed=tc.seed, scaling=scaling, device=device,
                           read_ahead=tc.loader.read_ahead, threads=tc.loader.threads,
-                          shuffle_chunks=tc.loader.shuffle_chunks)
+                          shuffle_chunks=tc.loader.shuffle_chunks, cache_mib=tc.loader.cache_mib)
     chunks = [c for _, c in group.iter_chunks(("rmm", "weight"))]
     x = torch.from_numpy(np.concatenate([scaling(c["rmm"]) for c in chunks])).to(device)
     w = torch.from_numpy(np.concatenate([c["weight"] for c in chunks]).astype(np.float32)).to(device)

@@ -61,7 +61,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 IGNORED = frozenset({
     "inputs.remote", "store.url", "store.staging_url", "store.staging_compressor", "store.connect_timeout_s",
     "store.lock_lease_s", "training.output",
-    "training.loader.read_ahead", "training.loader.threads", "training.ddp.timeout_s", "training.ddp.backend",
+    "training.loader.read_ahead", "training.loader.threads", "training.loader.cache_mib", "training.ddp.timeout_s",
+    "training.ddp.backend",
     "report.output",
 })
 

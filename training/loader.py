@@ -22,25 +22,30 @@ and ranks can read disjoint chunks in any order:
   skipped for that epoch;
 * a pool of ``threads`` reader threads keeps ``read_ahead`` chunks in flight (threads, not
   forked workers: zarr's async I/O can deadlock in a forked child); each thread decodes its
-  chunk and keeps only the features' non-zero cells
-  (:class:`~megaset.storage.compact.CompactRows`: ~0.1 kB an RMM event instead of ~2.1 kB), in
-  pinned memory for a GPU; one more thread assembles up to ``read_ahead`` batches ahead, so
-  that the consumer (the training step) only takes finished batches;
+  chunk, keeps only the features' non-zero cells
+  (:class:`~megaset.storage.compact.CompactRows`: ~0.1 kB an RMM event instead of ~2.1 kB) and
+  scales them, in pinned memory for a GPU; one more thread assembles up to ``read_ahead``
+  batches ahead, so that the consumer (the training step) only takes finished batches;
+* the pieces read are kept, as those scaled cells, while they fit in ``cache_mib``: later
+  epochs take them from memory, and skip the read, the decoding and the compaction, which
+  cost about as much CPU as a shallow model's training step. The pieces read first stay, so a
+  group larger than the cache still finds the same share of every epoch there;
 * the assembling thread works on ``device``: each chunk's cells are copied there (from pinned
   memory, without blocking, on a CUDA stream of the loader's own so that the copies overlap the
-  training step), scattered into a zeroed window buffer there (densified), scaled there in
-  place, and the batches are gathered there: the host only decodes and compacts. On the CPU the
-  same code runs; the dense rows it rebuilds are the decoded rows' very bits, so the batches are
-  those of scaling and gathering the dense rows in numpy, bit for bit.
+  training step), scattered into a window buffer there whose other cells hold the scaled zero
+  (densified), and the batches are gathered there: the host only decodes, compacts and scales
+  the non-zero cells. Each cell goes through the same float32 subtraction and multiplication
+  as in :class:`~megaset.training.scaling.Scaling`, so the batches are those of scaling and
+  gathering the dense rows in numpy, bit for bit.
 
-Memory is bounded by these settings, whatever the size of the store: the chunks in flight, one
-window's chunks and the buffer they are gathered in (reused from window to window, on the
-device), the batches ready or kept by the consumer, and zarr's decode buffers in each reader
-thread. Peak memory above the process's own, measured on the CPU with the defaults (2 threads,
-2 chunks ahead, 4 shuffled together) before the buffer moved to the device: 286 MiB for a train
-group of 127 k events in chunks of 8192 x 529 float32 (16.6 MiB), 357 MiB for one of 10.4 M
-events in chunks of 16384 (33 MiB); with 1 thread, 1 ahead and no shuffle window, 138 and
-196 MiB, to which a window buffer of one chunk is now added.
+Memory is bounded by these settings, whatever the size of the store: the cache, the chunks in
+flight, one window's chunks and the buffer they are gathered in (reused from window to window,
+on the device), the batches ready or kept by the consumer, and zarr's decode buffers in each
+reader thread. Peak memory above the process's own, measured on the CPU with the defaults (2
+threads, 2 chunks ahead, 4 shuffled together) before the buffer moved to the device and before
+the cache: 286 MiB for a train group of 127 k events in chunks of 8192 x 529 float32 (16.6 MiB),
+357 MiB for one of 10.4 M events in chunks of 16384 (33 MiB); with 1 thread, 1 ahead and no
+shuffle window, 138 and 196 MiB, to which a window buffer of one chunk is now added.
 
 The rank is detected in ``__iter__`` (from ``torch.distributed`` and
 ``torch.utils.data.get_worker_info``), not when the dataset is built. ``state_dict`` records
@@ -64,13 +69,13 @@ from megaset.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from megaset.storage.store import StoreGroup
-    from megaset.training.scaling import DeviceScaling, Scaling
+    from megaset.training.scaling import Scaling
 
 __all__ = ["ChunkDataset", "current_shard"]
 
-#: A chunk as the reader threads hand it over: ``(positions, values, cells per row)`` of its
-#: features' non-zero cells (positions in the window buffer's rows), its weights and its context
-#: column (or ``None``), on the host.
+#: A chunk as the reader threads hand it over: ``(positions, scaled values, cells per row)`` of
+#: its features' non-zero cells (positions in the window buffer's rows), its weights and its
+#: context column (or ``None``), on the host.
 _Chunk = tuple[tuple[torch.Tensor, torch.Tensor, int], torch.Tensor, torch.Tensor | None]
 
 
@@ -104,6 +109,9 @@ class ChunkDataset(IterableDataset):
         Give every shard the same number of batches (training under DDP).
     read_ahead, threads, shuffle_chunks
         Chunks in flight, reader threads, and chunks shuffled together.
+    cache_mib
+        Memory for pieces kept after their first read, as their non-zero cells: later epochs
+        take them from there instead of reading and decoding them again. 0 keeps none.
     column
         The store column read as features (flattened after the event axis): ``rmm``, or a
         jet store's ``image``, ``constituents`` or ``tau``.
@@ -132,11 +140,15 @@ class ChunkDataset(IterableDataset):
         read_ahead: int = 2,
         threads: int = 2,
         shuffle_chunks: int = 4,
+        cache_mib: float = 0.0,
         column: str = "rmm",
         context: str | None = None,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
+        if cache_mib < 0:
+            msg = f"cache_mib ({cache_mib}) must not be negative; 0 keeps no piece in memory"
+            raise ConfigError(msg)
         if min(batch_size, read_ahead, threads, shuffle_chunks) < 1:
             msg = (
                 f"batch_size ({batch_size}), read_ahead ({read_ahead}), threads ({threads}) and "
@@ -152,6 +164,11 @@ class ChunkDataset(IterableDataset):
         self.read_ahead = read_ahead
         self.threads = threads
         self.shuffle_chunks = shuffle_chunks if shuffle else 1
+        self.cache_bytes = int(cache_mib * 2**20)
+        # Pieces by (chunk, first row, rows), as _read gives them; filled by _windows' consumer
+        # thread alone, so no lock.
+        self._cache: dict[tuple[int, int, int], _Chunk] = {}
+        self._cached_bytes = 0
         self.column, self.context = column, context
         self.device = torch.device(device)
         self.chunk_sizes = np.array(
@@ -291,22 +308,33 @@ class ChunkDataset(IterableDataset):
         """
         order = [int(c) for window in windows for c in window]
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="megaset-read")
-        pending: collections.deque[Future] = collections.deque()
+        pending: collections.deque[tuple[tuple[int, int, int], Future]] = collections.deque()
         x_buffer: torch.Tensor | None = None
         w_buffer: torch.Tensor | None = None
-        scale = self.scaling.on(self.device) if self.scaling is not None else None
+        blank: torch.Tensor | None = None
+
+        def submit(piece: int) -> None:
+            key = (int(self._piece_chunk[piece]), int(self._piece_start[piece]), int(self._piece_sizes[piece]))
+            future: Future = Future()
+            if key in self._cache:
+                future.set_result(self._cache[key])
+            else:
+                future = pool.submit(self._read, piece)
+            pending.append((key, future))
 
         def take() -> _Chunk:
             nonlocal submitted
-            part = pending.popleft().result()
+            key, future = pending.popleft()
+            part = future.result()
+            self._keep(key, part)
             if submitted < len(order):
-                pending.append(pool.submit(self._read, order[submitted]))
+                submit(order[submitted])
                 submitted += 1
             return part
 
         try:
             for c in order[: self.read_ahead]:
-                pending.append(pool.submit(self._read, c))
+                submit(c)
             submitted = len(pending)
             for window in windows:
                 n, at = int(self._piece_sizes[window].sum()), 0
@@ -314,11 +342,11 @@ class ChunkDataset(IterableDataset):
                     part = take()
                     if x_buffer is None:
                         rows = self.shuffle_chunks * int(self._piece_sizes.max())
-                        width = part[0][2] + (part[2] is not None)
-                        x_buffer = torch.empty((rows, width), dtype=torch.float32, device=self.device)
+                        blank = self._blank_row(part[0][2], part[2] is not None)
+                        x_buffer = torch.empty((rows, len(blank)), dtype=torch.float32, device=self.device)
                         w_buffer = torch.empty(rows, dtype=torch.float32, device=self.device)
-                    assert x_buffer is not None and w_buffer is not None  # allocated by the first chunk
-                    at = self._place(part, x_buffer, w_buffer, at, scale)
+                    assert x_buffer is not None and w_buffer is not None and blank is not None  # from the first chunk
+                    at = self._place(part, x_buffer, w_buffer, at, blank)
                     del part
                 if self.shuffle:
                     rows = np.random.default_rng((self.seed, self.epoch, int(window[0]))).permutation(n)
@@ -329,25 +357,41 @@ class ChunkDataset(IterableDataset):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _place(self, part: _Chunk, x: torch.Tensor, w: torch.Tensor, at: int, scale: DeviceScaling | None) -> int:
-        """Densify one chunk's cells into the window buffers at row ``at`` and scale them there;
-        the row after them."""
-        (positions, values, width), weight, context = part
+    def _keep(self, key: tuple[int, int, int], part: _Chunk) -> None:
+        """Keep a piece read from the store for later epochs, while the cache has room: the
+        pieces first read stay, so that an epoch larger than the cache still finds the same
+        share of its pieces there (evicting the oldest would miss every one of them)."""
+        if key in self._cache:
+            return
+        (positions, values, _), weight, context = part
+        size = sum(t.nbytes for t in (positions, values, weight, *((context,) if context is not None else ())))
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[key] = part
+            self._cached_bytes += size
+
+    def _blank_row(self, n_cells: int, context: bool) -> torch.Tensor:
+        """A row of scaled zero cells (and a 0 for the context), on the device: what the cells
+        absent from a chunk's compact form stand for."""
+        zero = np.zeros(n_cells, dtype=np.float32)
+        row = zero if self.scaling is None else self.scaling.cells(zero, np.arange(n_cells))
+        return torch.from_numpy(np.append(row, np.float32(0))[: n_cells + context]).to(self.device)
+
+    def _place(self, part: _Chunk, x: torch.Tensor, w: torch.Tensor, at: int, blank: torch.Tensor) -> int:
+        """Densify one chunk's scaled cells into the window buffers at row ``at`` (the others
+        take ``blank``'s values); the row after them."""
+        (positions, values, _), weight, context = part
         stop = at + len(weight)
         rows = x[at:stop]  # whole rows of the buffer: contiguous
-        rows.zero_()
+        rows.copy_(blank.expand_as(rows))
         rows.view(-1).index_copy_(0, positions.to(self.device, non_blocking=True).long(),
                                   values.to(self.device, non_blocking=True))
-        features = rows[:, :width]
-        if scale is not None:
-            scale(features)
         if context is not None:
             x[at:stop, -1].copy_(context, non_blocking=True)
         w[at:stop].copy_(weight, non_blocking=True)
         return stop
 
     def _read(self, piece: int) -> _Chunk:
-        """One piece's features as ``(positions, values, cells per row)`` of its non-zero cells,
+        """One piece's features as ``(positions, scaled values, cells per row)`` of its non-zero cells,
         its weights and context, as host tensors (pinned for a GPU, so that their copy to it
         does not block). The positions are those of the window buffer's rows, one cell wider
         than the features when the context column follows them."""
@@ -358,9 +402,11 @@ class ChunkDataset(IterableDataset):
         rows = slice(start, start + int(self._piece_sizes[piece]))
         cells = data[self.column].rows(rows.start, rows.stop)
         n_cells = cells.shape[1]
+        values = cells.values.astype(np.float32, copy=False)
+        if self.scaling is not None:
+            values = self.scaling.cells(values, cells.positions % n_cells)
         positions = cells.positions + (cells.positions // n_cells) * np.int32(self.context is not None)
-        arrays = [positions, cells.values.astype(np.float32, copy=False),
-                  np.asarray(data["weight"][rows], dtype=np.float32)]
+        arrays = [positions, values, np.asarray(data["weight"][rows], dtype=np.float32)]
         if self.context:
             arrays.append(np.asarray(data[self.context][rows], dtype=np.float32))
         # A read-only array (a memory-mapped chunk) is copied rather than shared.

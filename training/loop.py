@@ -199,7 +199,7 @@ def datasets(store: Any, tc: TrainingConfig, column: str, scaling: Scaling,
     read once in order, as for evaluation) and the val loader of ``tc``, handing their batches
     over on ``device``."""
     loader = {"read_ahead": tc.loader.read_ahead, "threads": tc.loader.threads,
-              "shuffle_chunks": tc.loader.shuffle_chunks, "column": column,
+              "shuffle_chunks": tc.loader.shuffle_chunks, "cache_mib": tc.loader.cache_mib, "column": column,
               "context": tc.adversary.column if tc.adversary else None, "device": device}
     train_data = ChunkDataset(store.group("train"), batch_size=tc.batch_size, scaling=scaling, seed=tc.seed,
                               shuffle=shuffle, equal_batches=shuffle, **loader)

@@ -161,6 +161,51 @@ def test_resume_mid_epoch_continues_exactly_without_rereading(train):
     assert resumed.epoch == 3
 
 
+def _equal(batches, others) -> bool:
+    pairs = zip(batches, others, strict=True)
+    return all(torch.equal(x, x2) and torch.equal(w, w2) for (x, w), (x2, w2) in pairs)
+
+
+def test_later_epochs_take_the_cached_pieces_and_yield_the_same_batches(train):
+    group, _, chunks, _ = train
+    # Standard scaling maps an absent (zero) cell to a value of its own, which the cached and
+    # densified rows must hold as the dense rows scaled in numpy do.
+    scaling = Scaling.from_scaler(open_store(group.url).scaler, "standard")
+    options = {"batch_size": 40, "scaling": scaling, "seed": 6, "shuffle_chunks": 3}
+    rec = Recording(group)
+    cached = ChunkDataset(rec, **options, cache_mib=16)
+    first = list(cached)
+    assert sorted(rec.reads) == list(range(12))
+    expected = np.concatenate([scaling(c["rmm"]) for c in chunks])
+    np.testing.assert_array_equal(_sorted(_rows(first)), _sorted(expected))
+    for epoch in (1, 2):
+        plain = ChunkDataset(group, **options)
+        plain.set_epoch(epoch)
+        assert _equal(list(cached), list(plain))
+    assert sorted(rec.reads) == list(range(12))  # epochs 1 and 2 read nothing
+
+
+def test_a_cache_smaller_than_the_group_keeps_the_pieces_first_read(train):
+    group, scaling, _, _ = train
+    probe = ChunkDataset(group, batch_size=64, scaling=scaling, cache_mib=16, shuffle=False)
+    list(probe)
+    options = {"batch_size": 64, "scaling": scaling, "seed": 2, "shuffle_chunks": 2}
+    rec = Recording(group)
+    first = ChunkDataset(group, **options).assignment(1)[0][:4].tolist()  # the first pieces read
+    room = sum(t.nbytes for c in first for t in (*probe._cache[c, 0, 64][0][:2], probe._cache[c, 0, 64][1]))
+    ds = ChunkDataset(rec, **options, cache_mib=room / 2**20)
+    list(ds)
+    assert sorted(ds._cache) == sorted((c, 0, 64) for c in first)
+    assert ds._cached_bytes <= ds.cache_bytes
+    del rec.reads[:]
+    plain = ChunkDataset(group, **options)
+    plain.set_epoch(1)
+    assert _equal(list(ds), list(plain))
+    assert sorted(rec.reads) == sorted(set(range(12)) - set(first))
+    with pytest.raises(ConfigError, match=r"cache_mib \(-1\) must not be negative"):
+        ChunkDataset(group, batch_size=64, cache_mib=-1)
+
+
 def test_load_state_dict_says_what_it_found(train):
     group, _, _, _ = train
     state = ChunkDataset(group, batch_size=32, seed=1).state_dict()

@@ -48,3 +48,10 @@ def test_scaling_a_tensor_in_place_gives_the_numpy_bits(kind):
     out = scaling.on("cpu")(x)
     assert out.data_ptr() == x.data_ptr()
     np.testing.assert_array_equal(out.numpy(), scaling(np.asarray(X, dtype=np.float32)))
+
+
+@pytest.mark.parametrize("kind", ["minmax", "standard"])
+def test_scaling_single_cells_gives_the_bits_of_their_scaled_rows(kind):
+    scaling = Scaling.from_scaler(SCALER, kind)
+    rows, columns = np.nonzero(X)
+    np.testing.assert_array_equal(scaling.cells(X[rows, columns], columns), scaling(X)[rows, columns])

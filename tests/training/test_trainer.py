@@ -122,6 +122,16 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_store, tmp_path):
     assert load_checkpoint(summary["checkpoints"]["last"])["progress"]["epoch"] == 3
 
 
+def test_training_from_the_loaders_cache_ends_as_training_from_the_store(tiny_store, tmp_path):
+    settings = {"model": "ae-shallow", "epochs": 3, "learning_rate": 1e-2}
+    cached = train(_config(tiny_store, tmp_path / "cached", **settings))
+    read = train(_config(tiny_store, tmp_path / "read", **settings, loader={"cache_mib": 0}))
+    assert [h["val_loss"] for h in cached["history"]] == [h["val_loss"] for h in read["history"]]
+    a = load_checkpoint(cached["checkpoints"]["last"])["state"]
+    b = load_checkpoint(read["checkpoints"]["last"])["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_store, tmp_path):
     train(_config(tiny_store, tmp_path, model="ae-shallow", epochs=1, learning_rate=1e-2))
     changed = _config(tiny_store, tmp_path, model="ae-shallow", epochs=2, learning_rate=2e-2)
