@@ -9,7 +9,7 @@ from recording import Recording
 
 from megaset.errors import CheckpointError, ConfigError
 from megaset.storage.store import open_store
-from megaset.training.loader import ChunkDataset
+from megaset.training.loader import ChunkDataset, _in_background
 from megaset.training.scaling import Scaling
 
 
@@ -122,20 +122,50 @@ class _Failing(Recording):
         return super().read_chunk(i, columns, compact)
 
 
-def test_batches_are_assembled_ahead_in_a_thread_that_ends_with_the_consumer(train):
+def _threads() -> set[str]:
+    return {t.name for t in threading.enumerate()}
+
+
+def test_on_the_cpu_the_consumer_assembles_and_a_stop_ends_the_readers(train):
     group, scaling, _, _ = train
     ds = ChunkDataset(group, batch_size=16, scaling=scaling, read_ahead=2, shuffle_chunks=2)
     it = ds.iter_shard(0, 1)
     next(it)
-    assert "megaset-batches" in {t.name for t in threading.enumerate()}
+    assert "megaset-batches" not in _threads()  # no thread competes with torch's for the cores
+    assert any(t.startswith("megaset-read") for t in _threads())
     it.close()
-    assert "megaset-batches" not in {t.name for t in threading.enumerate()}
-    assert ds.state_dict()["position"] == 1  # batches made ahead are not counted as taken
+    assert not any(t.startswith("megaset-read") for t in _threads())
+    assert ds.state_dict()["position"] == 1
 
     failing = ChunkDataset(_Failing(group), batch_size=16, scaling=scaling, shuffle=False)
     with pytest.raises(OSError, match="chunk 5 of group 'train' cannot be read"):
         list(failing)
-    assert "megaset-batches" not in {t.name for t in threading.enumerate()}
+    assert not any(t.startswith("megaset-read") for t in _threads())
+
+
+def test_batches_made_ahead_in_a_thread_end_with_the_consumer_and_raise_in_it():
+    made = []
+
+    def items():
+        for i in range(10):
+            made.append(i)
+            yield i
+
+    it = _in_background(items(), depth=2)
+    assert next(it) == 0
+    assert "megaset-batches" in _threads()
+    it.close()
+    assert "megaset-batches" not in _threads()
+    assert len(made) <= 4  # the one taken, two queued, one waiting to be queued
+
+    def failing():
+        yield 1
+        msg = "chunk 5 of group 'train' cannot be read"
+        raise OSError(msg)
+
+    with pytest.raises(OSError, match="chunk 5 of group 'train' cannot be read"):
+        list(_in_background(failing(), depth=2))
+    assert "megaset-batches" not in _threads()
 
 
 def test_resume_mid_epoch_continues_exactly_without_rereading(train):
