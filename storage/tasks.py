@@ -138,9 +138,11 @@ def map_chunks(
     return results
 
 
-#: Seconds between looks at the results while none is ready, and between asking the scheduler
-#: whether the workers are paused.
-_POLL_S = 0.1
+#: Seconds between looks at the results while none is ready. A look asks a local queue, not the
+#: scheduler; at 0.1 s the driver noticed the first and the last results up to 0.1 s late (a map
+#: of eight 50 ms tasks on 2 workers: 0.30 s, against 0.25 s at 0.01 s).
+_POLL_S = 0.01
+#: Seconds between asking the scheduler whether the workers are paused.
 _CHECK_S = 2.0
 #: Seconds every worker able to run the tasks may stay paused before the map stops.
 _PAUSED_S = 60.0
