@@ -34,20 +34,21 @@ and ranks can read disjoint chunks in any order:
   group larger than the cache still finds the same share of every epoch there;
 * the assembling works on ``device``: each chunk's cells are copied there (from pinned
   memory, without blocking, on a CUDA stream of the loader's own so that the copies overlap the
-  training step), scattered into a window buffer there whose other cells hold the scaled zero
-  (densified), and the batches are gathered there: the host only decodes, compacts and scales
-  the non-zero cells. Each cell goes through the same float32 subtraction and multiplication
-  as in :class:`~megaset.training.scaling.Scaling`, so the batches are those of scaling and
-  gathering the dense rows in numpy, bit for bit.
+  training step) and a window stays in that compact form; each batch is made dense there,
+  straight from the cells of its rows (the other cells hold the scaled zero): the host only
+  decodes, compacts and scales the non-zero cells, and finds where each batch's cells go. Each
+  cell goes through the same float32 subtraction and multiplication as in
+  :class:`~megaset.training.scaling.Scaling`, so the batches are those of scaling and gathering
+  the dense rows in numpy, bit for bit.
 
 Memory is bounded by these settings, whatever the size of the store: the cache, the chunks in
-flight, one window's chunks and the buffer they are gathered in (reused from window to window,
-on the device), the batches ready or kept by the consumer, and zarr's decode buffers in each
-reader thread. Peak memory above the process's own, measured on the CPU with the defaults (2
-threads, 2 chunks ahead, 4 shuffled together) before the buffer moved to the device and before
-the cache: 286 MiB for a train group of 127 k events in chunks of 8192 x 529 float32 (16.6 MiB),
-357 MiB for one of 10.4 M events in chunks of 16384 (33 MiB); with 1 thread, 1 ahead and no
-shuffle window, 138 and 196 MiB, to which a window buffer of one chunk is now added.
+flight, one window's cells (about 0.1 kB an RMM event), the batches ready or kept by the
+consumer, and zarr's decode buffers in each reader thread. Peak memory above the process's own,
+measured on the CPU with the defaults (2 threads, 2 chunks ahead, 4 shuffled together) when a
+window was a dense buffer and before the cache: 286 MiB for a train group of 127 k events in
+chunks of 8192 x 529 float32 (16.6 MiB), 357 MiB for one of 10.4 M events in chunks of 16384
+(33 MiB); with 1 thread, 1 ahead and no shuffle window, 138 and 196 MiB. The dense window
+buffer of four chunks (138 MB at 16384) is gone since.
 
 The rank is detected in ``__iter__`` (from ``torch.distributed`` and
 ``torch.utils.data.get_worker_info``), not when the dataset is built. ``state_dict`` records
@@ -279,13 +280,13 @@ class ChunkDataset(IterableDataset):
         b = self.batch_size
         made = 0
         rest: tuple[torch.Tensor, torch.Tensor] | None = None
-        for x, w, order in self._windows(windows):
+        for window, order in self._windows(windows):
             order, skip = order[skip:], 0
             start = 0
             if rest is not None:
-                take = order[: b - len(rest[1])]
-                start = len(take)
-                rest = (torch.cat([rest[0], x.index_select(0, take)]), torch.cat([rest[1], w.index_select(0, take)]))
+                x, w = window.rows(order[: b - len(rest[1])])
+                start = len(w)
+                rest = (torch.cat([rest[0], x]), torch.cat([rest[1], w]))
                 if len(rest[1]) < b:
                     continue
                 made += 1
@@ -295,29 +296,25 @@ class ChunkDataset(IterableDataset):
                 idx = order[start : start + b]
                 start += b
                 made += 1
-                # A gathered copy: the window's buffer is reused for the next window.
-                yield x.index_select(0, idx), w.index_select(0, idx)
+                yield window.rows(idx)
             if made == n_batches:
                 return
             if start < len(order):
-                rest = (x.index_select(0, order[start:]), w.index_select(0, order[start:]))
+                rest = window.rows(order[start:])
         if rest is not None and made < n_batches:
             yield rest
 
-    def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Each window's scaled rows, weights and (shuffled) row order on the device, its pieces
-        read ahead by the thread pool.
+    def _windows(self, windows: list[np.ndarray]) -> Iterator[tuple[_Window, np.ndarray]]:
+        """Each window's cells on the device and its (shuffled) row order, its pieces read ahead
+        by the thread pool.
 
-        The chunks of a window are copied into one buffer reused from window to window, each as
-        soon as it is read, so that a window holds its chunks once (a fresh window-sized array
-        on the host would be a new memory mapping, whose pages cost more to fault in than the
-        data to copy; on a GPU, an allocation per window); each is scaled there in place.
+        A window stays in the compact form of its pieces: only the rows of a batch are made
+        dense, once each, straight into the batch (a dense window buffer was 138 MB for four
+        chunks of 16,384 events, and every row crossed memory three times instead of once).
         """
         order = [int(c) for window in windows for c in window]
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="megaset-read")
         pending: collections.deque[tuple[tuple[int, int, int], Future]] = collections.deque()
-        x_buffer: torch.Tensor | None = None
-        w_buffer: torch.Tensor | None = None
         blank: torch.Tensor | None = None
 
         def submit(piece: int) -> None:
@@ -344,23 +341,17 @@ class ChunkDataset(IterableDataset):
                 submit(c)
             submitted = len(pending)
             for window in windows:
-                n, at = int(self._piece_sizes[window].sum()), 0
-                for _ in window:
-                    part = take()
-                    if x_buffer is None:
-                        rows = self.shuffle_chunks * int(self._piece_sizes.max())
-                        blank = self._blank_row(part[0][2], part[2] is not None)
-                        x_buffer = torch.empty((rows, len(blank)), dtype=torch.float32, device=self.device)
-                        w_buffer = torch.empty(rows, dtype=torch.float32, device=self.device)
-                    assert x_buffer is not None and w_buffer is not None and blank is not None  # from the first chunk
-                    at = self._place(part, x_buffer, w_buffer, at, blank)
-                    del part
+                parts = [take() for _ in window]
+                if blank is None:
+                    blank = self._blank_row(parts[0][0][2], parts[0][2] is not None)
+                cells = _Window(parts, blank, self.device)
+                n = len(cells.weight)
                 if self.shuffle:
                     rows = np.random.default_rng((self.seed, self.epoch, int(window[0]))).permutation(n)
                 else:
                     rows = np.arange(n)
-                assert x_buffer is not None and w_buffer is not None
-                yield x_buffer[:n], w_buffer[:n], torch.from_numpy(rows).to(self.device, non_blocking=True)
+                del parts
+                yield cells, rows
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -382,20 +373,6 @@ class ChunkDataset(IterableDataset):
         zero = np.zeros(n_cells, dtype=np.float32)
         row = zero if self.scaling is None else self.scaling.cells(zero, np.arange(n_cells))
         return torch.from_numpy(np.append(row, np.float32(0))[: n_cells + context]).to(self.device)
-
-    def _place(self, part: _Chunk, x: torch.Tensor, w: torch.Tensor, at: int, blank: torch.Tensor) -> int:
-        """Densify one chunk's scaled cells into the window buffers at row ``at`` (the others
-        take ``blank``'s values); the row after them."""
-        (positions, values, _), weight, context = part
-        stop = at + len(weight)
-        rows = x[at:stop]  # whole rows of the buffer: contiguous
-        rows.copy_(blank.expand_as(rows))
-        rows.view(-1).index_copy_(0, positions.to(self.device, non_blocking=True).long(),
-                                  values.to(self.device, non_blocking=True))
-        if context is not None:
-            x[at:stop, -1].copy_(context, non_blocking=True)
-        w[at:stop].copy_(weight, non_blocking=True)
-        return stop
 
     def _read(self, piece: int) -> _Chunk:
         """One piece's features as ``(positions, scaled values, cells per row)`` of its non-zero cells,
@@ -455,6 +432,56 @@ class ChunkDataset(IterableDataset):
                 raise CheckpointError(msg)
         self.epoch, self._position = state["epoch"], state["position"]
         self._n_shards = state["n_shards"] if state["position"] else None
+
+
+class _Window:
+    """The rows of a window's pieces as their scaled non-zero cells on the device, with where
+    each row's cells start and their columns on the host; :meth:`rows` makes the rows of a batch
+    dense."""
+
+    def __init__(self, parts: list[_Chunk], blank: torch.Tensor, device: torch.device):
+        width = len(blank)
+        flat, at = [], 0
+        for (positions, _, _), weight, _ in parts:
+            flat.append(positions.numpy().astype(np.int64) + at * width)
+            at += len(weight)
+        cells = np.concatenate(flat)
+        row = cells // width
+        self.columns = cells - row * width
+        self.starts = np.zeros(at + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=at), out=self.starts[1:])
+        self.blank, self.device = blank, device
+        self.values = self._joined([values for (_, values, _), _, _ in parts])
+        self.weight = self._joined([weight for _, weight, _ in parts])
+        self.context = self._joined([c for _, _, c in parts]) if parts[0][2] is not None else None
+
+    def _joined(self, tensors: list) -> torch.Tensor:
+        # Each piece copied on its own: pinned host memory goes to a GPU without blocking.
+        return torch.cat([t.to(self.device, non_blocking=True) for t in tensors])
+
+    def _there(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+    def rows(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``idx`` of the window, dense and in that order: ``(x [len(idx), width], weight)``.
+
+        Which cells go where is found on the host, in numpy (torch's ``repeat_interleave`` took
+        8x numpy's ``repeat`` on the CPU); the cells are gathered and placed on the device.
+        """
+        first, counts = self.starts[idx], self.starts[idx + 1] - self.starts[idx]
+        ends = np.cumsum(counts)
+        # Cell j of the batch is cell (j - the batch's cells before its row) of its row's cells.
+        cells = np.arange(ends[-1] if len(ends) else 0) + np.repeat(first - (ends - counts), counts)
+        width = len(self.blank)
+        to = np.repeat(np.arange(len(idx), dtype=np.int64) * width, counts) + self.columns[cells]
+        # Always a copy (contiguous() would hand back the blank row itself for one row), and
+        # 8x faster than repeat.
+        x = self.blank.expand(len(idx), width).clone(memory_format=torch.contiguous_format)
+        x.view(-1).index_copy_(0, self._there(to), self.values.index_select(0, self._there(cells)))
+        rows = self._there(idx)
+        if self.context is not None:
+            x[:, -1] = self.context.index_select(0, rows)
+        return x, self.weight.index_select(0, rows)
 
 
 def _whole_chunks(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
