@@ -77,8 +77,8 @@ if TYPE_CHECKING:
 __all__ = ["ChunkDataset", "current_shard"]
 
 #: A chunk as the reader threads hand it over: ``(positions, scaled values, cells per row)`` of
-#: its features' non-zero cells (positions in the window buffer's rows), its weights and its
-#: context column (or ``None``), on the host.
+#: its features' non-zero cells (positions in the piece's rows as the batches hold them), its
+#: weights and its context column (or ``None``), on the host.
 _Chunk = tuple[tuple[torch.Tensor, torch.Tensor, int], torch.Tensor, torch.Tensor | None]
 
 
@@ -377,8 +377,8 @@ class ChunkDataset(IterableDataset):
     def _read(self, piece: int) -> _Chunk:
         """One piece's features as ``(positions, scaled values, cells per row)`` of its non-zero cells,
         its weights and context, as host tensors (pinned for a GPU, so that their copy to it
-        does not block). The positions are those of the window buffer's rows, one cell wider
-        than the features when the context column follows them."""
+        does not block). The positions are those of the piece's rows as the batches hold them,
+        one cell wider than the features when the context column follows them."""
         names = (self.column, "weight", *((self.context,) if self.context else ()))
         # Read as non-zero cells: a store of the CSR form gives them without dense rows.
         data = self.group.read_chunk(int(self._piece_chunk[piece]), columns=names, compact=(self.column,))
