@@ -137,8 +137,7 @@ def steps_fed(cfg, device, rounds: int) -> dict[str, float]:
     import torch
 
     from megaset.storage.store import open_store
-    from megaset.training.loader import ChunkDataset
-    from megaset.training.loop import train_epoch, weight_norm
+    from megaset.training.loop import datasets, train_epoch, weight_norm
     from megaset.training.registry import build_model
     from megaset.training.scaling import Scaling
 
@@ -146,9 +145,7 @@ def steps_fed(cfg, device, rounds: int) -> dict[str, float]:
     store = open_store(cfg.store.url)
     group = store.group("train")
     scaling = Scaling.from_scaler(store.scaler, tc.scaling)
-    stream = ChunkDataset(group, batch_size=tc.batch_size, seed=tc.seed, scaling=scaling, device=device,
-                          read_ahead=tc.loader.read_ahead, threads=tc.loader.threads,
-                          shuffle_chunks=tc.loader.shuffle_chunks, cache_mib=tc.loader.cache_mib)
+    stream = datasets(store, tc, "rmm", scaling, device=device)[0]  # the trainer's loader
     chunks = [c for _, c in group.iter_chunks(("rmm", "weight"))]
     x = torch.from_numpy(np.concatenate([scaling(c["rmm"]) for c in chunks])).to(device)
     w = torch.from_numpy(np.concatenate([c["weight"] for c in chunks]).astype(np.float32)).to(device)

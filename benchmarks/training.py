@@ -155,18 +155,14 @@ def alternate(cfg, torch_threads: int, rounds: int, steps: int | None = None) ->
     import torch
 
     from megaset.storage.store import open_store
-    from megaset.training.loader import ChunkDataset
-    from megaset.training.loop import train_epoch
+    from megaset.training.loop import datasets, train_epoch
     from megaset.training.registry import build_model
     from megaset.training.scaling import Scaling
 
     torch.set_num_threads(torch_threads)
     tc = cfg.training
     store = open_store(cfg.store.url)
-    stream = ChunkDataset(store.group("train"), batch_size=tc.batch_size, seed=tc.seed,
-                          scaling=Scaling.from_scaler(store.scaler, tc.scaling), read_ahead=tc.loader.read_ahead,
-                          threads=tc.loader.threads, shuffle_chunks=tc.loader.shuffle_chunks,
-                          cache_mib=tc.loader.cache_mib)
+    stream = datasets(store, tc, "rmm", Scaling.from_scaler(store.scaler, tc.scaling))[0]  # the trainer's loader
     x, w = (torch.from_numpy(a) for a in _group_arrays(cfg, "train"))
     norm, cpu = _norm(cfg), torch.device("cpu")
     torch.manual_seed(tc.seed)

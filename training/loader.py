@@ -319,8 +319,8 @@ class ChunkDataset(IterableDataset):
 
         def submit(piece: int) -> None:
             key = (int(self._piece_chunk[piece]), int(self._piece_start[piece]), int(self._piece_sizes[piece]))
-            future: Future = Future()
             if key in self._cache:
+                future: Future = Future()
                 future.set_result(self._cache[key])
             else:
                 future = pool.submit(self._read, piece)
