@@ -1019,8 +1019,8 @@ class LoaderConfig(_Section):
     shuffle_chunks: int = Field(4, ge=1, description="Chunks shuffled together in one buffer.")
     cache_mib: float = Field(
         256.0, ge=0, description="Memory per rank, for each of the train and val loaders, for chunks "
-        "kept after their first read, as their scaled non-zero cells (about 0.1 kB an RMM event: "
-        "256 MiB hold some 2.4 M events): later epochs skip reading and decoding them. 0 keeps none.",
+        "kept after their first read, as their scaled non-zero cells (about 90 bytes an RMM event: "
+        "256 MiB hold some 3 M events): later epochs skip reading and decoding them. 0 keeps none.",
     )
 
 

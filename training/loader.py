@@ -62,7 +62,7 @@ import collections
 import contextlib
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -76,10 +76,24 @@ if TYPE_CHECKING:
 
 __all__ = ["ChunkDataset", "current_shard"]
 
-#: A chunk as the reader threads hand it over: ``(positions, scaled values, cells per row)`` of
-#: its features' non-zero cells (positions in the piece's rows as the batches hold them), its
-#: weights and its context column (or ``None``), on the host.
-_Chunk = tuple[tuple[torch.Tensor, torch.Tensor, int], torch.Tensor, torch.Tensor | None]
+class _Piece(NamedTuple):
+    """A piece as the reader threads hand it over, on the host: its features' non-zero cells,
+    row after row (their columns, each row's count, their scaled values), the features' width,
+    its weights and its context column (or ``None``). The values, weights and context are
+    tensors (pinned for a GPU, so that their copy to it does not block); where the cells go is
+    worked out in numpy, on the host."""
+
+    columns: np.ndarray
+    counts: np.ndarray
+    values: torch.Tensor
+    n_cells: int
+    weight: torch.Tensor
+    context: torch.Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.values, self.weight, *((self.context,) if self.context is not None else ()))
+        return self.columns.nbytes + self.counts.nbytes + sum(t.nbytes for t in tensors)
 
 
 def current_shard() -> tuple[int, int]:
@@ -170,7 +184,7 @@ class ChunkDataset(IterableDataset):
         self.cache_bytes = int(cache_mib * 2**20)
         # Pieces by (chunk, first row, rows), as _read gives them; filled by _windows' consumer
         # thread alone, so no lock.
-        self._cache: dict[tuple[int, int, int], _Chunk] = {}
+        self._cache: dict[tuple[int, int, int], _Piece] = {}
         self._cached_bytes = 0
         self.column, self.context = column, context
         self.device = torch.device(device)
@@ -326,7 +340,7 @@ class ChunkDataset(IterableDataset):
                 future = pool.submit(self._read, piece)
             pending.append((key, future))
 
-        def take() -> _Chunk:
+        def take() -> _Piece:
             nonlocal submitted
             key, future = pending.popleft()
             part = future.result()
@@ -343,7 +357,7 @@ class ChunkDataset(IterableDataset):
             for window in windows:
                 parts = [take() for _ in window]
                 if blank is None:
-                    blank = self._blank_row(parts[0][0][2], parts[0][2] is not None)
+                    blank = self._blank_row(parts[0].n_cells, parts[0].context is not None)
                 cells = _Window(parts, blank, self.device)
                 n = len(cells.weight)
                 if self.shuffle:
@@ -355,17 +369,15 @@ class ChunkDataset(IterableDataset):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _keep(self, key: tuple[int, int, int], part: _Chunk) -> None:
+    def _keep(self, key: tuple[int, int, int], part: _Piece) -> None:
         """Keep a piece read from the store for later epochs, while the cache has room: the
         pieces first read stay, so that an epoch larger than the cache still finds the same
         share of its pieces there (evicting the oldest would miss every one of them)."""
         if key in self._cache:
             return
-        (positions, values, _), weight, context = part
-        size = sum(t.nbytes for t in (positions, values, weight, *((context,) if context is not None else ())))
-        if self._cached_bytes + size <= self.cache_bytes:
+        if self._cached_bytes + part.nbytes <= self.cache_bytes:
             self._cache[key] = part
-            self._cached_bytes += size
+            self._cached_bytes += part.nbytes
 
     def _blank_row(self, n_cells: int, context: bool) -> torch.Tensor:
         """A row of scaled zero cells (and a 0 for the context), on the device: what the cells
@@ -374,31 +386,32 @@ class ChunkDataset(IterableDataset):
         row = zero if self.scaling is None else self.scaling.cells(zero, np.arange(n_cells))
         return torch.from_numpy(np.append(row, np.float32(0))[: n_cells + context]).to(self.device)
 
-    def _read(self, piece: int) -> _Chunk:
-        """One piece's features as ``(positions, scaled values, cells per row)`` of its non-zero cells,
-        its weights and context, as host tensors (pinned for a GPU, so that their copy to it
-        does not block). The positions are those of the piece's rows as the batches hold them,
-        one cell wider than the features when the context column follows them."""
+    def _read(self, piece: int) -> _Piece:
+        """One piece's features as their scaled non-zero cells, with its weights and context."""
         names = (self.column, "weight", *((self.context,) if self.context else ()))
         # Read as non-zero cells: a store of the CSR form gives them without dense rows.
         data = self.group.read_chunk(int(self._piece_chunk[piece]), columns=names, compact=(self.column,))
         start = int(self._piece_start[piece])
         rows = slice(start, start + int(self._piece_sizes[piece]))
         cells = data[self.column].rows(rows.start, rows.stop)
-        n_cells = cells.shape[1]
+        n_rows, n_cells = cells.shape
+        row, columns = np.divmod(cells.positions, np.int32(n_cells))
+        # A feature's column fits 16 bits for every form a store holds (the RMM has 529): the
+        # cache then holds a quarter more events.
+        columns = columns.astype(np.int16 if n_cells < 2**15 else np.int32)
         values = cells.values.astype(np.float32, copy=False)
         if self.scaling is not None:
-            values = self.scaling.cells(values, cells.positions % n_cells)
-        positions = cells.positions + (cells.positions // n_cells) * np.int32(self.context is not None)
-        arrays = [positions, values, np.asarray(data["weight"][rows], dtype=np.float32)]
+            values = self.scaling.cells(values, columns)
+        arrays = [values, np.asarray(data["weight"][rows], dtype=np.float32)]
         if self.context:
             arrays.append(np.asarray(data[self.context][rows], dtype=np.float32))
         # A read-only array (a memory-mapped chunk) is copied rather than shared.
         host = [torch.from_numpy(a) if a.flags.writeable else torch.tensor(a) for a in arrays]
         if self.device.type == "cuda":
             host = [t.pin_memory() for t in host]
-        positions_t, values, weight, *context = host
-        return (positions_t, values, n_cells), weight, context[0] if context else None
+        values_t, weight, *context = host
+        counts = np.bincount(row, minlength=n_rows).astype(np.int32)
+        return _Piece(columns, counts, values_t, n_cells, weight, context[0] if context else None)
 
     # ------------------------------------------------------------------ state
 
@@ -439,21 +452,15 @@ class _Window:
     each row's cells start and their columns on the host; :meth:`rows` makes the rows of a batch
     dense."""
 
-    def __init__(self, parts: list[_Chunk], blank: torch.Tensor, device: torch.device):
-        width = len(blank)
-        flat, at = [], 0
-        for (positions, _, _), weight, _ in parts:
-            flat.append(positions.numpy().astype(np.int64) + at * width)
-            at += len(weight)
-        cells = np.concatenate(flat)
-        row = cells // width
-        self.columns = cells - row * width
-        self.starts = np.zeros(at + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row, minlength=at), out=self.starts[1:])
+    def __init__(self, parts: list[_Piece], blank: torch.Tensor, device: torch.device):
+        self.columns = np.concatenate([p.columns for p in parts])
+        counts = np.concatenate([p.counts for p in parts])
+        self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.starts[1:])
         self.blank, self.device = blank, device
-        self.values = self._joined([values for (_, values, _), _, _ in parts])
-        self.weight = self._joined([weight for _, weight, _ in parts])
-        self.context = self._joined([c for _, _, c in parts]) if parts[0][2] is not None else None
+        self.values = self._joined([p.values for p in parts])
+        self.weight = self._joined([p.weight for p in parts])
+        self.context = self._joined([p.context for p in parts]) if parts[0].context is not None else None
 
     def _joined(self, tensors: list) -> torch.Tensor:
         # Each piece copied on its own: pinned host memory goes to a GPU without blocking.
