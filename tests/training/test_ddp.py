@@ -220,8 +220,9 @@ def _environment(name: str) -> str | None:
 
 
 def test_ranks_of_a_local_cluster_each_take_their_own_gpu(cluster_client):
-    # The local cluster's workers share one host: the launcher numbers its ranks 0 and 1.
-    results = run_on_dask(cluster_client, _local_device, world_size=2, timeout_s=30)
+    # The local cluster's workers share one host: the launcher numbers its ranks 0 and 1. The
+    # timeout is generous: 30 s once ran out while two suites loaded the 2 cores.
+    results = run_on_dask(cluster_client, _local_device, world_size=2, timeout_s=120)
     assert sorted(results) == [(0, "0", "cuda:0"), (1, "1", "cuda:1")]
     # The workers outlive the ranks: their environment is left as it was.
     assert set(cluster_client.run(_environment, "LOCAL_RANK").values()) == {None}
