@@ -11,13 +11,20 @@ With ``--remote root|http|s3`` instead: the whole ingest of the same files read 
 through a server on loopback (XRootD, XRootD's HTTP plug-in, an S3-compatible server), on the
 same workers in the same run, and the ratio of the two.
 
+With ``--parts`` instead: the ingest in this process, its CPU time split into its parts (the
+file check, coffea's opening of each chunk's tree, the branches read, the mapping onto objects,
+the selection, the RMMs, the staging write, the rest), beside uproot's read of the same files.
+
     python benchmarks/ingest.py --events 2000000 --workers 2
     python benchmarks/ingest.py --events 1000000 --workers 2 --remote root
+    python benchmarks/ingest.py --events 4000000 --events-per-file 30000 --chunksize 30000 --parts
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import logging
 import shutil
 import tempfile
@@ -166,6 +173,101 @@ def remote_vs_local(cfg, client, files: dict[str, list[str]], warm: dict[str, li
     return best
 
 
+#: The parts of the ingest that ``--parts`` times: (label, module, callable in it). None calls
+#: another; what is left of the ingest's time is shown as the rest.
+PARTS = (
+    ("file check (open, checksum, entries)", "megaset.pipeline.ingest", "inspect_files"),
+    ("coffea: open the chunk's tree, NanoEvents form", "coffea.nanoevents.factory", "NanoEventsFactory.from_root"),
+    ("coffea: NanoEvents events()", "coffea.nanoevents.factory", "NanoEventsFactory.events"),
+    ("read the branches (uproot)", "megaset.pipeline.processor", "RMMProcessor.read"),
+    ("map onto objects, units check", "megaset.pipeline.processor", "RMMProcessor.events"),
+    ("selection and cut flow", "megaset.pipeline.processor", "select"),
+    ("RMMs", "megaset.pipeline.processor", "build_rmm"),
+    ("staging write", "megaset.pipeline.processor", "write_piece"),
+)
+
+
+@contextmanager
+def timed_parts(parts=PARTS) -> Iterator[dict[str, float]]:
+    """Within the block, the CPU seconds of this process spent in each of ``parts``, by label
+    (each callable replaced by a timed one, and restored after)."""
+    spent = dict.fromkeys((label for label, *_ in parts), 0.0)
+    undo = []
+
+    def timed(function: Callable, label: str) -> Callable:
+        def call(*args, **kwargs):
+            t0 = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] += time.process_time() - t0
+        return call
+
+    for label, module, name in parts:
+        owner: Any = importlib.import_module(module)
+        *path, attr = name.split(".")
+        for step in path:
+            owner = getattr(owner, step)
+        original = inspect.getattr_static(owner, attr)
+        if isinstance(original, classmethod):
+            setattr(owner, attr, classmethod(timed(original.__func__, label)))
+        else:
+            setattr(owner, attr, timed(original, label))
+        undo.append((owner, attr, original))
+    try:
+        yield spent
+    finally:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+
+
+def ingest_parts(cfg, files: list[str], repeat: int) -> tuple[float, float, dict[str, float], Any]:
+    """uproot's read of ``files`` and the whole ingest of ``cfg`` in this process, in turn
+    ``repeat`` times after one of each to warm up: ``(read CPU s, ingest CPU s, CPU s by part,
+    summary)`` of the least costly of each."""
+    from megaset.pipeline.ingest import ingest
+
+    tree, branches = cfg.inputs.tree, cfg.schema.branches()
+
+    def read() -> None:
+        for path in files:
+            _read_file(path, tree, branches)
+
+    read()
+    shutil.rmtree(cfg.store.staging, ignore_errors=True)
+    ingest(cfg)
+    t_read, best = float("inf"), (float("inf"), {}, None)
+    for _ in range(repeat):
+        t0 = time.process_time()
+        read()
+        t_read = min(t_read, time.process_time() - t0)
+        shutil.rmtree(cfg.store.staging, ignore_errors=True)
+        with timed_parts() as spent:
+            t0 = time.process_time()
+            summary = ingest(cfg)
+            seconds = time.process_time() - t0
+        if seconds < best[0]:
+            best = (seconds, dict(spent), summary)
+    return t_read, *best
+
+
+def parts_main(args, cfg, written: dict[str, list[str]]) -> None:
+    """``--parts``: the ingest's CPU time by part, in this process, beside uproot's read."""
+    files = [path for paths in written.values() for path in paths]
+    t_read, t_ingest, spent, summary = ingest_parts(cfg, files, args.repeat)
+    chunks = sum(c.get("chunks", 0) for c in summary.channels.values())
+    print(f"\nthe ingest in one process, CPU s (best of {args.repeat}), {len(files)} files, {chunks} chunks, "
+          f"{summary.n_read:,} events ({summary.n_selected:,} selected)")
+    print(f"{'part':<50}{'CPU s':>8}{'share':>8}{'ms a file':>11}")
+    rows = [*spent.items(), ("the rest (coffea's runner, bookkeeping)", t_ingest - sum(spent.values()))]
+    for label, seconds in rows:
+        print(f"{'  ' + label:<50}{seconds:>8.2f}{seconds / t_ingest:>8.2f}{seconds / len(files) * 1e3:>11.1f}")
+    print(f"{'whole ingest':<50}{t_ingest:>8.2f}{1:>8.2f}{t_ingest / len(files) * 1e3:>11.1f}")
+    print(f"{'uproot read of the same branches (baseline)':<50}{t_read:>8.2f}{t_read / t_ingest:>8.2f}"
+          f"{t_read / len(files) * 1e3:>11.1f}")
+    print(f"read / ingest: {t_read / t_ingest:.2f}; at 0.8 the ingest would take {t_read / 0.8:.2f} s")
+
+
 def remote_main(args, cfg) -> None:
     """``--remote``: the ingest of the same files locally and through a loopback server."""
     from megaset.deploy.cluster import open_client
@@ -207,10 +309,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000, help="background events to simulate")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunksize", type=int, default=200_000)
+    parser.add_argument("--events-per-file", type=int, default=250_000)
     parser.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of (a) and (c) in turn; the best of each counts")
     parser.add_argument("--remote", choices=["root", "http", "s3"], default=None,
                         help="only the ingest of the same files locally and through a loopback server")
+    parser.add_argument("--parts", action="store_true",
+                        help="only the ingest in this process, its CPU time by part, beside uproot's read")
     args = parser.parse_args()
 
     from megaset.config import CompressorConfig, Config
@@ -224,7 +329,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="megaset-bench-"))
     cfg = Config.model_validate({
         "simulate": {"output": str(work / "ntuples"), "events": args.events, "signal_events": 0,
-                     "events_per_file": 250_000},
+                     "events_per_file": args.events_per_file},
         "inputs": {"chunksize": args.chunksize},
         "store": {"url": str(work / "store.zarr")},
         "cluster": {"workers": args.workers},
@@ -239,6 +344,11 @@ def main() -> None:
     n_files = sum(map(len, written.values()))
     print(f"simulated {args.events:,} events in {n_files} files: {time.perf_counter() - t0:.1f} s")
     branches = cfg.schema.branches()
+    if args.parts:
+        parts_main(args, cfg, written)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     # The cluster a user gets from the config (worker environment included), for both sides.
     with open_client(cfg.cluster) as client:
