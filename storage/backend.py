@@ -19,7 +19,7 @@ import numpy as np
 from megaset.errors import DamagedChunkError, MegasetError, StoreError
 from megaset.extras import require_for_url
 
-__all__ = ["open_group", "chunk_exists", "stored_bytes", "float_fill", "writing", "checked_reads", "damaged_chunks",
+__all__ = ["open_group", "chunk_exists", "float_fill", "writing", "checked_reads", "damaged_chunks",
            "remove_tree", "is_local", "reach"]
 
 #: Write failures that no retry cures, and what would.
@@ -55,14 +55,6 @@ def chunk_exists(array: Any, index: int) -> bool:
     key = f"{path.path}/{array.metadata.encode_chunk_key(coords)}" if path.path else (
         array.metadata.encode_chunk_key(coords))
     return bool(sync(path.store.exists(key)))
-
-
-def stored_bytes(url: str) -> int:
-    """Bytes the store at ``url`` occupies (compressed chunks and metadata)."""
-    from fsspec.core import url_to_fs
-
-    fs, root = url_to_fs(url)
-    return int(fs.du(root, total=True))
 
 
 def remove_tree(url: str) -> None:

@@ -24,7 +24,7 @@ from megaset import __version__
 from megaset.config import CompressorConfig, Config
 from megaset.errors import StoreError
 from megaset.storage import stats
-from megaset.storage.backend import open_group, stored_bytes, writing
+from megaset.storage.backend import open_group, writing
 from megaset.storage.mix_chunk import build_chunk
 from megaset.storage.plan import ChunkTask, GroupPlan, MixPlan, channel_roles, make_plan
 from megaset.storage.store import MIX_PREFIX, SCHEMA_VERSION, channel_flags, column_dimensions
@@ -60,7 +60,8 @@ def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], No
     dict
         ``groups`` (per group: ``n_events``, ``n_chunks``, events per channel name),
         ``chunks``, ``resumed`` (chunks already done), ``mb_written`` (uncompressed column
-        data written by this run), ``mb_stored`` (size of the store), ``seconds``.
+        data written by this run), ``seconds``. The store's size on disk is not among them:
+        it would take a listing of every chunk of the store.
 
     Raises
     ------
@@ -99,7 +100,6 @@ def mix(cfg: Config, client: Client | None, *, progress: Callable[[int, int], No
         "chunks": total,
         "resumed": resumed,
         "mb_written": nbytes / 1e6,
-        "mb_stored": stored_bytes(url) / 1e6,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -138,7 +138,7 @@ PUBLIC_API = {
     "megaset.run": ["STAGES", "outputs_locked", "run", "stage_counts", "written"],
     "megaset.storage.backend": [
         "checked_reads", "chunk_exists", "damaged_chunks", "float_fill", "is_local", "open_group", "reach",
-        "remove_tree", "stored_bytes", "writing",
+        "remove_tree", "writing",
     ],
     "megaset.storage.codecs": ["compressors"],
     "megaset.storage.compact": ["CompactRows"],

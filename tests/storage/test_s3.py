@@ -44,7 +44,7 @@ def test_mix_into_s3_and_read_back(s3_bucket, s3_client, tmp_path):
     make_staging(local.store.staging, {"zjets": [400, 150], "ttbar": [120], "diboson": [40], "susy": [90]})
     remote = local.replace(store={"url": f"{s3_bucket}/runs/store.zarr"})
     summary = mix(remote, s3_client)
-    assert summary["resumed"] == 0 and summary["mb_stored"] > 0
+    assert summary["resumed"] == 0 and summary["mb_written"] > 0
     mix(local, None)
 
     store, reference = open_store(remote.store.url), open_store(local.store.url)
