@@ -286,7 +286,10 @@ def _stage(cfg: Config, client: Client | None, channels, infos: list[FileInfo], 
     )
     try:
         out = _runner(client, cfg, good, progress)(
-            fileset, proc, treename=None, iteritems_options={"filter_name": cfg.input_schema.branches()},
+            # The processor reads the chunk's branches itself and looks at nothing of coffea's
+            # NanoEvents but their metadata: their form holds no branch, so that coffea does not
+            # work out the branches' types and build virtual arrays of them for every chunk.
+            fileset, proc, treename=None, iteritems_options={"filter_name": []},
             # The tree coffea reads for a chunk is the one the processor reads the chunk from. The
             # timeout reaches uproot as the Runner's xrootdtimeout: coffea before 2026.9 passes that
             # beside the uproot options, and uproot.open refuses a second timeout.
