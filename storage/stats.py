@@ -25,6 +25,7 @@ def partial_stats(x: np.ndarray) -> np.ndarray:
 
     Two passes in float64 over blocks of :data:`PASS_ROWS` rows (a block's float64 copy
     stays in cache, twice as fast as one pass over a whole chunk), folded with :func:`combine`.
+    The passes skip the columns that are all zero in a block, whose min, max, mean and M2 are 0.
 
     >>> partial_stats(np.array([[1.0], [3.0]]))[:, 0].tolist()
     [2.0, 1.0, 3.0, 2.0, 2.0]
@@ -32,15 +33,21 @@ def partial_stats(x: np.ndarray) -> np.ndarray:
     summary = None
     for first in range(0, len(x), PASS_ROWS):
         block = x[first:first + PASS_ROWS]
-        out = np.empty((N_ROWS, x.shape[1]), dtype=np.float64)
+        out = np.zeros((N_ROWS, x.shape[1]), dtype=np.float64)
         out[0] = len(block)
-        out[1] = block.min(axis=0)
-        out[2] = block.max(axis=0)
+        # An RMM row is mostly zeros (some 2 % of the cells are set in a 2-lepton store, and about
+        # 70 % of the columns are zero over a block): the passes then cost a third.
+        nonzero = np.flatnonzero(block.any(axis=0))
+        cols: np.ndarray | slice = slice(None) if len(nonzero) == x.shape[1] else nonzero
+        block = block[:, cols]
+        out[1, cols] = block.min(axis=0)
+        out[2, cols] = block.max(axis=0)
         deviation = np.array(block, dtype=np.float64)
-        out[3] = deviation.sum(axis=0) / len(block)
-        deviation -= out[3]
+        mean = deviation.sum(axis=0) / len(block)
+        out[3, cols] = mean
+        deviation -= mean
         deviation *= deviation
-        out[4] = deviation.sum(axis=0)
+        out[4, cols] = deviation.sum(axis=0)
         summary = combine(summary, out)
     return summary
 

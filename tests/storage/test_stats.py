@@ -39,6 +39,25 @@ def test_chunked_fold_equals_whole_sample(n, cuts, seed):
     np.testing.assert_allclose(out["std"], ref.std(axis=0), rtol=1e-9, atol=1e-12)
 
 
+def test_columns_zero_in_some_blocks():
+    # RMM-like rows over several blocks: a column zero throughout, one zero in the first block
+    # alone, one set in a single row of the last block, and negative values.
+    rng = np.random.default_rng(5)
+    x = np.zeros((3 * 1024 + 17, 6), dtype=np.float32)
+    x[1024:, 1] = rng.normal(5.0, 2.0, len(x) - 1024)
+    x[-3, 2] = -7.5
+    x[:, 3] = rng.normal(-1.0, 0.5, len(x))
+    x[rng.random(len(x)) < 0.02, 4] = 0.25
+    x[:, 5] = np.where(rng.random(len(x)) < 0.5, 0.0, -rng.exponential(3.0, len(x)))
+    out = fold(x, [500, 2100])
+    ref = x.astype(np.float64)
+    assert out["min"].tolist() == ref.min(axis=0).tolist()
+    assert out["max"].tolist() == ref.max(axis=0).tolist()
+    np.testing.assert_allclose(out["mean"], ref.mean(axis=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(out["std"], ref.std(axis=0), rtol=1e-9, atol=1e-12)
+    assert out["mean"][0] == out["std"][0] == 0.0
+
+
 def test_large_offset_stays_accurate():
     # A feature near 1e6 with unit spread: a naive sum of squares in float64 loses the
     # spread to cancellation (1e12 + 1 vs 1e12), the pairwise update does not.
