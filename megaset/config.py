@@ -1069,7 +1069,9 @@ class CombineConfig(_Section):
     """One combination of scored models, written as ``score/<name>`` (``megaset score --combine NAME``)."""
 
     models: list[str] = Field(
-        min_length=2, description="The models combined; each must be scored in the store (score/<model>).",
+        min_length=2, description="The models combined; each must be scored in the store (score/<model>). "
+        "<model>.<block> names one block of a model's error (met, mass, rapidity or energy: score/<model>.<block>, "
+        "written with scoring.blocks by the models that reconstruct the RMM).",
     )
     method: Literal["rank-mean", "min-p"] = Field(
         "rank-mean", description="How the models' background p-values p = 1 - F (F: each score's background "

@@ -172,28 +172,42 @@ def _model_stages(cfg: Config, models: Sequence[str]) -> list[Stage]:
 def _members(cfg: Config) -> dict[str, str]:
     """Every model the combinations of ``scoring.combine`` name, with the stage that scores it:
     ``score`` for ``training.model``, ``combine <name>`` for a combination listed before, else
-    ``score <model>`` (the chain trains it). Any other name is refused, naming it."""
+    ``score <model>`` (the chain trains it); a block of a model's error (``ae-shallow.met``) is
+    scored by its model's stage. Any other name is refused, naming it."""
     from typing import get_args
 
     from megaset.config import TrainingConfig
     from megaset.errors import ConfigError
+    from megaset.storage.layout import BLOCKS
+    from megaset.storage.scores import split_score_name
+    from megaset.training.registry import NOT_RECONSTRUCTING
 
     trainable = get_args(TrainingConfig.model_fields["model"].annotation)
     out: dict[str, str] = {cfg.training.model: "score"}
     for name, setting in cfg.scoring.combine.items():
-        for model in setting.models:
+        for member in setting.models:
+            model, block = split_score_name(member)
+            if block is not None and (model in NOT_RECONSTRUCTING or model in cfg.scoring.combine
+                                      or not cfg.scoring.blocks):
+                why = ("scoring.blocks is false" if not cfg.scoring.blocks else
+                       f"{model} is a combination" if model in cfg.scoring.combine else f"{model} reconstructs no rows")
+                msg = (f"scoring.combine.{name}.models names {member!r}, the {block} block of {model!r}, which is "
+                       f"never written: {why}; name the model's total, {model!r}")
+                raise ConfigError(msg)
             if model in out:
+                out.setdefault(member, out[model])
                 continue
             if model in cfg.scoring.combine:
                 msg = (f"scoring.combine.{name}.models names the combination {model!r}, listed after it (or it "
                        f"itself): list {model!r} before {name!r} in scoring.combine")
                 raise ConfigError(msg)
-            if model in trainable:
-                out[model] = f"score {model}"
-            else:
-                msg = (f"scoring.combine.{name}.models names {model!r}, which is neither a model megaset trains "
-                       f"({', '.join(trainable)}) nor another combination of scoring.combine")
+            if model not in trainable:
+                msg = (f"scoring.combine.{name}.models names {member!r}, which is neither a model megaset trains "
+                       f"({', '.join(trainable)}), a block of one (model.block, block one of "
+                       f"{', '.join(BLOCKS)}) nor another combination of scoring.combine")
                 raise ConfigError(msg)
+            out[model] = f"score {model}"
+            out.setdefault(member, out[model])
         out[name] = f"combine {name}"
     return out
 

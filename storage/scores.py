@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["SCORE_GROUP", "score_column", "is_score_column", "scored_models"]
+__all__ = ["SCORE_GROUP", "score_column", "is_score_column", "scored_models", "split_score_name"]
 
 #: The subgroup of every store group that holds the score columns.
 SCORE_GROUP = "score"
@@ -26,6 +26,19 @@ def score_column(model: str, block: str | None = None) -> str:
     ('score/ae-deep', 'score/ae-deep.met')
     """
     return f"{SCORE_GROUP}/{model}" if block is None else f"{SCORE_GROUP}/{model}.{block}"
+
+
+def split_score_name(name: str) -> tuple[str, str | None]:
+    """``(model, block)`` of a score's name: ``model.block`` names one block of the model's error
+    (a block of :data:`megaset.storage.layout.BLOCKS`), any other name the model's total.
+
+    >>> split_score_name("ae-shallow.met"), split_score_name("deep-svdd")
+    (('ae-shallow', 'met'), ('deep-svdd', None))
+    """
+    from megaset.storage.layout import BLOCKS
+
+    model, dot, block = name.rpartition(".")
+    return (model, block) if dot and block in BLOCKS else (name, None)
 
 
 def is_score_column(name: str) -> bool:

@@ -304,3 +304,27 @@ def test_a_combination_of_a_model_megaset_does_not_train_is_refused_naming_it(tm
     assert list(stages)[3:] == ["train", "score", "train pca", "score pca", "train flow", "score flow", "combine d",
                                 "combine c", "report"]
     assert stages["combine c"].after == ("score", "combine d")
+
+
+def test_a_block_of_a_model_is_scored_by_its_model_and_a_block_never_written_is_refused(tmp_path):
+    from megaset.errors import ConfigError
+    from megaset.stages import chain
+
+    blocks = Config.model_validate(_config(tmp_path, scoring={"combine": {
+        "c": {"models": ["ae-shallow.met", "deep-svdd", "pca.mass", "pca"]}}}))
+    stages = {s.name: s for s in chain(blocks)}
+    assert list(stages)[3:] == ["train", "score", "train deep-svdd", "score deep-svdd", "train pca", "score pca",
+                                "combine c", "report"]
+    assert stages["combine c"].after == ("score", "score deep-svdd", "score pca")
+    refused = {"deep-svdd.met": "deep-svdd reconstructs no rows", "c.met": "c is a combination",
+               "ae-shallow.phi": "neither a model megaset trains"}
+    for member, why in refused.items():
+        cfg = Config.model_validate(_config(tmp_path, scoring={"combine": {
+            "c": {"models": ["pca", "ae-deep"]}, "d": {"models": ["ae-shallow", member]}}}))
+        with pytest.raises(ConfigError, match=rf"scoring.combine.d.models names '{member}'.*{why}"):
+            chain(cfg)
+    off = Config.model_validate(_config(tmp_path, scoring={"blocks": False, "combine": {
+        "d": {"models": ["ae-shallow", "ae-shallow.energy"]}}}))
+    with pytest.raises(ConfigError, match=r"the energy block of 'ae-shallow', which is never written: scoring.blocks "
+                                          r"is false"):
+        chain(off)

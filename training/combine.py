@@ -15,6 +15,12 @@ p-value: uniform on background when the members are independent, conservative (n
 than the true tail probability) when they are positively correlated, as models scoring the same
 events are; the simpler Bonferroni bound ``M min p`` would be more conservative still.
 
+A member may be one block of a model's error: ``ae-shallow.met`` combines ``score/ae-shallow.met``,
+which scoring writes with ``scoring.blocks`` for every model that reconstructs the RMM. A signal
+that differs from the background in one block (MET and the transverse masses, for charginos
+decaying to invisible neutralinos) is diluted in the error summed over all cells; the block's
+own p-value is not.
+
 Why ranks: the members' scores live on unrelated scales (a mean squared error, a squared
 distance, a negative log-likelihood); their background CDFs put them on one scale, the
 fraction of background below, so that each member counts the same. Why the val group: the
@@ -156,11 +162,14 @@ def _setting(cfg: Config, name: str) -> CombineConfig:
 
 
 def _member_fingerprints(store: Store, name: str, models: list[str]) -> dict[str, str | None]:
-    """Each member's score fingerprint; refuse a member not scored (or not finished) in every group."""
+    """Each member's score fingerprint (a block's, ``model.block``, is its model's); refuse a
+    member not scored (or not finished) in every group, or a block its model did not write."""
+    from megaset.storage.scores import split_score_name
     from megaset.training.score import scored_record
 
     out = {}
-    for model in models:
+    for member in models:
+        model, block = split_score_name(member)
         found, done = scored_record(store, model)
         if not done:
             what = "has no column" if found is None else "has an unfinished or mixed column"
@@ -168,7 +177,17 @@ def _member_fingerprints(store: Store, name: str, models: list[str]) -> dict[str
                    f"score it first: `megaset train --set training.model={model}` then "
                    f"`megaset score --model {model}`")
             raise ConfigError(msg)
-        out[model] = found.get("fingerprint") if found else None
+        if block is not None:
+            # Scoring writes every block or none, and says which in the total's attributes.
+            total = score_column(model)
+            lacking = [g for g in store.group_names() if not store.group(g).column_attrs(total).get("blocks")]
+            if lacking:
+                msg = (f"scoring.combine.{name}: member {member!r} is the {block} block of {model!r}, whose scores "
+                       f"in store {store.url!r} hold no block errors (group {lacking[0]!r}); blocks are written "
+                       f"with scoring.blocks: true by models that reconstruct the RMM: score {model} again with "
+                       f"it, or combine the total, {model!r}")
+                raise ConfigError(msg)
+        out[member] = found.get("fingerprint") if found else None
     return out
 
 

@@ -14,21 +14,24 @@ COMBINE = {"both": {"models": ["a", "b"]}, "ghost": {"models": ["a", "c"]},
            "tails": {"models": ["a", "b"], "method": "min-p"}}
 
 
-def _write_scores(cfg, model: str, seed: int, fingerprint: str) -> None:
-    """A finished ``score/<model>`` in every group: lognormal scores, the test group's last
-    events far beyond every val score (the tail where the CDF is extrapolated)."""
+def _write_scores(cfg, model: str, seed: int, fingerprint: str, blocks: tuple[str, ...] = ()) -> None:
+    """A finished ``score/<model>`` (and ``score/<model>.<block>`` of ``blocks``) in every group:
+    lognormal scores, the test group's last events far beyond every val score (the tail where
+    the CDF is extrapolated)."""
     store = open_store(cfg.store.url)
     rng = np.random.default_rng(seed)
     for name in store.group_names():
         g = store.group(name)
-        g.create_column(f"score/{model}", np.float32, overwrite=True)
-        values = rng.lognormal(0.0, 1.0, g.n_events).astype(np.float32)
-        if name == "test":
-            values[-5:] = 50.0 + 10.0 * np.arange(5)
-        if name.startswith("signal/"):
-            values[-1] = 1e4  # 1 - F underflows: the combination must stay finite
-        g.write_chunks(f"score/{model}", range(g.n_chunks), values)
-        g.set_column_attrs(f"score/{model}", {"stage": {"fingerprint": fingerprint}, "complete": True})
+        for column in [f"score/{model}.{block}" for block in blocks] + [f"score/{model}"]:
+            g.create_column(column, np.float32, overwrite=True)
+            values = rng.lognormal(0.0, 1.0, g.n_events).astype(np.float32)
+            if name == "test":
+                values[-5:] = 50.0 + 10.0 * np.arange(5)
+            if name.startswith("signal/"):
+                values[-1] = 1e4  # 1 - F underflows: the combination must stay finite
+            g.write_chunks(column, range(g.n_chunks), values)
+        g.set_column_attrs(f"score/{model}", {"stage": {"fingerprint": fingerprint}, "complete": True,
+                                              "blocks": bool(blocks)})
 
 
 @pytest.fixture(scope="module")
@@ -85,23 +88,42 @@ def test_the_combined_column_is_the_rank_mean_of_numpy(scored):
     assert "both" in store.group("test").scored_models()
 
 
+def _assert_min_p(cfg, name: str, members: list[str]) -> None:
+    """``score/<name>`` is 1 - (1 - min_m p_m)^2 of its two ``members``, p_m = 1 - F_m, in every group."""
+    for group in open_store(cfg.store.url).group_names():
+        p = np.min([_survival(_column(cfg, "val", f"score/{m}"), _column(cfg, group, f"score/{m}"))
+                    for m in members], axis=0)
+        with np.errstate(divide="ignore"):
+            expected = np.where(p < 1e-12, -np.log10(2 * p), -np.log10(1 - (1 - p) ** 2))  # (1 - p)^2 rounds to 1
+        found = _column(cfg, group, f"score/{name}")
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(found[finite], expected[finite], rtol=2e-6)
+        assert np.all(np.isfinite(found)) and np.all(found[~finite] > found[finite].max() + 100)
+
+
 def test_min_p_is_the_smallest_p_value_of_numpy_sidak_corrected(scored):
     """min-p: 1 - (1 - min_m p_m)^M with p_m = 1 - F_m, an independent numpy computation."""
     summary = combine_scores(scored, None, "tails")
     assert summary["method"] == "min-p"
-    store = open_store(scored.store.url)
-    for group in store.group_names():
-        p = np.min([_survival(_column(scored, "val", f"score/{m}"), _column(scored, group, f"score/{m}"))
-                    for m in "ab"], axis=0)
-        with np.errstate(divide="ignore"):
-            expected = np.where(p < 1e-12, -np.log10(2 * p), -np.log10(1 - (1 - p) ** 2))  # (1 - p)^2 rounds to 1
-        found = _column(scored, group, "score/tails")
-        finite = np.isfinite(expected)
-        np.testing.assert_allclose(found[finite], expected[finite], rtol=2e-6)
-        assert np.all(np.isfinite(found)) and np.all(found[~finite] > found[finite].max() + 100)
+    _assert_min_p(scored, "tails", ["a", "b"])
     # calibrated: the val background, ranked on its own tables, is uniform in the corrected p
     val = 10.0 ** -_column(scored, "val", "score/tails")
     assert abs(np.mean(val < 0.1) - 0.1) < 0.03 and abs(np.mean(val < 0.5) - 0.5) < 0.05
+
+
+def test_a_block_of_a_model_is_a_member_and_a_model_without_blocks_is_refused(scored):
+    """``model.block`` combines the block's own column, fingerprinted as its model's scores."""
+    _write_scores(scored, "e", 4, "fe", blocks=("met", "mass"))
+    cfg = scored.replace(scoring={"combine": {"e-met": {"models": ["e.met", "e"], "method": "min-p"},
+                                              "a-met": {"models": ["a.met", "b"]}}})
+    combine_scores(cfg, None, "e-met")
+    _assert_min_p(cfg, "e-met", ["e.met", "e"])
+    attrs = open_store(cfg.store.url).group("test").column_attrs("score/e-met")
+    assert attrs["stage"]["basis"]["upstream"] == {"e.met": "fe", "e": "fe"}
+    assert set(attrs["tables"]) == {"e.met", "e"}
+    with pytest.raises(ConfigError, match=r"member 'a.met' is the met block of 'a', whose scores in store .* hold "
+                                          r"no block errors \(group 'train'\)"):
+        combine_scores(cfg, None, "a-met")
 
 
 def test_a_rerun_with_the_same_members_writes_nothing_and_a_new_member_rewrites(scored):
