@@ -153,7 +153,7 @@ PUBLIC_API = {
     ],
     "megaset.storage.query": ["EVENT_ID_FIELDS", "YIELD_WEIGHT", "export", "query", "query_lazy", "scan", "sql_name"],
     "megaset.storage.quotas": ["chunk_quotas", "chunk_sizes"],
-    "megaset.storage.scores": ["SCORE_GROUP", "is_score_column", "score_column", "scored_models"],
+    "megaset.storage.scores": ["SCORE_GROUP", "is_score_column", "score_column", "scored_models", "split_score_name"],
     "megaset.storage.staging": [
         "BLOCK_ROWS", "LAYOUT_VERSION", "finish_staging", "init_staging", "is_sparse", "list_pieces", "open_piece",
         "piece_attrs", "piece_key", "piece_schema", "piece_selections", "read_piece", "remove_staging",
