@@ -11,15 +11,27 @@ judged on the first of ``--models``.
 
     python benchmarks/zoo.py --events 1500000 --signal-events 5000   # E1000 measurable (>= 10 k test background)
     python benchmarks/zoo.py --events 200000 --signal-events 2000    # a quick look
-    python benchmarks/zoo.py --models ae-svdd,ae-svdd-min-p,ae-shallow,deep-svdd  # default, min-p, members
+    python benchmarks/zoo.py --models ae-svdd,ae-met-svdd,ae-svdd-min-p,ae-shallow,deep-svdd  # default, the others
 
 A selection that keeps few background events (the same-sign one keeps a few hundred of 1.5 M)
 leaves its working points unmeasurable: a search whose test group holds fewer than
 ``--min-background`` events is run again on its own, with a background simulated larger by the
-factor that should bring it there (at most ``--max-background-scale``), in its own ntuple folder.
+factor that should bring it there (at most ``--max-background-scale``), into its own ntuple
+folder, store, checkpoints and report (``<path>-larger``), so that a rerun skips what is done.
 Simulating is cheap next to what follows, and the selection drops most events at ingest.
 Besides the default combination ``ae-svdd`` (rank-mean), the zoo writes ``ae-svdd-min-p``, the
-same members combined by min-p, for comparison.
+same members combined by min-p, and ``ae-met-svdd``, the MET block of ae-shallow's error
+(``ae-shallow.met``) with deep-svdd by min-p, for comparison.
+
+Beside the unsupervised scores, each store gets two *supervised* rows per signal: a gradient-boosted
+classifier (scikit-learn's ``HistGradientBoostingClassifier``) trained on that signal against
+the train group's background, on the RMM alone (``supervised``) and on the RMM with the
+store's event columns (``supervised+aux``: MET, H_T, masses, multiplicities). The signal's
+events are split in two halves: each classifier learns on one and is evaluated on the other
+with the whole test background; the row is the mean of the two. By the Neyman-Pearson lemma a
+classifier that knows the signal is the most any score of the same inputs can reach, so these
+rows bound what an anomaly score may hope for, signal by signal (up to how well the classifier
+approximates the likelihood ratio).
 """
 
 from __future__ import annotations
@@ -55,7 +67,8 @@ def _config(workdir: Path, events: int, signal_events: int, epochs: int):
                      "learning_rate": 3e-3},
         "report": {"output": str(workdir / "report"), "auc_replicas": 20},
         "scoring": {"combine": {"ae-svdd": {"models": ["ae-shallow", "deep-svdd"]},
-                                "ae-svdd-min-p": {"models": ["ae-shallow", "deep-svdd"], "method": "min-p"}}},
+                                "ae-svdd-min-p": {"models": ["ae-shallow", "deep-svdd"], "method": "min-p"},
+                                "ae-met-svdd": {"models": ["ae-shallow.met", "deep-svdd"], "method": "min-p"}}},
         "searches": SEARCHES,
     })
 
@@ -70,13 +83,15 @@ def _background_scale(cfg, wanted: int, most: int) -> int:
 
 
 def _larger(cfg, workdir: Path, name: str, events: int):
-    """``cfg`` (one search) alone, on a background of ``events`` simulated into its own folder."""
+    """``cfg`` (one search) alone, on a background of ``events`` simulated into its own folder,
+    with its own store, checkpoints and report (``<path>-larger``): a rerun of the zoo then
+    finds both the search and its larger run current, instead of rebuilding each over the other."""
     from megaset.config import Config
 
     data = cfg.resolved()
-    data["searches"] = {}
     data["simulate"] = {**data["simulate"], "events": events, "output": str(workdir / f"ntuples-{name}")}
-    return Config.model_validate(data)
+    data["searches"] = {"larger": {}}
+    return Config.model_validate(data).search("larger")
 
 
 def _families(cfg, client, models: list[str]) -> dict:
@@ -102,6 +117,74 @@ def _efficiency(store_url: str) -> dict[str, float]:
 
     flow = open_store(store_url).attrs.get("cutflow") or {}
     return {name: steps[-1][2] / steps[0][2] for name, steps in flow.items() if steps and steps[0][2] > 0}
+
+
+#: The event columns of ``supervised+aux`` beside the RMM, those the store has.
+AUX = ("met", "ht", "m_ll", "m_lll", "n_jets", "n_light_jets", "n_b_jets", "n_electrons", "n_muons", "n_photons")
+
+
+def _inputs(store, name: str, aux: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``name``'s rows (RMM, then the :data:`AUX` columns it has when ``aux``) and their
+    expected-yield weights."""
+    group = store.group(name)
+    extra = [c for c in AUX if aux and group.has_column(c)]
+    parts = [values for _, values in group.iter_chunks([store.feature_column, "weight", "channel", *extra])]
+    cols = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    n = len(cols["weight"])
+    rows = np.column_stack([cols[store.feature_column].reshape(n, -1), *(cols[c] for c in extra)])
+    return rows.astype(np.float32), store.yield_weight(name, cols["weight"], cols["channel"])
+
+
+def _balanced(w_background: np.ndarray, w_signal: np.ndarray) -> np.ndarray:
+    """Training weights: negative ones at zero, each class summing to half the events."""
+    n = len(w_background) + len(w_signal)
+    return np.concatenate([np.clip(w, 0, None) * (n / 2 / np.clip(w, 0, None).sum()) for w in (w_background, w_signal)])
+
+
+def _scored(name: str, kind: str, model: str, scores: np.ndarray, weight: np.ndarray):
+    """A report sample of ``scores`` as ``model``'s (its MET and mass left at zero: unused)."""
+    from megaset.report.samples import Sample
+
+    zero = np.zeros(len(weight))
+    return Sample(name, kind, weight, zero, zero, {model: scores})
+
+
+def _supervised(store_url: str, aux: bool, min_events: int, replicas: int) -> list[dict]:
+    """The anomaly-table rows of a classifier trained on each signal (module docstring), as model
+    ``supervised`` or ``supervised+aux``: the mean over the two halves of the signal's events."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from megaset.report.anomaly import anomaly_table
+    from megaset.storage.store import open_store
+
+    store = open_store(store_url)
+    model = "supervised+aux" if aux else "supervised"
+    x_train, w_train = _inputs(store, "train", aux)
+    x_test, w_test = _inputs(store, "test", aux)
+    rows = []
+    for group in (g for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events):
+        x, w = _inputs(store, group, aux)
+        if np.count_nonzero(w > 0) < 4:
+            continue
+        name = group.removeprefix("signal/")
+        # The cells no event of either sample fills carry nothing and would only cost time.
+        used = np.ptp(x_train, axis=0) + np.ptp(x, axis=0) > 0
+        train, test, x = x_train[:, used], x_test[:, used], x[:, used]
+        halves = []
+        for half in (0, 1):
+            held = np.arange(len(w)) % 2 == half
+            clf = HistGradientBoostingClassifier(max_iter=500, early_stopping=True, random_state=half)
+            clf.fit(np.vstack([train, x[~held]]), np.r_[np.zeros(len(w_train)), np.ones(np.count_nonzero(~held))],
+                    sample_weight=_balanced(w_train, w[~held]))
+            table, _ = anomaly_table(model, [_scored(name, "background", model, clf.decision_function(test), w_test)],
+                                     [_scored(name, "signal", model, clf.decision_function(x[held]), w[held])],
+                                     replicas=replicas, min_background_events=min_events)
+            halves += table
+        if len(halves) == 2:
+            rows.append({key: (np.mean([h[key] for h in halves]) if isinstance(value, float) else
+                               all(h[key] for h in halves) if isinstance(value, bool) else value)
+                         for key, value in halves[0].items() if key != "best_si"})
+    return rows
 
 
 def main() -> None:
@@ -141,6 +224,8 @@ def main() -> None:
                 run(searches[name], client, log=lambda line, name=name: print(f"[{name}, larger] {line}"))
         for name, derived in searches.items():
             report = _families(derived, client, models)
+            report["auc_table"] += [row for aux in (False, True) for row in _supervised(
+                derived.store.url, aux, derived.report.min_background_events, derived.report.auc_replicas)]
             kept = _efficiency(derived.store.url)
             background = open_store(derived.store.url).group("test").n_events
             rows += [{"selection": name, "kept": kept.get(r["signal"]), "test_background": background, **r}
@@ -149,15 +234,19 @@ def main() -> None:
             for signal in report.get("signals_without_events") or []:
                 print(f"{name}: signal {signal}: no selected event with a positive weight: not in the table")
     (workdir / "zoo.json").write_text(json.dumps(rows, indent=1, default=str))
-    print(f"{'selection':<9} {'model':<11} {'signal':<22} {'kept':>6} {'AUC':>6} {'E100':>6} {'E1000':>7}")
+    print(f"{'selection':<9} {'model':<14} {'signal':<22} {'kept':>6} {'AUC':>6} {'E100':>6} {'E1000':>7}")
     for r in rows:
         mark = "" if r["e1000_enough"] else "*"
-        print(f"{r['selection']:<9} {r['model']:<11} {r['signal']:<22} {r['kept'] or 0:6.3f} {r['auc']:6.3f} "
+        print(f"{r['selection']:<9} {r['model']:<14} {r['signal']:<22} {r['kept'] or 0:6.3f} {r['auc']:6.3f} "
               f"{r['e100']:6.3f} {r['e1000']:6.3f}{mark}")
     meant = [r for r in rows if r["model"] == models[0] and r["selection"] == MEANT_FOR.get(r["signal"], "2lep")]
     print(f"targets ({models[0]}, each signal under its selection): median E100 "
           f"{np.median([r['e100'] for r in meant]):.3f} (>= 0.80), AUC >= 0.95 for "
           f"{sum(r['auc'] >= 0.95 for r in meant)} of {len(meant)}; * E1000 on too few background MC events")
+    for bound in ("supervised", "supervised+aux"):
+        mine = [r for r in rows if r["model"] == bound and r["selection"] == MEANT_FOR.get(r["signal"], "2lep")]
+        print(f"a classifier trained on each signal ({bound}): median E100 {np.median([r['e100'] for r in mine]):.3f}, "
+              f"AUC >= 0.95 for {sum(r['auc'] >= 0.95 for r in mine)} of {len(mine)}")
 
 
 if __name__ == "__main__":
