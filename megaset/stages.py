@@ -194,19 +194,17 @@ def _members(cfg: Config) -> dict[str, str]:
                 msg = (f"scoring.combine.{name}.models names {member!r}, the {block} block of {model!r}, which is "
                        f"never written: {why}; name the model's total, {model!r}")
                 raise ConfigError(msg)
-            if model in out:
-                out.setdefault(member, out[model])
-                continue
-            if model in cfg.scoring.combine:
-                msg = (f"scoring.combine.{name}.models names the combination {model!r}, listed after it (or it "
-                       f"itself): list {model!r} before {name!r} in scoring.combine")
-                raise ConfigError(msg)
-            if model not in trainable:
-                msg = (f"scoring.combine.{name}.models names {member!r}, which is neither a model megaset trains "
-                       f"({', '.join(trainable)}), a block of one (model.block, block one of "
-                       f"{', '.join(BLOCKS)}) nor another combination of scoring.combine")
-                raise ConfigError(msg)
-            out[model] = f"score {model}"
+            if model not in out:
+                if model in cfg.scoring.combine:
+                    msg = (f"scoring.combine.{name}.models names the combination {model!r}, listed after it (or "
+                           f"it itself): list {model!r} before {name!r} in scoring.combine")
+                    raise ConfigError(msg)
+                if model not in trainable:
+                    msg = (f"scoring.combine.{name}.models names {member!r}, which is neither a model megaset "
+                           f"trains ({', '.join(trainable)}), a block of one (model.block, block one of "
+                           f"{', '.join(BLOCKS)}) nor another combination of scoring.combine")
+                    raise ConfigError(msg)
+                out[model] = f"score {model}"
             out.setdefault(member, out[model])
         out[name] = f"combine {name}"
     return out
