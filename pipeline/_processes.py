@@ -24,7 +24,7 @@ import numpy as np
 from megaset.pipeline import _kinematics as kin
 
 __all__ = [
-    "TruthEvent", "Sample", "SAMPLES", "ZOO", "generate_truth",
+    "TruthEvent", "Sample", "SAMPLES", "ZOO", "HELD_OUT", "generate_truth",
     "E", "MU", "TAU", "LIGHT", "CHARM", "BOTTOM", "TAU_JET", "PROMPT", "FROM_TAU", "NONPROMPT",
 ]
 
@@ -386,6 +386,56 @@ def _four_tops(ev: TruthEvent) -> None:
         _decay_top(ev, tbar, m2, -1, modes[:, 2 * k + 1])
 
 
+def _chargino_pair(ev: TruthEvent, heavy: float, lsp: float) -> None:
+    """Wino-like chargino pairs chi1+ chi1- -> W+ chi1^0 W- chi1^0, both Ws leptonic in part:
+    opposite-sign leptons of any flavours, MET from the neutralinos and the neutrinos."""
+    mass = np.full(ev.n, heavy)
+    pair = _produce(ev, [mass, mass], y_sigma=1.0, isr_mean=1.0, isr_index=2.6, excess=(1.5, 0.2 * heavy))
+    modes = _TWO_LEPTON_WW.sample(ev.rng, ev.n)
+    for k, (parent, charge) in enumerate(zip(pair, (1, -1), strict=True)):
+        m = _bw(ev, _MW, _GW, 10.0, heavy - lsp - 0.5)
+        w, neutralino = kin.two_body(ev.rng, parent, mass, m, lsp)
+        ev.escape(neutralino, np.ones(ev.n, bool))
+        _decay_w(ev, w, m, charge, modes[:, k])
+
+
+def _wprime_wz(ev: TruthEvent, mass: float, width: float) -> None:
+    """A heavy charged vector (W', HVT-like) from q q' annihilation, W' -> W Z, at least two
+    leptons: a Z peak in m_ll with a third lepton and MET in part, all at high pT."""
+    m = _bw(ev, mass, width, mass - 10 * width, mass + 10 * width)
+    (wp,) = _produce(ev, [m], y_sigma=1.2, isr_mean=0.8, isr_index=2.8)
+    m_w, m_z = _bw(ev, _MW, _GW, 40.0, 250.0), _bw(ev, _MZ, _GZ, 40.0, 250.0)
+    w, z = kin.two_body(ev.rng, wp, m, m_w, m_z)
+    modes = _TWO_LEPTON_WZ.sample(ev.rng, ev.n)
+    _decay_w(ev, w, m_w, _sign(ev, 0.7), modes[:, 0])  # W'+ / W'- ~ 2 (u d-bar against d u-bar)
+    _decay_z(ev, z, m_z, modes[:, 1])
+
+
+def _higgsino_n2c1(ev: TruthEvent, heavy: float, lsp: float) -> None:
+    """Higgsino-like chi2^0 chi1+- with a small splitting, against hard initial-state radiation:
+    chi2^0 -> Z* chi1^0 -> l+ l- chi1^0 gives a soft same-flavour pair with m_ll below the
+    splitting; the chargino's decay products are too soft to be seen and count as MET."""
+    mass = np.full(ev.n, heavy)
+    n2, c1 = _produce(ev, [mass, mass], y_sigma=1.0, isr_mean=2.0, isr_index=2.2, excess=(1.5, 0.2 * heavy))
+    ev.escape(c1, np.ones(ev.n, bool))
+    # m(Z*) of the three-body decay: below the splitting, falling to zero at both ends.
+    m = (heavy - lsp - 0.5) * ev.rng.beta(2.0, 1.5, ev.n) + 0.2
+    z, neutralino = kin.two_body(ev.rng, n2, mass, m, lsp)
+    ev.escape(neutralino, np.ones(ev.n, bool))
+    _decay_z(ev, z, m, _light_lepton(ev))
+
+
+def _same_sign_tops(ev: TruthEvent) -> None:
+    """Same-sign top pairs t t (t-bar t-bar alike) from a flavour-violating heavy vector in the
+    t channel, both Ws leptonic in part: two same-sign leptons, two b-jets, MET, hard tops."""
+    m1, m2 = _bw(ev, _MT, _GT, 150.0, 195.0), _bw(ev, _MT, _GT, 150.0, 195.0)
+    a, b = _produce(ev, [m1, m2], y_sigma=1.0, isr_mean=1.0, isr_index=2.7, excess=(1.5, 250.0))
+    charge = _sign(ev, 0.85)  # u u -> t t outweighs u-bar u-bar -> t-bar t-bar
+    modes = _TWO_LEPTON_WW.sample(ev.rng, ev.n)
+    _decay_top(ev, a, m1, charge, modes[:, 0])
+    _decay_top(ev, b, m2, charge, modes[:, 1])
+
+
 # ---------------------------------------------------------------------------- channels
 
 Process = Callable[[TruthEvent], None]
@@ -399,7 +449,9 @@ class Sample:
     processes: tuple[tuple[float, Process], ...]
     signal: bool = False
     negative_weight_fraction: float = 0.0
-    zoo: bool = False  # a signal of the zoo: simulated when named, not by default
+    # A signal of the zoo, simulated when named, not by default: "development" (the signals the
+    # zoo's choices were made on) or "held-out" (kept out of every choice, to judge them).
+    zoo: str = ""
 
     @property
     def xsec_pb(self) -> float:
@@ -444,25 +496,42 @@ SAMPLES: dict[str, Sample] = {
     # The signal zoo: well-known scenarios with plausible kinematics and rough 13 TeV rates.
     "sleptons_200_180": Sample(
         "compressed selectron / smuon pairs (200, 180) GeV, ~l -> l chi1^0: two soft OS leptons",
-        ((0.025, partial(_compressed_sleptons, slepton=200.0, lsp=180.0)),), signal=True, zoo=True),
+        ((0.025, partial(_compressed_sleptons, slepton=200.0, lsp=180.0)),), signal=True, zoo="development"),
     "hpp_vbf_500": Sample(
         "doubly charged scalar H5++ (500 GeV) from VBF -> W+-W+- -> same-sign l nu l nu, two tag jets",
         ((0.010 * _W_BR[:3].sum() ** 2, partial(_vbf_doubly_charged, mass=500.0, width=5.0)),),
-        signal=True, zoo=True),
+        signal=True, zoo="development"),
     "heavy_higgs_llvv_700": Sample(
         "heavy scalar (700 GeV) from gluon fusion -> ZZ -> ll nu nu",
         ((0.30 * 0.29 * 2 * 2 * 0.0336 * 0.20, partial(_heavy_higgs_llvv, mass=700.0, width=30.0)),),
-        signal=True, zoo=True),
+        signal=True, zoo="development"),
     "zprime_forward_300": Sample(
         "narrow dilepton resonance (300 GeV) at |y| > 2",
-        ((0.010, partial(_forward_resonance, mass=300.0, width=3.0)),), signal=True, zoo=True),
+        ((0.010, partial(_forward_resonance, mass=300.0, width=3.0)),), signal=True, zoo="development"),
     "four_tops": Sample(
         "t tbar t tbar (12 fb), at least two leptonic Ws",
-        ((0.012 * _TWO_LEPTON_WWWW.efficiency, _four_tops),), signal=True, zoo=True),
+        ((0.012 * _TWO_LEPTON_WWWW.efficiency, _four_tops),), signal=True, zoo="development"),
+    # The held-out zoo: written after every choice made on the signals above, to judge them.
+    "chargino_ww_400_100": Sample(
+        "wino-like chi1+ chi1- (400, 100) GeV -> W chi1^0 W chi1^0, >= 2 leptons",
+        ((0.080 * _TWO_LEPTON_WW.efficiency, partial(_chargino_pair, heavy=400.0, lsp=100.0)),),
+        signal=True, zoo="held-out"),
+    "wprime_wz_1200": Sample(
+        "heavy charged vector W' (1200 GeV) -> W Z, >= 2 leptons",
+        ((0.010 * _TWO_LEPTON_WZ.efficiency, partial(_wprime_wz, mass=1200.0, width=40.0)),),
+        signal=True, zoo="held-out"),
+    "higgsino_150_130": Sample(
+        "higgsino-like chi2^0 chi1+- (150, 130) GeV, chi2^0 -> l+ l- chi1^0 (l = e, mu): a soft pair",
+        ((1.8 * _Z_BR[:2].sum(), partial(_higgsino_n2c1, heavy=150.0, lsp=130.0)),), signal=True, zoo="held-out"),
+    "same_sign_tops": Sample(
+        "same-sign top pairs t t / t-bar t-bar from a flavour-violating vector (50 fb), >= 2 leptons",
+        ((0.050 * _TWO_LEPTON_WW.efficiency, _same_sign_tops),), signal=True, zoo="held-out"),
 }
 
-#: The signals of the zoo, simulated when ``simulate.channels`` names them.
-ZOO = tuple(name for name, sample in SAMPLES.items() if sample.zoo)
+#: The signals of the zoo, simulated when ``simulate.channels`` names them: those the zoo's choices
+#: were made on, and those held out to judge them.
+ZOO = tuple(name for name, sample in SAMPLES.items() if sample.zoo == "development")
+HELD_OUT = tuple(name for name, sample in SAMPLES.items() if sample.zoo == "held-out")
 
 
 def generate_truth(rng: np.random.Generator, sample: Sample, n: int) -> TruthEvent:

@@ -76,7 +76,7 @@ class ChannelSpec:
 #: Every simulated channel by name.
 CHANNELS: Mapping[str, ChannelSpec] = MappingProxyType({
     name: ChannelSpec(sample.xsec_pb, sample.signal, sample.description, sample.negative_weight_fraction,
-                      sample.zoo)
+                      bool(sample.zoo))
     for name, sample in truth.SAMPLES.items()
 })
 

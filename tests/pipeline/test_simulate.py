@@ -357,3 +357,28 @@ def test_signal_zoo_kinematics():
     # Four tops: many jets, the leading lepton pair same-sign in a good part of the events.
     _, _, qq, _, _ = _leading_pair(b["four_tops"])
     assert np.median(ak.to_numpy(ak.num(b["four_tops"]["jetPt"]))) >= 6 and 0.25 < np.mean(qq > 0) < 0.6
+
+
+def test_held_out_zoo_kinematics():
+    from megaset.pipeline._processes import HELD_OUT, ZOO
+
+    assert set(HELD_OUT) == {"chargino_ww_400_100", "wprime_wz_1200", "higgsino_150_130", "same_sign_tops"}
+    assert not set(HELD_OUT) & (set(ZOO) | set(demo_inputs(SimulateConfig())))
+    assert all(CHANNELS[name].signal and CHANNELS[name].zoo for name in HELD_OUT)
+    b = {name: generate(name, 3000, 5) for name in HELD_OUT}
+    # Chargino pairs: opposite-sign pairs of any flavours (e mu in half), hard leptons, MET.
+    m, _, qq, _, sub = _leading_pair(b["chargino_ww_400_100"])
+    lead_flavour = b["chargino_ww_400_100"]["lepFlavor"][ak.num(b["chargino_ww_400_100"]["lepPt"]) >= 2]
+    assert np.mean(qq < 0) > 0.95 and np.median(sub) > 25
+    assert 0.3 < np.mean(ak.to_numpy(lead_flavour[:, 0] != lead_flavour[:, 1])) < 0.7
+    assert np.median(b["chargino_ww_400_100"]["met_Et"]) > 60
+    # W' -> WZ: a Z peak in the leading pair's mass for most events, a third lepton in part, hard leptons.
+    m, _, _, lead, _ = _leading_pair(b["wprime_wz_1200"])
+    assert np.mean(np.abs(m - 91.2) < 10) > 0.5 and np.median(lead) > 200
+    assert np.mean(ak.to_numpy(ak.num(b["wprime_wz_1200"]["lepPt"])) >= 3) > 0.1
+    # Higgsinos (150, 130): a soft opposite-sign pair, m_ll below the 20 GeV splitting.
+    m, _, qq, lead, _ = _leading_pair(b["higgsino_150_130"])
+    assert np.mean(qq < 0) > 0.9 and np.quantile(m, 0.9) < 21 and np.median(lead) < 25
+    # Same-sign tops: the leading pair same-sign in most events, b-jets among the jets.
+    _, _, qq, _, _ = _leading_pair(b["same_sign_tops"])
+    assert np.mean(qq > 0) > 0.75 and np.median(ak.to_numpy(ak.num(b["same_sign_tops"]["jetPt"]))) >= 2
