@@ -37,6 +37,13 @@ likelihood ratio is the best score of given inputs, and a classifier that knows 
 approximates it: these rows say what an anomaly score of the same inputs could reach, signal by
 signal. They are a lower estimate of that optimum, not a bound: with few signal events to learn
 from, the classifier can fall below an unsupervised score.
+
+Two more reference rows per signal estimate the background's density alone, without networks:
+the distance to the 5th nearest train event (``knn-density``) and a Gaussian mixture's negative
+log-likelihood (``gmm-density``), in the leading principal components of the RMM. They say how
+far out a signal lies by density, however it is estimated: a signal that no density ranks far
+out sits inside the background's bulk, and only a score that knows more than the background can
+find it there.
 """
 
 from __future__ import annotations
@@ -119,11 +126,18 @@ def _families(cfg, client, models: list[str]) -> dict:
 
 
 def _efficiency(store_url: str) -> dict[str, float]:
-    """Per signal channel, the weighted fraction of its events the selection kept."""
+    """Per channel, the weighted fraction of its events the selection kept, and under
+    ``"background"`` that of all background channels together (the simulated background, each
+    sample after its generator filter): a selection's working points are fractions of what it
+    kept, so this is what turns them into fractions of one common background."""
     from megaset.storage.store import open_store
 
-    flow = open_store(store_url).attrs.get("cutflow") or {}
-    return {name: steps[-1][2] / steps[0][2] for name, steps in flow.items() if steps and steps[0][2] > 0}
+    store = open_store(store_url)
+    flow = store.attrs.get("cutflow") or {}
+    kept = {name: steps[-1][2] / steps[0][2] for name, steps in flow.items() if steps and steps[0][2] > 0}
+    background = [flow[c["name"]] for c in store.attrs["channels"] if not c["is_signal"] and flow.get(c["name"])]
+    kept["background"] = sum(steps[-1][2] for steps in background) / sum(steps[0][2] for steps in background)
+    return kept
 
 
 #: The event columns of ``supervised+aux`` beside the RMM, those the store has.
@@ -193,6 +207,57 @@ def _supervised(store_url: str, aux: bool, min_events: int, replicas: int) -> li
     return rows
 
 
+#: Reference densities of the background alone (module docstring): k-NN distance, Gaussian mixture.
+DENSITIES = ("knn-density", "gmm-density")
+#: Fewer train events than this are too few for 40 mixture components in 10 dimensions.
+DENSITY_MIN_TRAIN = 2000
+
+
+def _density(store_url: str, min_events: int, replicas: int) -> list[dict]:
+    """The anomaly-table rows of two density estimates of the background, fitted on the train
+    group, as models :data:`DENSITIES`: the distance to the 5th nearest train event and the
+    negative log-likelihood of a 40-component Gaussian mixture, both in the first 10 whitened
+    principal components of ``arcsinh(RMM)``.
+
+    The train events are resampled by their yield weights first (negative ones at zero), so that
+    both estimate the background as the selection's physics mixture has it, as the weighted
+    training of the networks does. None below :data:`DENSITY_MIN_TRAIN` train events."""
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from megaset.report.anomaly import anomaly_table
+    from megaset.storage.store import open_store
+
+    store = open_store(store_url)
+    if store.group("train").n_events < DENSITY_MIN_TRAIN:
+        return []
+    x_train, w_train = _inputs(store, "train", False)
+    x_test, w_test = _inputs(store, "test", False)
+    signals = {g.removeprefix("signal/"): _inputs(store, g, False)
+               for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events}
+    # arcsinh: logarithmic over the cells' orders of magnitude, odd and finite at the few
+    # slightly negative cells.
+    project = make_pipeline(FunctionTransformer(np.arcsinh), StandardScaler(),
+                            PCA(10, whiten=True, random_state=0)).fit(x_train)
+    p = np.clip(w_train, 0, None)
+    bank = project.transform(x_train)[np.random.default_rng(0).choice(len(p), len(p), p=p / p.sum())]
+    knn = NearestNeighbors(n_neighbors=5).fit(bank)
+    gmm = GaussianMixture(40, covariance_type="full", reg_covar=1e-3, random_state=0).fit(bank)
+    scorers = {"knn-density": lambda z: knn.kneighbors(z)[0][:, -1], "gmm-density": lambda z: -gmm.score_samples(z)}
+    test = project.transform(x_test)
+    rows = []
+    for model, scorer in scorers.items():
+        table, _ = anomaly_table(
+            model, [_scored("background", "background", model, scorer(test), w_test)],
+            [_scored(name, "signal", model, scorer(project.transform(x)), w) for name, (x, w) in signals.items()],
+            replicas=replicas, min_background_events=min_events)
+        rows += [{key: value for key, value in row.items() if key != "best_si"} for row in table]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_500_000, help="background events simulated")
@@ -236,11 +301,18 @@ def main() -> None:
             report = _families(derived, client, models)
             report["auc_table"] += [row for aux in (False, True) if args.supervised for row in _supervised(
                 derived.store.url, aux, derived.report.min_background_events, derived.report.auc_replicas)]
+            densities = _density(derived.store.url, derived.report.min_background_events,
+                                 derived.report.auc_replicas)
+            if not densities:
+                print(f"{name}: fewer than {DENSITY_MIN_TRAIN} train events: no reference densities")
+            report["auc_table"] += densities
             kept = _efficiency(derived.store.url)
             background = open_store(derived.store.url).group("test").n_events
-            rows += [{"selection": name, "kept": kept.get(r["signal"]), "test_background": background, **r}
+            rows += [{"selection": name, "kept": kept.get(r["signal"]), "background_kept": kept["background"],
+                      "test_background": background, **r}
                      for r in report["auc_table"]]
-            print(f"{name}: {background:,} test background events, {derived.simulate.events:,} simulated")
+            print(f"{name}: {background:,} test background events, {derived.simulate.events:,} simulated; "
+                  f"the selection keeps {kept['background']:.2e} of the simulated background")
             for signal in report.get("signals_without_events") or []:
                 print(f"{name}: signal {signal}: no selected event with a positive weight: not in the table")
     (workdir / "zoo.json").write_text(json.dumps(rows, indent=1, default=str))
@@ -251,8 +323,10 @@ def main() -> None:
               f"{r['e100']:6.3f} {r['e1000']:6.3f}{mark}")
     print("* E1000 on too few background MC events")
     # The targets on the default, then on a classifier trained on each signal (module docstring).
-    for model in (models[0], *(("supervised", "supervised+aux") if args.supervised else ())):
+    for model in (models[0], *(("supervised", "supervised+aux") if args.supervised else ()), *DENSITIES):
         meant = [r for r in rows if r["model"] == model and r["selection"] == MEANT_FOR.get(r["signal"], "2lep")]
+        if not meant:
+            continue
         print(f"targets ({model}, each signal under its selection): median E100 "
               f"{np.median([r['e100'] for r in meant]):.3f} (>= 0.80), AUC >= 0.95 for "
               f"{sum(r['auc'] >= 0.95 for r in meant)} of {len(meant)}")
