@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 
@@ -451,7 +452,7 @@ class Sample:
     negative_weight_fraction: float = 0.0
     # A signal of the zoo, simulated when named, not by default: "development" (the signals the
     # zoo's choices were made on) or "held-out" (kept out of every choice, to judge them).
-    zoo: str = ""
+    zoo: Literal["", "development", "held-out"] = ""
 
     @property
     def xsec_pb(self) -> float:
