@@ -44,6 +44,10 @@ log-likelihood (``gmm-density``), in the leading principal components of the RMM
 far out a signal lies by density, however it is estimated: a signal that no density ranks far
 out sits inside the background's bulk, and only a score that knows more than the background can
 find it there.
+
+A selection's working points are fractions of the background it kept. To compare selections,
+each row of the zoo's models also carries ``end_to_end``: the fraction of the signal found by
+the selection and a cut on the score together at :data:`END_TO_END` of the simulated background.
 """
 
 from __future__ import annotations
@@ -138,6 +142,39 @@ def _efficiency(store_url: str) -> dict[str, float]:
     background = [flow[c["name"]] for c in store.attrs["channels"] if not c["is_signal"] and flow.get(c["name"])]
     kept["background"] = sum(steps[-1][2] for steps in background) / sum(steps[0][2] for steps in background)
     return kept
+
+
+#: The end-to-end working point: this fraction of the simulated background, selection and score together.
+END_TO_END = 1e-4
+
+
+def _end_to_end(store_url: str, models: list[str], kept: dict[str, float]) -> dict[tuple[str, str], float]:
+    """Per (model, signal) of the store's scores, the fraction of the signal's simulated events
+    that the selection and a cut on the score keep together at :data:`END_TO_END` of the
+    simulated background (``kept``: :func:`_efficiency`), so that selections can be compared.
+    A selection that keeps less background than that is taken whole, below the working point."""
+    from megaset.report.metrics import roc_curve, signal_efficiency
+    from megaset.storage.store import open_store
+
+    store = open_store(store_url)
+    within = min(1.0, END_TO_END / kept["background"])
+
+    def read(name: str) -> tuple[dict, np.ndarray]:
+        group = store.group(name)
+        cols = group.read_chunks(range(group.n_chunks), [f"score/{m}" for m in models] + ["weight", "channel"])
+        return cols, store.yield_weight(name, cols["weight"], cols["channel"])
+
+    test, w_test = read("test")
+    found = {}
+    for group in (g for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events):
+        signal = group.removeprefix("signal/")
+        cols, w = read(group)
+        if signal not in kept or not (w > 0).any():
+            continue
+        for model in models:
+            fpr, tpr, _ = roc_curve(test[f"score/{model}"], cols[f"score/{model}"], w_test, w)
+            found[model, signal] = kept[signal] * signal_efficiency(fpr, tpr, within)
+    return found
 
 
 #: The event columns of ``supervised+aux`` beside the RMM, those the store has.
@@ -307,9 +344,10 @@ def main() -> None:
                 print(f"{name}: fewer than {DENSITY_MIN_TRAIN} train events: no reference densities")
             report["auc_table"] += densities
             kept = _efficiency(derived.store.url)
+            found = _end_to_end(derived.store.url, models, kept)
             background = open_store(derived.store.url).group("test").n_events
             rows += [{"selection": name, "kept": kept.get(r["signal"]), "background_kept": kept["background"],
-                      "test_background": background, **r}
+                      "test_background": background, "end_to_end": found.get((r["model"], r["signal"])), **r}
                      for r in report["auc_table"]]
             print(f"{name}: {background:,} test background events, {derived.simulate.events:,} simulated; "
                   f"the selection keeps {kept['background']:.2e} of the simulated background")
@@ -334,6 +372,11 @@ def main() -> None:
         print(f"targets ({model}, each signal under its selection): median E100 "
               f"{np.median([r['e100'] for r in meant]):.3f} (>= 0.80), AUC >= 0.95 for "
               f"{sum(r['auc'] >= 0.95 for r in meant)} of {len(meant)}")
+    # Selections compared at one end-to-end working point, on the default.
+    print(f"{models[0]}: fraction of each signal found at {END_TO_END:g} of the simulated background, per selection")
+    for signal in dict.fromkeys(r["signal"] for r in judged):
+        found = {r["selection"]: r["end_to_end"] for r in judged if r["model"] == models[0] and r["signal"] == signal}
+        print(f"  {signal:<22} " + "  ".join(f"{name} {value:.3f}" for name, value in found.items()))
 
 
 if __name__ == "__main__":
