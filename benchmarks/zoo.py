@@ -144,6 +144,11 @@ def _efficiency(store_url: str) -> dict[str, float]:
     return kept
 
 
+def _signal_groups(store) -> list[str]:
+    """The store's signal groups that hold events."""
+    return [g for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events]
+
+
 #: The end-to-end working point: this fraction of the simulated background, selection and score together.
 END_TO_END = 1e-4
 
@@ -166,7 +171,7 @@ def _end_to_end(store_url: str, models: list[str], kept: dict[str, float]) -> di
 
     test, w_test = read("test")
     found = {}
-    for group in (g for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events):
+    for group in _signal_groups(store):
         signal = group.removeprefix("signal/")
         cols, w = read(group)
         if signal not in kept or not (w > 0).any():
@@ -219,7 +224,7 @@ def _supervised(store_url: str, aux: bool, min_events: int, replicas: int) -> li
     x_train, w_train = _inputs(store, "train", aux)
     x_test, w_test = _inputs(store, "test", aux)
     rows = []
-    for group in (g for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events):
+    for group in _signal_groups(store):
         x, w = _inputs(store, group, aux)
         if np.count_nonzero(w > 0) < 4:
             continue
@@ -273,8 +278,7 @@ def _density(store_url: str, min_events: int, replicas: int) -> list[dict]:
         return []
     x_train, w_train = _inputs(store, "train", False)
     x_test, w_test = _inputs(store, "test", False)
-    signals = {g.removeprefix("signal/"): _inputs(store, g, False)
-               for g in store.group_names() if g.startswith("signal/") and store.group(g).n_events}
+    signals = {g.removeprefix("signal/"): _inputs(store, g, False) for g in _signal_groups(store)}
     # arcsinh: logarithmic over the cells' orders of magnitude, odd and finite at the few
     # slightly negative cells.
     project = make_pipeline(FunctionTransformer(np.arcsinh), StandardScaler(),
